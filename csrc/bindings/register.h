@@ -1,0 +1,10 @@
+// Declarations of the per-area binding functions, defined in register_<area>.cc.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace headrace::bindings {
+
+void register_tensors(pybind11::module_& m);
+
+}  // namespace headrace::bindings
