@@ -17,4 +17,6 @@ except ImportError as exc:  # pragma: no cover - only without a build
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from headrace.engine import Engine, InferResult, ModelMetadata
+
+__all__ = ["Engine", "InferResult", "ModelMetadata", "__version__"]

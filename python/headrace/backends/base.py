@@ -1,0 +1,36 @@
+"""The backend interface: what a loaded model version offers the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as the v2 protocol describes it (-1 marks a dynamic dim)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+class Backend(Protocol):
+    """A loaded model version. ``run`` may be called from several threads at once."""
+
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def run(
+        self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
+    ) -> list[npt.NDArray[Any]]:
+        """Run one batch; returns the arrays of ``output_names`` in that order."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's resources; no ``run`` follows."""
+        ...

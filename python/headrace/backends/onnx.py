@@ -1,0 +1,122 @@
+"""ONNX Runtime backend: CPU provider by default, CUDA when onnxruntime-gpu and a GPU exist."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from headrace.backends.base import TensorSpec
+from headrace.errors import InternalError, InvalidArgumentError
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "onnxruntime_onnx"
+
+_ONNX_TO_DATATYPE = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(bfloat16)": "BF16",
+    "tensor(string)": "BYTES",
+}
+_BFLOAT16_ONNX_ELEMENT_TYPE = 16  # onnx.TensorProto.BFLOAT16
+
+
+def _shape(dims: Sequence[Any]) -> tuple[int, ...]:
+    # ONNX reports symbolic or unknown dims as strings or None: both are dynamic (-1) on the wire.
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in dims)
+
+
+def _spec(node: Any, path: Path) -> TensorSpec:
+    datatype = _ONNX_TO_DATATYPE.get(node.type)
+    if datatype is None:
+        raise InvalidArgumentError(f"{path}: tensor '{node.name}' has unsupported type {node.type}")
+    return TensorSpec(node.name, datatype, _shape(node.shape))
+
+
+def choose_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it (onnxruntime-gpu), then CPU."""
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider",) if p in available]
+    return [*providers, "CPUExecutionProvider"]
+
+
+class OnnxBackend:
+    """One ONNX Runtime session. ``run`` is thread-safe (ONNX Runtime sessions are)."""
+
+    platform = PLATFORM
+
+    def __init__(
+        self, path: Path, *, intra_op_threads: int = 1, inter_op_threads: int = 1
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.log_severity_level = 3
+        self.path = path
+        self._session = ort.InferenceSession(
+            str(path), sess_options=options, providers=choose_providers()
+        )
+        self.inputs = tuple(_spec(node, path) for node in self._session.get_inputs())
+        self.outputs = tuple(_spec(node, path) for node in self._session.get_outputs())
+        self._bf16_inputs = {s.name for s in self.inputs if s.datatype == "BF16"}
+        self._bf16_outputs = {s.name for s in self.outputs if s.datatype == "BF16"}
+
+    def run(
+        self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
+    ) -> list[npt.NDArray[Any]]:
+        try:
+            if self._bf16_inputs or self._bf16_outputs:
+                return self._run_ort_values(inputs, output_names)
+            return list(self._session.run(list(output_names), dict(inputs)))
+        except (ort.capi.onnxruntime_pybind11_state.Fail,
+                ort.capi.onnxruntime_pybind11_state.RuntimeException,
+                ort.capi.onnxruntime_pybind11_state.InvalidArgument) as error:
+            raise InternalError(f"model runtime error: {error}") from None
+
+    def _run_ort_values(
+        self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
+    ) -> list[npt.NDArray[Any]]:
+        # numpy has no bfloat16: such tensors travel as uint16 bit patterns and enter and leave
+        # ONNX Runtime as OrtValues of the right element type.
+        feed = {}
+        for name, array in inputs.items():
+            if name in self._bf16_inputs:
+                feed[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                    np.ascontiguousarray(array), onnx_element_type=_BFLOAT16_ONNX_ELEMENT_TYPE
+                )
+            else:
+                feed[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+        results = self._session.run_with_ort_values(list(output_names), feed)
+        arrays: list[npt.NDArray[Any]] = []
+        for name, value in zip(output_names, results, strict=True):
+            if name in self._bf16_outputs:
+                shape = tuple(value.shape())
+                count = int(np.prod(shape)) if shape else 1
+                pointer = ctypes.cast(value.data_ptr(), ctypes.POINTER(ctypes.c_uint16))
+                view = np.ctypeslib.as_array(pointer, shape=(count,)) if count else None
+                data = view.copy() if view is not None else np.empty(0, np.uint16)
+                arrays.append(data.reshape(shape))
+            else:
+                arrays.append(value.numpy())
+        return arrays
+
+    def close(self) -> None:
+        # Dropping the session frees it; later runs fail loudly instead of using freed state.
+        del self._session

@@ -1,0 +1,612 @@
+"""The in-process engine: models, endpoints and ``infer`` — everything the server wraps.
+
+A Python user gets every capability of the gRPC server here without a socket::
+
+    engine = Engine.from_repository("examples/models")
+    result = engine.infer("tabular", {"x": np.ones((1, 32), np.float32)})
+    result.outputs["y"]
+
+``infer`` (blocking) and ``infer_async`` (asyncio) validate inputs against the model's metadata,
+run the model version that the version policy serves, and keep Triton-style statistics and
+Prometheus metrics. Model execution never happens on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from headrace.backends.base import Backend, TensorSpec
+from headrace.config import ModelConfig, ServerSettings
+from headrace.errors import (
+    ConfigError,
+    HeadraceError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
+from headrace.monitoring.metrics import Metrics
+from headrace.registry.filesystem import FilesystemRepository, ModelSource, VersionSource
+from headrace.tensors import DATATYPE_TO_NUMPY
+
+log = logging.getLogger(__name__)
+
+# Without a model.toml, a model whose inputs all have a dynamic first dim is batched this wide.
+DEFAULT_MAX_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """One answer: the version that served it and the requested outputs by name."""
+
+    model_name: str
+    model_version: str
+    outputs: dict[str, npt.NDArray[Any]]
+    id: str = ""
+    datatypes: dict[str, str] = field(default_factory=dict)  # v2 datatype of each output
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class ModelIndexEntry:
+    """A RepositoryIndex row: state is READY, LOADING or UNAVAILABLE (with a reason)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+@dataclass
+class BatchStatistics:
+    count: int = 0
+    compute_ns: int = 0
+
+
+@dataclass
+class VersionStatistics:
+    """Triton's ModelStatistics vocabulary for one model version."""
+
+    name: str
+    version: str
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_count: int = 0
+    queue_ns: int = 0
+    compute_count: int = 0
+    compute_ns: int = 0
+    batches: dict[int, BatchStatistics] = field(default_factory=dict)
+
+
+def _resolve_max_batch_size(config: ModelConfig, inputs: tuple[TensorSpec, ...]) -> int:
+    batchable = bool(inputs) and all(len(s.shape) >= 1 and s.shape[0] == -1 for s in inputs)
+    if config.max_batch_size is None:
+        return DEFAULT_MAX_BATCH_SIZE if batchable else 0
+    if config.max_batch_size > 0 and not batchable:
+        raise ConfigError(
+            f"{config.source}: 'max_batch_size' = {config.max_batch_size} but not every input of "
+            f"model '{config.name}' has a dynamic first dimension to batch along"
+        )
+    return config.max_batch_size
+
+
+def _apply_declared(
+    declared: tuple[Any, ...], actual: tuple[TensorSpec, ...], kind: str, config: ModelConfig
+) -> tuple[TensorSpec, ...]:
+    """model.toml may restate inputs/outputs (e.g. to fix dynamic dims); they must agree."""
+    if not declared:
+        return actual
+    by_name = {s.name: s for s in actual}
+    result = []
+    for tensor in declared:
+        found = by_name.get(tensor.name)
+        if found is None:
+            raise ConfigError(
+                f"{config.source}: {kind} '{tensor.name}' is not in the model "
+                f"(it has: {', '.join(by_name)})"
+            )
+        if tensor.datatype != found.datatype:
+            raise ConfigError(
+                f"{config.source}: {kind} '{tensor.name}' is {found.datatype} in the model, "
+                f"not {tensor.datatype}"
+            )
+        if len(tensor.shape) != len(found.shape) or any(
+            m != -1 and d != m for d, m in zip(tensor.shape, found.shape, strict=True)
+        ):
+            raise ConfigError(
+                f"{config.source}: {kind} '{tensor.name}' shape {list(tensor.shape)} does not "
+                f"fit the model's {list(found.shape)}"
+            )
+        result.append(TensorSpec(tensor.name, tensor.datatype, tuple(tensor.shape)))
+    return tuple(result)
+
+
+def _load_backend(source: VersionSource, config: ModelConfig, settings: ServerSettings) -> Backend:
+    if source.backend == "onnxruntime":
+        from headrace.backends.onnx import OnnxBackend
+
+        return OnnxBackend(
+            source.path,
+            intra_op_threads=(
+                config.intra_op_threads
+                if config.intra_op_threads is not None
+                else settings.intra_op_threads
+            ),
+            inter_op_threads=(
+                config.inter_op_threads
+                if config.inter_op_threads is not None
+                else settings.inter_op_threads
+            ),
+        )
+    raise ConfigError(f"{source.path}: backend '{source.backend}' is not available in this build")
+
+
+class ModelVersion:
+    """A loaded, warmed-up version of a model; safe to call from several threads."""
+
+    def __init__(
+        self,
+        source: VersionSource,
+        config: ModelConfig,
+        settings: ServerSettings,
+        metrics: Metrics,
+    ) -> None:
+        self.name = config.name
+        self.version = source.version
+        self.version_str = str(source.version)
+        self.config = config
+        self.settings = settings
+        self.backend = _load_backend(source, config, settings)
+        self.inputs = _apply_declared(config.inputs, self.backend.inputs, "input", config)
+        self.outputs = _apply_declared(config.outputs, self.backend.outputs, "output", config)
+        self.max_batch_size = _resolve_max_batch_size(config, self.inputs)
+        self._input_by_name = {s.name: s for s in self.inputs}
+        self._output_names = [s.name for s in self.outputs]
+        self.output_datatypes = {s.name: s.datatype for s in self.outputs}
+        self.stats = VersionStatistics(self.name, self.version_str)
+        self._stats_lock = threading.Lock()
+        self._metrics = metrics
+        self._labels = (self.name, self.version_str)
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, config.instances), thread_name_prefix=f"headrace-{self.name}"
+        )
+        self.warm_up()
+
+    # -- validation -------------------------------------------------------------------------
+
+    def check_inputs(
+        self,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        requested_outputs: Sequence[str] | None,
+        declared_datatypes: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Validate names, datatypes and shapes; returns the output names to compute."""
+        for name in inputs:
+            if name not in self._input_by_name:
+                raise InvalidArgumentError(
+                    f"unknown input '{name}' for model '{self.name}' "
+                    f"(expects: {', '.join(self._input_by_name)})"
+                )
+        rows: int | None = None
+        for spec in self.inputs:
+            array = inputs.get(spec.name)
+            if array is None:
+                raise InvalidArgumentError(f"missing input '{spec.name}' for model '{self.name}'")
+            declared = declared_datatypes.get(spec.name) if declared_datatypes else None
+            if declared is not None:
+                if declared != spec.datatype:
+                    raise InvalidArgumentError(
+                        f"input '{spec.name}': datatype {declared} but model '{self.name}' "
+                        f"expects {spec.datatype}"
+                    )
+            else:
+                expected = DATATYPE_TO_NUMPY[spec.datatype]
+                ok = array.dtype == expected or (
+                    spec.datatype == "BYTES" and array.dtype.kind in ("O", "U", "S")
+                )
+                if not ok:
+                    raise InvalidArgumentError(
+                        f"input '{spec.name}': numpy dtype {array.dtype} but model "
+                        f"'{self.name}' expects {spec.datatype}"
+                    )
+            shape = array.shape
+            if len(shape) != len(spec.shape) or any(
+                m != -1 and d != m for d, m in zip(shape, spec.shape, strict=True)
+            ):
+                raise InvalidArgumentError(
+                    f"input '{spec.name}': shape {list(shape)} does not match model "
+                    f"'{self.name}' shape {list(spec.shape)} (-1 is any size)"
+                )
+            if self.max_batch_size > 0:
+                if rows is None:
+                    rows = shape[0]
+                elif shape[0] != rows:
+                    raise InvalidArgumentError(
+                        f"input '{spec.name}': batch dimension {shape[0]} differs from the "
+                        f"other inputs' {rows}"
+                    )
+        if not requested_outputs:
+            return list(self._output_names)
+        seen: set[str] = set()
+        for name in requested_outputs:
+            if name not in self._output_names:
+                raise InvalidArgumentError(
+                    f"unknown requested output '{name}' for model '{self.name}' "
+                    f"(has: {', '.join(self._output_names)})"
+                )
+            if name in seen:
+                raise InvalidArgumentError(f"output '{name}' is requested twice")
+            seen.add(name)
+        return list(requested_outputs)
+
+    # -- execution --------------------------------------------------------------------------
+
+    def _feed(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        feed = {}
+        for spec in self.inputs:
+            array = inputs[spec.name]
+            if spec.datatype == "BYTES" and array.dtype.kind == "O":
+                # ONNX Runtime's string tensors take str; the wire carries bytes.
+                array = np.vectorize(
+                    lambda v: v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v,
+                    otypes=[object],
+                )(array) if array.size else array
+            feed[spec.name] = array
+        return feed
+
+    def _rows(self, inputs: Mapping[str, npt.NDArray[Any]]) -> int:
+        if self.max_batch_size > 0 and self.inputs:
+            return int(inputs[self.inputs[0].name].shape[0])
+        return 1
+
+    def _execute(
+        self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str], enqueue_ns: int
+    ) -> dict[str, npt.NDArray[Any]]:
+        start_ns = time.perf_counter_ns()
+        try:
+            arrays = self.backend.run(self._feed(inputs), output_names)
+        except HeadraceError:
+            raise
+        except Exception as error:  # a model's own failure: INTERNAL with its message
+            raise InternalError(f"model '{self.name}' failed: {error}") from error
+        end_ns = time.perf_counter_ns()
+        self._record_execution(self._rows(inputs), start_ns - enqueue_ns, end_ns - start_ns)
+        return dict(zip(output_names, arrays, strict=True))
+
+    def _record_execution(self, rows: int, queue_ns: int, compute_ns: int) -> None:
+        with self._stats_lock:
+            s = self.stats
+            s.inference_count += rows
+            s.execution_count += 1
+            s.queue_count += 1
+            s.queue_ns += queue_ns
+            s.compute_count += 1
+            s.compute_ns += compute_ns
+            s.last_inference_ms = int(time.time() * 1000)
+            batch = s.batches.setdefault(rows, BatchStatistics())
+            batch.count += 1
+            batch.compute_ns += compute_ns
+        m = self._metrics
+        m.inference_count.labels(*self._labels).inc(rows)
+        m.execution_count.labels(*self._labels).inc()
+        m.queue_duration.labels(*self._labels).observe(queue_ns / 1e9)
+        m.compute_duration.labels(*self._labels).observe(compute_ns / 1e9)
+        m.batch_size.labels(*self._labels).observe(rows)
+
+    def _record_request(self, ok: bool, duration_ns: int, error: HeadraceError | None) -> None:
+        with self._stats_lock:
+            if ok:
+                self.stats.success_count += 1
+                self.stats.success_ns += duration_ns
+            else:
+                self.stats.fail_count += 1
+                self.stats.fail_ns += duration_ns
+        if ok:
+            self._metrics.request_success.labels(*self._labels).inc()
+            self._metrics.request_duration.labels(*self._labels).observe(duration_ns / 1e9)
+        else:
+            code = error.code.name if error is not None else "INTERNAL"
+            self._metrics.request_failure.labels(*self._labels, code).inc()
+
+    def infer(
+        self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Run one request in the calling thread (validated already)."""
+        start_ns = time.perf_counter_ns()
+        try:
+            outputs = self._execute(inputs, output_names, start_ns)
+        except HeadraceError as error:
+            self._record_request(False, time.perf_counter_ns() - start_ns, error)
+            raise
+        self._record_request(True, time.perf_counter_ns() - start_ns, None)
+        return outputs
+
+    async def infer_async(
+        self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Run one request on the version's instance threads; the event loop only awaits."""
+        start_ns = time.perf_counter_ns()
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(
+                self._executor, self._execute, inputs, output_names, start_ns
+            )
+        except HeadraceError as error:
+            self._record_request(False, time.perf_counter_ns() - start_ns, error)
+            raise
+        self._record_request(True, time.perf_counter_ns() - start_ns, None)
+        return outputs
+
+    def warm_up(self) -> None:
+        """Run the model once on zeros (dynamic dims as 1) before it takes traffic."""
+        inputs: dict[str, npt.NDArray[Any]] = {}
+        for spec in self.inputs:
+            shape = tuple(1 if d == -1 else d for d in spec.shape)
+            if spec.datatype == "BYTES":
+                inputs[spec.name] = np.full(shape, b"", dtype=object)
+            else:
+                inputs[spec.name] = np.zeros(shape, dtype=DATATYPE_TO_NUMPY[spec.datatype])
+        try:
+            self.backend.run(self._feed(inputs), self._output_names)
+        except Exception as error:  # a model may reject zeros; that is no reason to refuse it
+            log.warning("model %s version %s: warm-up run failed: %s", self.name, self.version,
+                        error)
+
+    def statistics(self) -> VersionStatistics:
+        with self._stats_lock:
+            s = self.stats
+            return VersionStatistics(
+                **{k: getattr(s, k) for k in s.__dataclass_fields__ if k != "batches"},
+                batches={k: BatchStatistics(v.count, v.compute_ns) for k, v in s.batches.items()},
+            )
+
+    def close(self) -> None:
+        """Stop taking work; queued work finishes first (the executor drains)."""
+        self._executor.shutdown(wait=True)
+
+
+@dataclass
+class _Model:
+    name: str
+    config: ModelConfig | None
+    versions: dict[int, ModelVersion]
+    state: str
+    reason: str = ""
+
+
+class Engine:
+    """Loads a model repository and serves inference in-process."""
+
+    def __init__(self, settings: ServerSettings | None = None, *, metrics: Metrics | None = None):
+        self.settings = settings if settings is not None else ServerSettings()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._repository = (
+            FilesystemRepository(Path(self.settings.model_repository))
+            if self.settings.model_repository is not None
+            else None
+        )
+        self._models: dict[str, _Model] = {}
+        self._lock = threading.RLock()  # serialises load/unload; reads take a snapshot
+        self._closed = False
+
+    @classmethod
+    def from_repository(cls, path: str | Path, **settings: Any) -> Engine:
+        """An engine with every model of ``path`` loaded (failures are reported, not raised)."""
+        engine = cls(ServerSettings(model_repository=Path(path), **settings))
+        engine.load_repository()
+        return engine
+
+    # -- repository --------------------------------------------------------------------------
+
+    def load_repository(self) -> None:
+        """Load every model of the repository; a model that fails is reported and skipped."""
+        if self._repository is None:
+            return
+        for name in self._repository.model_names():
+            try:
+                self.load_model(name)
+            except HeadraceError as error:
+                log.error("model %s failed to load: %s", name, error.message)
+
+    def load_model(self, name: str) -> None:
+        """(Re)load a model from the repository. New versions load and warm up first; only then
+        do they replace the old ones, which drain. A failure leaves the old versions serving."""
+        if self._repository is None:
+            raise UnavailableError("this engine has no model repository")
+        with self._lock:
+            previous = self._models.get(name)
+            try:
+                source = self._repository.read(name)
+                versions = self._load_versions(source, previous)
+            except HeadraceError as error:
+                self._record_failure(name, previous, error.message)
+                raise
+            except Exception as error:
+                message = f"{type(error).__name__}: {error}"
+                self._record_failure(name, previous, message)
+                raise InternalError(f"model '{name}' failed to load: {message}") from error
+            self._models[name] = _Model(name, source.config, versions, "READY")
+            if previous is not None:
+                for number, old in previous.versions.items():
+                    if versions.get(number) is not old:
+                        old.close()
+        log.info("model %s ready, versions %s", name, sorted(versions))
+
+    def _load_versions(
+        self, source: ModelSource, previous: _Model | None
+    ) -> dict[int, ModelVersion]:
+        versions: dict[int, ModelVersion] = {}
+        for version_source in source.versions:
+            old = previous.versions.get(version_source.version) if previous else None
+            if old is not None and previous is not None and previous.config == source.config:
+                versions[version_source.version] = old
+                continue
+            versions[version_source.version] = ModelVersion(
+                version_source, source.config, self.settings, self.metrics
+            )
+        return versions
+
+    def _record_failure(self, name: str, previous: _Model | None, reason: str) -> None:
+        log.error("model %s failed to load: %s", name, reason)
+        if previous is not None and previous.versions:
+            previous.reason = f"last reload failed: {reason}"
+            return
+        self._models[name] = _Model(name, None, {}, "UNAVAILABLE", reason)
+
+    def unload_model(self, name: str) -> None:
+        """Stop serving a model; requests already running finish."""
+        with self._lock:
+            model = self._models.get(name)
+            if model is None or model.state != "READY":
+                raise NotFoundError(f"model '{name}' is not loaded")
+            self._models[name] = _Model(name, model.config, {}, "UNAVAILABLE", "unloaded")
+        for version in model.versions.values():
+            version.close()
+
+    def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
+        entries: list[ModelIndexEntry] = []
+        names = set(self._models)
+        if self._repository is not None and not ready_only:
+            names.update(self._repository.model_names())
+        for name in sorted(names):
+            model = self._models.get(name)
+            if model is None:
+                entries.append(ModelIndexEntry(name, "", "UNAVAILABLE", "not loaded"))
+            elif model.versions:
+                entries.extend(
+                    ModelIndexEntry(name, str(v), "READY", model.reason)
+                    for v in sorted(model.versions)
+                )
+            elif not ready_only:
+                entries.append(ModelIndexEntry(name, "", model.state, model.reason))
+        return entries
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def model_names(self) -> list[str]:
+        return sorted(name for name, m in self._models.items() if m.versions)
+
+    def get_version(self, name: str, version: str | int | None = None) -> ModelVersion:
+        """The version that serves ``name`` (latest loaded when ``version`` is empty)."""
+        model = self._models.get(name)
+        if model is None or not model.versions:
+            raise NotFoundError(f"unknown model '{name}'" if model is None else
+                                f"model '{name}' is not ready: {model.reason}")
+        if version is None or version == "":
+            return model.versions[max(model.versions)]
+        try:
+            number = int(version)
+        except ValueError:
+            raise NotFoundError(f"model '{name}' has no version '{version}'") from None
+        found = model.versions.get(number)
+        if found is None:
+            raise NotFoundError(
+                f"model '{name}' has no version '{version}' "
+                f"(serving: {', '.join(str(v) for v in sorted(model.versions))})"
+            )
+        return found
+
+    def is_model_ready(self, name: str, version: str | int | None = None) -> bool:
+        try:
+            self.get_version(name, version)
+        except NotFoundError:
+            return False
+        return True
+
+    def model_config(self, name: str, version: str | int | None = None) -> ModelVersion:
+        return self.get_version(name, version)
+
+    def metadata(self, name: str, version: str | int | None = None) -> ModelMetadata:
+        served = self.get_version(name, version)
+        model = self._models[name]
+        return ModelMetadata(
+            name=name,
+            versions=tuple(str(v) for v in sorted(model.versions)),
+            platform=served.backend.platform,
+            inputs=served.inputs,
+            outputs=served.outputs,
+        )
+
+    def statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
+        if name:
+            if version:
+                return [self.get_version(name, version).statistics()]
+            model = self._models.get(name)
+            if model is None or not model.versions:
+                raise NotFoundError(f"unknown model '{name}'")
+            return [model.versions[v].statistics() for v in sorted(model.versions)]
+        return [
+            m.versions[v].statistics()
+            for _, m in sorted(self._models.items())
+            for v in sorted(m.versions)
+        ]
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        version: str | int | None = None,
+        outputs: Sequence[str] | None = None,
+        *,
+        request_id: str = "",
+    ) -> InferResult:
+        """Run ``model`` on numpy ``inputs`` in the calling thread; blocks until done."""
+        served = self.get_version(model, version)
+        inputs = {k: np.asarray(v) for k, v in inputs.items()}
+        names = served.check_inputs(inputs, outputs)
+        result = served.infer(inputs, names)
+        return InferResult(model, served.version_str, result, request_id, served.output_datatypes)
+
+    async def infer_async(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        version: str | int | None = None,
+        outputs: Sequence[str] | None = None,
+        *,
+        request_id: str = "",
+        declared_datatypes: Mapping[str, str] | None = None,
+    ) -> InferResult:
+        """As :meth:`infer`, awaitable; the model runs off the event loop."""
+        served = self.get_version(model, version)
+        names = served.check_inputs(inputs, outputs, declared_datatypes)
+        result = await served.infer_async(inputs, names)
+        return InferResult(model, served.version_str, result, request_id, served.output_datatypes)
+
+    def close(self) -> None:
+        """Drain and release every model."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            models = list(self._models.values())
+            self._models = {}
+        for model in models:
+            for version in model.versions.values():
+                version.close()

@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics, drift profiles and reports."""

@@ -1,0 +1,188 @@
+"""Wire <-> domain conversion for the v2 protocol; no policy lives here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy.typing as npt
+
+from headrace.engine import InferResult, ModelMetadata, VersionStatistics
+from headrace.errors import InvalidArgumentError
+from headrace.tensors import decode_raw, decode_typed, encode_raw
+from headrace._proto.inference import grpc_service_pb2 as pb
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    model_name: str
+    model_version: str
+    request_id: str
+    inputs: dict[str, npt.NDArray[Any]]
+    declared_datatypes: dict[str, str]
+    outputs: list[str]
+    parameters: dict[str, Any]
+
+
+def _parameter_value(parameter: Any) -> Any:
+    choice = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, choice) if choice is not None else None
+
+
+def decode_infer_request(request: Any, max_elements: int) -> DecodedRequest:
+    """Check the request's structure and turn its tensors into numpy arrays (raw: views)."""
+    raw_contents = request.raw_input_contents
+    if raw_contents:
+        if len(raw_contents) != len(request.inputs):
+            raise InvalidArgumentError(
+                f"request has {len(request.inputs)} inputs but {len(raw_contents)} "
+                "raw_input_contents entries; there must be exactly one per input"
+            )
+        for tensor in request.inputs:
+            if tensor.HasField("contents"):
+                raise InvalidArgumentError(
+                    f"input '{tensor.name}': typed contents and raw_input_contents are mixed "
+                    "in one request"
+                )
+    inputs: dict[str, npt.NDArray[Any]] = {}
+    declared: dict[str, str] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in inputs:
+            raise InvalidArgumentError(f"input '{name}' appears more than once")
+        shape = list(tensor.shape)
+        if raw_contents:
+            inputs[name] = decode_raw(
+                name, tensor.datatype, shape, raw_contents[index], max_elements
+            )
+        elif tensor.HasField("contents"):
+            inputs[name] = decode_typed(
+                name, tensor.datatype, shape, tensor.contents, max_elements
+            )
+        else:
+            raise InvalidArgumentError(f"input '{name}' has no contents (typed or raw)")
+        declared[name] = tensor.datatype
+    return DecodedRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        request_id=request.id,
+        inputs=inputs,
+        declared_datatypes=declared,
+        outputs=[output.name for output in request.outputs],
+        parameters={k: _parameter_value(v) for k, v in request.parameters.items()},
+    )
+
+
+def encode_infer_response(result: InferResult) -> Any:
+    response = pb.ModelInferResponse(
+        model_name=result.model_name, model_version=result.model_version, id=result.id
+    )
+    for name, array in result.outputs.items():
+        datatype = result.datatypes[name]
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = datatype
+        tensor.shape.extend(array.shape)
+        response.raw_output_contents.append(encode_raw(name, datatype, array))
+    return response
+
+
+def encode_metadata(metadata: ModelMetadata) -> Any:
+    response = pb.ModelMetadataResponse(
+        name=metadata.name, versions=list(metadata.versions), platform=metadata.platform
+    )
+    for spec in metadata.inputs:
+        response.inputs.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+    for spec in metadata.outputs:
+        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+    return response
+
+
+_CONFIG_DATATYPE = {
+    "BOOL": pb.TYPE_BOOL,
+    "UINT8": pb.TYPE_UINT8,
+    "UINT16": pb.TYPE_UINT16,
+    "UINT32": pb.TYPE_UINT32,
+    "UINT64": pb.TYPE_UINT64,
+    "INT8": pb.TYPE_INT8,
+    "INT16": pb.TYPE_INT16,
+    "INT32": pb.TYPE_INT32,
+    "INT64": pb.TYPE_INT64,
+    "FP16": pb.TYPE_FP16,
+    "FP32": pb.TYPE_FP32,
+    "FP64": pb.TYPE_FP64,
+    "BYTES": pb.TYPE_STRING,
+    "BF16": pb.TYPE_BF16,
+}
+
+
+def encode_model_config(version: Any) -> Any:
+    """Triton's ModelConfig for a served version (dims exclude the batch dim when batching)."""
+    config = pb.ModelConfig(
+        name=version.name,
+        platform=version.backend.platform,
+        backend="onnxruntime" if version.backend.platform == "onnxruntime_onnx" else "int8",
+        max_batch_size=version.max_batch_size,
+    )
+    policy = version.config.version_policy
+    if policy.kind == "all":
+        config.version_policy.all.SetInParent()
+    elif policy.kind == "specific":
+        config.version_policy.specific.versions.extend(policy.versions)
+    else:
+        config.version_policy.latest.num_versions = policy.num_versions
+    skip = 1 if version.max_batch_size > 0 else 0
+    for spec in version.inputs:
+        config.input.add(
+            name=spec.name, data_type=_CONFIG_DATATYPE[spec.datatype], dims=list(spec.shape[skip:])
+        )
+    for spec in version.outputs:
+        dims = list(spec.shape[skip:]) if len(spec.shape) >= skip else []
+        config.output.add(name=spec.name, data_type=_CONFIG_DATATYPE[spec.datatype], dims=dims)
+    group = config.instance_group.add()
+    group.name = f"{version.name}_0"
+    group.count = max(1, version.config.instances)
+    group.kind = pb.ModelInstanceGroup.KIND_CPU
+    if version.max_batch_size > 0:
+        batching = version.config.batching
+        dynamic = config.dynamic_batching
+        dynamic.preferred_batch_size.extend(batching.preferred_batch_sizes)
+        if isinstance(batching.max_queue_delay_us, int):
+            dynamic.max_queue_delay_microseconds = batching.max_queue_delay_us
+        dynamic.priority_levels = batching.priority_levels
+        dynamic.default_priority_level = batching.default_priority_level
+        dynamic.default_queue_policy.default_timeout_microseconds = batching.default_timeout_us
+        dynamic.default_queue_policy.max_queue_size = batching.max_queue_size
+        dynamic.default_queue_policy.allow_timeout_override = True
+    return config
+
+
+def _duration(target: Any, count: int, ns: int) -> None:
+    target.count = count
+    target.ns = ns
+
+
+def encode_statistics(stats: list[VersionStatistics]) -> Any:
+    response = pb.ModelStatisticsResponse()
+    for s in stats:
+        entry = response.model_stats.add(
+            name=s.name,
+            version=s.version,
+            last_inference=s.last_inference_ms,
+            inference_count=s.inference_count,
+            execution_count=s.execution_count,
+        )
+        infer = entry.inference_stats
+        _duration(infer.success, s.success_count, s.success_ns)
+        _duration(infer.fail, s.fail_count, s.fail_ns)
+        _duration(infer.queue, s.queue_count, s.queue_ns)
+        _duration(infer.compute_infer, s.compute_count, s.compute_ns)
+        _duration(infer.compute_input, s.compute_count, 0)
+        _duration(infer.compute_output, s.compute_count, 0)
+        for size in sorted(s.batches):
+            batch = s.batches[size]
+            item = entry.batch_stats.add(batch_size=size)
+            _duration(item.compute_infer, batch.count, batch.compute_ns)
+            _duration(item.compute_input, batch.count, 0)
+            _duration(item.compute_output, batch.count, 0)
+    return response

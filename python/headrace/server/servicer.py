@@ -1,0 +1,207 @@
+"""The KServe v2 / Triton ``inference.GRPCInferenceService`` servicer over an Engine.
+
+Each handler converts wire -> domain, calls the engine, converts back. Errors become gRPC
+statuses in one place (``status.py``); on the stream they go into ``error_message`` instead and
+the stream stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+import headrace
+from headrace.engine import Engine
+from headrace.errors import InvalidArgumentError, UnimplementedError
+from headrace.server import convert
+from headrace.server.status import describe, unary_errors
+from headrace._proto.inference import grpc_service_pb2 as pb
+from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "headrace"
+# Only what is really implemented: clients probe this list.
+EXTENSIONS = ("model_repository", "model_configuration", "statistics")
+
+# Requests a stream may have in flight before the reader waits for answers: bounds the memory one
+# stream can pin while still letting a client pipeline.
+STREAM_MAX_IN_FLIGHT = 256
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._max_elements = engine.settings.max_request_elements
+        self.ready = True
+
+    # -- health and metadata -----------------------------------------------------------------
+
+    @unary_errors
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    @unary_errors
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    @unary_errors
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        ready = self.ready and self._engine.is_model_ready(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=ready)
+
+    @unary_errors
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=headrace.__version__, extensions=list(EXTENSIONS)
+        )
+
+    @unary_errors
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return convert.encode_metadata(self._engine.metadata(request.name, request.version))
+
+    @unary_errors
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        version = self._engine.get_version(request.name, request.version)
+        return pb.ModelConfigResponse(config=convert.encode_model_config(version))
+
+    @unary_errors
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return convert.encode_statistics(self._engine.statistics(request.name, request.version))
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def _infer(self, request: Any) -> Any:
+        decoded = convert.decode_infer_request(request, self._max_elements)
+        result = await self._engine.infer_async(
+            decoded.model_name,
+            decoded.inputs,
+            decoded.model_version or None,
+            decoded.outputs or None,
+            request_id=decoded.request_id,
+            declared_datatypes=decoded.declared_datatypes,
+        )
+        return convert.encode_infer_response(result)
+
+    @unary_errors
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._infer(request)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        # Requests on one stream run concurrently (a stream is a pipeline, not a lock-step
+        # conversation); answers go back as they finish, each carrying its request id.
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+        done_reading = object()
+
+        async def answer(request: Any) -> None:
+            try:
+                response = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except Exception as error:
+                _, message = describe(error)
+                response = pb.ModelStreamInferResponse(
+                    error_message=message,
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name,
+                        model_version=request.model_version,
+                        id=request.id,
+                    ),
+                )
+            finally:
+                slots.release()
+            await answers.put(response)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            finally:
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                await answers.put(done_reading)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await answers.get()
+                if item is done_reading:
+                    break
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    # -- repository --------------------------------------------------------------------------
+
+    @unary_errors
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        response = pb.RepositoryIndexResponse()
+        for entry in self._engine.repository_index(ready_only=request.ready):
+            response.models.add(
+                name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
+            )
+        return response
+
+    @unary_errors
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request.parameters:
+            raise UnimplementedError(
+                "loading a model from request parameters (config / file:) is not supported; "
+                "put the model in the repository and load it by name"
+            )
+        if not request.model_name:
+            raise InvalidArgumentError("RepositoryModelLoad needs a model_name")
+        # Loading reads files and builds sessions: never on the event loop.
+        await asyncio.to_thread(self._engine.load_model, request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @unary_errors
+    async def RepositoryModelUnload(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        if not request.model_name:
+            raise InvalidArgumentError("RepositoryModelUnload needs a model_name")
+        await asyncio.to_thread(self._engine.unload_model, request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- Triton extensions headrace does not offer (not listed in ServerMetadata) ------------
+
+    async def _unsupported(self, feature: str, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"headrace does not support the {feature} extension"
+        )
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return await self._unsupported("system_shared_memory", context)
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return await self._unsupported("system_shared_memory", context)
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return await self._unsupported("system_shared_memory", context)
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return await self._unsupported("cuda_shared_memory", context)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return await self._unsupported("cuda_shared_memory", context)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return await self._unsupported("cuda_shared_memory", context)
+
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        return await self._unsupported("trace", context)
+
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        return await self._unsupported("logging", context)

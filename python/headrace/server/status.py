@@ -1,0 +1,48 @@
+"""The one place where domain errors become gRPC statuses."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from headrace.errors import HeadraceError, StatusCode
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+def grpc_code(code: StatusCode) -> grpc.StatusCode:
+    for candidate in grpc.StatusCode:
+        if candidate.value[0] == int(code):
+            return candidate
+    return grpc.StatusCode.INTERNAL
+
+
+def describe(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """(status, message) for any exception; unknown ones are INTERNAL and logged."""
+    if isinstance(error, HeadraceError):
+        return grpc_code(error.code), error.message
+    log.exception("unexpected error while serving a request", exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+
+
+def unary_errors(
+    handler: Callable[..., Awaitable[_T]],
+) -> Callable[..., Awaitable[_T]]:
+    """Turn exceptions of a unary handler into a gRPC status with a message."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _T:
+        try:
+            return await handler(self, request, context)
+        except Exception as error:
+            code, message = describe(error)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: context.abort raises") from None
+
+    return wrapper
