@@ -8,6 +8,7 @@ The committed model.onnx was made by this script; it is kept in the repository s
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def mlp(sizes: list[int], seed: int = 0, name: str = "mlp") -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     nodes, initializers = [], []
     current = "x"
-    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         weight = rng.normal(0, np.sqrt(2 / fan_in), (fan_in, fan_out)).astype(np.float32)
         bias = rng.normal(0, 0.01, fan_out).astype(np.float32)
         initializers += [
@@ -31,7 +32,9 @@ def mlp(sizes: list[int], seed: int = 0, name: str = "mlp") -> onnx.ModelProto:
         last = layer == len(sizes) - 2
         nodes.append(helper.make_node("MatMul", [current, f"w{layer}"], [f"mm{layer}"]))
         out = "y" if last else f"h{layer}"
-        nodes.append(helper.make_node("Add", [f"mm{layer}", f"b{layer}"], [out if last else f"a{layer}"]))
+        nodes.append(
+            helper.make_node("Add", [f"mm{layer}", f"b{layer}"], [out if last else f"a{layer}"])
+        )
         if not last:
             nodes.append(helper.make_node("Relu", [f"a{layer}"], [out]))
         current = out

@@ -1,4 +1,4 @@
-"""The ``headrace`` command line: ``headrace serve``, ``headrace quantize``, ``headrace profile``."""
+"""The ``headrace`` command line: serve, quantize, profile."""
 
 from __future__ import annotations
 
@@ -31,8 +31,10 @@ def _serve(args: argparse.Namespace) -> int:
     }
     settings = ServerSettings(**overrides)
     if settings.model_repository is None:
-        print("headrace serve: --model-repository (or HEADRACE_MODEL_REPOSITORY) is required",
-              file=sys.stderr)
+        print(
+            "headrace serve: --model-repository (or HEADRACE_MODEL_REPOSITORY) is required",
+            file=sys.stderr,
+        )
         return 2
     if (settings.tls_cert is None) != (settings.tls_key is None):
         print("headrace serve: --tls-cert and --tls-key go together", file=sys.stderr)

@@ -15,12 +15,12 @@ import numpy as np
 import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from headrace._proto.inference import grpc_service_pb2 as pb
+from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from headrace.config import DEFAULT_MAX_MESSAGE_BYTES
 from headrace.engine import InferResult
 from headrace.errors import error_for_code
 from headrace.tensors import datatype_of, decode_raw_output, encode_raw
-from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
 
 __all__ = ["AsyncClient", "Client", "TlsConfig"]
 
@@ -99,9 +99,7 @@ def decode_infer_response(response: Any) -> InferResult:
             outputs[tensor.name] = decode_raw_output(tensor.datatype, shape, raw[index])
         else:
             outputs[tensor.name] = _decode_typed_output(tensor, shape)
-    return InferResult(
-        response.model_name, response.model_version, outputs, response.id, datatypes
-    )
+    return InferResult(response.model_name, response.model_version, outputs, response.id, datatypes)
 
 
 def _decode_typed_output(tensor: Any, shape: list[int]) -> npt.NDArray[Any]:
@@ -176,14 +174,10 @@ class Client:
         return self._call("ModelMetadata", pb.ModelMetadataRequest(name=model, version=version))
 
     def model_config(self, model: str, version: str = "") -> Any:
-        return self._call(
-            "ModelConfig", pb.ModelConfigRequest(name=model, version=version)
-        ).config
+        return self._call("ModelConfig", pb.ModelConfigRequest(name=model, version=version)).config
 
     def model_statistics(self, model: str = "", version: str = "") -> Any:
-        return self._call(
-            "ModelStatistics", pb.ModelStatisticsRequest(name=model, version=version)
-        )
+        return self._call("ModelStatistics", pb.ModelStatisticsRequest(name=model, version=version))
 
     def repository_index(self, ready_only: bool = False) -> Any:
         return self._call("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready_only)).models
@@ -215,8 +209,13 @@ class Client:
         timeout_s: float | None = None,
     ) -> InferResult:
         request = build_infer_request(
-            model, inputs, version=version, outputs=outputs, request_id=request_id,
-            parameters=parameters, datatypes=datatypes,
+            model,
+            inputs,
+            version=version,
+            outputs=outputs,
+            request_id=request_id,
+            parameters=parameters,
+            datatypes=datatypes,
         )
         return decode_infer_response(self._call("ModelInfer", request, timeout_s))
 
@@ -246,7 +245,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def _call(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
         try:
@@ -297,7 +296,12 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> InferResult:
         request = build_infer_request(
-            model, inputs, version=version, outputs=outputs, request_id=request_id,
-            parameters=parameters, datatypes=datatypes,
+            model,
+            inputs,
+            version=version,
+            outputs=outputs,
+            request_id=request_id,
+            parameters=parameters,
+            datatypes=datatypes,
         )
         return decode_infer_response(await self._call("ModelInfer", request, timeout_s))

@@ -186,7 +186,7 @@ def _version_policy(path: Path, value: Any) -> VersionPolicy:
             )
     raise _fail(
         path,
-        "'version_policy' must be \"latest\", \"all\", { latest = N } or "
+        '\'version_policy\' must be "latest", "all", { latest = N } or '
         f"{{ specific = [versions] }}, got {value!r}",
     )
 

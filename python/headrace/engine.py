@@ -265,18 +265,30 @@ class ModelVersion:
 
     # -- execution --------------------------------------------------------------------------
 
-    def _feed(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
-        feed = {}
+    def prepare_inputs(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Inputs as the backend takes them. ONNX Runtime's string tensors hold UTF-8 text and
+        its Python API takes ``str``: BYTES elements are decoded here, before any queueing, so
+        a non-UTF-8 element is the caller's INVALID_ARGUMENT, not a model failure."""
+        prepared = dict(inputs)
         for spec in self.inputs:
-            array = inputs[spec.name]
-            if spec.datatype == "BYTES" and array.dtype.kind == "O":
-                # ONNX Runtime's string tensors take str; the wire carries bytes.
-                array = np.vectorize(
-                    lambda v: v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v,
-                    otypes=[object],
-                )(array) if array.size else array
-            feed[spec.name] = array
-        return feed
+            array = prepared[spec.name]
+            if spec.datatype != "BYTES" or array.dtype.kind != "O" or not array.size:
+                continue
+            flat = array.ravel()
+            texts = np.empty(flat.shape, dtype=object)
+            for index, value in enumerate(flat):
+                if isinstance(value, bytes):
+                    try:
+                        texts[index] = value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise InvalidArgumentError(
+                            f"input '{spec.name}': BYTES element {index} is not valid UTF-8 "
+                            "(ONNX Runtime string tensors hold UTF-8 text)"
+                        ) from None
+                else:
+                    texts[index] = value
+            prepared[spec.name] = texts.reshape(array.shape)
+        return prepared
 
     def _rows(self, inputs: Mapping[str, npt.NDArray[Any]]) -> int:
         if self.max_batch_size > 0 and self.inputs:
@@ -288,7 +300,7 @@ class ModelVersion:
     ) -> dict[str, npt.NDArray[Any]]:
         start_ns = time.perf_counter_ns()
         try:
-            arrays = self.backend.run(self._feed(inputs), output_names)
+            arrays = self.backend.run(inputs, output_names)
         except HeadraceError:
             raise
         except Exception as error:  # a model's own failure: INTERNAL with its message
@@ -371,10 +383,11 @@ class ModelVersion:
             else:
                 inputs[spec.name] = np.zeros(shape, dtype=DATATYPE_TO_NUMPY[spec.datatype])
         try:
-            self.backend.run(self._feed(inputs), self._output_names)
+            self.backend.run(self.prepare_inputs(inputs), self._output_names)
         except Exception as error:  # a model may reject zeros; that is no reason to refuse it
-            log.warning("model %s version %s: warm-up run failed: %s", self.name, self.version,
-                        error)
+            log.warning(
+                "model %s version %s: warm-up run failed: %s", self.name, self.version, error
+            )
 
     def statistics(self) -> VersionStatistics:
         with self._stats_lock:
@@ -429,8 +442,8 @@ class Engine:
         for name in self._repository.model_names():
             try:
                 self.load_model(name)
-            except HeadraceError as error:
-                log.error("model %s failed to load: %s", name, error.message)
+            except HeadraceError:
+                continue  # reported by load_model: state UNAVAILABLE with the reason, a log line
 
     def load_model(self, name: str) -> None:
         """(Re)load a model from the repository. New versions load and warm up first; only then
@@ -441,6 +454,12 @@ class Engine:
             previous = self._models.get(name)
             try:
                 source = self._repository.read(name)
+            except NotFoundError:
+                raise  # nothing to report in the index for a model that does not exist
+            except HeadraceError as error:
+                self._record_failure(name, previous, error.message)
+                raise
+            try:
                 versions = self._load_versions(source, previous)
             except HeadraceError as error:
                 self._record_failure(name, previous, error.message)
@@ -448,7 +467,7 @@ class Engine:
             except Exception as error:
                 message = f"{type(error).__name__}: {error}"
                 self._record_failure(name, previous, message)
-                raise InternalError(f"model '{name}' failed to load: {message}") from error
+                raise UnavailableError(f"model '{name}' failed to load: {message}") from error
             self._models[name] = _Model(name, source.config, versions, "READY")
             if previous is not None:
                 for number, old in previous.versions.items():
@@ -514,8 +533,11 @@ class Engine:
         """The version that serves ``name`` (latest loaded when ``version`` is empty)."""
         model = self._models.get(name)
         if model is None or not model.versions:
-            raise NotFoundError(f"unknown model '{name}'" if model is None else
-                                f"model '{name}' is not ready: {model.reason}")
+            raise NotFoundError(
+                f"unknown model '{name}'"
+                if model is None
+                else f"model '{name}' is not ready: {model.reason}"
+            )
         if version is None or version == "":
             return model.versions[max(model.versions)]
         try:
@@ -580,7 +602,7 @@ class Engine:
         served = self.get_version(model, version)
         inputs = {k: np.asarray(v) for k, v in inputs.items()}
         names = served.check_inputs(inputs, outputs)
-        result = served.infer(inputs, names)
+        result = served.infer(served.prepare_inputs(inputs), names)
         return InferResult(model, served.version_str, result, request_id, served.output_datatypes)
 
     async def infer_async(
@@ -596,7 +618,7 @@ class Engine:
         """As :meth:`infer`, awaitable; the model runs off the event loop."""
         served = self.get_version(model, version)
         names = served.check_inputs(inputs, outputs, declared_datatypes)
-        result = await served.infer_async(inputs, names)
+        result = await served.infer_async(served.prepare_inputs(inputs), names)
         return InferResult(model, served.version_str, result, request_id, served.output_datatypes)
 
     def close(self) -> None:

@@ -62,13 +62,13 @@ class OnnxBackend:
 
     platform = PLATFORM
 
-    def __init__(
-        self, path: Path, *, intra_op_threads: int = 1, inter_op_threads: int = 1
-    ) -> None:
+    def __init__(self, path: Path, *, intra_op_threads: int = 1, inter_op_threads: int = 1) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
-        options.log_severity_level = 3
+        # Errors reach the caller as exceptions; ONNX Runtime's own stderr logging would only
+        # duplicate them.
+        options.log_severity_level = 4
         self.path = path
         self._session = ort.InferenceSession(
             str(path), sess_options=options, providers=choose_providers()
@@ -85,9 +85,11 @@ class OnnxBackend:
             if self._bf16_inputs or self._bf16_outputs:
                 return self._run_ort_values(inputs, output_names)
             return list(self._session.run(list(output_names), dict(inputs)))
-        except (ort.capi.onnxruntime_pybind11_state.Fail,
-                ort.capi.onnxruntime_pybind11_state.RuntimeException,
-                ort.capi.onnxruntime_pybind11_state.InvalidArgument) as error:
+        except (
+            ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.RuntimeException,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+        ) as error:
             raise InternalError(f"model runtime error: {error}") from None
 
     def _run_ort_values(

@@ -26,48 +26,71 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.request_success = Counter(
-            "headrace_inference_request_success", "Successful inference requests", _LABELS,
+            "headrace_inference_request_success",
+            "Successful inference requests",
+            _LABELS,
             registry=r,
         )
         self.request_failure = Counter(
-            "headrace_inference_request_failure", "Failed inference requests", (*_LABELS, "code"),
+            "headrace_inference_request_failure",
+            "Failed inference requests",
+            (*_LABELS, "code"),
             registry=r,
         )
         self.inference_count = Counter(
-            "headrace_inference_count", "Rows inferred (batch dimension summed)", _LABELS,
+            "headrace_inference_count",
+            "Rows inferred (batch dimension summed)",
+            _LABELS,
             registry=r,
         )
         self.execution_count = Counter(
             "headrace_inference_exec_count", "Model executions (batches run)", _LABELS, registry=r
         )
         self.pending_requests = Gauge(
-            "headrace_inference_pending_request_count", "Requests queued, not yet running",
-            _LABELS, registry=r,
+            "headrace_inference_pending_request_count",
+            "Requests queued, not yet running",
+            _LABELS,
+            registry=r,
         )
         self.request_duration = Histogram(
             "headrace_inference_request_duration_seconds",
-            "End-to-end request time inside the server", _LABELS,
-            buckets=LATENCY_BUCKETS_S, registry=r,
+            "End-to-end request time inside the server",
+            _LABELS,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.queue_duration = Histogram(
-            "headrace_inference_queue_duration_seconds", "Time queued before execution",
-            _LABELS, buckets=LATENCY_BUCKETS_S, registry=r,
+            "headrace_inference_queue_duration_seconds",
+            "Time queued before execution",
+            _LABELS,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.compute_duration = Histogram(
-            "headrace_inference_compute_duration_seconds", "Model execution time per batch",
-            _LABELS, buckets=LATENCY_BUCKETS_S, registry=r,
+            "headrace_inference_compute_duration_seconds",
+            "Model execution time per batch",
+            _LABELS,
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "headrace_inference_batch_size", "Rows per executed batch", _LABELS,
-            buckets=BATCH_SIZE_BUCKETS, registry=r,
+            "headrace_inference_batch_size",
+            "Rows per executed batch",
+            _LABELS,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
         )
         self.shed_requests = Counter(
-            "headrace_inference_shed_requests", "Requests shed to meet the latency target",
-            _LABELS, registry=r,
+            "headrace_inference_shed_requests",
+            "Requests shed to meet the latency target",
+            _LABELS,
+            registry=r,
         )
         self.expired_requests = Counter(
-            "headrace_inference_expired_requests", "Requests whose deadline passed in the queue",
-            _LABELS, registry=r,
+            "headrace_inference_expired_requests",
+            "Requests whose deadline passed in the queue",
+            _LABELS,
+            registry=r,
         )
         self._collect_hooks: list[Callable[[], None]] = []
         self._hooks_lock = threading.Lock()

@@ -12,14 +12,14 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from headrace._proto.inference import grpc_service_pb2 as pb
+from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from headrace.config import ServerSettings
 from headrace.engine import Engine
 from headrace.server.servicer import InferenceServicer
-from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,11 @@ class Server:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                INFERENCE_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         address = f"{s.host}:{s.grpc_port}"
@@ -89,6 +92,7 @@ class Server:
         await asyncio.to_thread(self.engine.close)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+            self._metrics_server.server_close()
             self._metrics_server = None
         if self.settings.grpc_uds is not None:
             Path(self.settings.grpc_uds).unlink(missing_ok=True)
@@ -134,4 +138,5 @@ def serve(settings: ServerSettings) -> int:
     )
     import uvloop
 
-    return uvloop.run(_serve(settings))
+    exit_code: int = uvloop.run(_serve(settings))
+    return exit_code

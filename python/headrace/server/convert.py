@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy.typing as npt
 
+from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace.engine import InferResult, ModelMetadata, VersionStatistics
 from headrace.errors import InvalidArgumentError
 from headrace.tensors import decode_raw, decode_typed, encode_raw
-from headrace._proto.inference import grpc_service_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,7 @@ def decode_infer_request(request: Any, max_elements: int) -> DecodedRequest:
                 name, tensor.datatype, shape, raw_contents[index], max_elements
             )
         elif tensor.HasField("contents"):
-            inputs[name] = decode_typed(
-                name, tensor.datatype, shape, tensor.contents, max_elements
-            )
+            inputs[name] = decode_typed(name, tensor.datatype, shape, tensor.contents, max_elements)
         else:
             raise InvalidArgumentError(f"input '{name}' has no contents (typed or raw)")
         declared[name] = tensor.datatype

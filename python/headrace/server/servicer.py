@@ -10,19 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 import headrace
+from headrace._proto.inference import grpc_service_pb2 as pb
+from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from headrace.engine import Engine
 from headrace.errors import InvalidArgumentError, UnimplementedError
 from headrace.server import convert
 from headrace.server.status import describe, unary_errors
-from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # ServicerContext is generic only in the type stubs
+    Context = grpc.aio.ServicerContext[Any, Any]
+else:
+    Context = grpc.aio.ServicerContext
 
 SERVER_NAME = "headrace"
 # Only what is really implemented: clients probe this list.
@@ -42,35 +47,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     # -- health and metadata -----------------------------------------------------------------
 
     @unary_errors
-    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerLive(self, request: Any, context: Context) -> Any:
         return pb.ServerLiveResponse(live=True)
 
     @unary_errors
-    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerReady(self, request: Any, context: Context) -> Any:
         return pb.ServerReadyResponse(ready=self.ready)
 
     @unary_errors
-    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelReady(self, request: Any, context: Context) -> Any:
         ready = self.ready and self._engine.is_model_ready(request.name, request.version or None)
         return pb.ModelReadyResponse(ready=ready)
 
     @unary_errors
-    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerMetadata(self, request: Any, context: Context) -> Any:
         return pb.ServerMetadataResponse(
             name=SERVER_NAME, version=headrace.__version__, extensions=list(EXTENSIONS)
         )
 
     @unary_errors
-    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelMetadata(self, request: Any, context: Context) -> Any:
         return convert.encode_metadata(self._engine.metadata(request.name, request.version))
 
     @unary_errors
-    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelConfig(self, request: Any, context: Context) -> Any:
         version = self._engine.get_version(request.name, request.version)
         return pb.ModelConfigResponse(config=convert.encode_model_config(version))
 
     @unary_errors
-    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelStatistics(self, request: Any, context: Context) -> Any:
         return convert.encode_statistics(self._engine.statistics(request.name, request.version))
 
     # -- inference ---------------------------------------------------------------------------
@@ -88,11 +93,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return convert.encode_infer_response(result)
 
     @unary_errors
-    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ModelInfer(self, request: Any, context: Context) -> Any:
         return await self._infer(request)
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[Any]:
         # Requests on one stream run concurrently (a stream is a pipeline, not a lock-step
         # conversation); answers go back as they finish, each carrying its request id.
@@ -145,7 +150,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     # -- repository --------------------------------------------------------------------------
 
     @unary_errors
-    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RepositoryIndex(self, request: Any, context: Context) -> Any:
         response = pb.RepositoryIndexResponse()
         for entry in self._engine.repository_index(ready_only=request.ready):
             response.models.add(
@@ -154,7 +159,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return response
 
     @unary_errors
-    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
         if request.parameters:
             raise UnimplementedError(
                 "loading a model from request parameters (config / file:) is not supported; "
@@ -167,9 +172,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return pb.RepositoryModelLoadResponse()
 
     @unary_errors
-    async def RepositoryModelUnload(
-        self, request: Any, context: grpc.aio.ServicerContext
-    ) -> Any:
+    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
         if not request.model_name:
             raise InvalidArgumentError("RepositoryModelUnload needs a model_name")
         await asyncio.to_thread(self._engine.unload_model, request.model_name)
@@ -177,7 +180,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     # -- Triton extensions headrace does not offer (not listed in ServerMetadata) ------------
 
-    async def _unsupported(self, feature: str, context: grpc.aio.ServicerContext) -> Any:
+    async def _unsupported(self, feature: str, context: Context) -> Any:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED, f"headrace does not support the {feature} extension"
         )

@@ -37,7 +37,7 @@ def unary_errors(
     """Turn exceptions of a unary handler into a gRPC status with a message."""
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _T:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> _T:
         try:
             return await handler(self, request, context)
         except Exception as error:

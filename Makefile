@@ -1,0 +1,62 @@
+# Developer and CI entry points. `make serve` and `make test` work on a fresh machine with
+# Python >= 3.11 and a C++ compiler: they create .venv, install what they need, and build csrc/.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+JOBS ?= 2
+# Tools the build itself needs, installed into the venv so builds run without isolation (fast,
+# and the same versions every time).
+BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.13" "grpcio-tools>=1.66" ninja "cmake>=3.24"
+
+.PHONY: help venv install install-dev serve test lint typecheck cpp-sanitize pytest bench clean
+
+help:
+	@echo "make serve   - set up and serve examples/models (gRPC :8001, metrics :8002)"
+	@echo "make test    - set up and run every check: ruff, mypy, -Werror build, sanitizers, pytest"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+venv: $(BIN)/python
+
+install: venv
+	$(PIP) install --quiet $(BUILD_DEPS)
+	$(PIP) install --quiet --no-build-isolation .
+
+install-dev: venv
+	$(PIP) install --quiet $(BUILD_DEPS)
+	HEADRACE_WERROR=ON CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) \
+		$(PIP) install --quiet --no-build-isolation ".[test]"
+
+serve: install
+	$(BIN)/headrace serve --model-repository examples/models
+
+lint: install-dev
+	$(BIN)/ruff check python tests examples bench
+	$(BIN)/ruff format --check python tests examples bench
+
+typecheck: install-dev
+	$(BIN)/mypy
+
+# The core's C++ tests under AddressSanitizer+UBSan, then ThreadSanitizer, warnings as errors.
+cpp-sanitize: install-dev
+	@for sanitizer in address,undefined thread; do \
+		dir=build/sanitize-$$(echo $$sanitizer | tr , -); \
+		$(BIN)/cmake -S . -B $$dir -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(BIN))/ninja \
+			-DHEADRACE_PYTHON=OFF -DHEADRACE_CPP_TESTS=ON -DHEADRACE_WERROR=ON \
+			-DHEADRACE_SANITIZE=$$sanitizer -DCMAKE_BUILD_TYPE=Debug >/dev/null || exit 1; \
+		$(BIN)/cmake --build $$dir -j $(JOBS) || exit 1; \
+		(cd $$dir && TSAN_OPTIONS=halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+			$(abspath $(BIN))/ctest --output-on-failure) || exit 1; \
+	done
+
+pytest: install-dev
+	$(BIN)/python -m pytest
+
+test: lint typecheck cpp-sanitize pytest
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,159 @@
+"""`headrace serve` as a real process: the CLI, settings from the environment, tritonclient as a
+client, and a graceful SIGTERM with requests in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headrace.client import Client
+from helpers import onnx_models
+
+HERE = Path(__file__).resolve().parent
+SERVING_LINE = re.compile(r"serving gRPC on ([\d.]+):(\d+)")
+
+
+class ServeProcess:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "headrace", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 60
+        self.address = ""
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            match = SERVING_LINE.search(line)
+            if match:
+                self.address = f"{match.group(1)}:{match.group(2)}"
+                break
+        if not self.address:
+            self.process.kill()
+            _, err = self.process.communicate()
+            raise AssertionError(f"headrace serve did not start:\n{err}")
+
+    def terminate(self) -> tuple[int, str, str]:
+        self.process.send_signal(signal.SIGTERM)
+        out, err = self.process.communicate(timeout=60)
+        return self.process.returncode, out, err
+
+
+@pytest.fixture()
+def example_server(tmp_path: Path) -> Iterator[ServeProcess]:
+    repo = tmp_path / "models"
+    onnx_models.write_model(repo, "tabular", onnx_models.mlp([32, 64, 1]))
+    serving = ServeProcess(
+        ["--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "-1"]
+    )
+    yield serving
+    if serving.process.poll() is None:
+        serving.terminate()
+
+
+def test_tritonclient_talks_to_headrace(example_server: ServeProcess) -> None:
+    checked = subprocess.run(
+        [sys.executable, str(HERE / "tritonclient_check.py"), example_server.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["live"] and report["ready"] and report["model_ready"]
+    assert report["metadata_inputs"] == [["x", "FP32", [-1, 32]]]
+    assert report["max_batch_size"] == 64
+    assert report["id"] == "t1"
+    assert report["success_count"] == 1
+    assert "StatusCode.NOT_FOUND" in report["error"]
+    x = np.linspace(-1, 1, 3 * 32, dtype=np.float32).reshape(3, 32)
+    with Client(example_server.address) as client:
+        expected = client.infer("tabular", {"x": x}).outputs["y"]
+    np.testing.assert_array_equal(np.array(report["y"], np.float32), expected)
+
+
+def test_settings_from_environment_and_clean_exit(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    onnx_models.write_model(repo, "m", onnx_models.mlp([4, 4]))
+    uds = tmp_path / "h.sock"
+    serving = ServeProcess(
+        ["--grpc-port", "0"],
+        env={
+            "HEADRACE_MODEL_REPOSITORY": str(repo),
+            "HEADRACE_METRICS_PORT": "-1",
+            "HEADRACE_GRPC_UDS": str(uds),
+        },
+    )
+    with Client(f"unix:{uds}") as client:
+        assert client.is_model_ready("m")
+    code, out, _ = serving.terminate()
+    assert code == 0
+    assert "stopped" in out
+    assert not uds.exists()
+
+
+def test_missing_repository_is_a_clear_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "headrace", "serve", "--grpc-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HEADRACE_")},
+    )
+    assert result.returncode == 2
+    assert "--model-repository" in result.stderr
+
+
+def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    onnx_models.write_model(repo, "slow", onnx_models.slow_matmul(size=384, repeats=12))
+    serving = ServeProcess(
+        ["--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "-1"]
+    )
+    x = np.ones((384, 384), np.float32) / 384
+    results: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        with Client(serving.address) as client:
+            try:
+                results[i] = client.infer("slow", {"x": x}, request_id=str(i)).outputs["y"]
+            except Exception as error:  # recorded and asserted on below
+                results[i] = error
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    with Client(serving.address) as client:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the first has finished, the other 7 are in flight
+            if client.model_statistics("slow").model_stats[0].execution_count >= 1:
+                break
+            time.sleep(0.01)
+        in_flight = 8 - client.model_statistics("slow").model_stats[0].execution_count
+    assert in_flight >= 3, "the model ran too fast for this test to mean anything"
+    code, _, err = serving.terminate()
+    for thread in threads:
+        thread.join(60)
+    assert code == 0, err
+    assert sorted(results) == list(range(8))
+    for i, value in results.items():
+        assert isinstance(value, np.ndarray), f"request {i}: {value!r}"
+        assert value.shape == (384, 384)
