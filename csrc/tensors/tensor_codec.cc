@@ -73,16 +73,22 @@ std::size_t element_size(DataType dtype) noexcept {
 
 std::uint64_t checked_element_count(std::span<const std::int64_t> shape,
                                     std::uint64_t max_elements, std::string_view tensor_name) {
-  std::uint64_t count = 1;
+  bool has_zero = false;
   for (std::size_t axis = 0; axis < shape.size(); ++axis) {
-    const std::int64_t dim = shape[axis];
-    if (dim < 0) {
+    if (shape[axis] < 0) {
       invalid("input " + quoted(tensor_name) + ": dimension " + std::to_string(axis) +
-              " is negative (" + std::to_string(dim) + ")");
+              " is negative (" + std::to_string(shape[axis]) + ")");
     }
+    has_zero = has_zero || shape[axis] == 0;
+  }
+  // An empty tensor is empty whatever its other dims say; only a non-empty product can
+  // exceed the limit.
+  if (has_zero) return 0;
+  std::uint64_t count = 1;
+  for (const std::int64_t dim : shape) {
     const auto udim = static_cast<std::uint64_t>(dim);
     // Checked before multiplying, so a hostile shape never wraps around to a small number.
-    if (udim != 0 && count > max_elements / udim) {
+    if (count > max_elements / udim) {
       invalid("input " + quoted(tensor_name) + ": shape has more than " +
               std::to_string(max_elements) + " elements, the request limit");
     }
