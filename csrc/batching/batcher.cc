@@ -98,8 +98,13 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request) {
       ticket = completions_->next_ticket();
       request->ticket = ticket;
       cost_.observe_arrival(now);
+      // While every instance is busy no batch can form, so a new request only matters to the
+      // scheduler if it must wake earlier: for its deadline, or (latency target) to shed it.
+      // Skipping the other wake-ups keeps a long queue from being re-scanned per submit.
+      const bool matters = busy_ < instances_ || config.latency_target_us > 0 ||
+                           (request->deadline_ns != 0 && request->deadline_ns < scheduler_wake_ns_);
       queue_.push(std::move(request));
-      scheduler_wake_.notify_one();
+      if (matters) scheduler_wake_.notify_one();
       return ticket;
     }
   }
@@ -228,10 +233,13 @@ void Batcher::scheduler_loop() {
       continue;  // decide again: more may be ready to run
     }
     if (decision.action == Decision::Action::kWait) {
+      scheduler_wake_ns_ = decision.wait_until_ns;
       scheduler_wake_.wait_until(lock, to_time_point(decision.wait_until_ns));
     } else {
+      scheduler_wake_ns_ = Decision::kNever;
       scheduler_wake_.wait(lock);
     }
+    scheduler_wake_ns_ = 0;  // awake: deciding again sees every request queued meanwhile
   }
 }
 

@@ -83,6 +83,9 @@ class Batcher {
   std::int64_t busy_ = 0;         // guarded by mutex_: jobs queued or running
   CostModel cost_;                // guarded by mutex_
   BatcherStats stats_;            // guarded by mutex_
+  // guarded by mutex_: when the sleeping scheduler will decide again (kNever: only when woken).
+  // submit() skips the wake-up when the new request cannot change the decision.
+  TimeNs scheduler_wake_ns_ = 0;
   bool stopping_ = false;         // guarded by mutex_
   bool draining_ = false;         // guarded by mutex_
   bool workers_stop_ = false;     // guarded by mutex_

@@ -137,9 +137,84 @@ bool holds_own_rows(const Completion& completion, const Expected& expected) {
   return true;
 }
 
+// Two batchers share one CompletionQueue; one is shut down without draining while submitters
+// and cancellers are still at it. Every admitted ticket (unique across both) is answered once.
+void shutdown_race() {
+  auto completions = std::make_shared<CompletionQueue>();
+  auto runner_a = std::make_shared<DoublingRunner>(2);
+  auto runner_b = std::make_shared<DoublingRunner>(2);
+  BatcherConfig config;
+  config.max_batch_size = 8;
+  config.instances = 2;
+  config.max_queue_delay_us = 100;
+  config.default_timeout_us = 300;
+  Batcher a("a", config, runner_a, completions);
+  Batcher b("b", config, runner_b, completions);
+
+  std::mutex mutex;
+  std::map<std::uint64_t, char> admitted;  // ticket -> batcher
+  std::atomic<bool> b_stopped{false};
+  std::atomic<int> refused_after_stop{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 random(static_cast<std::uint32_t>(99 + t));
+      for (int i = 0; i < 200; ++i) {
+        const bool to_b = (i + t) % 2 == 0;
+        Batcher& target = to_b ? b : a;
+        const bool stopped_before = b_stopped.load();
+        try {
+          const std::uint64_t ticket =
+              target.submit(make_request(1 + t * 1000 + i, 1 + static_cast<std::int64_t>(random() % 3), 2));
+          std::lock_guard<std::mutex> lock(mutex);
+          expect(admitted.emplace(ticket, to_b ? 'b' : 'a').second, "tickets unique across batchers");
+          expect(!(to_b && stopped_before), "no admission after shutdown returned");
+        } catch (const CoreError& error) {
+          expect(error.code() == StatusCode::kUnavailable, "only UNAVAILABLE refusals");
+          if (to_b && stopped_before) refused_after_stop.fetch_add(1);
+        }
+        if (random() % 4 == 0) {
+          std::uint64_t victim = 0;
+          {
+            std::lock_guard<std::mutex> lock(mutex);
+            if (!admitted.empty()) victim = std::prev(admitted.end())->first;
+          }
+          if (victim != 0) (void)(random() % 2 ? a : b).cancel(victim);
+        }
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    b.shutdown(false);
+    b_stopped.store(true);
+  });
+  for (auto& thread : threads) thread.join();
+  a.shutdown(true);
+  b.shutdown(true);  // idempotent
+
+  std::map<std::uint64_t, int> answers;
+  for (Completion& completion : completions->drain()) ++answers[completion.ticket];
+  expect(answers.size() == admitted.size(), "race: every admitted ticket answered");
+  for (const auto& [ticket, count] : answers) {
+    expect(count == 1, "race: answered once");
+    expect(admitted.count(ticket) == 1, "race: no answer for an unknown ticket");
+  }
+  const BatcherStats stats_a = a.stats();
+  const BatcherStats stats_b = b.stats();
+  expect(stats_a.request_success + stats_a.request_failure + stats_b.request_success +
+                 stats_b.request_failure ==
+             admitted.size(),
+         "race: stats count every admitted request once");
+  std::printf("race: admitted=%zu refused_after_stop=%d\n", admitted.size(),
+              refused_after_stop.load());
+}
+
 }  // namespace
 
 int main() {
+  shutdown_race();
+
   constexpr int kInstances = 3;
   constexpr int kSubmitters = 8;
   constexpr int kPerSubmitter = 250;
