@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-
 from headrace import _core
 
 OK = 0
@@ -147,9 +146,9 @@ def test_slow_runner_makes_batches_grow(make_batcher: Factory) -> None:
     # Delay 0, yet while the one instance is busy the queue grows into bigger batches.
     assert stats["execution_count"] < 24
     assert max(stats["batch_sizes"]) > 1
-    assert sum(entry["count"] for entry in stats["batch_sizes"].values()) == stats[
-        "execution_count"
-    ]
+    assert (
+        sum(entry["count"] for entry in stats["batch_sizes"].values()) == stats["execution_count"]
+    )
     assert stats["inference_count"] == 24
     assert stats["queue_count"] == 24 and stats["queue_ns"] > 0
     assert stats["compute_count"] == stats["execution_count"]
@@ -278,7 +277,9 @@ def test_shutdown_with_drain_runs_the_queue(make_batcher: Factory) -> None:
         gate.pass_through()
         return doubling(inputs)
 
-    batcher, collector = make_batcher(runner, max_batch_size=4, instances=1, max_queue_delay_us=10**6)
+    batcher, collector = make_batcher(
+        runner, max_batch_size=4, instances=1, max_queue_delay_us=10**6
+    )
     sent = {batcher.submit(request(0, 1)): request(0, 1)}
     assert gate.entered.wait(5)
     for seed in range(1, 10):
@@ -376,8 +377,9 @@ def test_bfloat16_as_uint16_view_and_strided_inputs(make_batcher: Factory) -> No
     assert outputs is not None
     np.testing.assert_array_equal(outputs[0], as_bf16.reshape(4, 2))
     np.testing.assert_array_equal(outputs[1], strided)
-    assert done[two][3] is not None
-    np.testing.assert_array_equal(done[two][3][1], strided[:1])
+    second = done[two][3]
+    assert second is not None
+    np.testing.assert_array_equal(second[1], strided[:1])
 
 
 def test_bytes_inputs_and_outputs(make_batcher: Factory) -> None:
@@ -410,9 +412,7 @@ def test_bytes_inputs_and_outputs(make_batcher: Factory) -> None:
         ([], "no inputs"),
     ],
 )
-def test_bad_inputs_are_refused(
-    make_batcher: Factory, inputs: Arrays, fragment: str
-) -> None:
+def test_bad_inputs_are_refused(make_batcher: Factory, inputs: Arrays, fragment: str) -> None:
     batcher, _ = make_batcher(lambda inputs: list(inputs))
     with pytest.raises(_core.CoreError) as refused:
         batcher.submit(inputs)
