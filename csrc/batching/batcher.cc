@@ -7,6 +7,10 @@
 
 #include "batching/batch_assembly.h"
 
+#if defined(__GLIBCXX__)
+#include <cxxabi.h>
+#endif
+
 namespace headrace::batching {
 namespace {
 
@@ -294,6 +298,10 @@ void Batcher::run_batch(Job job) {
     } catch (const std::exception& error) {
       code = StatusCode::kInternal;
       message = std::string("runner failed: ") + error.what();
+#if defined(__GLIBCXX__)
+    } catch (abi::__forced_unwind&) {
+      throw;  // thread cancellation (pthread_exit) must unwind through, not be reported
+#endif
     } catch (...) {
       code = StatusCode::kInternal;
       message = "runner failed with an unknown exception";

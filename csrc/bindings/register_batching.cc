@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -240,6 +241,16 @@ class PythonRunner final : public batching::Runner {
   py::object callable_;
 };
 
+class PyBatcher;
+
+// Batchers alive in this interpreter; only touched with the GIL held. An atexit hook shuts them
+// down while the interpreter is still whole: worker threads that need the GIL during
+// finalization would otherwise never get it, and joining them would hang the exit.
+std::set<PyBatcher*>& live_batchers() {
+  static std::set<PyBatcher*> live;
+  return live;
+}
+
 // The Python face of a Batcher: converts arrays, and releases the GIL around every call that may
 // wait for the batcher's mutex or threads (including destruction).
 class PyBatcher {
@@ -251,20 +262,27 @@ class PyBatcher {
     auto python_runner = std::make_shared<PythonRunner>(std::move(runner));
     batcher_ = std::make_unique<batching::Batcher>(std::move(name), std::move(config),
                                                    std::move(python_runner), std::move(completions));
+    live_batchers().insert(this);
   }
   ~PyBatcher() {
+    live_batchers().erase(this);
     py::gil_scoped_release nogil;
     batcher_.reset();
   }
   PyBatcher(const PyBatcher&) = delete;
   PyBatcher& operator=(const PyBatcher&) = delete;
 
-  std::uint64_t submit(const py::sequence& inputs, std::int64_t priority, std::int64_t deadline_ns) {
+  std::uint64_t submit(const py::object& inputs, std::int64_t priority, std::int64_t deadline_ns) {
+    // An array is a sequence too: iterating one would silently split it into "inputs".
+    if (!py::isinstance<py::list>(inputs) && !py::isinstance<py::tuple>(inputs)) {
+      invalid("inputs must be a list of numpy arrays, one per model input");
+    }
     if (deadline_ns < 0) invalid("deadline_ns must be >= 0 (0 = none)");
     auto request = std::make_unique<batching::Request>();
-    request->inputs.reserve(inputs.size());
-    for (std::size_t k = 0; k < inputs.size(); ++k) {
-      request->inputs.push_back(tensor_from_array(inputs[k], "input " + std::to_string(k)));
+    std::size_t k = 0;
+    for (py::handle input : inputs) {
+      request->inputs.push_back(tensor_from_array(input, "input " + std::to_string(k)));
+      ++k;
     }
     request->priority = priority;
     request->deadline_ns = deadline_ns;
@@ -432,9 +450,17 @@ class PolicyHarness {
   std::int64_t busy_ = 0;
 };
 
+void shutdown_live_batchers() {
+  const std::vector<PyBatcher*> live(live_batchers().begin(), live_batchers().end());
+  for (PyBatcher* batcher : live) batcher->shutdown(false);
+}
+
 }  // namespace
 
 void register_batching(py::module_& m) {
+  py::module_::import("atexit").attr("register")(
+      py::cpp_function(&shutdown_live_batchers, py::name("_shutdown_live_batchers")));
+
   m.def("monotonic_ns", &batching::monotonic_ns,
         "The steady clock (ns) that Batcher deadlines (deadline_ns) are measured on.");
 

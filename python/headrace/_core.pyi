@@ -77,7 +77,12 @@ class Batcher:
         self, inputs: Sequence[npt.NDArray[Any]], priority: int = 0, deadline_ns: int = 0
     ) -> int: ...
     def cancel(self, ticket: int) -> bool: ...
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any]:
+        """request_success, request_failure, inference_count (rows run), execution_count
+        (batches), queue_ns, queue_count, compute_ns, compute_count, batch_sizes ({rows:
+        {"count", "compute_ns"}}), pending_requests, busy_instances, shed_count, expired_count,
+        cancelled_count, rejected_count, last_inference_ms, cost_a_ns_per_row, cost_b_ns,
+        arrival_interval_ns."""
     def shutdown(self, drain: bool = True) -> None: ...
 
 class PolicyHarness:

@@ -6,6 +6,8 @@ Waiting is on the CompletionQueue's eventfd (select), the way the event loop wai
 from __future__ import annotations
 
 import select
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -410,6 +412,7 @@ def test_bytes_inputs_and_outputs(make_batcher: Factory) -> None:
         ([np.zeros((2,), dtype=np.complex64)], "unsupported numpy dtype"),
         ([np.zeros((2,), dtype=">f4")], "big-endian"),
         ([], "no inputs"),
+        (np.zeros((2, 3)), "list of numpy arrays"),  # an array is not a list of inputs
     ],
 )
 def test_bad_inputs_are_refused(make_batcher: Factory, inputs: Arrays, fragment: str) -> None:
@@ -446,3 +449,42 @@ def test_destroying_a_busy_batcher_is_safe() -> None:
     codes = {completion[0]: completion[1] for completion in queue.drain()}
     assert set(codes) == set(tickets)
     assert set(codes.values()) <= {OK, UNAVAILABLE}
+
+
+EXIT_WITH_LIVE_BATCHER = """
+import threading, time
+import numpy as np
+from headrace import _core
+
+started = threading.Event()
+
+def runner(inputs):
+    started.set()
+    time.sleep(0.5)
+    print("batch done", flush=True)
+    return list(inputs)
+
+queue = _core.CompletionQueue()
+batcher = _core.Batcher("m", _core.BatcherConfig(instances=2), runner, queue)
+for _ in range(20):
+    batcher.submit([np.ones((1, 2))])
+started.wait(5)
+print("exiting", flush=True)
+"""
+
+
+def test_interpreter_exit_with_a_live_busy_batcher_finishes_running_batches() -> None:
+    # Worker threads in a runner need the GIL; an atexit hook shuts live batchers down (without
+    # draining) while the interpreter is whole, so running batches finish and the joins return
+    # instead of the workers being cut off (or hanging) in finalization.
+    result = subprocess.run(
+        [sys.executable, "-c", EXIT_WITH_LIVE_BATCHER],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "exiting"
+    assert lines[1:] and set(lines[1:]) == {"batch done"}
