@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from headrace import _core
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 US = 1_000
 MS = 1_000_000
@@ -332,3 +334,77 @@ def test_oversize_request_that_cannot_meet_the_target_is_shed_at_once() -> None:
     decision = policy.decide(0)
     assert decision["shed"] == [1]
     assert decision["run"] == [2]
+
+
+# --- properties over random queues ---
+
+queued_request = st.tuples(
+    st.integers(1, 12),  # rows
+    st.integers(0, 3),  # priority (0 = default level)
+    st.integers(0, 2_000),  # enqueue, us
+    st.one_of(st.just(0), st.integers(1, 4_000)),  # deadline, us (0 = none)
+    st.integers(0, 2),  # shape key
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    requests=st.lists(queued_request, max_size=20),
+    max_batch_size=st.integers(1, 16),
+    preferred=st.lists(st.integers(1, 16), max_size=3),
+    delay_us=st.sampled_from([0, 100, 1_000]),
+    now_us=st.integers(0, 5_000),
+    free=st.integers(0, 2),
+)
+def test_decisions_keep_the_rules(
+    requests: list[tuple[int, int, int, int, int]],
+    max_batch_size: int,
+    preferred: list[int],
+    delay_us: int,
+    now_us: int,
+    free: int,
+) -> None:
+    preferred = sorted({size for size in preferred if size <= max_batch_size})
+    policy = harness(
+        max_batch_size=max_batch_size,
+        preferred_batch_sizes=preferred,
+        max_queue_delay_us=delay_us,
+        priority_levels=3,
+        default_priority_level=2,
+    )
+    policy.set_instances(free, 2 - free)
+    by_ticket = {}
+    for ticket, (rows, priority, enqueue_us, deadline_us, key) in enumerate(requests, start=1):
+        policy.add(
+            ticket,
+            rows,
+            priority=priority,
+            enqueue_ns=enqueue_us * US,
+            deadline_ns=deadline_us * US,
+            shape_key=key,
+        )
+        level = priority or 2
+        by_ticket[ticket] = (rows, level, deadline_us * US, key)
+    now = now_us * US
+    decision = policy.decide(now)
+
+    expired = {t for t, (_, _, deadline, _) in by_ticket.items() if 0 < deadline <= now}
+    assert set(decision["expired"]) == expired
+    live = sorted((t for t in by_ticket if t not in expired), key=lambda t: (by_ticket[t][1], t))
+    if decision["action"] == "wait":
+        assert decision["wait_until_ns"] > now
+    if not live or free == 0:
+        assert decision["action"] != "run"
+        return
+    if delay_us == 0:
+        assert decision["action"] == "run"
+    if decision["action"] != "run":
+        return
+    run = decision["run"]
+    head_key = by_ticket[live[0]][3]
+    group = [t for t in live if by_ticket[t][3] == head_key]
+    # The batch is a prefix of the head's shape group, in priority-then-arrival order.
+    assert run == group[: len(run)]
+    total = sum(by_ticket[t][0] for t in run)
+    assert total <= max_batch_size or len(run) == 1
+    assert not set(run) & expired
