@@ -488,3 +488,54 @@ def test_interpreter_exit_with_a_live_busy_batcher_finishes_running_batches() ->
     lines = result.stdout.splitlines()
     assert lines[0] == "exiting"
     assert lines[1:] and set(lines[1:]) == {"batch done"}
+
+
+def test_onnxruntime_session_as_the_runner(make_batcher: Factory) -> None:
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "two"], ["doubled"]),
+            helper.make_node("ReduceSum", ["x", "axes"], ["sums"], keepdims=0),
+        ],
+        "doubling",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("sums", TensorProto.FLOAT, ["batch"]),
+        ],
+        initializer=[
+            helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert onnx.checker.check_model(model) is None
+
+    def runner(inputs: Arrays) -> Arrays:
+        return list(session.run(None, {"x": inputs[0]}))
+
+    batcher, collector = make_batcher(runner, max_batch_size=32, instances=2)
+    sent: dict[int, npt.NDArray[Any]] = {}
+    lock = threading.Lock()
+
+    def submitter(seed: int) -> None:
+        x = np.arange(4 * (1 + seed % 3), dtype=np.float32).reshape(-1, 4) + seed
+        ticket = batcher.submit([x])
+        with lock:
+            sent[ticket] = x
+
+    threads = [threading.Thread(target=submitter, args=(seed,)) for seed in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for ticket, (_, code, message, outputs) in collector.wait(list(sent)).items():
+        assert code == OK, message
+        assert outputs is not None
+        np.testing.assert_array_equal(outputs[0], sent[ticket] * 2)
+        np.testing.assert_allclose(outputs[1], sent[ticket].sum(axis=1))
