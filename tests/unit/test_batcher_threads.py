@@ -5,6 +5,7 @@ Waiting is on the CompletionQueue's eventfd (select), the way the event loop wai
 
 from __future__ import annotations
 
+import asyncio
 import select
 import subprocess
 import sys
@@ -539,3 +540,33 @@ def test_onnxruntime_session_as_the_runner(make_batcher: Factory) -> None:
         assert outputs is not None
         np.testing.assert_array_equal(outputs[0], sent[ticket] * 2)
         np.testing.assert_allclose(outputs[1], sent[ticket].sum(axis=1))
+
+
+def test_asyncio_loop_wakes_on_the_eventfd(make_batcher: Factory) -> None:
+    batcher, collector = make_batcher(doubling, max_batch_size=8, instances=2)
+
+    async def main() -> dict[int, Completion]:
+        loop = asyncio.get_running_loop()
+        waiting: dict[int, asyncio.Future[Completion]] = {}
+        wakeups = 0
+
+        def on_readable() -> None:
+            nonlocal wakeups
+            wakeups += 1
+            for completion in collector.queue.drain():
+                waiting[completion[0]].set_result(completion)
+
+        loop.add_reader(collector.queue.fd, on_readable)
+        try:
+            for seed in range(20):
+                waiting[batcher.submit(request(seed, 2))] = loop.create_future()
+            results = await asyncio.wait_for(asyncio.gather(*waiting.values()), 10)
+        finally:
+            loop.remove_reader(collector.queue.fd)
+        assert 1 <= wakeups <= 20
+        return {completion[0]: completion for completion in results}
+
+    done = asyncio.run(main())
+    assert len(done) == 20
+    for seed, (_, completion) in enumerate(sorted(done.items())):
+        assert_own_rows(completion, request(seed, 2))
