@@ -1,0 +1,344 @@
+#include "batching/batcher.h"
+
+#include <algorithm>
+#include <chrono>
+#include <exception>
+#include <utility>
+
+#include "batching/batch_assembly.h"
+
+#if defined(__GLIBCXX__)
+#include <cxxabi.h>
+#endif
+
+namespace headrace::batching {
+namespace {
+
+std::chrono::steady_clock::time_point to_time_point(TimeNs ns) {
+  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(ns));
+}
+
+std::int64_t epoch_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Rows of a request, after checking that its inputs agree with each other and with their bytes.
+std::int64_t validated_rows(const Request& request) {
+  if (request.inputs.empty()) {
+    throw CoreError(StatusCode::kInvalidArgument, "request has no inputs");
+  }
+  const std::int64_t rows = request.inputs.front().shape.empty() ? -1 : request.inputs.front().rows();
+  for (std::size_t k = 0; k < request.inputs.size(); ++k) {
+    const Tensor& input = request.inputs[k];
+    const std::string what = "input " + std::to_string(k);
+    if (input.shape.empty()) {
+      throw CoreError(StatusCode::kInvalidArgument,
+                      what + " has no batch dimension (dim 0 = rows)");
+    }
+    if (input.rows() != rows) {
+      throw CoreError(StatusCode::kInvalidArgument,
+                      what + " has " + std::to_string(input.rows()) + " rows; input 0 has " +
+                          std::to_string(rows) + " (all inputs share dim 0)");
+    }
+    row_byte_offsets(input, what);  // shape vs bytes, BYTES prefixes
+  }
+  if (rows < 1) throw CoreError(StatusCode::kInvalidArgument, "request has 0 rows");
+  return rows;
+}
+
+}  // namespace
+
+Batcher::Batcher(std::string name, BatcherConfig config, std::shared_ptr<Runner> runner,
+                 std::shared_ptr<CompletionQueue> completions)
+    : name_(std::move(name)),
+      policy_(std::move(config)),
+      runner_(std::move(runner)),
+      completions_(std::move(completions)),
+      instances_(policy_.config().instances),
+      queue_(policy_.config().level_count()),
+      cost_(policy_.config().latency_target_us) {
+  if (!runner_ || !completions_) {
+    throw CoreError(StatusCode::kInvalidArgument, "batcher needs a runner and a completion queue");
+  }
+  stats_.cost = cost_.estimate();
+  workers_.reserve(static_cast<std::size_t>(instances_));
+  try {
+    scheduler_ = std::thread([this] { scheduler_loop(); });
+    for (std::int64_t i = 0; i < instances_; ++i) {
+      workers_.emplace_back([this] { worker_loop(); });
+    }
+  } catch (...) {
+    shutdown(false);
+    throw;
+  }
+}
+
+Batcher::~Batcher() { shutdown(false); }
+
+std::uint64_t Batcher::submit(std::unique_ptr<Request> request) {
+  if (!request) throw CoreError(StatusCode::kInvalidArgument, "null request");
+  const BatcherConfig& config = policy_.config();
+  request->rows = validated_rows(*request);
+  request->level = config.level_index(request->priority);
+  const TimeNs now = monotonic_ns();
+  if (request->deadline_ns == 0 && config.default_timeout_us > 0) {
+    request->deadline_ns = now + config.default_timeout_us * 1000;
+  }
+  request->enqueue_ns = now;
+  std::uint64_t ticket = 0;
+  std::size_t queued = 0;
+  bool stopped = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queued = queue_.size();
+    if (stopping_) {
+      stopped = true;
+    } else if (config.max_queue_size > 0 &&
+               queued >= static_cast<std::size_t>(config.max_queue_size)) {
+      ++stats_.rejected_count;
+    } else {
+      ticket = completions_->next_ticket();
+      request->ticket = ticket;
+      cost_.observe_arrival(now);
+      // While every instance is busy no batch can form, so a new request only matters to the
+      // scheduler if it must wake earlier: for its deadline, or (latency target) to shed it.
+      // Skipping the other wake-ups keeps a long queue from being re-scanned per submit.
+      const bool matters = busy_ < instances_ || config.latency_target_us > 0 ||
+                           (request->deadline_ns != 0 && request->deadline_ns < scheduler_wake_ns_);
+      queue_.push(std::move(request));
+      if (matters) scheduler_wake_.notify_one();
+      return ticket;
+    }
+  }
+  // Refused: the request (and its input owners) is freed by the caller's frame, outside the mutex.
+  if (stopped) {
+    throw CoreError(StatusCode::kUnavailable, "batcher for model " + name_ + " is shut down");
+  }
+  throw CoreError(StatusCode::kUnavailable, "queue full: " + std::to_string(queued) +
+                                                " requests queued for model " + name_);
+}
+
+bool Batcher::cancel(std::uint64_t ticket) {
+  std::vector<std::unique_ptr<Request>> removed;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_ptr<Request> request = queue_.remove(ticket);
+    if (!request) return false;
+    removed.push_back(std::move(request));
+    ++stats_.cancelled_count;
+    ++stats_.request_failure;
+    scheduler_wake_.notify_one();  // the oldest request, and so the delay, may have changed
+  }
+  answer(removed, StatusCode::kCancelled, "request cancelled while queued");
+  return true;
+}
+
+BatcherStats Batcher::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  BatcherStats copy = stats_;
+  copy.pending_requests = queue_.size();
+  copy.busy_instances = busy_;
+  copy.cost = cost_.estimate();
+  return copy;
+}
+
+void Batcher::answer(std::vector<std::unique_ptr<Request>>& requests, StatusCode code,
+                     const std::string& message) {
+  if (requests.empty()) return;
+  std::vector<Completion> completions;
+  completions.reserve(requests.size());
+  for (const auto& request : requests) {
+    completions.push_back(Completion{request->ticket, code, message, {}});
+  }
+  completions_->push(completions);
+  requests.clear();  // input owners freed here, on this thread, without the mutex
+}
+
+void Batcher::shutdown(bool drain) {
+  std::lock_guard<std::mutex> joining(shutdown_mutex_);
+  std::vector<std::unique_ptr<Request>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!stopping_) {
+      stopping_ = true;
+      draining_ = drain;
+    }
+    if (!draining_) {
+      dropped = queue_.take_all();
+      stats_.request_failure += dropped.size();
+    }
+    scheduler_wake_.notify_all();
+  }
+  answer(dropped, StatusCode::kUnavailable, "shutting down");
+  if (scheduler_.joinable()) scheduler_.join();
+  {
+    // The scheduler has stopped forming batches; workers finish the ones already formed.
+    std::lock_guard<std::mutex> lock(mutex_);
+    workers_stop_ = true;
+    worker_wake_.notify_all();
+  }
+  for (auto& worker : workers_) {
+    if (worker.joinable()) worker.join();
+  }
+}
+
+void Batcher::scheduler_loop() {
+  std::vector<QueuedRequest> view;
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    if (stopping_ && (!draining_ || queue_.empty())) return;
+    queue_.snapshot(view);
+    QueueView state;
+    state.requests = view;
+    state.free_instances = instances_ - busy_;
+    state.busy_instances = busy_;
+    state.cost = cost_.estimate();
+    state.flush = stopping_;
+    const TimeNs now = monotonic_ns();
+    Decision decision = policy_.decide(state, now);
+
+    // One take() for everything leaving the queue: indices refer to this snapshot only.
+    std::vector<std::size_t> leaving;
+    leaving.reserve(decision.expired.size() + decision.shed.size() + decision.run.size());
+    leaving.insert(leaving.end(), decision.expired.begin(), decision.expired.end());
+    leaving.insert(leaving.end(), decision.shed.begin(), decision.shed.end());
+    leaving.insert(leaving.end(), decision.run.begin(), decision.run.end());
+    if (!leaving.empty()) {
+      std::vector<std::unique_ptr<Request>> taken = queue_.take(leaving);
+      const auto expired_end = taken.begin() + static_cast<std::ptrdiff_t>(decision.expired.size());
+      const auto shed_end = expired_end + static_cast<std::ptrdiff_t>(decision.shed.size());
+      std::vector<std::unique_ptr<Request>> expired(std::make_move_iterator(taken.begin()),
+                                                    std::make_move_iterator(expired_end));
+      std::vector<std::unique_ptr<Request>> shed(std::make_move_iterator(expired_end),
+                                                 std::make_move_iterator(shed_end));
+      if (decision.action == Decision::Action::kRun) {
+        Job job(std::make_move_iterator(shed_end), std::make_move_iterator(taken.end()));
+        for (const auto& request : job) {
+          stats_.queue_ns += now - request->enqueue_ns;
+          ++stats_.queue_count;
+        }
+        jobs_.push_back(std::move(job));
+        ++busy_;
+        worker_wake_.notify_one();
+      }
+      stats_.expired_count += expired.size();
+      stats_.shed_count += shed.size();
+      stats_.request_failure += expired.size() + shed.size();
+      if (!expired.empty() || !shed.empty()) {
+        lock.unlock();
+        answer(expired, StatusCode::kDeadlineExceeded,
+               "deadline exceeded while queued for model " + name_);
+        answer(shed, StatusCode::kUnavailable,
+               "shed: request cannot meet the latency target of model " + name_);
+        lock.lock();
+      }
+      continue;  // decide again: more may be ready to run
+    }
+    if (decision.action == Decision::Action::kWait) {
+      scheduler_wake_ns_ = decision.wait_until_ns;
+      scheduler_wake_.wait_until(lock, to_time_point(decision.wait_until_ns));
+    } else {
+      scheduler_wake_ns_ = Decision::kNever;
+      scheduler_wake_.wait(lock);
+    }
+    scheduler_wake_ns_ = 0;  // awake: deciding again sees every request queued meanwhile
+  }
+}
+
+void Batcher::worker_loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    worker_wake_.wait(lock, [this] { return !jobs_.empty() || workers_stop_; });
+    if (jobs_.empty()) return;
+    Job job = std::move(jobs_.front());
+    jobs_.pop_front();
+    lock.unlock();
+    run_batch(std::move(job));
+    lock.lock();
+  }
+}
+
+void Batcher::run_batch(Job job) {
+  std::vector<std::int64_t> rows;
+  rows.reserve(job.size());
+  for (const auto& request : job) rows.push_back(request->rows);
+  std::vector<Completion> completions(job.size());
+  for (std::size_t r = 0; r < job.size(); ++r) completions[r].ticket = job[r]->ticket;
+
+  StatusCode code = StatusCode::kOk;
+  std::string message;
+  TimeNs compute_ns = 0;
+  std::int64_t batch_rows = 0;
+  bool ran = false;
+  TimeNs start = 0;
+  {
+    Batch batch;
+    std::vector<Tensor> outputs;
+    try {
+      batch = assemble_batch(job);
+      batch_rows = batch.rows;
+      // The batch buffers hold the bytes now: let go of the requests' (perhaps Python) inputs.
+      std::vector<Tensor> consumed;
+      for (auto& request : job) {
+        for (auto& input : request->inputs) consumed.push_back(std::move(input));
+        request->inputs.clear();
+      }
+      runner_->release(consumed);
+      start = monotonic_ns();
+      ran = true;
+      outputs = runner_->run(batch);
+      compute_ns = monotonic_ns() - start;
+      std::vector<std::vector<Tensor>> per_request = scatter_outputs(outputs, rows);
+      for (std::size_t r = 0; r < job.size(); ++r) completions[r].outputs = std::move(per_request[r]);
+    } catch (const CoreError& error) {
+      code = error.code() == StatusCode::kOk ? StatusCode::kInternal : error.code();
+      message = error.message();
+    } catch (const std::exception& error) {
+      code = StatusCode::kInternal;
+      message = std::string("runner failed: ") + error.what();
+#if defined(__GLIBCXX__)
+    } catch (abi::__forced_unwind&) {
+      throw;  // thread cancellation (pthread_exit) must unwind through, not be reported
+#endif
+    } catch (...) {
+      code = StatusCode::kInternal;
+      message = "runner failed with an unknown exception";
+    }
+    if (code != StatusCode::kOk) {
+      if (ran && compute_ns == 0) compute_ns = monotonic_ns() - start;
+      for (auto& completion : completions) {
+        completion.code = code;
+        completion.message = message;
+        completion.outputs.clear();
+      }
+    }
+    // batch and outputs (and any Python owners) are freed here, without the mutex.
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (ran) {
+      ++stats_.execution_count;
+      stats_.inference_count += static_cast<std::uint64_t>(batch_rows);
+      stats_.compute_ns += compute_ns;
+      ++stats_.compute_count;
+      BatchSizeStats& size_stats = stats_.batch_sizes[batch_rows];
+      ++size_stats.count;
+      size_stats.compute_ns += compute_ns;
+      stats_.last_inference_ms = epoch_ms();
+      if (code == StatusCode::kOk) cost_.observe_batch(batch_rows, compute_ns);
+    }
+    if (code == StatusCode::kOk) {
+      stats_.request_success += job.size();
+    } else {
+      stats_.request_failure += job.size();
+    }
+    --busy_;
+    scheduler_wake_.notify_one();
+  }
+  completions_->push(completions);
+  job.clear();
+}
+
+}  // namespace headrace::batching

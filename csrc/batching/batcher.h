@@ -1,0 +1,98 @@
+// The dynamic batcher of one model version: a bounded request queue, one scheduler thread that
+// applies the BatchingPolicy, and `instances` worker threads that assemble, run and scatter
+// batches through a Runner. Finished requests go to a CompletionQueue shared by all batchers.
+//
+// Ownership: the Batcher owns its queue, threads and queued requests; it shares the Runner and the
+// CompletionQueue. It knows nothing of Python.
+//
+// Threading: submit, cancel, stats and shutdown may be called from any thread, concurrently.
+// They take the Batcher's mutex briefly and never run the model or free request tensors under it
+// (freeing may need the GIL, and a Python caller must not hold the GIL while it waits for the
+// mutex: the bindings release it first). The destructor shuts down without draining and joins.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "batching/batcher_config.h"
+#include "batching/batcher_stats.h"
+#include "batching/batching_policy.h"
+#include "batching/completion_queue.h"
+#include "batching/cost_model.h"
+#include "batching/request.h"
+#include "batching/request_queue.h"
+#include "batching/runner.h"
+
+namespace headrace::batching {
+
+class Batcher {
+ public:
+  // Validates the config (CoreError(kInvalidArgument)) and starts the threads.
+  Batcher(std::string name, BatcherConfig config, std::shared_ptr<Runner> runner,
+          std::shared_ptr<CompletionQueue> completions);
+  ~Batcher();
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  // Queues a request and returns its ticket; its completion arrives on the CompletionQueue.
+  // Throws CoreError: kInvalidArgument for inputs that do not agree (no inputs, no batch dim,
+  // differing row counts, 0 rows, bytes not matching a shape, priority out of range);
+  // kUnavailable when the queue is full or the batcher is shut down.
+  std::uint64_t submit(std::unique_ptr<Request> request);
+
+  // Removes a queued request and answers it CANCELLED. False when it is not queued (already
+  // running, answered or unknown): a running batch is never interrupted.
+  bool cancel(std::uint64_t ticket);
+
+  BatcherStats stats() const;
+
+  // drain: run everything queued, then stop. Otherwise queued requests are answered UNAVAILABLE
+  // "shutting down". Batches already running finish either way. Joins the threads; idempotent.
+  void shutdown(bool drain);
+
+  const std::string& name() const noexcept { return name_; }
+  const BatcherConfig& config() const noexcept { return policy_.config(); }
+
+ private:
+  using Job = std::vector<std::unique_ptr<Request>>;
+
+  void scheduler_loop();
+  void worker_loop();
+  void run_batch(Job job);
+  // Answers requests that never ran; called without the mutex.
+  void answer(std::vector<std::unique_ptr<Request>>& requests, StatusCode code,
+              const std::string& message);
+
+  const std::string name_;
+  const BatchingPolicy policy_;
+  const std::shared_ptr<Runner> runner_;
+  const std::shared_ptr<CompletionQueue> completions_;
+  const std::int64_t instances_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable scheduler_wake_;
+  std::condition_variable worker_wake_;
+  RequestQueue queue_;            // guarded by mutex_
+  std::deque<Job> jobs_;          // guarded by mutex_: batches formed, not yet taken by a worker
+  std::int64_t busy_ = 0;         // guarded by mutex_: jobs queued or running
+  CostModel cost_;                // guarded by mutex_
+  BatcherStats stats_;            // guarded by mutex_
+  // guarded by mutex_: when the sleeping scheduler will decide again (kNever: only when woken).
+  // submit() skips the wake-up when the new request cannot change the decision.
+  TimeNs scheduler_wake_ns_ = 0;
+  bool stopping_ = false;         // guarded by mutex_
+  bool draining_ = false;         // guarded by mutex_
+  bool workers_stop_ = false;     // guarded by mutex_
+
+  std::mutex shutdown_mutex_;  // serializes shutdown() callers while they join
+  std::thread scheduler_;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace headrace::batching

@@ -1,0 +1,41 @@
+// What runs a batch: the interface between the Batcher and a model backend.
+//
+// Implementations: a Python callable (csrc/bindings/register_batching.cc; takes the GIL only to
+// call it) and native runners that never touch Python (the int8 backend; the C++ tests). The
+// Batcher knows only this interface.
+//
+// Threading: run() is called from the Batcher's worker threads, up to `instances` at once, one
+// batch per call; an implementation shared by several instances must be safe for that. A throw
+// (CoreError or any std::exception) fails only that batch: its requests complete INTERNAL with
+// the message.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "batching/tensor.h"
+
+namespace headrace::batching {
+
+struct Batch {
+  // One contiguous tensor per model input; dim 0 = `rows`. The runner may keep references to
+  // them (they are shared owners), but must not write through them.
+  std::vector<Tensor> inputs;
+  std::int64_t rows = 0;
+  std::size_t requests = 0;
+};
+
+class Runner {
+ public:
+  virtual ~Runner() = default;
+
+  // Returns one tensor per model output, each with dim 0 == batch.rows.
+  virtual std::vector<Tensor> run(const Batch& batch) = 0;
+
+  // Drops request input tensors once the batch buffers hold their bytes. Runners whose tensors
+  // need a lock to be freed (Python objects need the GIL) override this to take it once per
+  // batch instead of once per tensor.
+  virtual void release(std::vector<Tensor>& tensors) { tensors.clear(); }
+};
+
+}  // namespace headrace::batching

@@ -1,0 +1,552 @@
+// Bindings for csrc/batching: the Batcher with a Python-callable runner, the shared
+// CompletionQueue, and a PolicyHarness that drives the pure policy with a fake clock.
+//
+// GIL rules kept here (the core knows none of them):
+//   - Every call that takes a Batcher's mutex (submit, cancel, stats, shutdown, destruction)
+//     releases the GIL first: worker threads take the GIL while they may be waited for.
+//   - Python objects are referenced from C++ tensors only through owners whose deleter takes the
+//     GIL, so they may be dropped on any thread; the Python runner drops a batch's request inputs
+//     under one GIL acquisition (Runner::release).
+//   - The Python runner holds the GIL only to wrap the batch buffers as numpy arrays (no copy),
+//     call the callable, and read what it returns.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "batching/batcher.h"
+#include "batching/batching_policy.h"
+#include "batching/completion_queue.h"
+#include "batching/cost_model.h"
+#include "batching/runner.h"
+#include "batching/tensor.h"
+#include "bindings/register.h"
+#include "tensors/status.h"
+#include "tensors/tensor_codec.h"
+
+namespace py = pybind11;
+
+namespace headrace::bindings {
+namespace {
+
+using batching::DataType;
+using batching::Tensor;
+
+[[noreturn]] void invalid(const std::string& message) {
+  throw CoreError(StatusCode::kInvalidArgument, message);
+}
+
+// Keeps a Python object alive for as long as C++ references `data`; the last reference may be
+// dropped on any thread, so the deleter takes the GIL.
+std::shared_ptr<const std::uint8_t> python_owned(py::object object, const void* data) {
+  std::shared_ptr<PyObject> holder(object.release().ptr(), [](PyObject* held) {
+    py::gil_scoped_acquire gil;
+    Py_DECREF(held);
+  });
+  return std::shared_ptr<const std::uint8_t>(holder, static_cast<const std::uint8_t*>(data));
+}
+
+DataType datatype_of(const py::dtype& dtype, const std::string& what) {
+  const char kind = dtype.kind();
+  const auto size = dtype.itemsize();
+  if (kind != 'O' && size > 1 && dtype.byteorder() == '>') {
+    invalid(what + ": big-endian arrays are not supported; convert to native byte order");
+  }
+  switch (kind) {
+    case 'b':
+      return DataType::kBool;
+    case 'u':
+      if (size == 1) return DataType::kUint8;
+      if (size == 2) return DataType::kUint16;  // also bfloat16 passed as a uint16 view
+      if (size == 4) return DataType::kUint32;
+      if (size == 8) return DataType::kUint64;
+      break;
+    case 'i':
+      if (size == 1) return DataType::kInt8;
+      if (size == 2) return DataType::kInt16;
+      if (size == 4) return DataType::kInt32;
+      if (size == 8) return DataType::kInt64;
+      break;
+    case 'f':
+      if (size == 2) return DataType::kFp16;
+      if (size == 4) return DataType::kFp32;
+      if (size == 8) return DataType::kFp64;
+      break;
+    case 'O':
+      return DataType::kBytes;
+    default:
+      break;
+  }
+  invalid(what + ": unsupported numpy dtype '" + py::str(dtype).cast<std::string>() + "'");
+}
+
+py::dtype numpy_dtype(DataType dtype) {
+  switch (dtype) {
+    case DataType::kBool: return py::dtype("?");
+    case DataType::kUint8: return py::dtype("u1");
+    case DataType::kUint16: return py::dtype("u2");
+    case DataType::kUint32: return py::dtype("u4");
+    case DataType::kUint64: return py::dtype("u8");
+    case DataType::kInt8: return py::dtype("i1");
+    case DataType::kInt16: return py::dtype("i2");
+    case DataType::kInt32: return py::dtype("i4");
+    case DataType::kInt64: return py::dtype("i8");
+    case DataType::kFp16: return py::dtype("f2");
+    case DataType::kFp32: return py::dtype("f4");
+    case DataType::kFp64: return py::dtype("f8");
+    case DataType::kBf16: return py::dtype("u2");  // numpy has no bfloat16: a uint16 view
+    case DataType::kBytes: return py::dtype("O");
+  }
+  return py::dtype("O");
+}
+
+// BYTES elements (bytes or str) serialized once, so that the core batches them as plain bytes.
+Tensor bytes_tensor_from_array(const py::array& array, std::vector<std::int64_t> shape,
+                               const std::string& what) {
+  py::array flat = py::array::ensure(array.attr("ravel")());
+  const auto count = static_cast<std::size_t>(flat.size());
+  auto* const* slots = static_cast<PyObject* const*>(flat.data());
+  std::vector<std::string_view> views;
+  views.reserve(count);
+  std::vector<py::object> encodings;
+  for (std::size_t i = 0; i < count; ++i) {
+    PyObject* item = slots[i];
+    char* data = nullptr;
+    Py_ssize_t length = 0;
+    if (PyBytes_Check(item)) {
+      PyBytes_AsStringAndSize(item, &data, &length);
+    } else if (PyUnicode_Check(item)) {
+      py::object encoded = py::reinterpret_steal<py::object>(PyUnicode_AsUTF8String(item));
+      if (!encoded) throw py::error_already_set();
+      PyBytes_AsStringAndSize(encoded.ptr(), &data, &length);
+      encodings.push_back(std::move(encoded));
+    } else {
+      invalid(what + ": BYTES element " + std::to_string(i) + " is neither bytes nor str");
+    }
+    views.emplace_back(data, static_cast<std::size_t>(length));
+  }
+  auto blob = std::make_shared<std::string>(tensors::encode_bytes_elements(views, what));
+  Tensor tensor;
+  tensor.dtype = DataType::kBytes;
+  tensor.shape = std::move(shape);
+  tensor.byte_size = blob->size();
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(blob->data());
+  tensor.data = std::shared_ptr<const std::uint8_t>(std::move(blob), bytes);
+  return tensor;
+}
+
+// A numpy array as a tensor: fixed-size dtypes by reference (made C-contiguous if needed), object
+// arrays serialized. Needs the GIL.
+Tensor tensor_from_array(py::handle object, const std::string& what) {
+  if (!py::isinstance<py::array>(object)) {
+    invalid(what + " is not a numpy array (got " +
+            py::str(py::type::of(object)).cast<std::string>() + ")");
+  }
+  py::array array = py::reinterpret_borrow<py::array>(object);
+  const DataType dtype = datatype_of(array.dtype(), what);
+  std::vector<std::int64_t> shape(array.shape(), array.shape() + array.ndim());
+  if (dtype == DataType::kBytes) return bytes_tensor_from_array(array, std::move(shape), what);
+  if (!(array.flags() & py::array::c_style)) {
+    // A strided view costs one extra copy here; contiguous arrays (the usual case) are borrowed.
+    array = py::array::ensure(py::module_::import("numpy").attr("ascontiguousarray")(array));
+  }
+  Tensor tensor;
+  tensor.dtype = dtype;
+  tensor.shape = std::move(shape);
+  tensor.byte_size = static_cast<std::size_t>(array.nbytes());
+  const void* data = array.data();
+  tensor.data = python_owned(std::move(array), data);
+  return tensor;
+}
+
+// A tensor as a numpy array: fixed-size dtypes wrap the tensor's bytes (the capsule keeps the
+// owner alive), BYTES is decoded into an object array of bytes. Needs the GIL.
+py::array array_from_tensor(const Tensor& tensor) {
+  std::vector<py::ssize_t> shape(tensor.shape.begin(), tensor.shape.end());
+  if (tensor.dtype == DataType::kBytes) {
+    std::uint64_t count = 1;
+    for (const std::int64_t dim : tensor.shape) count *= static_cast<std::uint64_t>(dim);
+    const std::span<const std::uint8_t> blob(tensor.data.get(), tensor.byte_size);
+    const std::vector<std::uint64_t> spans = tensors::bytes_element_spans(blob, count, "output");
+    py::array out(py::dtype("O"), shape);
+    auto** slots = static_cast<PyObject**>(out.mutable_data());
+    for (std::uint64_t i = 0; i < count; ++i) {
+      const char* start = reinterpret_cast<const char*>(blob.data() + spans[2 * i]);
+      PyObject* element =
+          PyBytes_FromStringAndSize(start, static_cast<py::ssize_t>(spans[2 * i + 1]));
+      if (element == nullptr) throw py::error_already_set();
+      Py_XDECREF(slots[i]);
+      slots[i] = element;
+    }
+    return out;
+  }
+  auto* keep = new std::shared_ptr<const std::uint8_t>(tensor.data);
+  py::capsule base(keep, [](void* pointer) {
+    delete static_cast<std::shared_ptr<const std::uint8_t>*>(pointer);
+  });
+  return py::array(numpy_dtype(tensor.dtype), shape, tensor.data.get(), base);
+}
+
+// Runs batches through a Python callable: list[np.ndarray] -> list[np.ndarray].
+class PythonRunner final : public batching::Runner {
+ public:
+  explicit PythonRunner(py::object callable) : callable_(std::move(callable)) {}
+  ~PythonRunner() override {
+    py::gil_scoped_acquire gil;
+    callable_ = py::object();
+  }
+
+  std::vector<Tensor> run(const batching::Batch& batch) override {
+    py::gil_scoped_acquire gil;
+    std::string failure;
+    try {
+      py::list inputs;
+      for (const Tensor& input : batch.inputs) inputs.append(array_from_tensor(input));
+      py::object result = callable_(inputs);
+      if (!py::isinstance<py::list>(result) && !py::isinstance<py::tuple>(result)) {
+        throw CoreError(StatusCode::kInternal,
+                        "runner must return a list of numpy arrays, got " +
+                            py::str(py::type::of(result)).cast<std::string>());
+      }
+      std::vector<Tensor> outputs;
+      std::size_t k = 0;
+      for (py::handle item : result) {
+        outputs.push_back(tensor_from_array(item, "runner output " + std::to_string(k)));
+        ++k;
+      }
+      return outputs;
+    } catch (py::error_already_set& error) {
+      failure = error.what();
+    } catch (const CoreError& error) {
+      failure = error.message();
+    }
+    throw CoreError(StatusCode::kInternal, "runner failed: " + failure);
+  }
+
+  void release(std::vector<Tensor>& tensors) override {
+    py::gil_scoped_acquire gil;
+    tensors.clear();
+  }
+
+ private:
+  py::object callable_;
+};
+
+class PyBatcher;
+
+// Batchers alive in this interpreter; only touched with the GIL held. An atexit hook shuts them
+// down while the interpreter is still whole: worker threads that need the GIL during
+// finalization would otherwise never get it, and joining them would hang the exit.
+std::set<PyBatcher*>& live_batchers() {
+  static std::set<PyBatcher*> live;
+  return live;
+}
+
+// The Python face of a Batcher: converts arrays, and releases the GIL around every call that may
+// wait for the batcher's mutex or threads (including destruction).
+class PyBatcher {
+ public:
+  PyBatcher(std::string name, batching::BatcherConfig config, py::object runner,
+            std::shared_ptr<batching::CompletionQueue> completions) {
+    if (!PyCallable_Check(runner.ptr())) invalid("runner must be callable");
+    if (!completions) invalid("completions must be a CompletionQueue");
+    auto python_runner = std::make_shared<PythonRunner>(std::move(runner));
+    batcher_ = std::make_unique<batching::Batcher>(std::move(name), std::move(config),
+                                                   std::move(python_runner), std::move(completions));
+    live_batchers().insert(this);
+  }
+  ~PyBatcher() {
+    live_batchers().erase(this);
+    py::gil_scoped_release nogil;
+    batcher_.reset();
+  }
+  PyBatcher(const PyBatcher&) = delete;
+  PyBatcher& operator=(const PyBatcher&) = delete;
+
+  std::uint64_t submit(const py::object& inputs, std::int64_t priority, std::int64_t deadline_ns) {
+    // An array is a sequence too: iterating one would silently split it into "inputs".
+    if (!py::isinstance<py::list>(inputs) && !py::isinstance<py::tuple>(inputs)) {
+      invalid("inputs must be a list of numpy arrays, one per model input");
+    }
+    if (deadline_ns < 0) invalid("deadline_ns must be >= 0 (0 = none)");
+    auto request = std::make_unique<batching::Request>();
+    std::size_t k = 0;
+    for (py::handle input : inputs) {
+      request->inputs.push_back(tensor_from_array(input, "input " + std::to_string(k)));
+      ++k;
+    }
+    request->priority = priority;
+    request->deadline_ns = deadline_ns;
+    py::gil_scoped_release nogil;
+    return batcher_->submit(std::move(request));
+  }
+
+  bool cancel(std::uint64_t ticket) {
+    py::gil_scoped_release nogil;
+    return batcher_->cancel(ticket);
+  }
+
+  py::dict stats() const {
+    batching::BatcherStats stats;
+    {
+      py::gil_scoped_release nogil;
+      stats = batcher_->stats();
+    }
+    py::dict batch_sizes;
+    for (const auto& [rows, size_stats] : stats.batch_sizes) {
+      py::dict entry;
+      entry["count"] = size_stats.count;
+      entry["compute_ns"] = size_stats.compute_ns;
+      batch_sizes[py::int_(rows)] = entry;
+    }
+    py::dict out;
+    out["request_success"] = stats.request_success;
+    out["request_failure"] = stats.request_failure;
+    out["inference_count"] = stats.inference_count;
+    out["execution_count"] = stats.execution_count;
+    out["queue_ns"] = stats.queue_ns;
+    out["queue_count"] = stats.queue_count;
+    out["compute_ns"] = stats.compute_ns;
+    out["compute_count"] = stats.compute_count;
+    out["batch_sizes"] = batch_sizes;
+    out["pending_requests"] = stats.pending_requests;
+    out["busy_instances"] = stats.busy_instances;
+    out["shed_count"] = stats.shed_count;
+    out["expired_count"] = stats.expired_count;
+    out["cancelled_count"] = stats.cancelled_count;
+    out["rejected_count"] = stats.rejected_count;
+    out["last_inference_ms"] = stats.last_inference_ms;
+    out["cost_a_ns_per_row"] = stats.cost.a_ns_per_row;
+    out["cost_b_ns"] = stats.cost.b_ns;
+    out["arrival_interval_ns"] = stats.cost.arrival_interval_ns;
+    return out;
+  }
+
+  void shutdown(bool drain) {
+    py::gil_scoped_release nogil;
+    batcher_->shutdown(drain);
+  }
+
+  const std::string& name() const { return batcher_->name(); }
+  const batching::BatcherConfig& config() const { return batcher_->config(); }
+
+ private:
+  std::unique_ptr<batching::Batcher> batcher_;
+};
+
+py::list drain_completions(batching::CompletionQueue& queue) {
+  // The queue's mutex is never held while waiting for the GIL, so draining with it is safe.
+  std::vector<batching::Completion> taken = queue.drain();
+  py::list out;
+  for (batching::Completion& completion : taken) {
+    py::object outputs = py::none();
+    if (completion.code == StatusCode::kOk) {
+      py::list arrays;
+      for (const Tensor& output : completion.outputs) arrays.append(array_from_tensor(output));
+      outputs = std::move(arrays);
+    }
+    out.append(py::make_tuple(completion.ticket, static_cast<int>(completion.code),
+                              completion.message, outputs));
+  }
+  return out;
+}
+
+// The pure policy with a queue built by hand and a fake clock, for tests and for exploring
+// settings. Requests are listed in the order added (arrival order); the policy orders levels.
+class PolicyHarness {
+ public:
+  explicit PolicyHarness(const batching::BatcherConfig& config)
+      : policy_(config), cost_(config.latency_target_us) {}
+
+  void add(std::uint64_t ticket, std::int64_t rows, std::int64_t priority, std::int64_t enqueue_ns,
+           std::int64_t deadline_ns, std::uint64_t shape_key) {
+    if (rows < 1) invalid("rows must be >= 1");
+    for (const auto& queued : queue_) {
+      if (queued.ticket == ticket) invalid("ticket " + std::to_string(ticket) + " already queued");
+    }
+    batching::QueuedRequest request;
+    request.ticket = ticket;
+    request.rows = rows;
+    request.level = policy_.config().level_index(priority);
+    request.enqueue_ns = enqueue_ns;
+    request.deadline_ns = deadline_ns;
+    request.shape_key = shape_key;
+    queue_.push_back(request);
+    cost_.observe_arrival(enqueue_ns);
+  }
+
+  void remove(const std::vector<std::uint64_t>& tickets) {
+    std::erase_if(queue_, [&](const batching::QueuedRequest& request) {
+      return std::find(tickets.begin(), tickets.end(), request.ticket) != tickets.end();
+    });
+  }
+
+  void set_instances(std::int64_t free, std::int64_t busy) {
+    if (free < 0 || busy < 0) invalid("instance counts must be >= 0");
+    free_ = free;
+    busy_ = busy;
+  }
+
+  py::dict decide(std::int64_t now_ns, bool flush) const {
+    batching::QueueView state;
+    state.requests = queue_;
+    state.free_instances = free_;
+    state.busy_instances = busy_;
+    state.cost = cost_.estimate();
+    state.flush = flush;
+    const batching::Decision decision = policy_.decide(state, now_ns);
+    const auto tickets = [&](const std::vector<std::size_t>& indices) {
+      py::list out;
+      for (const std::size_t i : indices) out.append(queue_[i].ticket);
+      return out;
+    };
+    py::dict out;
+    switch (decision.action) {
+      case batching::Decision::Action::kRun: out["action"] = "run"; break;
+      case batching::Decision::Action::kWait: out["action"] = "wait"; break;
+      case batching::Decision::Action::kIdle: out["action"] = "idle"; break;
+    }
+    out["run"] = tickets(decision.run);
+    out["expired"] = tickets(decision.expired);
+    out["shed"] = tickets(decision.shed);
+    out["wait_until_ns"] = decision.action == batching::Decision::Action::kWait
+                               ? py::object(py::int_(decision.wait_until_ns))
+                               : py::object(py::none());
+    return out;
+  }
+
+  py::dict cost() const {
+    const batching::CostEstimate& estimate = cost_.estimate();
+    py::dict out;
+    out["a_ns_per_row"] = estimate.a_ns_per_row;
+    out["b_ns"] = estimate.b_ns;
+    out["arrival_interval_ns"] = estimate.arrival_interval_ns;
+    out["samples"] = cost_.samples();
+    return out;
+  }
+
+  std::vector<std::uint64_t> queued() const {
+    std::vector<std::uint64_t> tickets;
+    for (const auto& request : queue_) tickets.push_back(request.ticket);
+    return tickets;
+  }
+
+  batching::CostModel& cost_model() { return cost_; }
+
+ private:
+  batching::BatchingPolicy policy_;
+  batching::CostModel cost_;
+  std::vector<batching::QueuedRequest> queue_;
+  std::int64_t free_ = 1;
+  std::int64_t busy_ = 0;
+};
+
+void shutdown_live_batchers() {
+  const std::vector<PyBatcher*> live(live_batchers().begin(), live_batchers().end());
+  for (PyBatcher* batcher : live) batcher->shutdown(false);
+}
+
+}  // namespace
+
+void register_batching(py::module_& m) {
+  py::module_::import("atexit").attr("register")(
+      py::cpp_function(&shutdown_live_batchers, py::name("_shutdown_live_batchers")));
+
+  m.def("monotonic_ns", &batching::monotonic_ns,
+        "The steady clock (ns) that Batcher deadlines (deadline_ns) are measured on.");
+
+  py::class_<batching::BatcherConfig>(m, "BatcherConfig",
+                                      "Settings of one Batcher (see csrc/batching/batcher_config.h).")
+      .def(py::init([](std::int64_t max_batch_size, std::int64_t instances,
+                       std::int64_t max_queue_delay_us, bool auto_delay,
+                       std::vector<std::int64_t> preferred_batch_sizes, std::int64_t max_queue_size,
+                       std::int64_t priority_levels, std::int64_t default_priority_level,
+                       std::int64_t default_timeout_us, std::int64_t latency_target_us) {
+             batching::BatcherConfig config;
+             config.max_batch_size = max_batch_size;
+             config.instances = instances;
+             config.max_queue_delay_us = max_queue_delay_us;
+             config.auto_delay = auto_delay;
+             config.preferred_batch_sizes = std::move(preferred_batch_sizes);
+             config.max_queue_size = max_queue_size;
+             config.priority_levels = priority_levels;
+             config.default_priority_level = default_priority_level;
+             config.default_timeout_us = default_timeout_us;
+             config.latency_target_us = latency_target_us;
+             return config;
+           }),
+           py::kw_only(), py::arg("max_batch_size") = 8, py::arg("instances") = 1,
+           py::arg("max_queue_delay_us") = 0, py::arg("auto_delay") = false,
+           py::arg("preferred_batch_sizes") = std::vector<std::int64_t>{},
+           py::arg("max_queue_size") = 0, py::arg("priority_levels") = 0,
+           py::arg("default_priority_level") = 0, py::arg("default_timeout_us") = 0,
+           py::arg("latency_target_us") = 0)
+      .def_readwrite("max_batch_size", &batching::BatcherConfig::max_batch_size)
+      .def_readwrite("instances", &batching::BatcherConfig::instances)
+      .def_readwrite("max_queue_delay_us", &batching::BatcherConfig::max_queue_delay_us)
+      .def_readwrite("auto_delay", &batching::BatcherConfig::auto_delay)
+      .def_readwrite("preferred_batch_sizes", &batching::BatcherConfig::preferred_batch_sizes)
+      .def_readwrite("max_queue_size", &batching::BatcherConfig::max_queue_size)
+      .def_readwrite("priority_levels", &batching::BatcherConfig::priority_levels)
+      .def_readwrite("default_priority_level", &batching::BatcherConfig::default_priority_level)
+      .def_readwrite("default_timeout_us", &batching::BatcherConfig::default_timeout_us)
+      .def_readwrite("latency_target_us", &batching::BatcherConfig::latency_target_us)
+      .def("validate", &batching::BatcherConfig::validate,
+           "Raise CoreError(INVALID_ARGUMENT) naming the first bad field.");
+
+  py::class_<batching::CompletionQueue, std::shared_ptr<batching::CompletionQueue>>(
+      m, "CompletionQueue",
+      "Finished requests of every Batcher; fd is an eventfd readable while completions wait.")
+      .def(py::init<>())
+      .def_property_readonly("fd", &batching::CompletionQueue::fd)
+      .def_property_readonly("pending", &batching::CompletionQueue::pending)
+      .def("drain", &drain_completions,
+           "Take every finished request as (ticket, status_code, message, outputs or None) and "
+           "reset the eventfd.");
+
+  py::class_<PyBatcher>(m, "Batcher", "Dynamic batcher of one model version (csrc/batching).")
+      .def(py::init<std::string, batching::BatcherConfig, py::object,
+                    std::shared_ptr<batching::CompletionQueue>>(),
+           py::arg("name"), py::arg("config"), py::arg("runner"), py::arg("completions"))
+      .def("submit", &PyBatcher::submit, py::arg("inputs"), py::arg("priority") = 0,
+           py::arg("deadline_ns") = 0,
+           "Queue a request (one array per input, dim 0 = rows); returns its ticket.")
+      .def("cancel", &PyBatcher::cancel, py::arg("ticket"),
+           "Remove a queued request (answered CANCELLED); False when it is not queued.")
+      .def("stats", &PyBatcher::stats)
+      .def("shutdown", &PyBatcher::shutdown, py::arg("drain") = true)
+      .def_property_readonly("name", &PyBatcher::name);
+
+  py::class_<PolicyHarness>(m, "PolicyHarness",
+                            "The pure batching policy over a hand-built queue and a fake clock.")
+      .def(py::init<const batching::BatcherConfig&>(), py::arg("config"))
+      .def("add", &PolicyHarness::add, py::arg("ticket"), py::arg("rows"), py::kw_only(),
+           py::arg("priority") = 0, py::arg("enqueue_ns"), py::arg("deadline_ns") = 0,
+           py::arg("shape_key") = 0)
+      .def("remove", &PolicyHarness::remove, py::arg("tickets"))
+      .def("set_instances", &PolicyHarness::set_instances, py::arg("free"), py::arg("busy"))
+      .def("observe_batch",
+           [](PolicyHarness& harness, std::int64_t rows, std::int64_t compute_ns) {
+             harness.cost_model().observe_batch(rows, compute_ns);
+           },
+           py::arg("rows"), py::arg("compute_ns"))
+      .def("observe_arrival",
+           [](PolicyHarness& harness, std::int64_t arrival_ns) {
+             harness.cost_model().observe_arrival(arrival_ns);
+           },
+           py::arg("arrival_ns"))
+      .def("decide", &PolicyHarness::decide, py::arg("now_ns"), py::arg("flush") = false)
+      .def("cost", &PolicyHarness::cost)
+      .def_property_readonly("queued", &PolicyHarness::queued);
+}
+
+}  // namespace headrace::bindings
