@@ -28,13 +28,17 @@ import numpy.typing as npt
 
 from headrace.backends.base import Backend, TensorSpec
 from headrace.config import ModelConfig, ServerSettings
+from headrace import _core
+from headrace.completions import CompletionRouter
 from headrace.errors import (
     ConfigError,
+    DeadlineExceededError,
     HeadraceError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
+    from_core_error,
 )
 from headrace.monitoring.metrics import Metrics
 from headrace.registry.filesystem import FilesystemRepository, ModelSource, VersionSource
@@ -99,6 +103,11 @@ class VersionStatistics:
     queue_ns: int = 0
     compute_count: int = 0
     compute_ns: int = 0
+    pending_requests: int = 0
+    shed_count: int = 0
+    expired_count: int = 0
+    cancelled_count: int = 0
+    rejected_count: int = 0
     batches: dict[int, BatchStatistics] = field(default_factory=dict)
 
 
@@ -165,6 +174,66 @@ def _load_backend(source: VersionSource, config: ModelConfig, settings: ServerSe
     raise ConfigError(f"{source.path}: backend '{source.backend}' is not available in this build")
 
 
+def _deadline_ns(timeout_us: int, timeout_s: float | None) -> int:
+    """An absolute deadline on the core's steady clock; 0 means none."""
+    if timeout_us < 0:
+        raise InvalidArgumentError(f"timeout must be >= 0 microseconds, got {timeout_us}")
+    budgets_ns = []
+    if timeout_us > 0:
+        budgets_ns.append(timeout_us * 1000)
+    if timeout_s is not None:
+        budgets_ns.append(max(0, int(timeout_s * 1e9)))
+    if not budgets_ns:
+        return 0
+    return int(_core.monotonic_ns()) + max(1, min(budgets_ns))
+
+
+def _batcher_config(config: ModelConfig, max_batch_size: int) -> Any:
+    batching = config.batching
+    delay = batching.max_queue_delay_us
+    preferred = [size for size in batching.preferred_batch_sizes if size <= max_batch_size]
+    try:
+        core_config = _core.BatcherConfig(
+            max_batch_size=max_batch_size,
+            instances=max(1, config.instances),
+            max_queue_delay_us=0 if delay == "auto" else delay,
+            auto_delay=delay == "auto",
+            preferred_batch_sizes=preferred,
+            max_queue_size=batching.max_queue_size,
+            priority_levels=batching.priority_levels,
+            default_priority_level=batching.default_priority_level
+            or (batching.priority_levels if batching.priority_levels else 0),
+            default_timeout_us=batching.default_timeout_us,
+            latency_target_us=batching.latency_target_us,
+        )
+        core_config.validate()
+    except _core.CoreError as error:
+        raise ConfigError(f"{config.source}: {error.args[-1]}") from None
+    return core_config
+
+
+def _check_utf8(name: str, array: npt.NDArray[Any]) -> None:
+    if array.dtype.kind != "O":
+        return
+    for index, value in enumerate(array.reshape(-1)):
+        if isinstance(value, bytes):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidArgumentError(
+                    f"input '{name}': BYTES element {index} is not valid UTF-8 "
+                    "(ONNX Runtime string tensors hold UTF-8 text)"
+                ) from None
+
+
+def _utf8_texts(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    texts = np.empty(array.shape, dtype=object)
+    flat = texts.reshape(-1)
+    for index, value in enumerate(array.reshape(-1)):
+        flat[index] = value.decode("utf-8") if isinstance(value, bytes) else value
+    return texts
+
+
 class ModelVersion:
     """A loaded, warmed-up version of a model; safe to call from several threads."""
 
@@ -174,6 +243,7 @@ class ModelVersion:
         config: ModelConfig,
         settings: ServerSettings,
         metrics: Metrics,
+        completions: CompletionRouter,
     ) -> None:
         self.name = config.name
         self.version = source.version
@@ -185,16 +255,32 @@ class ModelVersion:
         self.outputs = _apply_declared(config.outputs, self.backend.outputs, "output", config)
         self.max_batch_size = _resolve_max_batch_size(config, self.inputs)
         self._input_by_name = {s.name: s for s in self.inputs}
+        self._input_names = [s.name for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
         self.output_datatypes = {s.name: s.datatype for s in self.outputs}
         self.stats = VersionStatistics(self.name, self.version_str)
         self._stats_lock = threading.Lock()
         self._metrics = metrics
         self._labels = (self.name, self.version_str)
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(1, config.instances), thread_name_prefix=f"headrace-{self.name}"
-        )
+        self._bytes_inputs = [s.name for s in self.inputs if s.datatype == "BYTES"]
+        self._completions = completions
         self.warm_up()
+        # Batched models go through the native batcher (queue, deadlines, priorities, one copy
+        # into the batch buffer); the others run one request per call on instance threads.
+        self._batcher: Any = None
+        self._executor: ThreadPoolExecutor | None = None
+        if self.max_batch_size > 0:
+            self._batcher = _core.Batcher(
+                f"{self.name}:{self.version_str}",
+                _batcher_config(config, self.max_batch_size),
+                self._run_batch,
+                completions.queue,
+            )
+        else:
+            self._executor = ThreadPoolExecutor(
+                max_workers=max(1, config.instances), thread_name_prefix=f"headrace-{self.name}"
+            )
+        metrics.track(self)
 
     # -- validation -------------------------------------------------------------------------
 
@@ -241,6 +327,8 @@ class ModelVersion:
                     f"input '{spec.name}': shape {list(shape)} does not match model "
                     f"'{self.name}' shape {list(spec.shape)} (-1 is any size)"
                 )
+            if spec.datatype == "BYTES":
+                _check_utf8(spec.name, array)
             if self.max_batch_size > 0:
                 if rows is None:
                     rows = shape[0]
@@ -265,35 +353,31 @@ class ModelVersion:
 
     # -- execution --------------------------------------------------------------------------
 
-    def prepare_inputs(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
-        """Inputs as the backend takes them. ONNX Runtime's string tensors hold UTF-8 text and
-        its Python API takes ``str``: BYTES elements are decoded here, before any queueing, so
-        a non-UTF-8 element is the caller's INVALID_ARGUMENT, not a model failure."""
+    def prepare_inputs(
+        self, inputs: Mapping[str, npt.NDArray[Any]]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Inputs as ONNX Runtime takes them: its string tensors hold UTF-8 text and its Python
+        API takes ``str``, so BYTES elements (checked as UTF-8 by check_inputs) are decoded."""
         prepared = dict(inputs)
-        for spec in self.inputs:
-            array = prepared[spec.name]
-            if spec.datatype != "BYTES" or array.dtype.kind != "O" or not array.size:
-                continue
-            flat = array.ravel()
-            texts = np.empty(flat.shape, dtype=object)
-            for index, value in enumerate(flat):
-                if isinstance(value, bytes):
-                    try:
-                        texts[index] = value.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise InvalidArgumentError(
-                            f"input '{spec.name}': BYTES element {index} is not valid UTF-8 "
-                            "(ONNX Runtime string tensors hold UTF-8 text)"
-                        ) from None
-                else:
-                    texts[index] = value
-            prepared[spec.name] = texts.reshape(array.shape)
+        for name in self._bytes_inputs:
+            array = prepared[name]
+            if array.dtype.kind == "O" and array.size:
+                prepared[name] = _utf8_texts(array)
         return prepared
 
     def _rows(self, inputs: Mapping[str, npt.NDArray[Any]]) -> int:
         if self.max_batch_size > 0 and self.inputs:
             return int(inputs[self.inputs[0].name].shape[0])
         return 1
+
+    def _run_batch(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        """The batcher's runner: called on a core worker thread, holding the GIL only here.
+        Computes every output; each caller gets its rows of the outputs it asked for."""
+        feed = dict(zip(self._input_names, arrays, strict=True))
+        for name in self._bytes_inputs:
+            # The core hands BYTES back as bytes; ONNX Runtime wants str (validated UTF-8).
+            feed[name] = _utf8_texts(feed[name])
+        return self.backend.run(feed, self._output_names)
 
     def _execute(
         self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str], enqueue_ns: int
@@ -309,6 +393,22 @@ class ModelVersion:
         self._record_execution(self._rows(inputs), start_ns - enqueue_ns, end_ns - start_ns)
         return dict(zip(output_names, arrays, strict=True))
 
+    def _submit(
+        self, inputs: Mapping[str, npt.NDArray[Any]], priority: int, deadline_ns: int
+    ) -> int:
+        arrays = [inputs[name] for name in self._input_names]
+        try:
+            ticket: int = self._batcher.submit(arrays, priority, deadline_ns)
+        except _core.CoreError as error:
+            raise from_core_error(error) from None
+        return ticket
+
+    def _pick(
+        self, outputs: list[npt.NDArray[Any]], output_names: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        by_name = dict(zip(self._output_names, outputs, strict=True))
+        return {name: by_name[name] for name in output_names}
+
     def _record_execution(self, rows: int, queue_ns: int, compute_ns: int) -> None:
         with self._stats_lock:
             s = self.stats
@@ -322,12 +422,6 @@ class ModelVersion:
             batch = s.batches.setdefault(rows, BatchStatistics())
             batch.count += 1
             batch.compute_ns += compute_ns
-        m = self._metrics
-        m.inference_count.labels(*self._labels).inc(rows)
-        m.execution_count.labels(*self._labels).inc()
-        m.queue_duration.labels(*self._labels).observe(queue_ns / 1e9)
-        m.compute_duration.labels(*self._labels).observe(compute_ns / 1e9)
-        m.batch_size.labels(*self._labels).observe(rows)
 
     def _record_request(self, ok: bool, duration_ns: int, error: HeadraceError | None) -> None:
         with self._stats_lock:
@@ -345,12 +439,20 @@ class ModelVersion:
             self._metrics.request_failure.labels(*self._labels, code).inc()
 
     def infer(
-        self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        output_names: Sequence[str],
+        priority: int = 0,
+        deadline_ns: int = 0,
     ) -> dict[str, npt.NDArray[Any]]:
-        """Run one request in the calling thread (validated already)."""
+        """Run one validated request, blocking the calling thread until it is answered."""
         start_ns = time.perf_counter_ns()
         try:
-            outputs = self._execute(inputs, output_names, start_ns)
+            if self._batcher is not None:
+                ticket = self._submit(inputs, priority, deadline_ns)
+                outputs = self._pick(self._completions.wait(ticket), output_names)
+            else:
+                outputs = self._execute(self.prepare_inputs(inputs), output_names, start_ns)
         except HeadraceError as error:
             self._record_request(False, time.perf_counter_ns() - start_ns, error)
             raise
@@ -358,15 +460,37 @@ class ModelVersion:
         return outputs
 
     async def infer_async(
-        self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        output_names: Sequence[str],
+        priority: int = 0,
+        deadline_ns: int = 0,
     ) -> dict[str, npt.NDArray[Any]]:
-        """Run one request on the version's instance threads; the event loop only awaits."""
+        """Run one validated request; the event loop only awaits (a cancelled caller's request
+        leaves the batcher's queue)."""
         start_ns = time.perf_counter_ns()
-        loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(
-                self._executor, self._execute, inputs, output_names, start_ns
-            )
+            if self._batcher is not None:
+                ticket = self._submit(inputs, priority, deadline_ns)
+                future = self._completions.future_for(ticket)
+                try:
+                    outputs = self._pick(await future, output_names)
+                except asyncio.CancelledError:
+                    self._batcher.cancel(ticket)
+                    self._completions.abandon(ticket)
+                    raise
+            else:
+                if deadline_ns and _core.monotonic_ns() >= deadline_ns:
+                    raise DeadlineExceededError(f"model '{self.name}': deadline passed")
+                loop = asyncio.get_running_loop()
+                assert self._executor is not None
+                outputs = await loop.run_in_executor(
+                    self._executor,
+                    self._execute,
+                    self.prepare_inputs(inputs),
+                    output_names,
+                    start_ns,
+                )
         except HeadraceError as error:
             self._record_request(False, time.perf_counter_ns() - start_ns, error)
             raise
@@ -392,14 +516,38 @@ class ModelVersion:
     def statistics(self) -> VersionStatistics:
         with self._stats_lock:
             s = self.stats
-            return VersionStatistics(
+            result = VersionStatistics(
                 **{k: getattr(s, k) for k in s.__dataclass_fields__ if k != "batches"},
                 batches={k: BatchStatistics(v.count, v.compute_ns) for k, v in s.batches.items()},
             )
+        if self._batcher is not None:
+            # Execution-side numbers are kept by the scheduler itself.
+            core = self._batcher.stats()
+            result.inference_count = int(core["inference_count"])
+            result.execution_count = int(core["execution_count"])
+            result.queue_count = int(core["queue_count"])
+            result.queue_ns = int(core["queue_ns"])
+            result.compute_count = int(core["compute_count"])
+            result.compute_ns = int(core["compute_ns"])
+            result.last_inference_ms = int(core["last_inference_ms"])
+            result.pending_requests = int(core["pending_requests"])
+            result.shed_count = int(core["shed_count"])
+            result.expired_count = int(core["expired_count"])
+            result.cancelled_count = int(core["cancelled_count"])
+            result.rejected_count = int(core["rejected_count"])
+            result.batches = {
+                int(rows): BatchStatistics(int(entry["count"]), int(entry["compute_ns"]))
+                for rows, entry in core["batch_sizes"].items()
+            }
+        return result
 
     def close(self) -> None:
-        """Stop taking work; queued work finishes first (the executor drains)."""
-        self._executor.shutdown(wait=True)
+        """Stop taking work; what is queued runs first, then the resources go."""
+        if self._batcher is not None:
+            self._batcher.shutdown(drain=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._metrics.untrack(self)
 
 
 @dataclass
@@ -423,6 +571,7 @@ class Engine:
             else None
         )
         self._models: dict[str, _Model] = {}
+        self.completions = CompletionRouter()
         self._lock = threading.RLock()  # serialises load/unload; reads take a snapshot
         self._closed = False
 
@@ -485,7 +634,7 @@ class Engine:
                 versions[version_source.version] = old
                 continue
             versions[version_source.version] = ModelVersion(
-                version_source, source.config, self.settings, self.metrics
+                version_source, source.config, self.settings, self.metrics, self.completions
             )
         return versions
 
@@ -597,12 +746,17 @@ class Engine:
         outputs: Sequence[str] | None = None,
         *,
         request_id: str = "",
+        priority: int = 0,
+        timeout_us: int = 0,
     ) -> InferResult:
-        """Run ``model`` on numpy ``inputs`` in the calling thread; blocks until done."""
+        """Run ``model`` on numpy ``inputs`` in the calling thread; blocks until done.
+
+        ``priority`` (1 is highest, 0 the model's default) and ``timeout_us`` (time allowed in
+        the queue; 0 for the model's default) have Triton's meaning."""
         served = self.get_version(model, version)
         inputs = {k: np.asarray(v) for k, v in inputs.items()}
         names = served.check_inputs(inputs, outputs)
-        result = served.infer(served.prepare_inputs(inputs), names)
+        result = served.infer(inputs, names, priority, _deadline_ns(timeout_us, None))
         return InferResult(model, served.version_str, result, request_id, served.output_datatypes)
 
     async def infer_async(
@@ -614,11 +768,17 @@ class Engine:
         *,
         request_id: str = "",
         declared_datatypes: Mapping[str, str] | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+        timeout_s: float | None = None,
     ) -> InferResult:
-        """As :meth:`infer`, awaitable; the model runs off the event loop."""
+        """As :meth:`infer`, awaitable; the model runs off the event loop. ``timeout_s`` is the
+        caller's remaining time (a gRPC deadline); the earlier of it and ``timeout_us`` wins."""
         served = self.get_version(model, version)
         names = served.check_inputs(inputs, outputs, declared_datatypes)
-        result = await served.infer_async(served.prepare_inputs(inputs), names)
+        result = await served.infer_async(
+            inputs, names, priority, _deadline_ns(timeout_us, timeout_s)
+        )
         return InferResult(model, served.version_str, result, request_id, served.output_datatypes)
 
     def close(self) -> None:

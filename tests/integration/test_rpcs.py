@@ -41,7 +41,12 @@ def test_server_metadata_lists_only_supported_extensions(client: Client) -> None
     metadata = client.server_metadata()
     assert metadata.name == "headrace"
     assert metadata.version
-    assert set(metadata.extensions) == {"model_repository", "model_configuration", "statistics"}
+    assert set(metadata.extensions) == {
+        "model_repository",
+        "model_configuration",
+        "statistics",
+        "schedule_policy",
+    }
 
 
 def test_model_metadata(client: Client) -> None:

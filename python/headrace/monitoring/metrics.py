@@ -9,7 +9,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 
 # 25 µs .. ~26 s, doubling: fine resolution where a small model's latency lives.
@@ -17,6 +26,13 @@ LATENCY_BUCKETS_S = tuple(25e-6 * 2**i for i in range(21))
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 _LABELS = ("model", "version")
+
+
+class VersionStatisticsSource(Protocol):
+    name: str
+    version_str: str
+
+    def statistics(self) -> Any: ...
 
 
 class Metrics:
@@ -37,21 +53,6 @@ class Metrics:
             (*_LABELS, "code"),
             registry=r,
         )
-        self.inference_count = Counter(
-            "headrace_inference_count",
-            "Rows inferred (batch dimension summed)",
-            _LABELS,
-            registry=r,
-        )
-        self.execution_count = Counter(
-            "headrace_inference_exec_count", "Model executions (batches run)", _LABELS, registry=r
-        )
-        self.pending_requests = Gauge(
-            "headrace_inference_pending_request_count",
-            "Requests queued, not yet running",
-            _LABELS,
-            registry=r,
-        )
         self.request_duration = Histogram(
             "headrace_inference_request_duration_seconds",
             "End-to-end request time inside the server",
@@ -59,41 +60,26 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.queue_duration = Histogram(
-            "headrace_inference_queue_duration_seconds",
-            "Time queued before execution",
-            _LABELS,
-            buckets=LATENCY_BUCKETS_S,
-            registry=r,
-        )
-        self.compute_duration = Histogram(
-            "headrace_inference_compute_duration_seconds",
-            "Model execution time per batch",
-            _LABELS,
-            buckets=LATENCY_BUCKETS_S,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "headrace_inference_batch_size",
-            "Rows per executed batch",
-            _LABELS,
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=r,
-        )
-        self.shed_requests = Counter(
-            "headrace_inference_shed_requests",
-            "Requests shed to meet the latency target",
-            _LABELS,
-            registry=r,
-        )
-        self.expired_requests = Counter(
-            "headrace_inference_expired_requests",
-            "Requests whose deadline passed in the queue",
-            _LABELS,
-            registry=r,
-        )
+        self._versions: dict[tuple[str, str], VersionStatisticsSource] = {}
+        self._versions_lock = threading.Lock()
+        r.register(_VersionCollector(self))
         self._collect_hooks: list[Callable[[], None]] = []
         self._hooks_lock = threading.Lock()
+
+    def track(self, version: VersionStatisticsSource) -> None:
+        """Export ``version.statistics()`` at every scrape (kept by the scheduler itself)."""
+        with self._versions_lock:
+            self._versions[(version.name, version.version_str)] = version
+
+    def untrack(self, version: VersionStatisticsSource) -> None:
+        with self._versions_lock:
+            key = (version.name, version.version_str)
+            if self._versions.get(key) is version:
+                del self._versions[key]
+
+    def tracked(self) -> list[VersionStatisticsSource]:
+        with self._versions_lock:
+            return list(self._versions.values())
 
     def add_collect_hook(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` before each exposition (to refresh gauges read from the core)."""
@@ -112,3 +98,75 @@ class Metrics:
         """Serve ``/metrics`` on a daemon thread; returns (server, bound port)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server, int(server.server_port)
+
+
+class _VersionCollector:
+    """Execution statistics read from each model version at scrape time: counters the scheduler
+    keeps cumulatively, and the batch-size histogram rebuilt exactly from its per-size counts."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        labels = list(_LABELS)
+        inference = CounterMetricFamily(
+            "headrace_inference_count", "Rows inferred (batch dimension summed)", labels=labels
+        )
+        executions = CounterMetricFamily(
+            "headrace_inference_exec_count", "Model executions (batches run)", labels=labels
+        )
+        queue = CounterMetricFamily(
+            "headrace_inference_queue_duration_us", "Cumulative time requests spent queued",
+            labels=labels,
+        )
+        compute = CounterMetricFamily(
+            "headrace_inference_compute_infer_duration_us", "Cumulative model execution time",
+            labels=labels,
+        )
+        pending = GaugeMetricFamily(
+            "headrace_inference_pending_request_count", "Requests queued, not yet running",
+            labels=labels,
+        )
+        shed = CounterMetricFamily(
+            "headrace_inference_shed_requests", "Requests shed to meet the latency target",
+            labels=labels,
+        )
+        expired = CounterMetricFamily(
+            "headrace_inference_expired_requests", "Requests whose deadline passed in the queue",
+            labels=labels,
+        )
+        cancelled = CounterMetricFamily(
+            "headrace_inference_cancelled_requests", "Requests cancelled while queued",
+            labels=labels,
+        )
+        rejected = CounterMetricFamily(
+            "headrace_inference_rejected_requests", "Requests refused because the queue was full",
+            labels=labels,
+        )
+        batch_size = HistogramMetricFamily(
+            "headrace_inference_batch_size", "Rows per executed batch", labels=labels
+        )
+        for version in self._metrics.tracked():
+            s = version.statistics()
+            values = [version.name, version.version_str]
+            inference.add_metric(values, s.inference_count)
+            executions.add_metric(values, s.execution_count)
+            queue.add_metric(values, s.queue_ns / 1000)
+            compute.add_metric(values, s.compute_ns / 1000)
+            pending.add_metric(values, s.pending_requests)
+            shed.add_metric(values, s.shed_count)
+            expired.add_metric(values, s.expired_count)
+            cancelled.add_metric(values, s.cancelled_count)
+            rejected.add_metric(values, s.rejected_count)
+            buckets = []
+            for bound in BATCH_SIZE_BUCKETS:
+                count = sum(b.count for rows, b in s.batches.items() if rows <= bound)
+                buckets.append((str(bound), count))
+            buckets.append(("+Inf", sum(b.count for b in s.batches.values())))
+            total_rows = sum(rows * b.count for rows, b in s.batches.items())
+            batch_size.add_metric(values, buckets, total_rows)
+        yield from (inference, executions, queue, compute, pending, shed, expired, cancelled,
+                    rejected, batch_size)

@@ -22,6 +22,8 @@ class DecodedRequest:
     declared_datatypes: dict[str, str]
     outputs: list[str]
     parameters: dict[str, Any]
+    priority: int = 0
+    timeout_us: int = 0
 
 
 def _parameter_value(parameter: Any) -> Any:
@@ -60,6 +62,7 @@ def decode_infer_request(request: Any, max_elements: int) -> DecodedRequest:
         else:
             raise InvalidArgumentError(f"input '{name}' has no contents (typed or raw)")
         declared[name] = tensor.datatype
+    parameters = {k: _parameter_value(v) for k, v in request.parameters.items()}
     return DecodedRequest(
         model_name=request.model_name,
         model_version=request.model_version,
@@ -67,8 +70,22 @@ def decode_infer_request(request: Any, max_elements: int) -> DecodedRequest:
         inputs=inputs,
         declared_datatypes=declared,
         outputs=[output.name for output in request.outputs],
-        parameters={k: _parameter_value(v) for k, v in request.parameters.items()},
+        parameters=parameters,
+        priority=_int_parameter(parameters, "priority"),
+        timeout_us=_int_parameter(parameters, "timeout"),
     )
+
+
+def _int_parameter(parameters: dict[str, Any], name: str) -> int:
+    """Triton's reserved scheduling parameters: int64, non-negative (priority 0 = default)."""
+    value = parameters.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgumentError(
+            f"request parameter '{name}' must be a non-negative integer, got {value!r}"
+        )
+    return value
 
 
 def encode_infer_response(result: InferResult) -> Any:

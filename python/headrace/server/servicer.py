@@ -31,7 +31,7 @@ else:
 
 SERVER_NAME = "headrace"
 # Only what is really implemented: clients probe this list.
-EXTENSIONS = ("model_repository", "model_configuration", "statistics")
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "schedule_policy")
 
 # Requests a stream may have in flight before the reader waits for answers: bounds the memory one
 # stream can pin while still letting a client pipeline.
@@ -80,7 +80,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     # -- inference ---------------------------------------------------------------------------
 
-    async def _infer(self, request: Any) -> Any:
+    async def _infer(self, request: Any, timeout_s: float | None) -> Any:
         decoded = convert.decode_infer_request(request, self._max_elements)
         result = await self._engine.infer_async(
             decoded.model_name,
@@ -89,12 +89,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             decoded.outputs or None,
             request_id=decoded.request_id,
             declared_datatypes=decoded.declared_datatypes,
+            priority=decoded.priority,
+            timeout_us=decoded.timeout_us,
+            timeout_s=timeout_s,
         )
         return convert.encode_infer_response(result)
 
     @unary_errors
     async def ModelInfer(self, request: Any, context: Context) -> Any:
-        return await self._infer(request)
+        # The client's gRPC deadline bounds the time in the queue: a request that can no longer
+        # be answered in time leaves the queue at its deadline instead of running.
+        return await self._infer(request, context.time_remaining())
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Context
@@ -108,7 +113,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
         async def answer(request: Any) -> None:
             try:
-                response = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+                response = pb.ModelStreamInferResponse(
+                    infer_response=await self._infer(request, context.time_remaining())
+                )
             except Exception as error:
                 _, message = describe(error)
                 response = pb.ModelStreamInferResponse(
