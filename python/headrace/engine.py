@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from headrace.backends.base import Backend, TensorSpec
-from headrace.config import ModelConfig, ServerSettings
 from headrace import _core
+from headrace.backends.base import Backend, TensorSpec
 from headrace.completions import CompletionRouter
+from headrace.config import ModelConfig, ServerSettings
 from headrace.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -353,9 +353,7 @@ class ModelVersion:
 
     # -- execution --------------------------------------------------------------------------
 
-    def prepare_inputs(
-        self, inputs: Mapping[str, npt.NDArray[Any]]
-    ) -> dict[str, npt.NDArray[Any]]:
+    def prepare_inputs(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         """Inputs as ONNX Runtime takes them: its string tensors hold UTF-8 text and its Python
         API takes ``str``, so BYTES elements (checked as UTF-8 by check_inputs) are decoded."""
         prepared = dict(inputs)

@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from headrace import _core
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from headrace import _core
 
 US = 1_000
 MS = 1_000_000

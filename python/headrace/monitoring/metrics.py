@@ -7,9 +7,7 @@ Engine owns its own registry, so several engines in one process (tests) never co
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -119,31 +117,38 @@ class _VersionCollector:
             "headrace_inference_exec_count", "Model executions (batches run)", labels=labels
         )
         queue = CounterMetricFamily(
-            "headrace_inference_queue_duration_us", "Cumulative time requests spent queued",
+            "headrace_inference_queue_duration_us",
+            "Cumulative time requests spent queued",
             labels=labels,
         )
         compute = CounterMetricFamily(
-            "headrace_inference_compute_infer_duration_us", "Cumulative model execution time",
+            "headrace_inference_compute_infer_duration_us",
+            "Cumulative model execution time",
             labels=labels,
         )
         pending = GaugeMetricFamily(
-            "headrace_inference_pending_request_count", "Requests queued, not yet running",
+            "headrace_inference_pending_request_count",
+            "Requests queued, not yet running",
             labels=labels,
         )
         shed = CounterMetricFamily(
-            "headrace_inference_shed_requests", "Requests shed to meet the latency target",
+            "headrace_inference_shed_requests",
+            "Requests shed to meet the latency target",
             labels=labels,
         )
         expired = CounterMetricFamily(
-            "headrace_inference_expired_requests", "Requests whose deadline passed in the queue",
+            "headrace_inference_expired_requests",
+            "Requests whose deadline passed in the queue",
             labels=labels,
         )
         cancelled = CounterMetricFamily(
-            "headrace_inference_cancelled_requests", "Requests cancelled while queued",
+            "headrace_inference_cancelled_requests",
+            "Requests cancelled while queued",
             labels=labels,
         )
         rejected = CounterMetricFamily(
-            "headrace_inference_rejected_requests", "Requests refused because the queue was full",
+            "headrace_inference_rejected_requests",
+            "Requests refused because the queue was full",
             labels=labels,
         )
         batch_size = HistogramMetricFamily(
@@ -168,5 +173,15 @@ class _VersionCollector:
             buckets.append(("+Inf", sum(b.count for b in s.batches.values())))
             total_rows = sum(rows * b.count for rows, b in s.batches.items())
             batch_size.add_metric(values, buckets, total_rows)
-        yield from (inference, executions, queue, compute, pending, shed, expired, cancelled,
-                    rejected, batch_size)
+        yield from (
+            inference,
+            executions,
+            queue,
+            compute,
+            pending,
+            shed,
+            expired,
+            cancelled,
+            rejected,
+            batch_size,
+        )
