@@ -133,3 +133,17 @@ def write_model(
     if toml is not None:
         (repo / name / "model.toml").write_text(toml)
     return target
+
+
+def gather_lookup(table_size: int = 10) -> onnx.ModelProto:
+    """y[b] = table[index[b]] over INT64 index [batch, 1]: an index outside the table makes ONNX
+    Runtime itself fail at run time, failing the whole batch it is in."""
+    table = np.arange(table_size, dtype=np.float32) * 10
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "index"], ["y"], axis=0)],
+        "gather_lookup",
+        [helper.make_tensor_value_info("index", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    return _model(graph)
