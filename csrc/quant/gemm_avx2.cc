@@ -1,0 +1,105 @@
+// AVX2 kernel: int8 widened to int16, then vpmaddwd (int16 x int16, adjacent pairs summed into
+// int32) and vpaddd. vpmaddubsw would be twice as dense but sums two u8 x s8 products into a
+// SATURATING int16 (255 * 127 * 2 > 32767), which breaks bit-exactness; vpmaddwd's pair sum is at
+// most 2 * 128 * 128 = 32768, exact in int32. Signed int16 needs no +128 shift either.
+//
+// Compiled for AVX2 with a target attribute on each function, not a per-file -mavx2, so no inline
+// function from a shared header can be emitted with AVX2 encodings and picked by the linker for
+// non-AVX2 callers.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "quant/gemm_kernels.h"
+
+namespace headrace::quant::kernels {
+namespace {
+
+constexpr std::size_t kPanel = PackedWeights::kPanelColumns;
+
+__attribute__((target("avx2"))) inline __m256i broadcast_pair(const std::int16_t* pair) {
+  std::int32_t bits;
+  std::memcpy(&bits, pair, sizeof bits);
+  return _mm256_set1_epi32(bits);
+}
+
+// acc[r][0..15] = sum over k_pairs of rows[r] x panel. rows[] may repeat a row when the tile has
+// fewer than 4 real rows; the caller discards those results.
+__attribute__((target("avx2"))) void micro_tile(const std::int16_t* const rows[kMicroRows],
+                                                const std::int16_t* panel, std::size_t k_pairs,
+                                                std::int32_t* tile /* [4][16] */) {
+  __m256i acc00 = _mm256_setzero_si256(), acc01 = _mm256_setzero_si256();
+  __m256i acc10 = _mm256_setzero_si256(), acc11 = _mm256_setzero_si256();
+  __m256i acc20 = _mm256_setzero_si256(), acc21 = _mm256_setzero_si256();
+  __m256i acc30 = _mm256_setzero_si256(), acc31 = _mm256_setzero_si256();
+  for (std::size_t pair = 0; pair < k_pairs; ++pair) {
+    const std::int16_t* b = panel + pair * kPanel * 2;
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16));
+    const __m256i a0 = broadcast_pair(rows[0] + pair * 2);
+    acc00 = _mm256_add_epi32(acc00, _mm256_madd_epi16(a0, b0));
+    acc01 = _mm256_add_epi32(acc01, _mm256_madd_epi16(a0, b1));
+    const __m256i a1 = broadcast_pair(rows[1] + pair * 2);
+    acc10 = _mm256_add_epi32(acc10, _mm256_madd_epi16(a1, b0));
+    acc11 = _mm256_add_epi32(acc11, _mm256_madd_epi16(a1, b1));
+    const __m256i a2 = broadcast_pair(rows[2] + pair * 2);
+    acc20 = _mm256_add_epi32(acc20, _mm256_madd_epi16(a2, b0));
+    acc21 = _mm256_add_epi32(acc21, _mm256_madd_epi16(a2, b1));
+    const __m256i a3 = broadcast_pair(rows[3] + pair * 2);
+    acc30 = _mm256_add_epi32(acc30, _mm256_madd_epi16(a3, b0));
+    acc31 = _mm256_add_epi32(acc31, _mm256_madd_epi16(a3, b1));
+  }
+  // No lambda here: a lambda would not inherit this function's target("avx2").
+  __m256i* out = reinterpret_cast<__m256i*>(tile);
+  _mm256_storeu_si256(out + 0, acc00);
+  _mm256_storeu_si256(out + 1, acc01);
+  _mm256_storeu_si256(out + 2, acc10);
+  _mm256_storeu_si256(out + 3, acc11);
+  _mm256_storeu_si256(out + 4, acc20);
+  _mm256_storeu_si256(out + 5, acc21);
+  _mm256_storeu_si256(out + 6, acc30);
+  _mm256_storeu_si256(out + 7, acc31);
+}
+
+}  // namespace
+
+void gemm_avx2(const std::int8_t* a, std::size_t lda, std::size_t m, const PackedWeights& w,
+               std::int32_t* c, std::size_t ldc, GemmScratch& scratch) {
+  const std::size_t k_size = w.k_size();
+  const std::size_t n_size = w.n_size();
+  const std::size_t k_padded = w.k_padded();
+  const std::size_t k_pairs = k_padded / 2;
+  const std::size_t block_rows = std::min(m, kRowBlock);
+  scratch.a_words.resize(block_rows * k_padded);
+  std::int32_t tile[kMicroRows * kPanel];
+  for (std::size_t row0 = 0; row0 < m; row0 += kRowBlock) {
+    const std::size_t rows_here = std::min(kRowBlock, m - row0);
+    // Widen this block of A once; every panel reuses it.
+    for (std::size_t r = 0; r < rows_here; ++r) {
+      const std::int8_t* src = a + (row0 + r) * lda;
+      std::int16_t* dst = scratch.a_words.data() + r * k_padded;
+      for (std::size_t k = 0; k < k_size; ++k) dst[k] = src[k];
+      for (std::size_t k = k_size; k < k_padded; ++k) dst[k] = 0;
+    }
+    for (std::size_t panel = 0; panel < w.panel_count(); ++panel) {
+      const std::int16_t* panel_words = w.words() + panel * k_pairs * kPanel * 2;
+      const std::size_t n0 = panel * kPanel;
+      const std::size_t columns = std::min(kPanel, n_size - n0);
+      for (std::size_t r0 = 0; r0 < rows_here; r0 += kMicroRows) {
+        const std::size_t tile_rows = std::min(kMicroRows, rows_here - r0);
+        const std::int16_t* rows[kMicroRows];
+        for (std::size_t r = 0; r < kMicroRows; ++r) {
+          rows[r] = scratch.a_words.data() + (r0 + std::min(r, tile_rows - 1)) * k_padded;
+        }
+        micro_tile(rows, panel_words, k_pairs, tile);
+        for (std::size_t r = 0; r < tile_rows; ++r) {
+          std::memcpy(c + (row0 + r0 + r) * ldc + n0, tile + r * kPanel,
+                      columns * sizeof(std::int32_t));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace headrace::quant::kernels
