@@ -15,6 +15,41 @@ namespace {
 constexpr std::size_t kMaxStringBytes = 4096;
 constexpr std::uint32_t kMaxRank = 8;
 
+// Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF): names end up in Python
+// strings and in error messages, both of which must be valid text.
+bool valid_utf8(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    std::size_t extra = 0;
+    std::uint32_t code = 0;
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    } else if ((lead & 0xE0) == 0xC0) {
+      extra = 1, code = lead & 0x1Fu;
+    } else if ((lead & 0xF0) == 0xE0) {
+      extra = 2, code = lead & 0x0Fu;
+    } else if ((lead & 0xF8) == 0xF0) {
+      extra = 3, code = lead & 0x07u;
+    } else {
+      return false;
+    }
+    if (i + extra >= text.size()) return false;
+    for (std::size_t j = 1; j <= extra; ++j) {
+      const auto next = static_cast<unsigned char>(text[i + j]);
+      if ((next & 0xC0) != 0x80) return false;
+      code = (code << 6) | (next & 0x3Fu);
+    }
+    const std::uint32_t smallest[] = {0, 0x80, 0x800, 0x10000};
+    if (code < smallest[extra] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) {
+      return false;
+    }
+    i += extra + 1;
+  }
+  return true;
+}
+
 [[noreturn]] void fail(std::string_view origin, const std::string& what) {
   throw CoreError(StatusCode::kInvalidArgument,
                   "int8 model " + std::string(origin) + ": " + what);
@@ -51,6 +86,7 @@ class ByteReader {
     need(length, what);
     std::string value(reinterpret_cast<const char*>(bytes_.data() + offset_), length);
     offset_ += length;
+    if (!valid_utf8(value)) fail(origin_, std::string(what) + " is not valid UTF-8");
     return value;
   }
 

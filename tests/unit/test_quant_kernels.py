@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pytest
+from headrace import _core
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from headrace import _core
 
 ALL_ISAS = ["scalar", "avx2", "avx512vnni"]
 
@@ -42,7 +41,9 @@ def reference(a: npt.NDArray[np.int8], b: npt.NDArray[np.int8]) -> npt.NDArray[n
 
 @pytest.mark.parametrize("isa", ALL_ISAS)
 @settings(max_examples=60, deadline=None)
-@given(m=odd_dims, k=odd_dims, n=odd_dims, fill_a=fills, fill_b=fills, seed=st.integers(0, 2**32 - 1))
+@given(
+    m=odd_dims, k=odd_dims, n=odd_dims, fill_a=fills, fill_b=fills, seed=st.integers(0, 2**32 - 1)
+)
 def test_gemm_matches_numpy_bit_exact(
     isa: str, m: int, k: int, n: int, fill_a: str, fill_b: str, seed: int
 ) -> None:
@@ -57,7 +58,9 @@ def test_gemm_matches_numpy_bit_exact(
 
 
 @settings(max_examples=60, deadline=None)
-@given(m=odd_dims, k=odd_dims, n=odd_dims, fill_a=fills, fill_b=fills, seed=st.integers(0, 2**32 - 1))
+@given(
+    m=odd_dims, k=odd_dims, n=odd_dims, fill_a=fills, fill_b=fills, seed=st.integers(0, 2**32 - 1)
+)
 def test_vnni_algorithm_emulated_matches_numpy(
     m: int, k: int, n: int, fill_a: str, fill_b: str, seed: int
 ) -> None:
