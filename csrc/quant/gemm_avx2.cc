@@ -1,4 +1,5 @@
-// AVX2 kernel: int8 widened to int16, then vpmaddwd (int16 x int16, adjacent pairs summed into
+// AVX2 kernel: int8 widened to int16 (activations once per row block, weights with vpmovsxbw as
+// they stream in), then vpmaddwd (int16 x int16, adjacent pairs summed into
 // int32) and vpaddd. vpmaddubsw would be twice as dense but sums two u8 x s8 products into a
 // SATURATING int16 (255 * 127 * 2 > 32767), which breaks bit-exactness; vpmaddwd's pair sum is at
 // most 2 * 128 * 128 = 32768, exact in int32. Signed int16 needs no +128 shift either.
@@ -27,16 +28,17 @@ __attribute__((target("avx2"))) inline __m256i broadcast_pair(const std::int16_t
 // acc[r][0..15] = sum over k_pairs of rows[r] x panel. rows[] may repeat a row when the tile has
 // fewer than 4 real rows; the caller discards those results.
 __attribute__((target("avx2"))) void micro_tile(const std::int16_t* const rows[kMicroRows],
-                                                const std::int16_t* panel, std::size_t k_pairs,
+                                                const std::int8_t* panel, std::size_t k_pairs,
                                                 std::int32_t* tile /* [4][16] */) {
   __m256i acc00 = _mm256_setzero_si256(), acc01 = _mm256_setzero_si256();
   __m256i acc10 = _mm256_setzero_si256(), acc11 = _mm256_setzero_si256();
   __m256i acc20 = _mm256_setzero_si256(), acc21 = _mm256_setzero_si256();
   __m256i acc30 = _mm256_setzero_si256(), acc31 = _mm256_setzero_si256();
   for (std::size_t pair = 0; pair < k_pairs; ++pair) {
-    const std::int16_t* b = panel + pair * kPanel * 2;
-    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
-    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16));
+    const std::int8_t* b = panel + pair * kPanel * 2;
+    const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
+    const __m256i b1 =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16)));
     const __m256i a0 = broadcast_pair(rows[0] + pair * 2);
     acc00 = _mm256_add_epi32(acc00, _mm256_madd_epi16(a0, b0));
     acc01 = _mm256_add_epi32(acc01, _mm256_madd_epi16(a0, b1));
@@ -83,7 +85,7 @@ void gemm_avx2(const std::int8_t* a, std::size_t lda, std::size_t m, const Packe
       for (std::size_t k = k_size; k < k_padded; ++k) dst[k] = 0;
     }
     for (std::size_t panel = 0; panel < w.panel_count(); ++panel) {
-      const std::int16_t* panel_words = w.words() + panel * k_pairs * kPanel * 2;
+      const std::int8_t* panel_bytes = w.bytes() + panel * k_pairs * kPanel * 2;
       const std::size_t n0 = panel * kPanel;
       const std::size_t columns = std::min(kPanel, n_size - n0);
       for (std::size_t r0 = 0; r0 < rows_here; r0 += kMicroRows) {
@@ -92,7 +94,7 @@ void gemm_avx2(const std::int8_t* a, std::size_t lda, std::size_t m, const Packe
         for (std::size_t r = 0; r < kMicroRows; ++r) {
           rows[r] = scratch.a_words.data() + (r0 + std::min(r, tile_rows - 1)) * k_padded;
         }
-        micro_tile(rows, panel_words, k_pairs, tile);
+        micro_tile(rows, panel_bytes, k_pairs, tile);
         for (std::size_t r = 0; r < tile_rows; ++r) {
           std::memcpy(c + (row0 + r0 + r) * ldc + n0, tile + r * kPanel,
                       columns * sizeof(std::int32_t));

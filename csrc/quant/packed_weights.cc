@@ -35,10 +35,10 @@ PackedWeights::PackedWeights(Isa isa, const std::int8_t* w_kn, std::size_t k_siz
     case Isa::kAvx2: {
       k_padded_ = round_up(k_size, 2);
       const std::size_t k_pairs = k_padded_ / 2;
-      words_.assign(panel_count_ * k_pairs * kPanel * 2, 0);
+      bytes_.assign(panel_count_ * k_pairs * kPanel * 2, 0);
       for (std::size_t panel = 0; panel < panel_count_; ++panel) {
         for (std::size_t pair = 0; pair < k_pairs; ++pair) {
-          std::int16_t* dst = &words_[(panel * k_pairs + pair) * kPanel * 2];
+          std::int8_t* dst = &bytes_[(panel * k_pairs + pair) * kPanel * 2];
           for (std::size_t column = 0; column < kPanel; ++column) {
             const std::size_t n = panel * kPanel + column;
             for (std::size_t j = 0; j < 2; ++j) {

@@ -2,10 +2,11 @@
 //
 // Input is the ONNX MatMul layout: row-major int8 W[k][n] (k = input feature, n = output channel).
 //   kScalar:     W transposed, [n][k], so each output is one contiguous dot product.
-//   kAvx2:       int16 panels of 16 columns: [panel][k_pair][16 columns][2 k's]. One k_pair of a
-//                panel is 64 bytes = two ymm registers; vpmaddwd multiplies a broadcast pair of
-//                activations (a[2p], a[2p+1]) by it. Sign-extending to int16 here, once, is what
-//                lets the kernel avoid vpmaddubsw and its int16 saturation.
+//   kAvx2:       int8 panels of 16 columns: [panel][k_pair][16 columns][2 k's]. One k_pair of a
+//                panel is 32 bytes; the kernel sign-extends each 16-byte half to int16 (vpmovsxbw)
+//                and vpmaddwd multiplies it by a broadcast pair of activations (a[2p], a[2p+1]).
+//                Working in int16 is what lets the kernel avoid vpmaddubsw and its int16
+//                saturation; keeping the packed weights int8 halves the bytes streamed per row.
 //   kAvx512Vnni: int8 panels of 16 columns: [panel][k_quad][16 columns][4 k's]. One k_quad of a
 //                panel is one zmm register for vpdpbusd.
 // Padding (k up to the kernel's step, n up to the panel width) is zero, so padded terms add 0.
@@ -46,10 +47,8 @@ class PackedWeights {
   // k padded to the kernel's step: k for scalar, a multiple of 2 (AVX2) or 4 (VNNI).
   std::size_t k_padded() const noexcept { return k_padded_; }
 
-  // kScalar and kAvx512Vnni layouts.
+  // The packed weights, in the layout of isa().
   const std::int8_t* bytes() const noexcept { return bytes_.data(); }
-  // kAvx2 layout.
-  const std::int16_t* words() const noexcept { return words_.data(); }
   // kAvx512Vnni: 128 * sum_k W[k][n], padded to panel_count() * 16 entries.
   const std::int32_t* column_compensation() const noexcept { return compensation_.data(); }
 
@@ -60,7 +59,6 @@ class PackedWeights {
   std::size_t panel_count_ = 0;
   std::size_t k_padded_ = 0;
   std::vector<std::int8_t> bytes_;
-  std::vector<std::int16_t> words_;
   std::vector<std::int32_t> compensation_;
 };
 
