@@ -6,6 +6,7 @@ import itertools
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -378,3 +379,29 @@ def test_unsupported_structures_name_the_node(tmp_path: Path) -> None:
     )
     with pytest.raises(hq.UnsupportedGraphError, match=r"node 'early_relu' \(op Relu\)"):
         hq.extract_mlp(helper.make_model(graph))
+
+
+def test_run_releases_the_gil(digits: Digits, tmp_path: Path) -> None:
+    """While one thread is inside run(), another keeps executing Python code."""
+    mlp = _core.QuantizedMlp(str(hq.quantize_onnx(digits.onnx_path, tmp_path / "1")))
+    x = np.random.default_rng(4).random((30_000, 64), dtype=np.float32)
+    window: list[float] = []
+
+    def worker() -> None:
+        window.append(time.perf_counter())
+        mlp.run(x)
+        window.append(time.perf_counter())
+
+    thread = threading.Thread(target=worker)
+    ticks: list[float] = []
+    thread.start()
+    while thread.is_alive():
+        ticks.append(time.perf_counter())
+    thread.join()
+    start, end = window
+    inside = [start, *(t for t in ticks if start < t < end), end]
+    assert end - start > 0.02, "the run was too short to tell"
+    longest_gap = max(later - earlier for earlier, later in itertools.pairwise(inside))
+    # Holding the GIL for the whole call would stall this loop for (nearly) the whole window; the
+    # ticks that land inside it then all come from the GIL hand-overs just before and after run().
+    assert longest_gap < 0.5 * (end - start), (longest_gap, end - start)
