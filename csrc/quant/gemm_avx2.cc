@@ -25,43 +25,45 @@ __attribute__((target("avx2"))) inline __m256i broadcast_pair(const std::int16_t
   return _mm256_set1_epi32(bits);
 }
 
-// acc[r][0..15] = sum over k_pairs of rows[r] x panel. rows[] may repeat a row when the tile has
-// fewer than 4 real rows; the caller discards those results.
+// tile[r][0..15] = sum over k_pairs of rows[r] x panel, for kRows (1..4) rows: a separate
+// instantiation per row count so a 1-row GEMV does not pay for 4.
+template <std::size_t kRows>
 __attribute__((target("avx2"))) void micro_tile(const std::int16_t* const rows[kMicroRows],
                                                 const std::int8_t* panel, std::size_t k_pairs,
-                                                std::int32_t* tile /* [4][16] */) {
-  __m256i acc00 = _mm256_setzero_si256(), acc01 = _mm256_setzero_si256();
-  __m256i acc10 = _mm256_setzero_si256(), acc11 = _mm256_setzero_si256();
-  __m256i acc20 = _mm256_setzero_si256(), acc21 = _mm256_setzero_si256();
-  __m256i acc30 = _mm256_setzero_si256(), acc31 = _mm256_setzero_si256();
+                                                std::int32_t* tile /* [kRows][16] */) {
+  __m256i acc[kRows][2];
+  for (std::size_t r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
   for (std::size_t pair = 0; pair < k_pairs; ++pair) {
     const std::int8_t* b = panel + pair * kPanel * 2;
     const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b)));
     const __m256i b1 =
         _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 16)));
-    const __m256i a0 = broadcast_pair(rows[0] + pair * 2);
-    acc00 = _mm256_add_epi32(acc00, _mm256_madd_epi16(a0, b0));
-    acc01 = _mm256_add_epi32(acc01, _mm256_madd_epi16(a0, b1));
-    const __m256i a1 = broadcast_pair(rows[1] + pair * 2);
-    acc10 = _mm256_add_epi32(acc10, _mm256_madd_epi16(a1, b0));
-    acc11 = _mm256_add_epi32(acc11, _mm256_madd_epi16(a1, b1));
-    const __m256i a2 = broadcast_pair(rows[2] + pair * 2);
-    acc20 = _mm256_add_epi32(acc20, _mm256_madd_epi16(a2, b0));
-    acc21 = _mm256_add_epi32(acc21, _mm256_madd_epi16(a2, b1));
-    const __m256i a3 = broadcast_pair(rows[3] + pair * 2);
-    acc30 = _mm256_add_epi32(acc30, _mm256_madd_epi16(a3, b0));
-    acc31 = _mm256_add_epi32(acc31, _mm256_madd_epi16(a3, b1));
+    for (std::size_t r = 0; r < kRows; ++r) {
+      const __m256i a = broadcast_pair(rows[r] + pair * 2);
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(a, b0));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(a, b1));
+    }
   }
-  // No lambda here: a lambda would not inherit this function's target("avx2").
-  __m256i* out = reinterpret_cast<__m256i*>(tile);
-  _mm256_storeu_si256(out + 0, acc00);
-  _mm256_storeu_si256(out + 1, acc01);
-  _mm256_storeu_si256(out + 2, acc10);
-  _mm256_storeu_si256(out + 3, acc11);
-  _mm256_storeu_si256(out + 4, acc20);
-  _mm256_storeu_si256(out + 5, acc21);
-  _mm256_storeu_si256(out + 6, acc30);
-  _mm256_storeu_si256(out + 7, acc31);
+  for (std::size_t r = 0; r < kRows; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tile + r * kPanel), acc[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(tile + r * kPanel + 8), acc[r][1]);
+  }
+}
+
+__attribute__((target("avx2"))) void micro_tile_rows(std::size_t rows_in_tile,
+                                                     const std::int16_t* const rows[kMicroRows],
+                                                     const std::int8_t* panel, std::size_t k_pairs,
+                                                     std::int32_t* tile) {
+  switch (rows_in_tile) {
+    case 1:
+      return micro_tile<1>(rows, panel, k_pairs, tile);
+    case 2:
+      return micro_tile<2>(rows, panel, k_pairs, tile);
+    case 3:
+      return micro_tile<3>(rows, panel, k_pairs, tile);
+    default:
+      return micro_tile<4>(rows, panel, k_pairs, tile);
+  }
 }
 
 }  // namespace
@@ -94,7 +96,7 @@ void gemm_avx2(const std::int8_t* a, std::size_t lda, std::size_t m, const Packe
         for (std::size_t r = 0; r < kMicroRows; ++r) {
           rows[r] = scratch.a_words.data() + (r0 + std::min(r, tile_rows - 1)) * k_padded;
         }
-        micro_tile(rows, panel_bytes, k_pairs, tile);
+        micro_tile_rows(tile_rows, rows, panel_bytes, k_pairs, tile);
         for (std::size_t r = 0; r < tile_rows; ++r) {
           std::memcpy(c + (row0 + r0 + r) * ldc + n0, tile + r * kPanel,
                       columns * sizeof(std::int32_t));

@@ -26,23 +26,38 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) inline __m512i broadcast_
   return _mm512_set1_epi32(bits);
 }
 
+// tile[r][0..15] = sum over k_quads of rows[r] x panel - compensation, for kRows (1..4) rows.
+template <std::size_t kRows>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void micro_tile(
     const std::uint8_t* const rows[kMicroRows], const std::int8_t* panel, std::size_t k_quads,
-    const std::int32_t* compensation, std::int32_t* tile /* [4][16] */) {
-  __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
-  __m512i acc2 = _mm512_setzero_si512(), acc3 = _mm512_setzero_si512();
+    const std::int32_t* compensation, std::int32_t* tile /* [kRows][16] */) {
+  __m512i acc[kRows];
+  for (std::size_t r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_si512();
   for (std::size_t quad = 0; quad < k_quads; ++quad) {
     const __m512i b = _mm512_loadu_si512(panel + quad * kPanel * 4);
-    acc0 = _mm512_dpbusd_epi32(acc0, broadcast_quad(rows[0] + quad * 4), b);
-    acc1 = _mm512_dpbusd_epi32(acc1, broadcast_quad(rows[1] + quad * 4), b);
-    acc2 = _mm512_dpbusd_epi32(acc2, broadcast_quad(rows[2] + quad * 4), b);
-    acc3 = _mm512_dpbusd_epi32(acc3, broadcast_quad(rows[3] + quad * 4), b);
+    for (std::size_t r = 0; r < kRows; ++r) {
+      acc[r] = _mm512_dpbusd_epi32(acc[r], broadcast_quad(rows[r] + quad * 4), b);
+    }
   }
   const __m512i comp = _mm512_loadu_si512(compensation);
-  _mm512_storeu_si512(tile + 0 * kPanel, _mm512_sub_epi32(acc0, comp));
-  _mm512_storeu_si512(tile + 1 * kPanel, _mm512_sub_epi32(acc1, comp));
-  _mm512_storeu_si512(tile + 2 * kPanel, _mm512_sub_epi32(acc2, comp));
-  _mm512_storeu_si512(tile + 3 * kPanel, _mm512_sub_epi32(acc3, comp));
+  for (std::size_t r = 0; r < kRows; ++r) {
+    _mm512_storeu_si512(tile + r * kPanel, _mm512_sub_epi32(acc[r], comp));
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void micro_tile_rows(
+    std::size_t rows_in_tile, const std::uint8_t* const rows[kMicroRows], const std::int8_t* panel,
+    std::size_t k_quads, const std::int32_t* compensation, std::int32_t* tile) {
+  switch (rows_in_tile) {
+    case 1:
+      return micro_tile<1>(rows, panel, k_quads, compensation, tile);
+    case 2:
+      return micro_tile<2>(rows, panel, k_quads, compensation, tile);
+    case 3:
+      return micro_tile<3>(rows, panel, k_quads, compensation, tile);
+    default:
+      return micro_tile<4>(rows, panel, k_quads, compensation, tile);
+  }
 }
 
 }  // namespace
@@ -75,7 +90,7 @@ void gemm_avx512vnni(const std::int8_t* a, std::size_t lda, std::size_t m, const
         for (std::size_t r = 0; r < kMicroRows; ++r) {
           rows[r] = scratch.a_bytes.data() + (r0 + std::min(r, tile_rows - 1)) * k_padded;
         }
-        micro_tile(rows, panel_bytes, k_quads, w.column_compensation() + n0, tile);
+        micro_tile_rows(tile_rows, rows, panel_bytes, k_quads, w.column_compensation() + n0, tile);
         for (std::size_t r = 0; r < tile_rows; ++r) {
           std::memcpy(c + (row0 + r0 + r) * ldc + n0, tile + r * kPanel,
                       columns * sizeof(std::int32_t));
