@@ -25,7 +25,7 @@ class QuantizedMlp {
  public:
   // Rows pushed through all layers together: bounds per-call scratch (int32 block
   // kChunkRows x widest layer) and keeps it in L2 between GEMM and epilogue.
-  static constexpr std::size_t kChunkRows = 128;
+  static constexpr std::size_t kChunkRows = 32;
 
   // Packs the file's weights for `isa` (CoreError(kFailedPrecondition) if this CPU can't run it).
   QuantizedMlp(const Int8ModelFile& model, Isa isa);
