@@ -3,6 +3,9 @@
 // gemm_avx2 and gemm_avx512vnni are compiled with __attribute__((target(...))) in their own files
 // and must only be called when isa_supported() says so; gemm_s8s8_s32 guarantees it because a
 // PackedWeights for an ISA can only be built on a CPU that runs it.
+//
+// Ownership/threading: the kernels only read the weights and A, write C, and keep their working
+// memory in the caller's GemmScratch; concurrent calls with separate scratches are safe.
 #pragma once
 
 #include <cstddef>

@@ -405,3 +405,36 @@ def test_run_releases_the_gil(digits: Digits, tmp_path: Path) -> None:
     # Holding the GIL for the whole call would stall this loop for (nearly) the whole window; the
     # ticks that land inside it then all come from the GIL hand-overs just before and after run().
     assert longest_gap < 0.5 * (end - start), (longest_gap, end - start)
+
+
+def test_gemm_alpha_beta_and_untransposed_weights(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    w0 = (rng.standard_normal((20, 30)) / 4).astype(np.float32)
+    c0 = rng.standard_normal((1, 30)).astype(np.float32)
+    w1 = (rng.standard_normal((6, 30)) / 4).astype(np.float32)  # transB=1: stored [n, k]
+    c1 = rng.standard_normal(6).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "w0", "c0"], ["g0"], name="g0", alpha=0.5, beta=2.0),
+            helper.make_node("Tanh", ["g0"], ["t0"], name="t0"),
+            helper.make_node("Gemm", ["t0", "w1", "c1"], ["y"], name="g1", transB=1),
+            helper.make_node("Softmax", ["y"], ["p"], name="sm", axis=-1),
+        ],
+        "gemm_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 20])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 6])],
+        [
+            numpy_helper.from_array(a, name)
+            for a, name in [(w0, "w0"), (c0, "c0"), (w1, "w1"), (c1, "c1")]
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx_path = tmp_path / "gemm.onnx"
+    onnx.save(model, str(onnx_path))
+    x = rng.standard_normal((33, 20)).astype(np.float32)
+    expected = ort_run(onnx_path, x)
+    np.testing.assert_allclose(hq.forward_fp32(hq.extract_mlp(model), x)[-1], expected, atol=1e-5)
+    got = _core.QuantizedMlp(str(hq.quantize_onnx(onnx_path, tmp_path / "1"))).run(x)
+    assert np.abs(got - expected).max() < 0.02
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
