@@ -4,13 +4,17 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
-#include <iterator>
+#include <bit>
+#include <filesystem>
 
 #include "quant/packed_weights.h"
 #include "tensors/status.h"
 
 namespace headrace::quant {
 namespace {
+
+// The format is little-endian and fields are copied straight into host integers.
+static_assert(std::endian::native == std::endian::little, "the .int8 reader assumes little-endian");
 
 constexpr std::size_t kMaxStringBytes = 4096;
 constexpr std::uint32_t kMaxRank = 8;
@@ -244,11 +248,23 @@ Int8ModelFile Int8ModelFile::parse(std::span<const std::uint8_t> bytes, std::str
 }
 
 Int8ModelFile Int8ModelFile::read(const std::string& path) {
+  // A directory opens as a stream on Linux and reports a nonsense size: check the kind first.
+  std::error_code error;
+  const auto status = std::filesystem::status(path, error);
+  if (error || !std::filesystem::exists(status)) {
+    throw CoreError(StatusCode::kNotFound, "int8 model " + path + ": no such file");
+  }
+  if (!std::filesystem::is_regular_file(status)) {
+    throw CoreError(StatusCode::kInvalidArgument, "int8 model " + path + ": not a regular file");
+  }
+  const std::uintmax_t size = std::filesystem::file_size(path, error);
   std::ifstream stream(path, std::ios::binary);
-  if (!stream) throw CoreError(StatusCode::kNotFound, "int8 model " + path + ": cannot open");
-  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(stream)),
-                                  std::istreambuf_iterator<char>());
-  if (stream.bad()) throw CoreError(StatusCode::kInternal, "int8 model " + path + ": read failed");
+  if (error || !stream) {
+    throw CoreError(StatusCode::kNotFound, "int8 model " + path + ": cannot open");
+  }
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+  stream.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
+  if (!stream) throw CoreError(StatusCode::kInternal, "int8 model " + path + ": read failed");
   return parse(bytes, path);
 }
 

@@ -140,3 +140,9 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
     with pytest.raises(_core.CoreError, match="truncated") as info:
         _core.QuantizedMlp(str(path))
     assert str(path) in info.value.args[1]
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    with pytest.raises(_core.CoreError, match="not a regular file") as info:
+        _core.QuantizedMlp(str(tmp_path))
+    assert info.value.args[0] == INVALID_ARGUMENT
