@@ -35,10 +35,11 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
-from headrace import _core
-from headrace import quantize as hq
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from headrace import _core
+from headrace import quantize as hq
 
 SIZES = [512, 1024, 1024, 16]
 BATCHES = [1, 8, 32, 256]

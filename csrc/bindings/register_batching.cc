@@ -30,6 +30,8 @@
 #include "batching/runner.h"
 #include "batching/tensor.h"
 #include "bindings/register.h"
+#include "quant/quantized_mlp.h"
+#include "quant/quantized_mlp_runner.h"
 #include "tensors/status.h"
 #include "tensors/tensor_codec.h"
 
@@ -257,11 +259,19 @@ class PyBatcher {
  public:
   PyBatcher(std::string name, batching::BatcherConfig config, py::object runner,
             std::shared_ptr<batching::CompletionQueue> completions) {
-    if (!PyCallable_Check(runner.ptr())) invalid("runner must be callable");
     if (!completions) invalid("completions must be a CompletionQueue");
-    auto python_runner = std::make_shared<PythonRunner>(std::move(runner));
+    std::shared_ptr<batching::Runner> native_runner;
+    if (py::isinstance<quant::QuantizedMlp>(runner)) {
+      // The int8 backend: batches run in C++ on the worker threads, never taking the GIL.
+      native_runner = std::make_shared<quant::QuantizedMlpRunner>(
+          runner.cast<std::shared_ptr<quant::QuantizedMlp>>());
+    } else if (PyCallable_Check(runner.ptr())) {
+      native_runner = std::make_shared<PythonRunner>(std::move(runner));
+    } else {
+      invalid("runner must be callable or a QuantizedMlp");
+    }
     batcher_ = std::make_unique<batching::Batcher>(std::move(name), std::move(config),
-                                                   std::move(python_runner), std::move(completions));
+                                                   std::move(native_runner), std::move(completions));
     live_batchers().insert(this);
   }
   ~PyBatcher() {

@@ -137,7 +137,7 @@ void register_quant(py::module_& m) {
       py::arg("isa"), py::arg("iterations"),
       "Measured peak int8 GOPS of the ISA's dot-product instruction (register-only loop).");
 
-  py::class_<quant::QuantizedMlp>(m, "QuantizedMlp",
+  py::class_<quant::QuantizedMlp, std::shared_ptr<quant::QuantizedMlp>>(m, "QuantizedMlp",
                                   "An int8 MLP loaded from a .int8 file; run() is thread-safe.")
       .def(py::init([](const std::string& path, const std::optional<std::string>& isa) {
              return quant::QuantizedMlp::load(path, resolve_isa(isa));

@@ -57,11 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per session")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     serve.set_defaults(handler=_serve)
+    commands.add_parser(
+        "quantize",
+        help="int8-quantize an MLP ONNX model into a version directory (see `quantize --help`)",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    # Subcommands with parsers of their own get the rest of the line unchanged.
+    if arguments and arguments[0] == "quantize":
+        from headrace.quantize import main as quantize_main
+
+        return quantize_main(arguments[1:])
+    args = build_parser().parse_args(arguments)
     handler = args.handler
     result: int = handler(args)
     return result

@@ -171,6 +171,10 @@ def _load_backend(source: VersionSource, config: ModelConfig, settings: ServerSe
                 else settings.inter_op_threads
             ),
         )
+    if source.backend == "int8":
+        from headrace.backends.int8 import Int8Backend
+
+        return Int8Backend(source.path)
     raise ConfigError(f"{source.path}: backend '{source.backend}' is not available in this build")
 
 
@@ -270,10 +274,12 @@ class ModelVersion:
         self._batcher: Any = None
         self._executor: ThreadPoolExecutor | None = None
         if self.max_batch_size > 0:
+            # A backend with a native runner (int8) runs batches without Python at all.
+            runner = getattr(self.backend, "native_runner", None) or self._run_batch
             self._batcher = _core.Batcher(
                 f"{self.name}:{self.version_str}",
                 _batcher_config(config, self.max_batch_size),
-                self._run_batch,
+                runner,
                 completions.queue,
             )
         else:

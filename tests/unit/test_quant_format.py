@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from headrace import _core
 from headrace import quantize as hq
 

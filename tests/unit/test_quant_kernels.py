@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pytest
-from headrace import _core
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from headrace import _core
 
 ALL_ISAS = ["scalar", "avx2", "avx512vnni"]
 

@@ -15,9 +15,10 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from headrace import _core
 from headrace import quantize as hq
-from onnx import TensorProto, helper, numpy_helper
 
 FloatArray = npt.NDArray[np.float32]
 

@@ -136,7 +136,7 @@ def encode_model_config(version: Any) -> Any:
     config = pb.ModelConfig(
         name=version.name,
         platform=version.backend.platform,
-        backend="onnxruntime" if version.backend.platform == "onnxruntime_onnx" else "int8",
+        backend="onnxruntime" if version.backend.platform == "onnxruntime_onnx" else "headrace",
         max_batch_size=version.max_batch_size,
     )
     policy = version.config.version_policy
