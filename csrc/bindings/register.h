@@ -6,5 +6,6 @@
 namespace headrace::bindings {
 
 void register_tensors(pybind11::module_& m);
+void register_drift(pybind11::module_& m);
 
 }  // namespace headrace::bindings
