@@ -84,6 +84,10 @@ DriftAccumulator::Shard& DriftAccumulator::claim_shard() {
 
 template <typename T>
 void DriftAccumulator::observe_impl(const T* rows, std::size_t n_rows) {
+  // A batch that arrives after the open window's time is up belongs to the next window, so the
+  // time trigger is checked before counting; the row trigger after (the batch that fills a window
+  // belongs to it).
+  if (options_.window_ns > 0) close_if_time_due();
   if (n_rows > 0) {
     Shard& shard = claim_shard();
     layout_.count_rows(rows, n_rows, shard.counts);
@@ -107,6 +111,7 @@ void DriftAccumulator::import_counts(std::span<const std::uint64_t> counts, std:
                     "drift: imported counts have " + std::to_string(counts.size()) +
                         " bins, this layout has " + std::to_string(layout_.total_bins()));
   }
+  if (options_.window_ns > 0) close_if_time_due();
   Shard& shard = claim_shard();
   for (std::size_t i = 0; i < counts.size(); ++i) shard.counts[i] += counts[i];
   shard.rows += rows;
@@ -117,23 +122,26 @@ void DriftAccumulator::import_counts(std::span<const std::uint64_t> counts, std:
 void DriftAccumulator::after_batch(std::uint64_t n_rows) {
   const auto added = static_cast<std::int64_t>(n_rows);
   const std::int64_t open_rows = open_rows_.fetch_add(added, std::memory_order_relaxed) + added;
-  bool due = options_.window_rows > 0 &&
-             open_rows >= static_cast<std::int64_t>(options_.window_rows);
-  if (!due && options_.window_ns > 0) {
-    due = clock_() - open_start_ns_.load(std::memory_order_relaxed) >= options_.window_ns;
+  if (options_.window_rows == 0 || open_rows < static_cast<std::int64_t>(options_.window_rows)) {
+    return;
   }
-  if (!due) return;
   // Writers never wait here: if another thread is closing (or reading), that close takes this
   // batch with it or the next batch sees the trigger again.
   std::unique_lock<std::mutex> lock(close_mutex_, std::try_to_lock);
   if (!lock.owns_lock()) return;
+  // Re-checked under the lock: another thread may have closed this window meanwhile.
+  if (open_rows_.load(std::memory_order_relaxed) >=
+      static_cast<std::int64_t>(options_.window_rows)) {
+    close_locked(clock_(), "rows");
+  }
+}
+
+void DriftAccumulator::close_if_time_due() {
+  if (clock_() - open_start_ns_.load(std::memory_order_relaxed) < options_.window_ns) return;
+  std::unique_lock<std::mutex> lock(close_mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) return;
   const std::int64_t now = clock_();
-  if (options_.window_rows > 0 &&
-      open_rows_.load(std::memory_order_relaxed) >=
-          static_cast<std::int64_t>(options_.window_rows)) {
-    close_locked(now, "rows");
-  } else if (options_.window_ns > 0 &&
-             now - open_start_ns_.load(std::memory_order_relaxed) >= options_.window_ns) {
+  if (now - open_start_ns_.load(std::memory_order_relaxed) >= options_.window_ns) {
     close_locked(now, "time");
   }
 }

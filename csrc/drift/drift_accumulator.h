@@ -18,9 +18,11 @@
 // opened (0 turns either trigger off), whichever comes first. Windows are closed at batch
 // granularity: a batch is never split, so a window closed by rows holds at least window_rows
 // rows (exactly window_rows when batches divide it and one thread observes). The thread whose
-// batch trips a trigger does the close (an O(shards x total_bins) sweep) after counting its own
-// batch; poll() closes a window that is due by time when no traffic arrives. Closed windows are
-// kept in a ring of the last windows_kept.
+// batch trips a trigger does the close (an O(shards x total_bins) sweep): for rows after counting
+// its batch (which fills the window), for time before counting it (it arrived after the window
+// ended). poll() closes a window that is due when no traffic arrives; an idle stretch of several
+// window_s closes one (empty) window per poll, starting when the previous one closed. Closed
+// windows are kept in a ring of the last windows_kept.
 //
 // Ownership/threading: observe(), import_counts() and poll() are safe from any number of threads
 // at once. close_window(), closed_windows(), merged() and open_snapshot() are safe from any
@@ -99,6 +101,7 @@ class DriftAccumulator {
   void observe_impl(const T* rows, std::size_t n_rows);
   Shard& claim_shard();
   void after_batch(std::uint64_t n_rows);
+  void close_if_time_due();
   // Requires close_mutex_ held.
   void close_locked(std::int64_t now_ns, const char* closed_by);
 
