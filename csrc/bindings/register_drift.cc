@@ -118,6 +118,9 @@ void register_drift(py::module_& m) {
              return layout.kind(feature) == drift::FeatureKind::kCategorical;
            },
            py::arg("feature"))
+      .def("set_simd", &BinLayout::set_simd, py::arg("enabled"),
+           "Allow (default) or forbid the AVX2 kernel; returns whether it is in use.")
+      .def_property_readonly("simd", &BinLayout::simd)
       .def("bin_of", &BinLayout::bin_of, py::arg("feature"), py::arg("value"),
            "Bin of one value within its feature (the hot loop's search).")
       .def(

@@ -44,19 +44,31 @@ class BinLayout {
   // Bin (within the feature, not flat) of one value; the same search the hot loop runs.
   std::size_t bin_of(std::size_t feature, double value) const;
 
+  // The hot loop has an AVX2 kernel (two levels of 8-wide compares against 64 padded edges, no
+  // dependent loads but one) for features of at most 63 edges, chosen at run time when the CPU
+  // has AVX2; otherwise, and for more edges, the scalar branch-free binary search. Both give
+  // identical bins. set_simd(false) forces the scalar search (tests and benchmarks); returns
+  // whether the AVX2 kernel is now in use.
+  bool set_simd(bool enabled);
+  bool simd() const noexcept { return use_simd_; }
+
   // Adds one to counts[flat bin] for every value of a row-major [rows, feature_count()] batch.
   // counts must hold total_bins() entries. The caller owns counts exclusively for the call.
   void count_rows(const float* rows, std::size_t n_rows, std::span<std::uint64_t> counts) const;
   void count_rows(const double* rows, std::size_t n_rows, std::span<std::uint64_t> counts) const;
 
   static constexpr std::size_t kMaxEdges = 4095;
+  static constexpr std::size_t kMaxTotalBins = std::size_t{1} << 31;
 
  private:
   template <typename T>
   void count_rows_impl(const T* rows, std::size_t n_rows, std::uint64_t* counts) const;
   template <typename T, std::size_t kSteps>
   void count_numerical(const T* rows, std::size_t n_rows, std::uint64_t* counts) const;
+  template <typename T>
+  void count_simd(const T* rows, std::size_t n_rows, std::uint64_t* counts) const;
   void repad(std::size_t padded_length);
+  void check_total(std::size_t more_bins) const;
 
   std::vector<FeatureKind> kinds_;
   std::vector<std::size_t> bin_counts_;
@@ -71,6 +83,14 @@ class BinLayout {
   std::vector<double> padded_edges_;
   std::size_t padded_length_ = 1;  // a power of two > the largest edge count
   std::size_t search_steps_ = 0;   // log2(padded_length_)
+  // AVX2 kernel layout: every numerical feature's edges padded with +inf to kSimdEdges, and every
+  // 8th of them (the last edge of each block of 8) as that feature's 8 splitters.
+  static constexpr std::size_t kSimdEdges = 64;
+  std::vector<double> simd_edges_;
+  std::vector<double> simd_splitters_;
+  bool simd_available_ = false;  // the CPU has AVX2 and every feature fits kSimdEdges
+  bool simd_wanted_ = true;
+  bool use_simd_ = false;
   // Categorical features: column, number of categories, flat offset.
   std::vector<std::size_t> categorical_columns_;
   std::vector<double> categorical_sizes_;

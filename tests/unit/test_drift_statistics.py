@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +245,50 @@ def test_bad_edges_are_refused() -> None:
         layout.add_numerical(np.array([0.0, math.inf]))
     with pytest.raises(_core.CoreError):
         layout.add_categorical(-1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(0, 63),
+    st.integers(1, 5),
+    st.integers(0, 200),
+    st.integers(0, 2**32 - 1),
+)
+def test_avx2_kernel_and_scalar_search_count_the_same(
+    n_edges: int, n_features: int, n_rows: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    layout = _core.BinLayout()
+    edge_sets = [np.unique(rng.normal(size=n_edges).round(1)) for _ in range(n_features)]
+    for edges in edge_sets:
+        layout.add_numerical(edges)
+    layout.add_categorical(3)
+    batch = rng.normal(size=(n_rows, n_features + 1)).round(1)  # many values exactly on edges
+    batch[rng.random(size=batch.shape) < 0.05] = np.nan
+    batch[rng.random(size=batch.shape) < 0.02] = np.inf
+    batch[rng.random(size=batch.shape) < 0.02] = -np.inf
+    batch[:, -1] = rng.integers(-1, 5, size=n_rows)
+    simd = layout.set_simd(True)
+    fast = [layout.count(batch), layout.count(batch.astype(np.float32))]
+    assert not layout.set_simd(False)
+    slow = [layout.count(batch), layout.count(batch.astype(np.float32))]
+    assert np.array_equal(fast[0], slow[0]) and np.array_equal(fast[1], slow[1])
+    # And both equal plain NumPy binning of the same values.
+    for j, edges in enumerate(edge_sets):
+        column = batch[:, j]
+        bins = np.where(np.isnan(column), len(edges) + 1, np.searchsorted(edges, column))
+        start = layout.bin_offset(j)
+        expected = np.bincount(bins.astype(np.int64), minlength=len(edges) + 2)
+        assert np.array_equal(fast[0][start : start + len(edges) + 2], expected)
+    assert simd == layout.set_simd(True)
+
+
+def test_the_avx2_kernel_is_used_where_the_cpu_has_it() -> None:
+    layout = _core.BinLayout()
+    layout.add_numerical(np.arange(49, dtype=np.float64))
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists() or " avx2" not in cpuinfo.read_text():
+        pytest.skip("no AVX2 on this CPU")
+    assert layout.simd
+    layout.add_numerical(np.arange(100, dtype=np.float64))  # more than 63 edges: scalar search
+    assert not layout.simd
