@@ -6,6 +6,8 @@ Each row of the table is the median of several runs (--repeats) of counting the 
   --rows rows (one call; the GIL is released inside);
 * ``headrace f32, 64-row batches``: the same rows in serving-sized calls, so per-call overhead
   (shard claim, row counter, pybind11) is included;
+* ``headrace f64, scalar search``: the branch-free binary search that runs where there is no
+  AVX2 (or more than 63 edges), for comparison with the AVX2 kernel;
 * ``numpy searchsorted+bincount``: the NumPy baseline of the same binning, for reference.
 
 Bins are the reference quantiles (default 50 bins, so 49 edges padded to 64: 6 search steps).
@@ -25,12 +27,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
 from headrace import _core
 
 
 def _machine() -> str:
     model = platform.processor() or "unknown CPU"
+    probe = _core.BinLayout()
+    probe.add_numerical(np.arange(49, dtype=np.float64))
+    kernel = "AVX2 kernel" if probe.simd else "scalar search (no AVX2)"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -38,7 +42,10 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+    return (
+        f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
+        f"{kernel}"
+    )
 
 
 def _median_ns_per_value(run: Callable[[], None], values: int, repeats: int) -> float:
@@ -81,10 +88,18 @@ def bench(features: int, rows: int, bins: int, repeats: int) -> dict[str, float]
             b[np.isnan(column)] = len(edges[j]) + 1
             np.bincount(b, minlength=len(edges[j]) + 2)
 
+    scalar_layout = _core.BinLayout()
+    for e in edges:
+        scalar_layout.add_numerical(e)
+    scalar_layout.set_simd(False)
+    scalar = _core.DriftAccumulator(scalar_layout, window_rows=0, window_s=0.0)
     return {
         "headrace f64": _median_ns_per_value(lambda: accumulator.observe(x64), values, repeats),
         "headrace f32": _median_ns_per_value(lambda: accumulator.observe(x32), values, repeats),
         "headrace f32, 64-row batches": _median_ns_per_value(small, values, repeats),
+        "headrace f64, scalar search": _median_ns_per_value(
+            lambda: scalar.observe(x64), values, repeats
+        ),
         "numpy searchsorted+bincount": _median_ns_per_value(
             numpy_small, numpy_rows * features, max(3, repeats // 2)
         ),
@@ -102,8 +117,10 @@ def main() -> None:
     feature_counts = [16, 64, 256]
     results = {f: bench(f, args.rows, args.bins, args.repeats) for f in feature_counts}
     methods = list(results[feature_counts[0]])
-    print(f"drift accumulator, ns per value (median of {args.repeats} runs, {args.rows} rows, "
-          f"{args.bins} bins)")
+    print(
+        f"drift accumulator, ns per value (median of {args.repeats} runs, {args.rows} rows, "
+        f"{args.bins} bins)"
+    )
     print(f"machine: {_machine()}")
     header = f"{'method':32s}" + "".join(f"{f:>10d} f" for f in feature_counts)
     print(header)
@@ -117,11 +134,15 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.2
+    width = 0.16
     positions = np.arange(len(feature_counts))
     for i, method in enumerate(methods):
-        ax.bar(positions + (i - 1.5) * width, [results[f][method] for f in feature_counts], width,
-               label=method)
+        ax.bar(
+            positions + (i - (len(methods) - 1) / 2) * width,
+            [results[f][method] for f in feature_counts],
+            width,
+            label=method,
+        )
     ax.axhline(10.0, color="grey", linestyle="--", linewidth=1, label="10 ns target")
     ax.set_xticks(positions, [f"{f} features" for f in feature_counts])
     ax.set_ylabel("ns per value (median)")

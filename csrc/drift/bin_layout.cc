@@ -234,7 +234,8 @@ __attribute__((target("avx2,popcnt"))) inline std::size_t edges_below_avx2(
   const int block_mask =
       _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(splitters), xv, _CMP_LT_OQ)) |
       (_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(splitters + 4), xv, _CMP_LT_OQ)) << 4);
-  const auto block = static_cast<std::size_t>(__builtin_popcount(static_cast<unsigned>(block_mask)));
+  const auto block =
+      static_cast<std::size_t>(__builtin_popcount(static_cast<unsigned>(block_mask)));
   const double* base = edges + block * 8;
   const int edge_mask =
       _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(base), xv, _CMP_LT_OQ)) |

@@ -22,7 +22,9 @@
 // its batch (which fills the window), for time before counting it (it arrived after the window
 // ended). poll() closes a window that is due when no traffic arrives; an idle stretch of several
 // window_s closes one (empty) window per poll, starting when the previous one closed. Closed
-// windows are kept in a ring of the last windows_kept.
+// windows are kept in a ring of the last windows_kept. Because writers only try the close lock,
+// a window can overshoot window_rows while the closing thread is descheduled (more busy threads
+// than cores): those rows are not lost, the window is just larger.
 //
 // Ownership/threading: observe(), import_counts() and poll() are safe from any number of threads
 // at once. close_window(), closed_windows(), merged() and open_snapshot() are safe from any

@@ -1,5 +1,7 @@
 #include "drift/drift_statistics.h"
 
+#include <math.h>  // lgamma_r
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -26,6 +28,16 @@ void require_same_size(std::span<const std::uint64_t> a, std::span<const std::ui
   }
 }
 
+// std::lgamma writes the global signgam in glibc, a data race between threads; lgamma_r does not.
+double log_gamma(double a) {
+#if defined(__GLIBC__)
+  int sign = 0;
+  return ::lgamma_r(a, &sign);
+#else
+  return std::lgamma(a);
+#endif
+}
+
 // Series for the regularized lower incomplete gamma P(a, x), good for x < a + 1.
 double gamma_p_series(double a, double x) {
   double term = 1.0 / a;
@@ -35,7 +47,7 @@ double gamma_p_series(double a, double x) {
     sum += term;
     if (std::fabs(term) < std::fabs(sum) * 1e-17) break;
   }
-  return sum * std::exp(-x + a * std::log(x) - std::lgamma(a));
+  return sum * std::exp(-x + a * std::log(x) - log_gamma(a));
 }
 
 // Continued fraction (modified Lentz) for Q(a, x), good for x >= a + 1.
@@ -57,7 +69,7 @@ double gamma_q_fraction(double a, double x) {
     h *= delta;
     if (std::fabs(delta - 1.0) < 1e-16) break;
   }
-  return std::exp(-x + a * std::log(x) - std::lgamma(a)) * h;
+  return std::exp(-x + a * std::log(x) - log_gamma(a)) * h;
 }
 
 }  // namespace

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
 import pytest
-
 from headrace import _core
 from headrace.monitoring import DriftConfig, DriftMonitor, build_profile
 
@@ -218,3 +218,35 @@ def test_batches_of_the_wrong_shape_are_refused() -> None:
     accumulator.observe(np.asfortranarray(data))
     accumulator.observe(np.nan_to_num(data).astype(np.int64))
     assert accumulator.open_snapshot().rows == 200
+
+
+def test_observe_releases_the_gil() -> None:
+    # With a long switch interval the main thread keeps the GIL across bytecodes; the spinner
+    # thread can then only run while observe() has released it.
+    layout = _layout(features=64, categorical=0)
+    accumulator = _core.DriftAccumulator(layout)
+    batch = np.random.default_rng(14).normal(size=(200_000, 64))
+    progress = 0
+    start = threading.Event()
+    done = threading.Event()
+
+    def spinner() -> None:
+        nonlocal progress
+        start.wait()
+        while not done.is_set():
+            progress += 1
+
+    thread = threading.Thread(target=spinner)
+    thread.start()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        start.set()
+        before = progress
+        accumulator.observe(batch)
+        during = progress - before
+    finally:
+        sys.setswitchinterval(interval)
+        done.set()
+        thread.join()
+    assert during > 0

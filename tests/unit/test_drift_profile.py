@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from headrace.errors import InvalidArgumentError
 from headrace.monitoring import (
     FORMAT_VERSION,
@@ -153,7 +152,7 @@ def test_read_csv(tmp_path: Path) -> None:
     assert profile.feature("label").missing == 1
     assert profile.feature("b").missing == 1
     (tmp_path / "bad.csv").write_text("a,b\n1\n")
-    with pytest.raises(InvalidArgumentError, match="bad.csv:2"):
+    with pytest.raises(InvalidArgumentError, match=r"bad\.csv:2"):
         read_data(tmp_path / "bad.csv")
 
 
@@ -165,7 +164,7 @@ def test_read_parquet(tmp_path: Path) -> None:
         {
             "a": numbers[:, 0],
             "n": pa.array([1, None, 3] * 16 + [4, 5], type=pa.int64()),
-            "label": pa.array(list(labels[:-1]) + [None]),
+            "label": pa.array([*labels[:-1], None]),
         }
     )
     pq.write_table(table, tmp_path / "d.parquet")
@@ -206,14 +205,26 @@ def test_main_writes_a_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str
     x = np.column_stack([rng.normal(size=500), rng.integers(0, 3, size=500)])
     np.save(tmp_path / "train.npy", x)
     out = tmp_path / "reference.json"
-    argv = ["--data", str(tmp_path / "train.npy"), "--out", str(out), "--bins", "10",
-            "--feature-names", "height", "colour", "--categorical", "colour"]
+    argv = [
+        "--data",
+        str(tmp_path / "train.npy"),
+        "--out",
+        str(out),
+        "--bins",
+        "10",
+        "--feature-names",
+        "height",
+        "colour",
+        "--categorical",
+        "colour",
+    ]
     assert main(argv) == 0
     profile = ReferenceProfile.load(out)
     assert profile.bins == 10 and profile.feature_names == ["height", "colour"]
     assert len(profile.feature("height").edges) == 9
     assert profile.feature("colour").categories == tuple(
-        float(v) for v in np.unique(x[:, 1])[np.argsort(-np.bincount(x[:, 1].astype(int)), kind="stable")]
+        float(v)
+        for v in np.unique(x[:, 1])[np.argsort(-np.bincount(x[:, 1].astype(int)), kind="stable")]
     )
     assert "profiled 500 rows" in capsys.readouterr().out
     assert main(["--data", str(tmp_path / "missing.npy"), "--out", str(out)]) == 2

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import scipy.special
 import scipy.stats
+from headrace import _core
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headrace import _core
 
-
-def _layout_with_quantile_edges(reference: np.ndarray, bins: int) -> tuple[_core.BinLayout, np.ndarray]:
+def _layout_with_quantile_edges(
+    reference: np.ndarray, bins: int
+) -> tuple[_core.BinLayout, np.ndarray]:
     edges = np.unique(np.quantile(reference, np.arange(1, bins) / bins))
     layout = _core.BinLayout()
     layout.add_numerical(edges)
@@ -80,7 +81,9 @@ def _psi_reference(ref: np.ndarray, cur: np.ndarray, floor: float = 1e-4) -> flo
     return float(np.sum((c - r) * np.log(c / r)))
 
 
-def _chi2_reference(ref: np.ndarray, cur: np.ndarray, min_expected: float = 5.0) -> tuple[float, int, float]:
+def _chi2_reference(
+    ref: np.ndarray, cur: np.ndarray, min_expected: float = 5.0
+) -> tuple[float, int, float]:
     """The documented merge rule, written out plainly, then scipy.stats.chisquare."""
     expected = ref * (cur.sum() / ref.sum())
     groups_obs: list[float] = []
@@ -201,7 +204,9 @@ def test_nan_p_values_are_not_tests() -> None:
         max_size=50,
     ),
 )
-def test_branch_free_bin_search_equals_searchsorted(edges_list: list[float], values: list[float]) -> None:
+def test_branch_free_bin_search_equals_searchsorted(
+    edges_list: list[float], values: list[float]
+) -> None:
     edges = np.sort(np.array(edges_list, dtype=np.float64))
     layout = _core.BinLayout()
     layout.add_numerical(edges)

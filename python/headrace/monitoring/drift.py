@@ -390,17 +390,40 @@ class DriftMonitor:
             else:
                 ks = ks_upper = ks_p = math.nan
                 p = chi2_p
-            partial.append((feature, int(cur.sum()), int(cur[-1]), psi, ks, ks_upper, ks_p,
-                            chi2, dof, chi2_p, p))
+            partial.append(
+                (
+                    feature,
+                    int(cur.sum()),
+                    int(cur[-1]),
+                    psi,
+                    ks,
+                    ks_upper,
+                    ks_p,
+                    chi2,
+                    dof,
+                    chi2_p,
+                    p,
+                )
+            )
             test_p.append(p)
         rejected = _core.reject_hypotheses(
             np.asarray(test_p, dtype=np.float64), self.config.p_value, self.config.correction
         )
         enough = rows >= self.config.min_rows
         features = []
-        for (feature, n, missing, psi, ks, ks_upper, ks_p, chi2, dof, chi2_p, p), significant in (
-            zip(partial, rejected, strict=True)
-        ):
+        for (
+            feature,
+            n,
+            missing,
+            psi,
+            ks,
+            ks_upper,
+            ks_p,
+            chi2,
+            dof,
+            chi2_p,
+            p,
+        ), significant in zip(partial, rejected, strict=True):
             decision: Decision = "ok"
             if enough and not math.isnan(psi):
                 if significant or psi >= self.config.psi_alert:

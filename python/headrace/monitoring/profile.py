@@ -288,7 +288,9 @@ def _categorical_profile(name: str, column: npt.NDArray[Any], top_k: int) -> Fea
         else:
             counter[_native(value)] += 1
     # Most frequent first; ties broken by the value's text so the order is reproducible.
-    ranked = sorted(counter.items(), key=lambda item: (-item[1], type(item[0]).__name__, str(item[0])))
+    ranked = sorted(
+        counter.items(), key=lambda item: (-item[1], type(item[0]).__name__, str(item[0]))
+    )
     kept = ranked[:top_k]
     other = sum(count for _, count in ranked[top_k:])
     return FeatureProfile(
