@@ -143,6 +143,7 @@ void register_drift(py::module_& m) {
       .def_readonly("start_ns", &WindowCounts::start_ns)
       .def_readonly("end_ns", &WindowCounts::end_ns)
       .def_readonly("rows", &WindowCounts::rows)
+      .def_readonly("windows", &WindowCounts::windows)
       .def_readonly("closed_by", &WindowCounts::closed_by)
       .def_property_readonly("counts",
                              [](const WindowCounts& window) { return to_numpy(window.counts); });
@@ -183,10 +184,10 @@ void register_drift(py::module_& m) {
            })
       .def(
           "merged",
-          [](const DriftAccumulator& a, std::size_t windows) {
-            return without_gil([&] { return a.merged(windows); });
+          [](const DriftAccumulator& a, std::size_t windows, bool include_open) {
+            return without_gil([&] { return a.merged(windows, include_open); });
           },
-          py::arg("windows"))
+          py::arg("windows"), py::arg("include_open") = false)
       .def("open_snapshot",
            [](const DriftAccumulator& a) { return without_gil([&] { return a.open_snapshot(); }); })
       .def_property_readonly(

@@ -199,22 +199,41 @@ std::vector<WindowCounts> DriftAccumulator::closed_windows() const {
   return ring_;
 }
 
-WindowCounts DriftAccumulator::merged(std::size_t windows) const {
+WindowCounts DriftAccumulator::merged(std::size_t windows, bool include_open) const {
   std::lock_guard<std::mutex> lock(close_mutex_);
   WindowCounts total;
   total.closed_by = "merged";
   total.counts.assign(layout_.total_bins(), 0);
   const std::size_t take = std::min(windows, ring_.size());
-  if (take == 0) return total;
-  const std::size_t first = ring_.size() - take;
-  total.index = ring_.back().index;
-  total.start_ns = ring_[first].start_ns;
-  total.end_ns = ring_.back().end_ns;
-  for (std::size_t w = first; w < ring_.size(); ++w) {
-    total.rows += ring_[w].rows;
-    for (std::size_t i = 0; i < total.counts.size(); ++i) total.counts[i] += ring_[w].counts[i];
+  total.windows = take;
+  if (take > 0) {
+    const std::size_t first = ring_.size() - take;
+    total.index = ring_.back().index;
+    total.start_ns = ring_[first].start_ns;
+    total.end_ns = ring_.back().end_ns;
+    for (std::size_t w = first; w < ring_.size(); ++w) {
+      total.rows += ring_[w].rows;
+      for (std::size_t i = 0; i < total.counts.size(); ++i) total.counts[i] += ring_[w].counts[i];
+    }
+  }
+  if (include_open) {
+    if (take == 0) total.start_ns = open_start_ns_.load(std::memory_order_relaxed);
+    total.index = next_index_;
+    total.end_ns = clock_();
+    total.windows += 1;
+    add_open_locked(total);
   }
   return total;
+}
+
+void DriftAccumulator::add_open_locked(WindowCounts& window) const {
+  for (const auto& shard_ptr : shards_) {
+    Shard& shard = *shard_ptr;
+    while (shard.busy.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
+    for (std::size_t i = 0; i < window.counts.size(); ++i) window.counts[i] += shard.counts[i];
+    window.rows += shard.rows;
+    shard.busy.store(false, std::memory_order_release);
+  }
 }
 
 WindowCounts DriftAccumulator::open_snapshot() const {
@@ -225,13 +244,7 @@ WindowCounts DriftAccumulator::open_snapshot() const {
   window.end_ns = clock_();
   window.closed_by = "open";
   window.counts.assign(layout_.total_bins(), 0);
-  for (const auto& shard_ptr : shards_) {
-    Shard& shard = *shard_ptr;
-    while (shard.busy.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
-    for (std::size_t i = 0; i < window.counts.size(); ++i) window.counts[i] += shard.counts[i];
-    window.rows += shard.rows;
-    shard.busy.store(false, std::memory_order_release);
-  }
+  add_open_locked(window);
   return window;
 }
 

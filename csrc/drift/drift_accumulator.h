@@ -54,7 +54,8 @@ struct WindowCounts {
   std::int64_t start_ns = 0;
   std::int64_t end_ns = 0;
   std::uint64_t rows = 0;
-  std::string closed_by;             // "rows", "time" or "manual"
+  std::uint64_t windows = 1;          // how many windows these counts cover (merged(): 0..n)
+  std::string closed_by;             // "rows", "time", "manual", "merged" or "open"
   std::vector<std::uint64_t> counts;  // BinLayout::total_bins() entries
 };
 
@@ -90,8 +91,10 @@ class DriftAccumulator {
   // Closed windows, oldest first (at most windows_kept).
   std::vector<WindowCounts> closed_windows() const;
   // Exact sum of the last `windows` closed windows (fewer if fewer are kept); index is that of the
-  // newest, start_ns of the oldest, closed_by "merged".
-  WindowCounts merged(std::size_t windows) const;
+  // newest, start_ns of the oldest, closed_by "merged", and `windows` says how many it took.
+  // With include_open, the open window's counts so far are added too (taken under the same lock,
+  // so no window can close in between); index is then the open window's, end_ns now.
+  WindowCounts merged(std::size_t windows, bool include_open = false) const;
   // Counts of the open window so far (not closed, not zeroed).
   WindowCounts open_snapshot() const;
   // Total windows closed since construction.
@@ -104,8 +107,9 @@ class DriftAccumulator {
   Shard& claim_shard();
   void after_batch(std::uint64_t n_rows);
   void close_if_time_due();
-  // Requires close_mutex_ held.
+  // Both require close_mutex_ held.
   void close_locked(std::int64_t now_ns, const char* closed_by);
+  void add_open_locked(WindowCounts& window) const;
 
   BinLayout layout_;
   DriftAccumulatorOptions options_;

@@ -62,6 +62,19 @@ def test_merging_shards_and_windows_equals_counting_in_one_go() -> None:
     assert [w.index for w in windows] == list(range(len(windows)))
 
 
+def test_merged_with_the_open_window_is_exact() -> None:
+    layout = _layout()
+    accumulator = _core.DriftAccumulator(layout, window_rows=1_000, windows_kept=5)
+    data = _data(2_500, seed=15)
+    for start in range(0, 2_500, 500):
+        accumulator.observe(data[start : start + 500])
+    merged = accumulator.merged(1, include_open=True)
+    assert (merged.windows, merged.index, merged.rows) == (2, 2, 1_500)
+    assert np.array_equal(merged.counts, layout.count(data[1_000:]))
+    nothing = accumulator.merged(0)
+    assert nothing.windows == 0 and nothing.rows == 0 and not nothing.counts.any()
+
+
 def test_windows_close_by_rows_exactly_when_batches_divide() -> None:
     layout = _layout()
     data = _data(10_000, seed=2)

@@ -105,7 +105,7 @@ class FeatureDrift:
 class DriftReport:
     """Drift of the last ``windows`` closed windows against the reference profile."""
 
-    windows: int
+    windows: int  # windows covered, the open one included when asked for
     first_window: int | None
     last_window: int | None
     rows: int
@@ -344,27 +344,23 @@ class DriftMonitor:
     # ---- statistics ----------------------------------------------------------------------
 
     def report(self, windows: int = 1, include_open: bool = False) -> DriftReport:
-        """Statistics and decisions of the last ``windows`` closed windows vs the reference."""
+        """Statistics and decisions of the last ``windows`` closed windows (fewer if fewer are
+        kept), plus the open window so far with ``include_open``, against the reference.
+        Closes a window that is due first, as :meth:`poll` does."""
         if windows < 0:
             raise InvalidArgumentError("drift: windows must be >= 0")
         self._accumulator.poll()
-        merged = self._accumulator.merged(windows)
-        kept = self._accumulator.closed_windows()[-windows:] if windows > 0 else []
-        counts = merged.counts
-        rows = int(merged.rows)
-        start_s = merged.start_ns / 1e9 if kept else None
-        end_s = merged.end_ns / 1e9 if kept else None
-        first = kept[0].index if kept else None
-        last = kept[-1].index if kept else None
-        if include_open:
-            snapshot = self._accumulator.open_snapshot()
-            counts = counts + snapshot.counts
-            rows += int(snapshot.rows)
-            start_s = start_s if start_s is not None else snapshot.start_ns / 1e9
-            end_s = snapshot.end_ns / 1e9
-            first = first if first is not None else snapshot.index
-            last = snapshot.index
-        return self._report_from_counts(counts, rows, len(kept), first, last, start_s, end_s)
+        merged = self._accumulator.merged(windows, include_open)
+        covered = int(merged.windows)
+        return self._report_from_counts(
+            merged.counts,
+            int(merged.rows),
+            covered,
+            int(merged.index) - covered + 1 if covered else None,
+            int(merged.index) if covered else None,
+            merged.start_ns / 1e9 if covered else None,
+            merged.end_ns / 1e9 if covered else None,
+        )
 
     def _report_from_counts(
         self,

@@ -15,7 +15,9 @@ File format (JSON, UTF-8), ``format_version`` 1::
 
     {"format": "headrace-drift-profile", "format_version": 1,
      "bins": 50, "top_k": 20, "rows": 20000,
-     "inputs": [{"name": "x", "columns": 20}],          # how features are laid out in inputs
+     "metadata": {},                                     # free-form strings (model, source)
+     "inputs": [{"name": "x", "columns": 20,             # how features sit in the inputs:
+                 "one_dimensional": false}],             # a 1-D input is one feature
      "features": [
         {"name": "x:0", "kind": "numerical", "edges": [...], "counts": [...]},
         {"name": "x:3", "kind": "categorical", "categories": [...], "counts": [...]}]}
