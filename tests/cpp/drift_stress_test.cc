@@ -123,7 +123,7 @@ void run(std::size_t shards) {
       accumulator.poll();
       if (reads % 7 == 0) accumulator.close_window();
       const auto snapshot = accumulator.open_snapshot();
-      const auto merged = accumulator.merged(3);
+      const auto merged = accumulator.merged(3, /*include_open=*/reads % 2 == 0);
       expect(snapshot.counts.size() == layout.total_bins(), "snapshot size");
       expect(merged.counts.size() == layout.total_bins(), "merged size");
       ++reads;

@@ -135,6 +135,15 @@ def test_read_npy_and_npz(tmp_path: Path) -> None:
     assert build_profile(archive).feature_names == ["x:0", "x:1", "y"]
 
 
+def test_unreadable_numpy_files_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(InvalidArgumentError, match=r"cannot read as \.npy"):
+        read_data(tmp_path / "bad.npy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(InvalidArgumentError, match="cannot read"):
+        read_data(tmp_path / "objects.npy")
+
+
 def test_read_csv(tmp_path: Path) -> None:
     numbers, labels = _frame()
     lines = ["a,b,label"]

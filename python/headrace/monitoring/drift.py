@@ -42,8 +42,8 @@ from headrace.monitoring.profile import (
     Data,
     FeatureProfile,
     ReferenceProfile,
-    _is_missing,
-    _native,
+    is_missing,
+    category_value,
 )
 
 Decision = Literal["ok", "warn", "alert"]
@@ -191,7 +191,7 @@ class _CategoryCodes:
             out[np.isnan(values)] = np.nan
             return out
         encoded = [
-            math.nan if _is_missing(v) else float(self.codes.get(_native(v), self.other))
+            math.nan if is_missing(v) else float(self.codes.get(category_value(v), self.other))
             for v in column.tolist()
         ]
         return np.array(encoded, dtype=np.float64).reshape(column.shape)

@@ -203,11 +203,13 @@ class ReferenceProfile:
 # ---- columns ---------------------------------------------------------------------------------
 
 
-def _is_missing(value: object) -> bool:
+def is_missing(value: object) -> bool:
+    """None and float NaN are missing values (of any feature kind)."""
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _native(value: object) -> Category:
+def category_value(value: object) -> Category:
+    """A category as the JSON-able Python value stored in profiles (numpy scalars unwrapped)."""
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, bytes):
@@ -285,10 +287,10 @@ def _categorical_profile(name: str, column: npt.NDArray[Any], top_k: int) -> Fea
     counter: Counter[Category] = Counter()
     missing = 0
     for value in column.tolist():
-        if _is_missing(value):
+        if is_missing(value):
             missing += 1
         else:
-            counter[_native(value)] += 1
+            counter[category_value(value)] += 1
     # Most frequent first; ties broken by the value's text so the order is reproducible.
     ranked = sorted(
         counter.items(), key=lambda item: (-item[1], type(item[0]).__name__, str(item[0]))
@@ -369,11 +371,14 @@ def read_data(path: str | Path) -> dict[str, npt.NDArray[Any]] | npt.NDArray[Any
     cells missing) or ``.parquet`` (needs pyarrow; nulls become NaN or None)."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.asarray(np.load(path, allow_pickle=False))
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: np.asarray(archive[key]) for key in archive.files}
+    if suffix in (".npy", ".npz"):
+        try:
+            if suffix == ".npy":
+                return np.asarray(np.load(path, allow_pickle=False))
+            with np.load(path, allow_pickle=False) as archive:
+                return {key: np.asarray(archive[key]) for key in archive.files}
+        except ValueError as exc:  # pickled object arrays, or not a NumPy file at all
+            raise InvalidArgumentError(f"{path}: cannot read as {suffix}: {exc}") from exc
     if suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
