@@ -42,8 +42,8 @@ from headrace.monitoring.profile import (
     Data,
     FeatureProfile,
     ReferenceProfile,
-    is_missing,
     category_value,
+    is_missing,
 )
 
 Decision = Literal["ok", "warn", "alert"]
