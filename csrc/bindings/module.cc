@@ -25,5 +25,6 @@ PYBIND11_MODULE(_core, m) {
   headrace::bindings::register_tensors(m);
   headrace::bindings::register_batching(m);
   headrace::bindings::register_quant(m);
+  headrace::bindings::register_drift(m);
   // Each area adds its own line here: register_batching(m), register_quant(m), register_drift(m).
 }
