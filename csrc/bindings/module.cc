@@ -26,5 +26,5 @@ PYBIND11_MODULE(_core, m) {
   headrace::bindings::register_batching(m);
   headrace::bindings::register_quant(m);
   headrace::bindings::register_drift(m);
-  // Each area adds its own line here: register_batching(m), register_quant(m), register_drift(m).
+  // A new csrc/ area adds its register_<area>(m) here.
 }

@@ -143,7 +143,6 @@ class QuantizedMlp:
     def output(self) -> dict[str, str | list[int]]: ...
 
 # --- drift (csrc/drift) ---
-from collections.abc import Callable  # noqa: E402
 
 class BinLayout:
     """Where each feature's values land in the flat count array."""

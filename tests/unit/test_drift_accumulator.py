@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+
 from headrace import _core
 from headrace.monitoring import DriftConfig, DriftMonitor, build_profile
 

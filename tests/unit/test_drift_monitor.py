@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from headrace.errors import InvalidArgumentError
 from headrace.monitoring import DriftConfig, DriftMonitor, DriftReport, build_profile
 

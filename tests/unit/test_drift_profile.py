@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from headrace.errors import InvalidArgumentError
 from headrace.monitoring import (
     FORMAT_VERSION,

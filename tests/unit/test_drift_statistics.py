@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import scipy.special
 import scipy.stats
-from headrace import _core
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from headrace import _core
 
 
 def _layout_with_quantile_edges(

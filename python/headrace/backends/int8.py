@@ -32,8 +32,8 @@ class Int8Backend:
         except _core.CoreError as error:
             raise from_core_error(error) from None
         self.path = path
-        self.inputs = (_spec(self.native_runner.input),)
-        self.outputs = (_spec(self.native_runner.output),)
+        self.inputs: tuple[TensorSpec, ...] = (_spec(self.native_runner.input),)
+        self.outputs: tuple[TensorSpec, ...] = (_spec(self.native_runner.output),)
 
     def run(
         self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]

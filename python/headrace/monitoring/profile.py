@@ -397,7 +397,7 @@ def read_data(path: str | Path) -> dict[str, npt.NDArray[Any]] | npt.NDArray[Any
         return {name: _csv_column(values) for name, values in zip(header, cells, strict=True)}
     if suffix in (".parquet", ".pq"):
         try:
-            import pyarrow.parquet as pq  # type: ignore[import-untyped]
+            import pyarrow.parquet as pq
         except ImportError as exc:
             raise InvalidArgumentError(
                 f"{path}: reading Parquet needs pyarrow (pip install pyarrow)"
