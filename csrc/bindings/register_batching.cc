@@ -2,8 +2,9 @@
 // CompletionQueue, and a PolicyHarness that drives the pure policy with a fake clock.
 //
 // GIL rules kept here (the core knows none of them):
-//   - Every call that takes a Batcher's mutex (submit, cancel, stats, shutdown, destruction)
-//     releases the GIL first: worker threads take the GIL while they may be waited for.
+//   - No thread holds a Batcher's mutex while it waits for the GIL. submit keeps the GIL (it is
+//     on every request's path and the mutex is held only briefly); the calls that may wait for
+//     worker threads (shutdown, destruction) and cancel/stats release it first.
 //   - Python objects are referenced from C++ tensors only through owners whose deleter takes the
 //     GIL, so they may be dropped on any thread; the Python runner drops a batch's request inputs
 //     under one GIL acquisition (Runner::release).
@@ -296,7 +297,11 @@ class PyBatcher {
     }
     request->priority = priority;
     request->deadline_ns = deadline_ns;
-    py::gil_scoped_release nogil;
+    // Kept: the GIL. The batcher's mutex is never held by a thread that waits for the GIL (the
+    // scheduler and workers free Python-owned tensors only after unlocking), so taking it here
+    // cannot deadlock; and not dropping the GIL spares the event loop a hand-off to a worker
+    // thread and back on every request. A refused request's Python inputs are freed in this
+    // frame, with the GIL held.
     return batcher_->submit(std::move(request));
   }
 

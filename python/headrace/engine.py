@@ -266,6 +266,9 @@ class ModelVersion:
         self._stats_lock = threading.Lock()
         self._metrics = metrics
         self._labels = (self.name, self.version_str)
+        # Labelled children looked up once: labels() costs a dict lookup and a lock per call.
+        self._success_counter = metrics.request_success.labels(*self._labels)
+        self._duration_histogram = metrics.request_duration.labels(*self._labels)
         self._bytes_inputs = [s.name for s in self.inputs if s.datatype == "BYTES"]
         self._completions = completions
         self.warm_up()
@@ -436,8 +439,8 @@ class ModelVersion:
                 self.stats.fail_count += 1
                 self.stats.fail_ns += duration_ns
         if ok:
-            self._metrics.request_success.labels(*self._labels).inc()
-            self._metrics.request_duration.labels(*self._labels).observe(duration_ns / 1e9)
+            self._success_counter.inc()
+            self._duration_histogram.observe(duration_ns / 1e9)
         else:
             code = error.code.name if error is not None else "INTERNAL"
             self._metrics.request_failure.labels(*self._labels, code).inc()
