@@ -50,6 +50,9 @@ RESULTS = BENCH / "results"
 TOOLS = BENCH / ".tools"
 MLSERVER_VENV = BENCH / ".venvs" / "mlserver"
 MLSERVER_REQUIREMENT = "mlserver==1.7.*"
+# MLServer 1.7's inference workers call asyncio.get_event_loop() with no loop running, which
+# uvloop >= 0.22 turns into an error (the worker dies, MLServer shuts down): keep uvloop older.
+MLSERVER_PACKAGES = (MLSERVER_REQUIREMENT, "uvloop<0.22", "onnxruntime", "numpy")
 HOST = "127.0.0.1"
 SERVER_CPUS = frozenset({0})
 CLIENT_CPUS = frozenset({1})
@@ -727,7 +730,9 @@ def ensure_mlserver(log: Path) -> tuple[Path | None, str]:
     probe = [
         str(bin_dir / "python"),
         "-c",
-        "import mlserver, onnxruntime; print(mlserver.__version__)",
+        "import mlserver, onnxruntime, uvloop; "
+        "assert tuple(map(int, uvloop.__version__.split('.')[:2])) < (0, 22); "
+        "print(mlserver.__version__)",
     ]
 
     def version() -> str | None:
@@ -740,18 +745,19 @@ def ensure_mlserver(log: Path) -> tuple[Path | None, str]:
     found = version()
     if found:
         return bin_dir, found
-    print(f"installing {MLSERVER_REQUIREMENT} into {MLSERVER_VENV} (log: {log})", flush=True)
+    print(f"installing {' '.join(MLSERVER_PACKAGES)} into {MLSERVER_VENV} (log: {log})", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with log.open("w", encoding="utf-8") as out:
             base_python = getattr(sys, "_base_executable", sys.executable)
-            subprocess.run(
-                [base_python, "-m", "venv", str(MLSERVER_VENV)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=True,
-                timeout=300,
-            )
+            if not (bin_dir / "python").exists():
+                subprocess.run(
+                    [base_python, "-m", "venv", str(MLSERVER_VENV)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    check=True,
+                    timeout=300,
+                )
             subprocess.run(
                 [
                     str(bin_dir / "python"),
@@ -759,9 +765,7 @@ def ensure_mlserver(log: Path) -> tuple[Path | None, str]:
                     "pip",
                     "install",
                     "--quiet",
-                    MLSERVER_REQUIREMENT,
-                    "onnxruntime",
-                    "numpy",
+                    *MLSERVER_PACKAGES,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
