@@ -219,11 +219,20 @@ def row_cells(row: Row) -> list[str]:
     ]
 
 
+TEXT_COLUMNS = 4  # group, system, model, client: left-aligned; numbers right-aligned
+
+
+def _align(cells: Sequence[str]) -> str:
+    return "  ".join(
+        cell.ljust(width) if index < TEXT_COLUMNS else cell.rjust(width)
+        for index, (cell, (_, width)) in enumerate(zip(cells, COLUMNS, strict=True))
+    )
+
+
 def format_table(rows: Sequence[Row]) -> str:
-    lines = ["  ".join(name.rjust(width) for name, width in COLUMNS)]
+    lines = [_align([name for name, _ in COLUMNS])]
     for row in rows:
-        cells = row_cells(row)
-        line = "  ".join(c.rjust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True))
+        line = _align(row_cells(row))
         lines.append(line + (f"  ! {row.error}" if row.error else ""))
     return "\n".join(lines)
 
@@ -303,6 +312,9 @@ def add_ratios(rows: Sequence[Row]) -> None:
         row.vs_ort = row.throughput / ceilings.get((row.group, row.model, row.rows), math.nan)
 
 
+LINE_STYLES = {"perf_analyzer": "-", "perf_analyzer stream": "--", "loadgen": ":"}
+
+
 def plot(rows: Sequence[Row], path: Path) -> None:
     import matplotlib
 
@@ -312,18 +324,29 @@ def plot(rows: Sequence[Row], path: Path) -> None:
     models = sorted({r.model for r in rows if r.client != "in-process"})
     figure, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5.5), squeeze=False)
     for axis, model in zip(axes[0], models, strict=True):
-        series: dict[str, list[Row]] = {}
+        series: dict[tuple[str, str], list[Row]] = {}
         for row in rows:
-            if row.model == model and row.client != "in-process" and not math.isnan(row.throughput):
-                label = f"{row.system} [{row.client}]"
+            served = row.model == model and row.client != "in-process"
+            if served and not math.isnan(row.throughput):
+                system = row.system if row.group == "1 core" else f"{row.system} [{row.group}]"
                 if row.rows != 1:
-                    label += f" {row.rows} rows/req"
-                series.setdefault(label, []).append(row)
-        for label, points in series.items():
+                    system += f" {row.rows} rows/req"
+                series.setdefault((system, row.client), []).append(row)
+        # Colour says the system, line style the client.
+        systems = sorted({system for system, _ in series})
+        colours = {system: f"C{index % 10}" for index, system in enumerate(systems)}
+        for (system, client), points in series.items():
             points.sort(key=lambda r: r.concurrency)
             xs = [p.throughput for p in points]
             ys = [p.median("p99_us") for p in points]
-            axis.plot(xs, ys, marker="o", label=label)
+            axis.plot(
+                xs,
+                ys,
+                marker="o",
+                color=colours[system],
+                linestyle=LINE_STYLES.get(client, "-"),
+                label=f"{system} [{client}]",
+            )
             for p, x, y in zip(points, xs, ys, strict=True):
                 axis.annotate(f"c{p.concurrency}", (x, y), fontsize=7, alpha=0.7)
         for row in rows:
