@@ -152,6 +152,7 @@ class Measurement:
     p50_us: float
     p99_us: float
     mean_batch: float = math.nan  # server-side rows per model execution (headrace only)
+    note: str = ""
 
 
 @dataclass
@@ -265,7 +266,7 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
                 "ratio_to_mlserver",
                 "ratio_to_onnxruntime",
                 "runs",
-                "error",
+                "note",
             ]
         )
         for row in rows:
@@ -589,6 +590,9 @@ class PerfAnalyzer:
             output = result.stdout + result.stderr
             parsed = self.parse(output)
             if result.returncode == 0 and parsed is not None:
+                if stability != PA_STABILITY_PERCENT:
+                    note = f"perf_analyzer windows differed by > {PA_STABILITY_PERCENT}%"
+                    parsed = replace(parsed, note=note)
                 return parsed
         raise RuntimeError("perf_analyzer: " + " | ".join(output.strip().splitlines()[-3:]))
 
@@ -869,11 +873,16 @@ def mlserver_server(
 
 
 def cpu_model() -> str:
+    """The CPU's name, with family/model (a VM often hides the name: 23/49 is Zen 2)."""
+    fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def versions() -> dict[str, str]:
@@ -932,6 +941,8 @@ class Bench:
                         batch = (after[0] - before[0]) / (after[1] - before[1])
                         result = replace(result, mean_batch=batch)
                     row.runs.append(result)
+                    if result.note and not row.error:
+                        row.error = result.note
                 except (RuntimeError, subprocess.SubprocessError, OSError) as error:
                     row.error = str(error).replace("\n", " ")[:300]
                     if server is not None and server.process and server.process.poll() is not None:
@@ -974,8 +985,14 @@ class Bench:
         specs = [MODELS["tabular"]] if args.quick else [MODELS["tabular"], MODELS["wide"]]
         concurrencies = QUICK_CONCURRENCIES if args.quick else CONCURRENCIES
         paths = write_models(list(MODELS.values()), self.work / "onnx")
-        logs = RESULTS / "logs"
+        logs = Path(args.out_dir) / "logs"
         notes: list[str] = []
+        # A rough forecast, so whoever starts a full run knows what they are in for.
+        client_cells = 11 * len(specs) * len(concurrencies) + (0 if args.quick else 4)
+        forecast_s = client_cells * args.repeats * (args.duration_s + 2) + 60
+        self.log(
+            f"{client_cells} client cells x {args.repeats} runs: about {forecast_s / 60:.0f} min"
+        )
 
         def cells(clients: Sequence[str]) -> list[Cell]:
             return [Cell(s, c, n) for s in specs for c in clients for n in concurrencies]
