@@ -910,7 +910,7 @@ class Bench:
 
     def measure(
         self,
-        server: ServerProcess | None,
+        server: ServerProcess,
         group: str,
         system: str,
         cells: Sequence[Cell],
@@ -920,9 +920,11 @@ class Bench:
         for cell in cells:
             row = Row(group, system, cell.model.name, cell.client, cell.concurrency, cell.rows)
             self.rows.append(row)
+            if server.process is not None and server.process.poll() is not None:
+                row.error = f"server exited earlier: {server.log_tail(2)}"
+                continue
             for _ in range(self.args.repeats):
                 try:
-                    assert server is not None
                     before = (
                         execution_counts(server.target, cell.model.name) if count_batches else None
                     )
@@ -945,7 +947,7 @@ class Bench:
                         row.error = result.note
                 except (RuntimeError, subprocess.SubprocessError, OSError) as error:
                     row.error = str(error).replace("\n", " ")[:300]
-                    if server is not None and server.process and server.process.poll() is not None:
+                    if server.process is not None and server.process.poll() is not None:
                         row.error += f" (server exited: {server.log_tail(3)})"
                         break
             self.log(
