@@ -66,6 +66,8 @@ WIDE_CONCURRENCY = 8
 # settles is rerun once with the rule off (it then reports the last 3 windows).
 PA_STABILITY_PERCENT = 50
 PA_MAX_TRIALS = 6
+# The rerun's rule: so wide that any 3 windows pass (perf_analyzer has no switch to turn it off).
+PA_NO_STABILITY_PERCENT = 1_000_000
 SERVER_START_TIMEOUT_S = 120.0
 SERVER_STOP_TIMEOUT_S = 20.0
 READY_RE = re.compile(r"serving gRPC on 127\.0\.0\.1:(\d+)")
@@ -579,7 +581,7 @@ class PerfAnalyzer:
             argv.append("--streaming")
         timeout_s = 60 + 2 * PA_MAX_TRIALS * window_ms / 1000
         output = ""
-        for stability in (PA_STABILITY_PERCENT, 1000):
+        for stability in (PA_STABILITY_PERCENT, PA_NO_STABILITY_PERCENT):
             result = subprocess.run(
                 pinned_argv([*argv, "-s", str(stability)], cpus),
                 capture_output=True,
@@ -923,6 +925,7 @@ class Bench:
             if server.process is not None and server.process.poll() is not None:
                 row.error = f"server exited earlier: {server.log_tail(2)}"
                 continue
+            failures: list[str] = []
             for _ in range(self.args.repeats):
                 try:
                     before = (
@@ -946,10 +949,13 @@ class Bench:
                     if result.note and not row.error:
                         row.error = result.note
                 except (RuntimeError, subprocess.SubprocessError, OSError) as error:
-                    row.error = str(error).replace("\n", " ")[:300]
+                    failures.append(str(error).replace("\n", " ")[:300])
                     if server.process is not None and server.process.poll() is not None:
-                        row.error += f" (server exited: {server.log_tail(3)})"
+                        failures[-1] += f" (server exited: {server.log_tail(3)})"
                         break
+            if failures:
+                # A failed run is left out of the medians; say how many there were.
+                row.error = f"{len(failures)}/{self.args.repeats} runs failed: {failures[0]}"
             self.log(
                 f"{group:7} {system:30} {cell.model.name:7} {cell.client:20}"
                 f" c={cell.concurrency:<3} rows={cell.rows:<3} {_number(row.throughput):>9} rows/s"
