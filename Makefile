@@ -15,6 +15,7 @@ BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.13" "grpcio-tools>=1.66" ni
 help:
 	@echo "make serve   - set up and serve examples/models (gRPC :8001, metrics :8002)"
 	@echo "make test    - set up and run every check: ruff, mypy, -Werror build, sanitizers, pytest"
+	@echo "make bench   - serving benchmark vs floor, ONNX Runtime, MLServer (BENCH_ARGS=--quick)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +58,12 @@ pytest: install-dev
 	$(BIN)/python -m pytest
 
 test: lint typecheck cpp-sanitize pytest
+
+# The serving benchmark (minutes; needs CPUs 0 and 1): make bench BENCH_ARGS="--quick"
+BENCH_ARGS ?=
+bench: install-dev
+	$(PIP) install --quiet matplotlib
+	$(BIN)/python bench/bench_serving.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache
