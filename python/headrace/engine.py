@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH_SIZE = 64
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferResult:
     """One answer: the version that served it and the requested outputs by name."""
 
@@ -414,6 +414,8 @@ class ModelVersion:
         self, outputs: list[npt.NDArray[Any]], output_names: Sequence[str]
     ) -> dict[str, npt.NDArray[Any]]:
         by_name = dict(zip(self._output_names, outputs, strict=True))
+        if output_names == self._output_names:  # all of them, in the model's order
+            return by_name
         return {name: by_name[name] for name in output_names}
 
     def _record_execution(self, rows: int, queue_ns: int, compute_ns: int) -> None:

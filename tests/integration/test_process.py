@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from helpers import onnx_models
 
 HERE = Path(__file__).resolve().parent
 SERVING_LINE = re.compile(r"serving gRPC on ([\d.]+):(\d+)")
+METRICS_URL = re.compile(r"metrics on (http://\S+/metrics)")
 
 
 class ServeProcess:
@@ -36,6 +38,7 @@ class ServeProcess:
         assert self.process.stdout is not None
         deadline = time.monotonic() + 60
         self.address = ""
+        self.metrics_url = ""
         while time.monotonic() < deadline:
             line = self.process.stdout.readline()
             if not line:
@@ -43,6 +46,8 @@ class ServeProcess:
             match = SERVING_LINE.search(line)
             if match:
                 self.address = f"{match.group(1)}:{match.group(2)}"
+                metrics = METRICS_URL.search(line)
+                self.metrics_url = metrics.group(1) if metrics else ""
                 break
         if not self.address:
             self.process.kill()
@@ -122,17 +127,29 @@ def test_missing_repository_is_a_clear_error() -> None:
     assert "--model-repository" in result.stderr
 
 
+def _pending_requests(metrics_url: str) -> int:
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(
+        r'headrace_inference_pending_request_count\{[^}]*model="slow"[^}]*\} (\S+)', text
+    )
+    return int(float(match.group(1))) if match else 0
+
+
 def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path) -> None:
     repo = tmp_path / "models"
     onnx_models.write_model(repo, "slow", onnx_models.slow_matmul(size=384, repeats=12))
     serving = ServeProcess(
-        ["--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "-1"]
+        ["--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "0"]
     )
     x = np.ones((384, 384), np.float32) / 384
     results: dict[int, object] = {}
+    connected = threading.Barrier(9)
 
     def call(i: int) -> None:
         with Client(serving.address) as client:
+            client.is_server_live()  # connected before the requests go out together
+            connected.wait(30)
             try:
                 results[i] = client.infer("slow", {"x": x}, request_id=str(i)).outputs["y"]
             except Exception as error:  # recorded and asserted on below
@@ -141,12 +158,15 @@ def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path)
     threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
+    connected.wait(30)
     with Client(serving.address) as client:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the first has finished, the other 7 are in flight
-            if client.model_statistics("slow").model_stats[0].execution_count >= 1:
+        while time.monotonic() < deadline:
+            # Every request has reached the server: queued, running or done.
+            dispatched = client.model_statistics("slow").model_stats[0].inference_stats.queue.count
+            if dispatched + _pending_requests(serving.metrics_url) >= 8:
                 break
-            time.sleep(0.01)
+            time.sleep(0.005)
         in_flight = 8 - client.model_statistics("slow").model_stats[0].execution_count
     assert in_flight >= 3, "the model ran too fast for this test to mean anything"
     code, _, err = serving.terminate()
