@@ -212,3 +212,35 @@ def test_drift_report_not_found_and_bad_drift_config_in_repository_index(
     assert typo.state == "UNAVAILABLE"
     assert "drift.windows_rows" in typo.reason
     assert str(Path("typo") / "model.toml") in typo.reason
+
+
+def test_unbatched_version_counts_in_execute_and_profile_writes_beside_it(
+    tmp_path: Path,
+) -> None:
+    from headrace import Engine
+
+    repo = tmp_path / "models"
+    onnx_models.write_model(
+        repo, "unbatched", onnx_models.mlp([4, 8, 1]), toml="max_batch_size = 0\n" + (
+            "[drift]\nbins = 10\nwindow_rows = 100\nwindow_s = 0\n"
+        ),
+    )  # fmt: skip
+    data = tmp_path / "train.csv"
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((2000, 4))
+    data.write_text("a,b,c,d\n" + "\n".join(",".join(f"{v:.6f}" for v in r) for r in rows))
+    assert cli_main(
+        ["profile", "--data", str(data), "--model-repository", str(repo), "--model", "unbatched"]
+    ) == 0  # fmt: skip
+    profile = ReferenceProfile.load(repo / "unbatched" / "1" / "reference.json")
+    assert profile.feature_names == ["x:0", "x:1", "x:2", "x:3", "y:0"]
+    engine = Engine.from_repository(repo)
+    try:
+        for _ in range(30):
+            x = rng.standard_normal((5, 4)).astype(np.float32)
+            engine.infer("unbatched", {"x": x})
+        drift = engine.drift("unbatched")
+        assert drift.monitor.windows_closed == 1  # 150 rows: one 100-row window closed
+        assert drift.report(1).rows >= 100 and drift.report(0).rows == 150 - drift.report(1).rows
+    finally:
+        engine.close()
