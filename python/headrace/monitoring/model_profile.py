@@ -139,15 +139,18 @@ def profile_model(
 def main(argv: Sequence[str] | None = None) -> int:
     """``headrace profile --data FILE --model-repository DIR --model NAME [--version V]``."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if "--model" not in arguments and not any(a.startswith("--model=") for a in arguments):
-        # Without a model: profile the data alone (``--out`` required).
+    has_model = any(a == "--model" or a.startswith("--model=") for a in arguments)
+    has_out = any(a == "--out" or a.startswith("--out=") for a in arguments)
+    if has_out and not has_model:
+        # Without a model: profile the data alone into --out.
         from headrace.monitoring.profile import main as data_main
 
         return data_main(arguments)
     parser = argparse.ArgumentParser(
         prog="headrace profile",
         description="Build a model version's drift reference profile (inputs and outputs) and "
-        "write it as <repo>/<model>/<version>/reference.json.",
+        "write it as <repo>/<model>/<version>/reference.json. Without --model, "
+        "`headrace profile --data FILE --out FILE` profiles the data alone.",
     )
     parser.add_argument("--data", required=True, type=Path, help=".npy, .npz, .csv, .parquet")
     parser.add_argument("--model-repository", required=True, type=Path)
