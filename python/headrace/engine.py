@@ -41,7 +41,7 @@ from headrace.errors import (
     from_core_error,
 )
 from headrace.monitoring.metrics import Metrics
-from headrace.monitoring.serving import ServedDrift, load_served_drift
+from headrace.monitoring.serving import ServedDrift, load_served_drift, reference_stamp
 from headrace.registry.filesystem import FilesystemRepository, ModelSource, VersionSource
 from headrace.tensors import DATATYPE_TO_NUMPY
 
@@ -272,6 +272,7 @@ class ModelVersion:
         self._completions = completions
         self.warm_up()
         # Drift counting for versions that ship a reference profile (monitoring/serving.py).
+        self.drift_reference = reference_stamp(self.directory)
         self.drift = load_served_drift(
             self.directory, self.name, self.version_str, config.drift, metrics.drift
         )
@@ -655,7 +656,12 @@ class Engine:
         versions: dict[int, ModelVersion] = {}
         for version_source in source.versions:
             old = previous.versions.get(version_source.version) if previous else None
-            if old is not None and previous is not None and previous.config == source.config:
+            if (
+                old is not None
+                and previous is not None
+                and previous.config == source.config
+                and old.drift_reference == reference_stamp(old.directory)
+            ):
                 versions[version_source.version] = old
                 continue
             versions[version_source.version] = ModelVersion(

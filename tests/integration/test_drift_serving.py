@@ -23,6 +23,7 @@ from headrace._proto.headrace.v1 import admin_pb2, admin_pb2_grpc
 from headrace.cli import main as cli_main
 from headrace.client import AsyncClient, Client
 from headrace.monitoring import ReferenceProfile
+from headrace.monitoring.model_profile import profile_model
 from helpers import onnx_models
 
 WINDOW_ROWS = 1000
@@ -242,5 +243,25 @@ def test_unbatched_version_counts_in_execute_and_profile_writes_beside_it(
         drift = engine.drift("unbatched")
         assert drift.monitor.windows_closed == 1  # 150 rows: one 100-row window closed
         assert drift.report(1).rows >= 100 and drift.report(0).rows == 150 - drift.report(1).rows
+    finally:
+        engine.close()
+
+
+def test_a_new_profile_takes_effect_when_the_model_reloads(tmp_path: Path) -> None:
+    from headrace import Engine
+    from headrace.errors import NotFoundError
+
+    repo = tmp_path / "models"
+    onnx_models.write_model(repo, "m", onnx_models.mlp([4, 8, 1]))
+    engine = Engine.from_repository(repo)
+    try:
+        with pytest.raises(NotFoundError, match="no drift reference profile"):
+            engine.drift("m")
+        data = np.random.default_rng(0).standard_normal((500, 4)).astype(np.float32)
+        profile_model(repo, "m", None, data)
+        engine.load_model("m")
+        assert engine.drift("m").profile.rows == 500
+        engine.infer("m", {"x": data[:7]})
+        assert engine.drift("m").report(0).rows == 7
     finally:
         engine.close()

@@ -393,6 +393,16 @@ class ServedDrift:
             self._metrics.forget(self.model, self.version)
 
 
+def reference_stamp(version_dir: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of the version's reference profile, None without one: a reload keeps a
+    loaded version only while this is unchanged, so a new profile takes effect on reload."""
+    try:
+        stat = (version_dir / REFERENCE_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def load_served_drift(
     version_dir: Path,
     model: str,
