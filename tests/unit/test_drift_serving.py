@@ -126,12 +126,16 @@ def _served(
     return ServedDrift("m", "1", profile, settings, metrics, clock=clock), clock
 
 
-def _traffic(served: ServedDrift, shift: float, seed: int) -> None:
+def _window(served: ServedDrift, shift: float, seed: int) -> None:
     """One window of batches (x shifted by ``shift``), as a model would have run them."""
     rng = np.random.default_rng(seed)
     for _ in range(WINDOW_ROWS // 50):
         x = (rng.standard_normal((50, 3)) + shift).astype(np.float32)
         served.observe({"x": x}, [x.sum(axis=1, keepdims=True)], ["y"])
+
+
+def _traffic(served: ServedDrift, shift: float, seed: int) -> None:
+    _window(served, shift, seed)
     assert served.check(), "the window did not close"
 
 
@@ -280,3 +284,25 @@ def test_time_window_closes_on_check_and_a_batch_that_does_not_fit_is_skipped() 
     assert served.check()
     report = served.monitor.report(1)
     assert report.rows == 7  # the misfit batch was skipped, not counted and not raised
+
+
+def test_an_alert_that_starts_and_ends_between_two_checks_still_fires(tmp_path: Path) -> None:
+    sink = tmp_path / "reports.jsonl"
+    script = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read().strip() + '\\n')"
+    registry = CollectorRegistry()
+    settings = DriftSettings(
+        window_rows=WINDOW_ROWS,
+        window_s=0,
+        trigger_command=(sys.executable, "-c", script, str(sink)),
+    )
+    served, _ = _served(settings, registry)
+    _window(served, 1.0, seed=21)  # alert
+    _window(served, 0.0, seed=22)  # calm again, before the watcher looked
+    assert served.check()
+    assert served.trigger.wait(20)
+    reports = [json.loads(line) for line in sink.read_text().splitlines()]
+    assert [r["last_window"] for r in reports] == [0]
+    assert reports[0]["decision"] == "alert"
+    # the gauges show the newest window: calm
+    labels = {"model": "m", "version": "1", "feature": "x:0", "test": "ks"}
+    assert registry.get_sample_value("headrace_drift_detected", labels) == 0.0

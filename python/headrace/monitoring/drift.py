@@ -396,6 +396,18 @@ class DriftMonitor:
             merged.end_ns / 1e9 if covered else None,
         )
 
+    def window_reports(self, after: int = -1) -> list[DriftReport]:
+        """One report per kept closed window whose index is above ``after``, oldest first (what
+        a watcher that last saw window ``after`` has missed). Does not close windows."""
+        return [
+            self._report_from_counts(
+                w.counts, int(w.rows), 1, int(w.index), int(w.index), w.start_ns / 1e9,
+                w.end_ns / 1e9,
+            )
+            for w in self._accumulator.closed_windows()
+            if int(w.index) > after
+        ]  # fmt: skip
+
     def _report_from_counts(
         self,
         counts: npt.NDArray[np.uint64],

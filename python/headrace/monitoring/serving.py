@@ -286,6 +286,7 @@ class ServedDrift:
         )
         self._metrics = metrics
         self._seen_windows = 0
+        self._last_index = -1  # index of the newest closed window checked
         self._alerting = False
         self._check_lock = threading.Lock()
         self._observe_failed = False
@@ -354,21 +355,33 @@ class ServedDrift:
             if closed == self._seen_windows:
                 return False
             self._seen_windows = closed
-            report = self.monitor.report(1)
+            # Every window closed since the last check, in order, so that an alert that starts
+            # and ends between two checks is still seen to start.
+            reports = self.monitor.window_reports(self._last_index)
+            if not reports:
+                return True
+            self._last_index = (
+                reports[-1].last_window if reports[-1].last_window is not None else -1
+            )
+            started = []
+            for report in reports:
+                alerting = report.decision() == "alert"
+                if alerting and not self._alerting:
+                    started.append(report)
+                self._alerting = alerting
+            report = reports[-1]
             self.last_report = report
             if self._metrics is not None:
                 self._metrics.publish(self.model, self.version, report, self.config.psi_alert)
-            alerting = report.decision() == "alert"
-            started = alerting and not self._alerting
-            self._alerting = alerting
-        if started:
+        for start in started:
             log.warning(
-                "drift alert on model %s version %s: %s",
+                "drift alert on model %s version %s, window %s: %s",
                 self.model,
                 self.version,
-                ", ".join(report.flagged()),
+                start.last_window,
+                ", ".join(start.flagged()),
             )
-            self.trigger.alert_started(self.report_json(report))
+            self.trigger.alert_started(self.report_json(start))
         return True
 
     def report_json(self, report: DriftReport) -> str:
