@@ -31,6 +31,8 @@
 #include "batching/runner.h"
 #include "batching/tensor.h"
 #include "bindings/register.h"
+#include "drift/drift_accumulator.h"
+#include "drift/drift_counting_runner.h"
 #include "quant/quantized_mlp.h"
 #include "quant/quantized_mlp_runner.h"
 #include "tensors/status.h"
@@ -259,14 +261,24 @@ std::set<PyBatcher*>& live_batchers() {
 class PyBatcher {
  public:
   PyBatcher(std::string name, batching::BatcherConfig config, py::object runner,
-            std::shared_ptr<batching::CompletionQueue> completions) {
+            std::shared_ptr<batching::CompletionQueue> completions, const py::object& drift_counts) {
     if (!completions) invalid("completions must be a CompletionQueue");
+    std::shared_ptr<drift::DriftAccumulator> drift;
+    if (!drift_counts.is_none()) drift = drift_counts.cast<std::shared_ptr<drift::DriftAccumulator>>();
     std::shared_ptr<batching::Runner> native_runner;
     if (py::isinstance<quant::QuantizedMlp>(runner)) {
       // The int8 backend: batches run in C++ on the worker threads, never taking the GIL.
       native_runner = std::make_shared<quant::QuantizedMlpRunner>(
           runner.cast<std::shared_ptr<quant::QuantizedMlp>>());
+      if (drift) {
+        // Its batches never reach Python, so drift is counted here, in C++, after each run.
+        counting_ = std::make_shared<drift::DriftCountingRunner>(std::move(native_runner),
+                                                                 std::move(drift));
+        native_runner = counting_;
+      }
     } else if (PyCallable_Check(runner.ptr())) {
+      // A Python runner counts drift itself (it may need to encode categories first).
+      if (drift) invalid("drift counting in the batcher is for native runners only");
       native_runner = std::make_shared<PythonRunner>(std::move(runner));
     } else {
       invalid("runner must be callable or a QuantizedMlp");
@@ -353,8 +365,15 @@ class PyBatcher {
 
   const std::string& name() const { return batcher_->name(); }
   const batching::BatcherConfig& config() const { return batcher_->config(); }
+  std::uint64_t drift_counted_batches() const {
+    return counting_ ? counting_->counted_batches() : 0;
+  }
+  std::uint64_t drift_skipped_batches() const {
+    return counting_ ? counting_->skipped_batches() : 0;
+  }
 
  private:
+  std::shared_ptr<drift::DriftCountingRunner> counting_;
   std::unique_ptr<batching::Batcher> batcher_;
 };
 
@@ -530,8 +549,13 @@ void register_batching(py::module_& m) {
 
   py::class_<PyBatcher>(m, "Batcher", "Dynamic batcher of one model version (csrc/batching).")
       .def(py::init<std::string, batching::BatcherConfig, py::object,
-                    std::shared_ptr<batching::CompletionQueue>>(),
-           py::arg("name"), py::arg("config"), py::arg("runner"), py::arg("completions"))
+                    std::shared_ptr<batching::CompletionQueue>, const py::object&>(),
+           py::arg("name"), py::arg("config"), py::arg("runner"), py::arg("completions"),
+           py::arg("drift") = py::none(),
+           "drift: a DriftAccumulator that a native runner's batches (inputs, then outputs) are "
+           "counted into after each run.")
+      .def_property_readonly("drift_counted_batches", &PyBatcher::drift_counted_batches)
+      .def_property_readonly("drift_skipped_batches", &PyBatcher::drift_skipped_batches)
       .def("submit", &PyBatcher::submit, py::arg("inputs"), py::arg("priority") = 0,
            py::arg("deadline_ns") = 0,
            "Queue a request (one array per input, dim 0 = rows); returns its ticket.")

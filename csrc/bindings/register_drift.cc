@@ -148,8 +148,9 @@ void register_drift(py::module_& m) {
       .def_property_readonly("counts",
                              [](const WindowCounts& window) { return to_numpy(window.counts); });
 
-  py::class_<DriftAccumulator>(m, "DriftAccumulator",
-                               "Per-thread sharded drift counts in tumbling windows.")
+  // Shared holder: a batcher's DriftCountingRunner counts into the same accumulator.
+  py::class_<DriftAccumulator, std::shared_ptr<DriftAccumulator>>(
+      m, "DriftAccumulator", "Per-thread sharded drift counts in tumbling windows.")
       .def(py::init([](const BinLayout& layout, std::uint64_t window_rows, double window_s,
                        std::size_t windows_kept, std::size_t shards, const py::object& clock) {
              if (!(window_s >= 0.0) || !std::isfinite(window_s)) {
@@ -161,7 +162,7 @@ void register_drift(py::module_& m) {
              options.window_ns = static_cast<std::int64_t>(std::llround(window_s * 1e9));
              options.windows_kept = windows_kept;
              options.shards = shards;
-             return std::make_unique<DriftAccumulator>(layout, options, python_clock(clock));
+             return std::make_shared<DriftAccumulator>(layout, options, python_clock(clock));
            }),
            py::arg("layout"), py::arg("window_rows") = 0, py::arg("window_s") = 0.0,
            py::arg("windows_kept") = 16, py::arg("shards") = 0, py::arg("clock") = py::none())

@@ -68,9 +68,14 @@ class Batcher:
         self,
         name: str,
         config: BatcherConfig,
-        runner: Callable[[list[npt.NDArray[Any]]], Sequence[npt.NDArray[Any]]],
+        runner: Callable[[list[npt.NDArray[Any]]], Sequence[npt.NDArray[Any]]] | QuantizedMlp,
         completions: CompletionQueue,
+        drift: DriftAccumulator | None = None,
     ) -> None: ...
+    @property
+    def drift_counted_batches(self) -> int: ...
+    @property
+    def drift_skipped_batches(self) -> int: ...
     @property
     def name(self) -> str: ...
     def submit(

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8-quantize an MLP ONNX model into a version directory (see `quantize --help`)",
         add_help=False,
     )
+    commands.add_parser(
+        "profile",
+        help="build a model version's drift reference profile (see `profile --help`)",
+        add_help=False,
+    )
     return parser
 
 
@@ -72,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         from headrace.quantize import main as quantize_main
 
         return quantize_main(arguments[1:])
+    if arguments and arguments[0] == "profile":
+        from headrace.monitoring.model_profile import main as profile_main
+
+        return profile_main(arguments[1:])
     args = build_parser().parse_args(arguments)
     handler = args.handler
     result: int = handler(args)

@@ -8,6 +8,8 @@ a default.
 
 from __future__ import annotations
 
+import math
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +88,27 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class DriftSettings:
+    """The ``[drift]`` table of model.toml: how served traffic is compared with the version's
+    reference profile (``<version>/reference.json``, made by ``headrace profile``)."""
+
+    bins: int = 50  # bins of a numerical feature in the profile; must match the profile
+    window_rows: int = 10_000  # a window closes at window_rows rows or window_s, whichever first
+    window_s: float = 60.0
+    windows_kept: int = 60
+    feature_names: tuple[str, ...] | None = None  # names of the input features, in column order
+    categorical: tuple[str, ...] = ()
+    top_k: int = 20  # categories kept per categorical feature in the profile
+    psi_warn: float = 0.1
+    psi_alert: float = 0.2
+    p_value: float = 0.05
+    correction: Literal["bonferroni", "bh"] = "bonferroni"
+    trigger_webhook: str | None = None  # POSTed the report JSON when an alert starts
+    trigger_command: tuple[str, ...] | None = None  # run (no shell), report JSON on stdin
+    cooldown_s: float = 3600.0  # at most one trigger firing per cooldown
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """One model's settings, from ``model.toml`` (all optional)."""
 
@@ -100,7 +123,7 @@ class ModelConfig:
     batching_configured: bool = False
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
-    drift: dict[str, Any] = field(default_factory=dict)
+    drift: DriftSettings = field(default_factory=lambda: DriftSettings())
     source: Path | None = None
 
 
@@ -123,6 +146,22 @@ _BATCHING_KEYS = {
     "default_priority_level",
     "default_timeout_us",
     "latency_target_us",
+}
+_DRIFT_KEYS = {
+    "bins",
+    "window_rows",
+    "window_s",
+    "windows_kept",
+    "feature_names",
+    "categorical",
+    "top_k",
+    "psi_warn",
+    "psi_alert",
+    "p_value",
+    "correction",
+    "trigger_webhook",
+    "trigger_command",
+    "cooldown_s",
 }
 _ORT_KEYS = {"intra_op_threads", "inter_op_threads"}
 _TENSOR_KEYS = {"name", "datatype", "shape"}
@@ -224,6 +263,79 @@ def _batching(path: Path, table: Any) -> BatchingConfig:
     )
 
 
+def _number(path: Path, value: Any, key: str, minimum: float = 0.0) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise _fail(path, f"'{key}' must be a number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _strings(path: Path, value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _fail(path, f"'{key}' must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _drift(path: Path, table: Any) -> DriftSettings:
+    if not isinstance(table, dict):
+        raise _fail(path, "'drift' must be a table")
+    _check_keys(path, table, _DRIFT_KEYS, "drift.")
+    default = DriftSettings()
+    feature_names = table.get("feature_names")
+    correction = table.get("correction", default.correction)
+    if correction not in ("bonferroni", "bh"):
+        raise _fail(path, f'\'drift.correction\' must be "bonferroni" or "bh", got {correction!r}')
+    webhook = table.get("trigger_webhook")
+    if webhook is not None and (
+        not isinstance(webhook, str) or not webhook.startswith(("http://", "https://"))
+    ):
+        raise _fail(path, f"'drift.trigger_webhook' must be an http(s) URL, got {webhook!r}")
+    command = table.get("trigger_command")
+    if command is not None:
+        if isinstance(command, str):
+            command = shlex.split(command)
+        command = _strings(path, command, "drift.trigger_command")
+        if not command:
+            raise _fail(path, "'drift.trigger_command' must not be empty")
+    p_value = _number(path, table.get("p_value", default.p_value), "drift.p_value")
+    if not 0.0 < p_value < 1.0:
+        raise _fail(path, f"'drift.p_value' must lie in (0, 1), got {p_value!r}")
+    psi_warn = _number(path, table.get("psi_warn", default.psi_warn), "drift.psi_warn")
+    psi_alert = _number(path, table.get("psi_alert", default.psi_alert), "drift.psi_alert")
+    if psi_alert < psi_warn:
+        raise _fail(path, "'drift.psi_alert' must be >= 'drift.psi_warn'")
+    window_rows = _int(path, table.get("window_rows", default.window_rows), "drift.window_rows")
+    window_s = _number(path, table.get("window_s", default.window_s), "drift.window_s")
+    if window_rows == 0 and window_s == 0:
+        raise _fail(path, "'drift.window_rows' and 'drift.window_s' cannot both be 0")
+    return DriftSettings(
+        bins=_int(path, table.get("bins", default.bins), "drift.bins", 1),
+        window_rows=window_rows,
+        window_s=window_s,
+        windows_kept=_int(
+            path, table.get("windows_kept", default.windows_kept), "drift.windows_kept", 1
+        ),
+        feature_names=(
+            _strings(path, feature_names, "drift.feature_names")
+            if feature_names is not None
+            else None
+        ),
+        categorical=_strings(path, table.get("categorical", []), "drift.categorical"),
+        top_k=_int(path, table.get("top_k", default.top_k), "drift.top_k", 1),
+        psi_warn=psi_warn,
+        psi_alert=psi_alert,
+        p_value=p_value,
+        correction=correction,
+        trigger_webhook=webhook,
+        trigger_command=command,
+        cooldown_s=_number(path, table.get("cooldown_s", default.cooldown_s), "drift.cooldown_s"),
+    )
+
+
 def load_model_config(name: str, path: Path) -> ModelConfig:
     """Parse ``model.toml``; every error names the key and the file."""
     try:
@@ -243,9 +355,6 @@ def load_model_config(name: str, path: Path) -> ModelConfig:
     if not isinstance(ort, dict):
         raise _fail(path, "'onnxruntime' must be a table")
     _check_keys(path, ort, _ORT_KEYS, "onnxruntime.")
-    drift = raw.get("drift", {})
-    if not isinstance(drift, dict):
-        raise _fail(path, "'drift' must be a table")
     return ModelConfig(
         name=name,
         backend=backend,
@@ -266,6 +375,6 @@ def load_model_config(name: str, path: Path) -> ModelConfig:
             if "inter_op_threads" in ort
             else None
         ),
-        drift=dict(drift),
+        drift=_drift(path, raw.get("drift", {})),
         source=path,
     )

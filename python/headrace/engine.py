@@ -41,6 +41,7 @@ from headrace.errors import (
     from_core_error,
 )
 from headrace.monitoring.metrics import Metrics
+from headrace.monitoring.serving import ServedDrift, load_served_drift, reference_stamp
 from headrace.registry.filesystem import FilesystemRepository, ModelSource, VersionSource
 from headrace.tensors import DATATYPE_TO_NUMPY
 
@@ -252,6 +253,7 @@ class ModelVersion:
         self.name = config.name
         self.version = source.version
         self.version_str = str(source.version)
+        self.directory = source.path.parent
         self.config = config
         self.settings = settings
         self.backend = _load_backend(source, config, settings)
@@ -272,24 +274,36 @@ class ModelVersion:
         self._bytes_inputs = [s.name for s in self.inputs if s.datatype == "BYTES"]
         self._completions = completions
         self.warm_up()
+        # Drift counting for versions that ship a reference profile (monitoring/serving.py).
+        self.drift_reference = reference_stamp(self.directory)
+        self.drift = load_served_drift(
+            self.directory, self.name, self.version_str, config.drift, metrics.drift
+        )
         # Batched models go through the native batcher (queue, deadlines, priorities, one copy
         # into the batch buffer); the others run one request per call on instance threads.
         self._batcher: Any = None
         self._executor: ThreadPoolExecutor | None = None
         if self.max_batch_size > 0:
             # A backend with a native runner (int8) runs batches without Python at all.
-            runner = getattr(self.backend, "native_runner", None) or self._run_batch
+            native = getattr(self.backend, "native_runner", None)
             self._batcher = _core.Batcher(
                 f"{self.name}:{self.version_str}",
                 _batcher_config(config, self.max_batch_size),
-                runner,
+                native or self._run_batch,
                 completions.queue,
+                drift=(
+                    self.drift.native_counts(self._input_names, self._output_names)
+                    if native is not None and self.drift is not None
+                    else None
+                ),
             )
         else:
             self._executor = ThreadPoolExecutor(
                 max_workers=max(1, config.instances), thread_name_prefix=f"headrace-{self.name}"
             )
         metrics.track(self)
+        if self.drift is not None:
+            metrics.drift_watcher.register(self.drift)
 
     # -- validation -------------------------------------------------------------------------
 
@@ -384,7 +398,10 @@ class ModelVersion:
         for name in self._bytes_inputs:
             # The core hands BYTES back as bytes; ONNX Runtime wants str (validated UTF-8).
             feed[name] = _utf8_texts(feed[name])
-        return self.backend.run(feed, self._output_names)
+        outputs = self.backend.run(feed, self._output_names)
+        if self.drift is not None:
+            self.drift.observe(feed, outputs, self._output_names)
+        return outputs
 
     def _execute(
         self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str], enqueue_ns: int
@@ -397,6 +414,8 @@ class ModelVersion:
         except Exception as error:  # a model's own failure: INTERNAL with its message
             raise InternalError(f"model '{self.name}' failed: {error}") from error
         end_ns = time.perf_counter_ns()
+        if self.drift is not None:
+            self.drift.observe(inputs, arrays, output_names)
         self._record_execution(self._rows(inputs), start_ns - enqueue_ns, end_ns - start_ns)
         return dict(zip(output_names, arrays, strict=True))
 
@@ -557,6 +576,9 @@ class ModelVersion:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._metrics.untrack(self)
+        if self.drift is not None:
+            self._metrics.drift_watcher.unregister(self.drift)
+            self.drift.close()
 
 
 @dataclass
@@ -639,7 +661,12 @@ class Engine:
         versions: dict[int, ModelVersion] = {}
         for version_source in source.versions:
             old = previous.versions.get(version_source.version) if previous else None
-            if old is not None and previous is not None and previous.config == source.config:
+            if (
+                old is not None
+                and previous is not None
+                and previous.config == source.config
+                and old.drift_reference == reference_stamp(old.directory)
+            ):
                 versions[version_source.version] = old
                 continue
             versions[version_source.version] = ModelVersion(
@@ -730,6 +757,17 @@ class Engine:
             inputs=served.inputs,
             outputs=served.outputs,
         )
+
+    def drift(self, name: str, version: str | int | None = None) -> ServedDrift:
+        """Drift monitoring of a served version (``.report(windows)`` for its statistics);
+        NotFoundError when the model or version is unknown or ships no reference profile."""
+        served = self.get_version(name, version)
+        if served.drift is None:
+            raise NotFoundError(
+                f"model '{name}' version {served.version_str} has no drift reference profile "
+                "(make one with `headrace profile`)"
+            )
+        return served.drift
 
     def statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
         if name:

@@ -253,6 +253,10 @@ class DriftMonitor:
         """The [rows, features] matrix the accumulator counts: float32/float64 batches without
         categorical features pass through untouched; categorical columns become codes."""
         if isinstance(batch, Mapping):
+            if not self._codes:
+                fast = self._concatenate_numeric(batch)
+                if fast is not None:
+                    return fast
             columns: list[npt.NDArray[Any]] = []
             for layout in self.profile.inputs:
                 if layout.name not in batch:
@@ -280,6 +284,25 @@ class DriftMonitor:
         if not self._codes and matrix.dtype.kind in "fiu":
             return matrix
         return self._assemble([matrix[:, j] for j in range(matrix.shape[1])])
+
+    def _concatenate_numeric(self, batch: Mapping[str, npt.ArrayLike]) -> npt.NDArray[Any] | None:
+        """The serving path's common case: numeric inputs joined with one copy (None: take the
+        general path, which also explains what does not fit)."""
+        parts: list[npt.NDArray[Any]] = []
+        for layout in self.profile.inputs:
+            raw = batch.get(layout.name)
+            if raw is None:
+                return None
+            array = np.asarray(raw)
+            if array.dtype.kind not in "fiu" or array.ndim not in (1, 2):
+                return None
+            part = array.reshape(array.shape[0], -1)
+            if part.shape[1] != layout.columns or (parts and part.shape[0] != parts[0].shape[0]):
+                return None
+            parts.append(part)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def _assemble(self, columns: list[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
         rows = columns[0].shape[0] if columns else 0
@@ -311,6 +334,17 @@ class DriftMonitor:
     def poll(self) -> bool:
         """Close the open window if it is due (by time, or rows); True if one closed."""
         return self._accumulator.poll()
+
+    @property
+    def accumulator(self) -> Any:
+        """The native accumulator, for C++ code that counts batches itself (the batcher's
+        DriftCountingRunner); only numerical profiles can be counted without encoding."""
+        return self._accumulator
+
+    @property
+    def windows_closed(self) -> int:
+        """Windows closed since the monitor was made (by rows, time or by hand)."""
+        return int(self._accumulator.windows_closed)
 
     def close_window(self) -> int:
         """Close the open window now; returns its index."""
@@ -361,6 +395,18 @@ class DriftMonitor:
             merged.start_ns / 1e9 if covered else None,
             merged.end_ns / 1e9 if covered else None,
         )
+
+    def window_reports(self, after: int = -1) -> list[DriftReport]:
+        """One report per kept closed window whose index is above ``after``, oldest first (what
+        a watcher that last saw window ``after`` has missed). Does not close windows."""
+        return [
+            self._report_from_counts(
+                w.counts, int(w.rows), 1, int(w.index), int(w.index), w.start_ns / 1e9,
+                w.end_ns / 1e9,
+            )
+            for w in self._accumulator.closed_windows()
+            if int(w.index) > after
+        ]  # fmt: skip
 
     def _report_from_counts(
         self,

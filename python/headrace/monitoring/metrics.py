@@ -19,6 +19,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import generate_latest
 
+from headrace.monitoring.serving import DriftMetrics, DriftWatcher
+
 # 25 µs .. ~26 s, doubling: fine resolution where a small model's latency lives.
 LATENCY_BUCKETS_S = tuple(25e-6 * 2**i for i in range(21))
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -63,6 +65,9 @@ class Metrics:
         r.register(_VersionCollector(self))
         self._collect_hooks: list[Callable[[], None]] = []
         self._hooks_lock = threading.Lock()
+        # Drift gauges are set as windows close, by the watcher thread (never on a request).
+        self.drift = DriftMetrics(r)
+        self.drift_watcher = DriftWatcher()
 
     def track(self, version: VersionStatisticsSource) -> None:
         """Export ``version.statistics()`` at every scrape (kept by the scheduler itself)."""

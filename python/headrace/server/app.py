@@ -15,10 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from headrace._proto.headrace.v1 import admin_pb2_grpc
 from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from headrace.config import ServerSettings
 from headrace.engine import Engine
+from headrace.server.admin import ADMIN_SERVICE, AdminServicer
 from headrace.server.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -45,16 +47,19 @@ class Server:
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._servicer = InferenceServicer(engine)
+        self._admin = AdminServicer(engine)
         self._metrics_server: Any = None
 
     async def start(self) -> None:
         s = self.settings
         server = grpc.aio.server(options=channel_options(s.max_message_bytes))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(self._admin, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 INFERENCE_SERVICE,
+                ADMIN_SERVICE,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -73,7 +78,7 @@ class Server:
             server.add_insecure_port(f"unix:{s.grpc_uds}")
         await server.start()
         self._server = server
-        for service in ("", INFERENCE_SERVICE):
+        for service in ("", INFERENCE_SERVICE, ADMIN_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port >= 0:
             self._metrics_server, self.metrics_port = self.engine.metrics.serve(

@@ -1,0 +1,72 @@
+"""The ``headrace.v1.AdminService`` servicer: headrace's own operations over an Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from headrace._proto.headrace.v1 import admin_pb2 as pb
+from headrace._proto.headrace.v1 import admin_pb2_grpc as pb_grpc
+from headrace.engine import Engine
+from headrace.monitoring.drift import DriftReport
+from headrace.monitoring.serving import ServedDrift
+from headrace.server.status import unary_errors
+
+if TYPE_CHECKING:  # ServicerContext is generic only in the type stubs
+    Context = grpc.aio.ServicerContext[Any, Any]
+else:
+    Context = grpc.aio.ServicerContext
+
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def drift_report_message(served: ServedDrift, report: DriftReport) -> Any:
+    """A DriftReport as the wire's GetDriftReportResponse."""
+    return pb.GetDriftReportResponse(
+        model=served.model,
+        version=served.version,
+        windows=report.windows,
+        rows=report.rows,
+        reference_rows=report.reference_rows,
+        enough_rows=report.enough_rows,
+        psi_warn=served.config.psi_warn,
+        psi_alert=served.config.psi_alert,
+        p_value=report.p_value,
+        correction=report.correction,
+        decision=report.decision(),
+        features=[
+            pb.FeatureDrift(
+                name=f.name,
+                kind=f.kind,
+                rows=f.rows,
+                missing=f.missing,
+                psi=_number(f.psi),
+                test=f.test,
+                statistic=_number(f.ks if f.test == "ks" else f.chi2),
+                statistic_upper=_number(f.ks_upper if f.test == "ks" else f.chi2),
+                p_value=_number(f.test_p),
+                significant=f.significant,
+                decision=f.decision,
+            )
+            for f in report.features
+        ],
+    )
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @unary_errors
+    async def GetDriftReport(self, request: Any, context: Context) -> Any:
+        served = self._engine.drift(request.model, request.version or None)
+        # Merging windows and the statistics take the accumulator's lock: off the event loop.
+        report = await asyncio.to_thread(served.report, int(request.windows))
+        return drift_report_message(served, report)
