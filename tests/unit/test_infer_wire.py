@@ -110,9 +110,7 @@ def raw_input(draw: st.DrawFn, input_name: str) -> tuple[bytes, bytes]:
 
 @st.composite
 def infer_request(draw: st.DrawFn) -> bytes:
-    base = pb.ModelInferRequest(
-        model_name=draw(text), model_version=draw(text), id=draw(text)
-    )
+    base = pb.ModelInferRequest(model_name=draw(text), model_version=draw(text), id=draw(text))
     for key, value in draw(st.dictionaries(text, parameter, max_size=4)).items():
         base.parameters[key].CopyFrom(value)
     for output in draw(st.lists(name, max_size=3)):
@@ -170,7 +168,9 @@ def test_raw_inputs_are_views_of_the_message() -> None:
     request.raw_input_contents.append(values.tobytes())
     message = request.SerializeToString()
     array = _core.parse_infer_request(message, 100)[4][0][2]
-    assert array.base is message
+    assert array is not None
+    base: object = array.base
+    assert base is message
     assert np.array_equal(array, values)
     del message
     assert np.array_equal(array, values)  # the view keeps the bytes alive
@@ -286,7 +286,9 @@ def test_structural_mutations_agree_with_convert(message: bytes, data: st.DataOb
     request = pb.ModelInferRequest.FromString(message)
     action = data.draw(st.sampled_from(["drop_raw", "rename", "reshape", "retype", "typed"]))
     if action == "drop_raw" and request.raw_input_contents:
-        del request.raw_input_contents[data.draw(st.integers(0, len(request.raw_input_contents) - 1))]
+        del request.raw_input_contents[
+            data.draw(st.integers(0, len(request.raw_input_contents) - 1))
+        ]
     elif action == "rename" and len(request.inputs) > 1:
         request.inputs[-1].name = request.inputs[0].name
     elif action == "reshape" and request.inputs:
