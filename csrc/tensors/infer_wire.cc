@@ -191,6 +191,7 @@ void parse_parameter_entry(std::span<const std::uint8_t> bytes,
   WireReader reader(bytes);
   std::string_view key;
   InferParameterValue value;
+  bool has_unknown_fields = false;
   while (!reader.done()) {
     const auto [field, wire] = reader.read_tag();
     if (field == 1 && wire == kLengthDelimited) {
@@ -199,8 +200,12 @@ void parse_parameter_entry(std::span<const std::uint8_t> bytes,
       parse_parameter_value(reader.read_length_delimited(), value);
     } else {
       reader.skip(field, wire);
+      has_unknown_fields = true;
     }
   }
+  // The Python runtime (upb) moves an entry that carries unknown fields into the parent's
+  // unknown fields instead of the map; do the same, so both paths see the same parameters.
+  if (has_unknown_fields) return;
   for (auto& entry : into) {
     if (entry.first == key) {
       entry.second = value;

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -130,6 +131,14 @@ def reference(message: bytes, max_elements: int = MAX_ELEMENTS) -> Any:
     return decode_infer_request(pb.ModelInferRequest.FromString(message), max_elements)
 
 
+def _comparable(parameters: dict[str, Any]) -> dict[str, tuple[type, Any]]:
+    """Values with their types (True is not 1); floats by bit pattern (NaN equals NaN)."""
+    return {
+        k: (type(v), struct.pack("<d", v) if isinstance(v, float) else v)
+        for k, v in parameters.items()
+    }
+
+
 def assert_same(parsed: tuple[Any, ...], expected: Any) -> None:
     model_name, model_version, request_id, parameters, inputs, outputs, typed = parsed
     assert (model_name, model_version, request_id) == (
@@ -137,10 +146,7 @@ def assert_same(parsed: tuple[Any, ...], expected: Any) -> None:
         expected.model_version,
         expected.request_id,
     )
-    assert parameters == expected.parameters
-    assert {k: type(v) for k, v in parameters.items()} == {
-        k: type(v) for k, v in expected.parameters.items()
-    }
+    assert _comparable(parameters) == _comparable(expected.parameters)
     assert outputs == expected.outputs
     assert typed is False
     assert [n for n, _, _ in inputs] == list(expected.inputs)
@@ -316,10 +322,20 @@ def test_structural_mutations_agree_with_convert(message: bytes, data: st.DataOb
 
 
 def _parse_or_refuse(message: bytes) -> None:
+    """Parsed or refused with INVALID_ARGUMENT; where both parsers accept, they agree."""
     try:
-        _core.parse_infer_request(message, MAX_ELEMENTS)
+        parsed = _core.parse_infer_request(message, MAX_ELEMENTS)
     except _core.CoreError as error:
         assert error.args[0] == INVALID_ARGUMENT
+        return
+    try:
+        request = pb.ModelInferRequest.FromString(message)
+    except DecodeError:
+        return  # damage inside typed contents, which only the runtime reads
+    if parsed[6]:
+        assert [n for n, _, _ in parsed[4]] == [t.name for t in request.inputs]
+        return
+    assert_same(parsed, decode_infer_request(request, MAX_ELEMENTS))
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -423,3 +439,18 @@ def test_serialize_refuses_object_arrays_for_fixed_types() -> None:
     with pytest.raises(_core.CoreError) as info:
         _core.serialize_infer_response("m", "", "", [("y", "FP32", array)])
     assert info.value.args[0] == INVALID_ARGUMENT and "output 'y'" in info.value.args[1]
+
+
+def test_parameter_entries_follow_the_runtime() -> None:
+    """Map rules as the Python runtime applies them: the last entry for a key wins, and an entry
+    that carries unknown fields is not a map entry at all (upb keeps it as an unknown field)."""
+    first = length_delimited(1, b"k") + length_delimited(2, length_delimited(3, b"s"))
+    second = length_delimited(1, b"k") + length_delimited(2, tag(1, 0) + b"\x01")
+    with_unknown = (
+        length_delimited(1, b"k") + tag(3, 0) + b"\x05" + length_delimited(2, tag(2, 0) + b"\x07")
+    )
+    no_value = length_delimited(1, b"n")
+    message = b"".join(length_delimited(4, e) for e in (first, second, with_unknown, no_value))
+    expected = reference(message).parameters
+    assert expected == {"k": True, "n": None}
+    assert _comparable(_core.parse_infer_request(message, 10)[3]) == _comparable(expected)
