@@ -16,6 +16,32 @@ def validate_raw_tensor(
 def checked_element_count(shape: Sequence[int], max_elements: int, name: str) -> int: ...
 def decode_bytes(blob: bytes | memoryview, count: int, name: str) -> npt.NDArray[np.object_]: ...
 def encode_bytes(elements: npt.NDArray[np.object_], name: str) -> bytes: ...
+def parse_infer_request(
+    message: bytes, max_elements: int
+) -> tuple[
+    str,
+    str,
+    str,
+    dict[str, bool | int | float | str | None],
+    list[tuple[str, str, npt.NDArray[Any] | None]],
+    list[str],
+    bool,
+]:
+    """Parse and validate a serialized ModelInferRequest.
+
+    Returns (model_name, model_version, id, parameters, inputs, output_names,
+    has_typed_contents); each input is (name, datatype, array), the array a read-only view of
+    ``message`` (BYTES: an object array of bytes), or None when the request carries typed
+    contents, which the caller decodes with the protobuf runtime.
+    """
+
+def serialize_infer_response(
+    model_name: str,
+    model_version: str,
+    id: str,
+    outputs: list[tuple[str, str, npt.NDArray[Any]]],
+) -> bytes:
+    """A serialized ModelInferResponse with one raw_output_contents entry per output."""
 
 # --- batching (csrc/batching) ---
 def monotonic_ns() -> int:
