@@ -17,7 +17,6 @@ from grpc_reflection.v1alpha import reflection
 
 from headrace._proto.headrace.v1 import admin_pb2_grpc
 from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from headrace.config import ServerSettings
 from headrace.engine import Engine
 from headrace.server.admin import ADMIN_SERVICE, AdminServicer
@@ -26,6 +25,27 @@ from headrace.server.servicer import InferenceServicer
 log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def inference_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """The v2 service's handlers. ModelInfer and ModelStreamInfer take and return bytes (the
+    core parses and writes those messages); every other RPC uses the generated messages."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        if method.name == "ModelInfer":
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(servicer.ModelInferRaw)
+        elif method.name == "ModelStreamInfer":
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer)
+        else:
+            request_type = getattr(pb, method.input_type.name)
+            response_type = getattr(pb, method.output_type.name)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                getattr(servicer, method.name),
+                request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -53,7 +73,7 @@ class Server:
     async def start(self) -> None:
         s = self.settings
         server = grpc.aio.server(options=channel_options(s.max_message_bytes))
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
+        server.add_generic_rpc_handlers((inference_handlers(self._servicer),))
         admin_pb2_grpc.add_AdminServiceServicer_to_server(self._admin, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

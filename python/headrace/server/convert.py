@@ -71,12 +71,12 @@ def decode_infer_request(request: Any, max_elements: int) -> DecodedRequest:
         declared_datatypes=declared,
         outputs=[output.name for output in request.outputs],
         parameters=parameters,
-        priority=_int_parameter(parameters, "priority"),
-        timeout_us=_int_parameter(parameters, "timeout"),
+        priority=int_parameter(parameters, "priority"),
+        timeout_us=int_parameter(parameters, "timeout"),
     )
 
 
-def _int_parameter(parameters: dict[str, Any], name: str) -> int:
+def int_parameter(parameters: dict[str, Any], name: str) -> int:
     """Triton's reserved scheduling parameters: int64, non-negative (priority 0 = default)."""
     value = parameters.get(name)
     if value is None:

@@ -15,14 +15,45 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 import headrace
+from headrace import _core
 from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from headrace.engine import Engine
-from headrace.errors import InvalidArgumentError, UnimplementedError
+from headrace.errors import InvalidArgumentError, UnimplementedError, from_core_error
 from headrace.server import convert
 from headrace.server.status import describe, unary_errors
 
 log = logging.getLogger(__name__)
+
+_STREAM_RESPONSE_FIELD = bytes([(2 << 3) | 2])  # field 2, wire type 2 (length-delimited)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _stream_error(message: bytes, text: str) -> bytes:
+    """The in-band error answer, echoing what can be read of the failed request."""
+    try:
+        request = pb.ModelInferRequest.FromString(message)
+        echo = pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        )
+    except Exception:  # undecodable: nothing to echo
+        echo = pb.ModelInferResponse()
+    response: bytes = pb.ModelStreamInferResponse(
+        error_message=text, infer_response=echo
+    ).SerializeToString()
+    return response
+
 
 if TYPE_CHECKING:  # ServicerContext is generic only in the type stubs
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -95,6 +126,54 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         )
         return convert.encode_infer_response(result)
 
+    async def _infer_raw(self, message: bytes, timeout_s: float | None) -> bytes:
+        """The hot path: the core parses the request bytes (tensors become numpy views of them)
+        and writes the response bytes; no protobuf objects are built in Python. Requests with
+        typed contents take the protobuf path."""
+        try:
+            parsed = _core.parse_infer_request(message, self._max_elements)
+        except _core.CoreError as error:
+            raise from_core_error(error) from None
+        name, version, request_id, parameters, tensors, output_names, typed = parsed
+        if typed:
+            request = pb.ModelInferRequest.FromString(message)
+            response: bytes = (await self._infer(request, timeout_s)).SerializeToString()
+            return response
+        # Arrays are None only for typed contents, handled above.
+        inputs = {tensor_name: array for tensor_name, _, array in tensors if array is not None}
+        declared = {tensor_name: datatype for tensor_name, datatype, _ in tensors}
+        result = await self._engine.infer_async(
+            name,
+            inputs,
+            version or None,
+            output_names or None,
+            request_id=request_id,
+            declared_datatypes=declared,
+            priority=convert.int_parameter(parameters, "priority"),
+            timeout_us=convert.int_parameter(parameters, "timeout"),
+            timeout_s=timeout_s,
+        )
+        datatypes = result.datatypes
+        try:
+            return _core.serialize_infer_response(
+                result.model_name,
+                result.model_version,
+                result.id,
+                [(out, datatypes[out], array) for out, array in result.outputs.items()],
+            )
+        except _core.CoreError as error:
+            raise from_core_error(error) from None
+
+    async def ModelInferRaw(self, message: bytes, context: Context) -> bytes:
+        # The client's gRPC deadline bounds the time in the queue: a request that can no longer
+        # be answered in time leaves the queue at its deadline instead of running.
+        try:
+            return await self._infer_raw(message, context.time_remaining())
+        except Exception as error:
+            code, text = describe(error)
+            await context.abort(code, text)
+            raise AssertionError("unreachable: context.abort raises") from None
+
     @unary_errors
     async def ModelInfer(self, request: Any, context: Context) -> Any:
         # The client's gRPC deadline bounds the time in the queue: a request that can no longer
@@ -102,51 +181,46 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return await self._infer(request, context.time_remaining())
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[Any], context: Context
-    ) -> AsyncIterator[Any]:
+        self, request_iterator: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[bytes]:
         # Requests on one stream run concurrently (a stream is a pipeline, not a lock-step
-        # conversation); answers go back as they finish, each carrying its request id.
-        answers: asyncio.Queue[Any] = asyncio.Queue()
+        # conversation); answers go back as they finish, each carrying its request id. Messages
+        # stay bytes both ways (registered without protobuf (de)serializers): the core parses
+        # and writes them, as for ModelInfer.
+        answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
-        done_reading = object()
 
-        async def answer(request: Any) -> None:
+        async def answer(message: bytes) -> None:
             try:
-                response = pb.ModelStreamInferResponse(
-                    infer_response=await self._infer(request, context.time_remaining())
-                )
+                inner = await self._infer_raw(message, context.time_remaining())
+                # ModelStreamInferResponse{infer_response = 2}: a length-delimited field
+                # wrapping the response bytes we already have.
+                response = _STREAM_RESPONSE_FIELD + _varint(len(inner)) + inner
             except Exception as error:
-                _, message = describe(error)
-                response = pb.ModelStreamInferResponse(
-                    error_message=message,
-                    infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name,
-                        model_version=request.model_version,
-                        id=request.id,
-                    ),
-                )
+                _, text = describe(error)
+                response = _stream_error(message, text)
             finally:
                 slots.release()
             await answers.put(response)
 
         async def read() -> None:
             try:
-                async for request in request_iterator:
+                async for message in request_iterator:
                     await slots.acquire()
-                    task = asyncio.create_task(answer(request))
+                    task = asyncio.create_task(answer(message))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
             finally:
                 if tasks:
                     await asyncio.gather(*tasks, return_exceptions=True)
-                await answers.put(done_reading)
+                await answers.put(None)
 
         reader = asyncio.create_task(read())
         try:
             while True:
                 item = await answers.get()
-                if item is done_reading:
+                if item is None:
                     break
                 yield item
         finally:
