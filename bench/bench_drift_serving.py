@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,8 +89,11 @@ def build_mlp(path: Path) -> None:
 
 
 def start_serve(repo: Path) -> tuple[subprocess.Popen[str], str]:
+    # Server on CPU 0, this process (the load generator) on CPU 1: the on/off difference is
+    # then the server's own, not the two fighting over cores.
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and os.cpu_count() != 1 else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "headrace", "serve", "--model-repository", str(repo),
+        [*pin, sys.executable, "-m", "headrace", "serve", "--model-repository", str(repo),
          "--grpc-port", "0", "--metrics-port", "-1", "--log-level", "WARNING"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -143,6 +147,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rows", type=int, default=1, help="rows per request")
     args = parser.parse_args()
+    if (os.cpu_count() or 1) > 1 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {1})
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         repos = {"off": root / "off", "on": root / "on"}

@@ -270,18 +270,18 @@ class PyBatcher {
       // The int8 backend: batches run in C++ on the worker threads, never taking the GIL.
       native_runner = std::make_shared<quant::QuantizedMlpRunner>(
           runner.cast<std::shared_ptr<quant::QuantizedMlp>>());
-      if (drift) {
-        // Its batches never reach Python, so drift is counted here, in C++, after each run.
-        counting_ = std::make_shared<drift::DriftCountingRunner>(std::move(native_runner),
-                                                                 std::move(drift));
-        native_runner = counting_;
-      }
     } else if (PyCallable_Check(runner.ptr())) {
-      // A Python runner counts drift itself (it may need to encode categories first).
-      if (drift) invalid("drift counting in the batcher is for native runners only");
       native_runner = std::make_shared<PythonRunner>(std::move(runner));
     } else {
       invalid("runner must be callable or a QuantizedMlp");
+    }
+    if (drift) {
+      // Counted here, in C++ after each run and without the GIL, for native runners (their
+      // batches never reach Python) and for Python runners whose profile needs no encoding
+      // (numerical features only: the caller decides and passes no accumulator otherwise).
+      counting_ = std::make_shared<drift::DriftCountingRunner>(std::move(native_runner),
+                                                               std::move(drift));
+      native_runner = counting_;
     }
     batcher_ = std::make_unique<batching::Batcher>(std::move(name), std::move(config),
                                                    std::move(native_runner), std::move(completions));
@@ -552,7 +552,7 @@ void register_batching(py::module_& m) {
                     std::shared_ptr<batching::CompletionQueue>, const py::object&>(),
            py::arg("name"), py::arg("config"), py::arg("runner"), py::arg("completions"),
            py::arg("drift") = py::none(),
-           "drift: a DriftAccumulator that a native runner's batches (inputs, then outputs) are "
+           "drift: a DriftAccumulator that the runner's batches (inputs, then outputs) are "
            "counted into after each run.")
       .def_property_readonly("drift_counted_batches", &PyBatcher::drift_counted_batches)
       .def_property_readonly("drift_skipped_batches", &PyBatcher::drift_skipped_batches)

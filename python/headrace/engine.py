@@ -282,20 +282,27 @@ class ModelVersion:
         # Batched models go through the native batcher (queue, deadlines, priorities, one copy
         # into the batch buffer); the others run one request per call on instance threads.
         self._batcher: Any = None
+        self._native_drift: Any = None
         self._executor: ThreadPoolExecutor | None = None
         if self.max_batch_size > 0:
             # A backend with a native runner (int8) runs batches without Python at all.
             native = getattr(self.backend, "native_runner", None)
+            # Drift of numerical profiles is counted by the batcher in C++ after each run (no
+            # GIL, no Python per batch); profiles with categories are counted in _run_batch.
+            all_fp32 = all(t.datatype == "FP32" for t in (*self.inputs, *self.outputs))
+            self._native_drift = (
+                self.drift.native_counts(
+                    self._input_names, self._output_names, required=native is not None
+                )
+                if self.drift is not None and (native is not None or all_fp32)
+                else None
+            )
             self._batcher = _core.Batcher(
                 f"{self.name}:{self.version_str}",
                 _batcher_config(config, self.max_batch_size),
                 native or self._run_batch,
                 completions.queue,
-                drift=(
-                    self.drift.native_counts(self._input_names, self._output_names)
-                    if native is not None and self.drift is not None
-                    else None
-                ),
+                drift=self._native_drift,
             )
         else:
             self._executor = ThreadPoolExecutor(
@@ -399,7 +406,7 @@ class ModelVersion:
             # The core hands BYTES back as bytes; ONNX Runtime wants str (validated UTF-8).
             feed[name] = _utf8_texts(feed[name])
         outputs = self.backend.run(feed, self._output_names)
-        if self.drift is not None:
+        if self.drift is not None and self._native_drift is None:
             self.drift.observe(feed, outputs, self._output_names)
         return outputs
 
