@@ -129,7 +129,11 @@ def main() -> None:
     for method in methods:
         print(f"{method:32s}" + "".join(f"{results[f][method]:12.2f}" for f in feature_counts))
 
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib not installed (pip install '.[bench]'): no PNG written")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
