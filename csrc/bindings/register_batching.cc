@@ -30,6 +30,7 @@
 #include "batching/cost_model.h"
 #include "batching/runner.h"
 #include "batching/tensor.h"
+#include "bindings/bytes_objects.h"
 #include "bindings/register.h"
 #include "drift/drift_accumulator.h"
 #include "drift/drift_counting_runner.h"
@@ -117,29 +118,7 @@ py::dtype numpy_dtype(DataType dtype) {
 // BYTES elements (bytes or str) serialized once, so that the core batches them as plain bytes.
 Tensor bytes_tensor_from_array(const py::array& array, std::vector<std::int64_t> shape,
                                const std::string& what) {
-  py::array flat = py::array::ensure(array.attr("ravel")());
-  const auto count = static_cast<std::size_t>(flat.size());
-  auto* const* slots = static_cast<PyObject* const*>(flat.data());
-  std::vector<std::string_view> views;
-  views.reserve(count);
-  std::vector<py::object> encodings;
-  for (std::size_t i = 0; i < count; ++i) {
-    PyObject* item = slots[i];
-    char* data = nullptr;
-    Py_ssize_t length = 0;
-    if (PyBytes_Check(item)) {
-      PyBytes_AsStringAndSize(item, &data, &length);
-    } else if (PyUnicode_Check(item)) {
-      py::object encoded = py::reinterpret_steal<py::object>(PyUnicode_AsUTF8String(item));
-      if (!encoded) throw py::error_already_set();
-      PyBytes_AsStringAndSize(encoded.ptr(), &data, &length);
-      encodings.push_back(std::move(encoded));
-    } else {
-      invalid(what + ": BYTES element " + std::to_string(i) + " is neither bytes nor str");
-    }
-    views.emplace_back(data, static_cast<std::size_t>(length));
-  }
-  auto blob = std::make_shared<std::string>(tensors::encode_bytes_elements(views, what));
+  auto blob = std::make_shared<std::string>(encode_bytes_objects(array, what));
   Tensor tensor;
   tensor.dtype = DataType::kBytes;
   tensor.shape = std::move(shape);

@@ -10,6 +10,7 @@
 #include <variant>
 #include <vector>
 
+#include "bindings/bytes_objects.h"
 #include "bindings/register.h"
 #include "tensors/infer_wire.h"
 #include "tensors/status.h"
@@ -56,31 +57,7 @@ std::string encode_bytes_blob(const py::array& elements, const std::string& name
     throw CoreError(StatusCode::kInvalidArgument,
                     "output '" + name + "': BYTES tensors must be numpy object arrays");
   }
-  py::array flat = py::array::ensure(elements.attr("ravel")());
-  const auto count = static_cast<std::size_t>(flat.size());
-  auto* const* slots = static_cast<PyObject* const*>(flat.data());
-  std::vector<std::string_view> views;
-  views.reserve(count);
-  std::vector<py::object> keep_alive;  // UTF-8 encodings of str elements
-  for (std::size_t i = 0; i < count; ++i) {
-    PyObject* item = slots[i];
-    char* data = nullptr;
-    Py_ssize_t length = 0;
-    if (PyBytes_Check(item)) {
-      PyBytes_AsStringAndSize(item, &data, &length);
-    } else if (PyUnicode_Check(item)) {
-      py::object encoded = py::reinterpret_steal<py::object>(PyUnicode_AsUTF8String(item));
-      if (!encoded) throw py::error_already_set();
-      PyBytes_AsStringAndSize(encoded.ptr(), &data, &length);
-      keep_alive.push_back(std::move(encoded));
-    } else {
-      throw CoreError(StatusCode::kInvalidArgument,
-                      "output '" + name + "': BYTES element " + std::to_string(i) +
-                          " is neither bytes nor str");
-    }
-    views.emplace_back(data, static_cast<std::size_t>(length));
-  }
-  return tensors::encode_bytes_elements(views, name);
+  return encode_bytes_objects(elements, "output '" + name + "'");
 }
 
 py::bytes encode_bytes(const py::array& elements, const std::string& name) {

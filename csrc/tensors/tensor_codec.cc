@@ -153,11 +153,11 @@ std::vector<std::uint64_t> bytes_element_spans(std::span<const std::uint8_t> blo
 }
 
 std::string encode_bytes_elements(std::span<const std::string_view> elements,
-                                  std::string_view tensor_name) {
+                                  std::string_view what) {
   std::size_t total = 0;
   for (const auto& element : elements) {
     if (element.size() > std::numeric_limits<std::uint32_t>::max()) {
-      invalid("output " + quoted(tensor_name) + ": a BYTES element of " +
+      invalid(std::string(what) + ": a BYTES element of " +
               std::to_string(element.size()) + " bytes exceeds the 4 GiB element limit");
     }
     total += 4 + element.size();

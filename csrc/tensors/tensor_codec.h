@@ -65,8 +65,9 @@ std::vector<std::uint64_t> bytes_element_spans(std::span<const std::uint8_t> blo
                                                std::string_view tensor_name);
 
 // Serializes elements (each a view of caller memory) as 4-byte LE length + payload.
-// Throws CoreError(kInvalidArgument) for an element of 2^32 bytes or more.
+// Throws CoreError(kInvalidArgument), prefixed by `what` ("output 'y'"), for an element of 2^32
+// bytes or more.
 std::string encode_bytes_elements(std::span<const std::string_view> elements,
-                                  std::string_view tensor_name);
+                                  std::string_view what);
 
 }  // namespace headrace::tensors

@@ -167,8 +167,9 @@ def test_read_csv(tmp_path: Path) -> None:
 
 
 def test_read_parquet(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     numbers, labels = _frame()
     table = pa.table(
         {
