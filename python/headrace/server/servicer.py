@@ -174,12 +174,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             await context.abort(code, text)
             raise AssertionError("unreachable: context.abort raises") from None
 
-    @unary_errors
-    async def ModelInfer(self, request: Any, context: Context) -> Any:
-        # The client's gRPC deadline bounds the time in the queue: a request that can no longer
-        # be answered in time leaves the queue at its deadline instead of running.
-        return await self._infer(request, context.time_remaining())
-
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[bytes]:
