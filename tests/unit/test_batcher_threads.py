@@ -454,7 +454,7 @@ def test_destroying_a_busy_batcher_is_safe() -> None:
 
 
 EXIT_WITH_LIVE_BATCHER = """
-import threading, time
+import sys, threading, time
 import numpy as np
 from headrace import _core
 
@@ -463,7 +463,10 @@ started = threading.Event()
 def runner(inputs):
     started.set()
     time.sleep(0.5)
-    print("batch done", flush=True)
+    # One write per line: print() writes text and newline separately, and two workers
+    # finishing together could interleave them.
+    sys.stdout.write("batch done\\n")
+    sys.stdout.flush()
     return list(inputs)
 
 queue = _core.CompletionQueue()
