@@ -27,24 +27,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from bench_common import cpu_model
 
 from headrace import _core
 
 
 def _machine() -> str:
-    model = platform.processor() or "unknown CPU"
     probe = _core.BinLayout()
     probe.add_numerical(np.arange(49, dtype=np.float64))
     kernel = "AVX2 kernel" if probe.simd else "scalar search (no AVX2)"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
+        f"{cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
         f"{kernel}"
     )
 

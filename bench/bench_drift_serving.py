@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -35,8 +33,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from bench_common import cpu_model, save_mlp
 
 from headrace._proto.headrace.v1 import admin_pb2, admin_pb2_grpc
 from headrace.client import AsyncClient
@@ -44,48 +41,6 @@ from headrace.monitoring.model_profile import profile_model
 
 SIZES = [32, 256, 256, 1]
 MODEL = "tabular"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def build_mlp(path: Path) -> None:
-    rng = np.random.default_rng(0)
-    nodes, initializers = [], []
-    current = "x"
-    for i, (k, n) in enumerate(itertools.pairwise(SIZES)):
-        initializers += [
-            numpy_helper.from_array(
-                (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), f"w{i}"
-            ),
-            numpy_helper.from_array((rng.standard_normal(n) * 0.1).astype(np.float32), f"b{i}"),
-        ]
-        last = i == len(SIZES) - 2
-        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]))
-        added = "y" if last else f"a{i}"
-        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [added]))
-        current = added
-        if not last:
-            nodes.append(helper.make_node("Relu", [added], [f"h{i}"]))
-            current = f"h{i}"
-    graph = helper.make_graph(
-        nodes,
-        "tabular",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", SIZES[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", SIZES[-1]])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
 
 
 def start_serve(repo: Path) -> tuple[subprocess.Popen[str], str]:
@@ -153,7 +108,7 @@ def main() -> int:
         root = Path(tmp)
         repos = {"off": root / "off", "on": root / "on"}
         for repo in repos.values():
-            build_mlp(repo / MODEL / "1" / "model.onnx")
+            save_mlp(repo / MODEL / "1" / "model.onnx", SIZES, name=MODEL)
         data = np.random.default_rng(0).standard_normal((20_000, SIZES[0])).astype(np.float32)
         profile_model(repos["on"], MODEL, "1", data)
         servers = {name: start_serve(repo) for name, repo in repos.items()}
@@ -170,7 +125,7 @@ def main() -> int:
                 process.terminate()
                 process.wait(60)
     rate = {name: statistics.median(r) / args.seconds for name, r in results.items()}
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; load generator on the same machine")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; load generator on the same machine")
     print(
         f"model: MLP {'->'.join(map(str, SIZES))}, {args.rows} row(s)/request, concurrency "
         f"{args.concurrency}, {args.runs} runs x {args.seconds:g} s each, medians"

@@ -22,7 +22,6 @@ Never run as a test.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import platform
 import statistics
@@ -33,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from bench_common import cpu_model, save_mlp
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from headrace import _core
@@ -44,48 +42,6 @@ from headrace import quantize as hq
 SIZES = [512, 1024, 1024, 16]
 BATCHES = [1, 8, 32, 256]
 GEMM_SIZE = 2048
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def build_wide_mlp(path: Path) -> None:
-    rng = np.random.default_rng(0)
-    nodes = []
-    initializers = []
-    current = "x"
-    for i, (k, n) in enumerate(itertools.pairwise(SIZES)):
-        weight = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
-        bias = (rng.standard_normal(n) * 0.1).astype(np.float32)
-        initializers += [
-            numpy_helper.from_array(weight, f"w{i}"),
-            numpy_helper.from_array(bias, f"b{i}"),
-        ]
-        last = i == len(SIZES) - 2
-        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"mm{i}"], name=f"fc{i}"))
-        added = "y" if last else f"add{i}"
-        nodes.append(helper.make_node("Add", [f"mm{i}", f"b{i}"], [added], name=f"bias{i}"))
-        current = added
-        if not last:
-            nodes.append(helper.make_node("Relu", [added], [f"relu{i}"], name=f"relu{i}"))
-            current = f"relu{i}"
-    graph = helper.make_graph(
-        nodes,
-        "wide_mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", SIZES[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", SIZES[-1]])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.save(model, str(path))
 
 
 def ort_session(path: Path) -> ort.InferenceSession:
@@ -115,7 +71,7 @@ def main() -> int:
 
     isa = _core.quant_default_isa()
     print(
-        f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, "
+        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, "
         f"Python {platform.python_version()}, onnxruntime {ort.__version__}"
     )
     print(f"headrace int8 ISA: {isa} (supported: {', '.join(_core.quant_supported_isas())})")
@@ -123,7 +79,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_int8_"))
     fp32_path = work / "model.onnx"
     ort_int8_path = work / "model.ort_int8.onnx"
-    build_wide_mlp(fp32_path)
+    save_mlp(fp32_path, SIZES, name="wide_mlp")
     quantize_dynamic(str(fp32_path), str(ort_int8_path), weight_type=QuantType.QInt8)
     int8_path = hq.quantize_onnx(fp32_path, work / "1")
     print(
@@ -228,7 +184,7 @@ def main() -> int:
     right.set_ylabel("GOPS")
     right.set_title("int8 GEMM vs instruction peak")
     right.legend()
-    figure.suptitle(cpu_name(), fontsize=9)
+    figure.suptitle(cpu_model(), fontsize=9)
     figure.tight_layout()
     png = args.out / "bench_int8.png"
     figure.savefig(png, dpi=110)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import itertools
 import json
 import math
 import os
@@ -41,9 +40,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from bench_common import cpu_model, mlp_model
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -97,42 +96,6 @@ MODELS = {
 }
 
 
-def build_mlp(spec: ModelSpec) -> Any:
-    """A ReLU MLP, FP32 ``x [N, in] -> y [N, out]``, He-initialised from a fixed seed."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(spec.seed)
-    nodes, initializers = [], []
-    current = "x"
-    layers = list(itertools.pairwise(spec.sizes))
-    for index, (fan_in, fan_out) in enumerate(layers):
-        weight = rng.normal(0, math.sqrt(2 / fan_in), (fan_in, fan_out)).astype(np.float32)
-        bias = rng.normal(0, 0.01, fan_out).astype(np.float32)
-        initializers += [
-            numpy_helper.from_array(weight, f"w{index}"),
-            numpy_helper.from_array(bias, f"b{index}"),
-        ]
-        last = index == len(layers) - 1
-        nodes.append(helper.make_node("MatMul", [current, f"w{index}"], [f"mm{index}"]))
-        added = "y" if last else f"a{index}"
-        nodes.append(helper.make_node("Add", [f"mm{index}", f"b{index}"], [added]))
-        if not last:
-            nodes.append(helper.make_node("Relu", [added], [f"h{index}"]))
-        current = added if last else f"h{index}"
-    graph = helper.make_graph(
-        nodes,
-        spec.name,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", spec.in_features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", spec.out_features])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model
-
-
 def write_models(specs: Sequence[ModelSpec], folder: Path) -> dict[str, Path]:
     import onnx
 
@@ -140,7 +103,7 @@ def write_models(specs: Sequence[ModelSpec], folder: Path) -> dict[str, Path]:
     paths = {}
     for spec in specs:
         path = folder / f"{spec.name}.onnx"
-        onnx.save(build_mlp(spec), str(path))
+        onnx.save(mlp_model(spec.sizes, spec.seed, spec.name), str(path))
         paths[spec.name] = path
     return paths
 
@@ -872,19 +835,6 @@ def mlserver_server(
 
 
 # -- the run -----------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU's name, with family/model (a VM often hides the name: 23/49 is Zen 2)."""
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name") or platform.processor() or "unknown CPU"
-    if "cpu family" in fields and "model" in fields:
-        name += f" (family {fields['cpu family']}, model {fields['model']})"
-    return name
 
 
 def versions() -> dict[str, str]:
