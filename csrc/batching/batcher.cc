@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "batching/batch_assembly.h"
+#include "batching/load_monitor.h"
 
 #if defined(__GLIBCXX__)
 #include <cxxabi.h>
@@ -78,6 +79,11 @@ Batcher::Batcher(std::string name, BatcherConfig config, std::shared_ptr<Runner>
 Batcher::~Batcher() { shutdown(false); }
 
 std::uint64_t Batcher::submit(std::unique_ptr<Request> request) {
+  return submit(std::move(request), 0, nullptr);
+}
+
+std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inline_ns,
+                              Job* claimed) {
   if (!request) throw CoreError(StatusCode::kInvalidArgument, "null request");
   const BatcherConfig& config = policy_.config();
   request->rows = validated_rows(*request);
@@ -90,8 +96,12 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request) {
   std::uint64_t ticket = 0;
   std::size_t queued = 0;
   bool stopped = false;
+  // Wake-ups are sent after the mutex is released: a thread woken while it is still held would,
+  // on a shared core, run only to block on it and hand the CPU back.
+  bool wake_worker = false;
+  bool wake_scheduler = false;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
     queued = queue_.size();
     if (stopping_) {
       stopped = true;
@@ -99,9 +109,9 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request) {
                queued >= static_cast<std::size_t>(config.max_queue_size)) {
       ++stats_.rejected_count;
     } else {
+      cost_.observe_arrival(now);
       ticket = completions_->next_ticket();
       request->ticket = ticket;
-      cost_.observe_arrival(now);
       // While every instance is busy no batch can form, so a new request only matters to the
       // scheduler if it must wake earlier: for its deadline, or (latency target) to shed it.
       // Skipping the other wake-ups keeps a long queue from being re-scanned per submit.
@@ -119,23 +129,34 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request) {
         state.free_instances = instances_ - busy_;
         state.busy_instances = busy_;
         state.cost = cost_.estimate();
+        state.cost.busy_fraction = LoadMonitor::process().busy_fraction(now);
         const Decision decision = policy_.decide(state, now);
         if (decision.action == Decision::Action::kRun && decision.run.size() == 1 &&
             decision.expired.empty() && decision.shed.empty()) {
+          if (decision.saturated_wait) cost_.observe_saturated_batch(1);
           ++stats_.queue_count;  // queued for 0 ns
           Job job;
           job.push_back(std::move(request));
-          jobs_.push_back(std::move(job));
           ++busy_;
-          worker_wake_.notify_one();
-          return ticket;
+          if (claimed != nullptr && max_inline_ns > 0 &&
+              cost_.samples() >= kInlineMinSamples &&
+              state.cost.batch_ns(alone.rows) <= static_cast<double>(max_inline_ns)) {
+            *claimed = std::move(job);
+          } else {
+            jobs_.push_back(std::move(job));
+            wake_worker = true;
+          }
         }
       }
-      queue_.push(std::move(request));
-      if (matters) scheduler_wake_.notify_one();
-      return ticket;
+      if (request) {  // neither handed to a worker nor claimed
+        queue_.push(std::move(request));
+        wake_scheduler = matters;
+      }
     }
   }
+  if (wake_worker) worker_wake_.notify_one();
+  if (wake_scheduler) scheduler_wake_.notify_one();
+  if (ticket != 0) return ticket;
   // Refused: the request (and its input owners) is freed by the caller's frame, outside the mutex.
   if (stopped) {
     throw CoreError(StatusCode::kUnavailable, "batcher for model " + name_ + " is shut down");
@@ -165,6 +186,7 @@ BatcherStats Batcher::stats() const {
   copy.pending_requests = queue_.size();
   copy.busy_instances = busy_;
   copy.cost = cost_.estimate();
+  copy.cost.busy_fraction = LoadMonitor::process().busy_fraction(monotonic_ns());
   return copy;
 }
 
@@ -174,10 +196,10 @@ void Batcher::answer(std::vector<std::unique_ptr<Request>>& requests, StatusCode
   std::vector<Completion> completions;
   completions.reserve(requests.size());
   for (const auto& request : requests) {
-    completions.push_back(Completion{request->ticket, code, message, {}});
+    completions.push_back(Completion{request->ticket, code, message, {}, std::move(request->inputs)});
   }
   completions_->push(completions);
-  requests.clear();  // input owners freed here, on this thread, without the mutex
+  requests.clear();
 }
 
 void Batcher::shutdown(bool drain) {
@@ -221,6 +243,7 @@ void Batcher::scheduler_loop() {
     state.cost = cost_.estimate();
     state.flush = stopping_;
     const TimeNs now = monotonic_ns();
+    state.cost.busy_fraction = LoadMonitor::process().busy_fraction(now);
     Decision decision = policy_.decide(state, now);
 
     // One take() for everything leaving the queue: indices refer to this snapshot only.
@@ -238,6 +261,7 @@ void Batcher::scheduler_loop() {
       std::vector<std::unique_ptr<Request>> shed(std::make_move_iterator(expired_end),
                                                  std::make_move_iterator(shed_end));
       if (decision.action == Decision::Action::kRun) {
+        if (decision.saturated_wait) cost_.observe_saturated_batch(decision.run.size());
         Job job(std::make_move_iterator(shed_end), std::make_move_iterator(taken.end()));
         for (const auto& request : job) {
           stats_.queue_ns += now - request->enqueue_ns;
@@ -245,7 +269,10 @@ void Batcher::scheduler_loop() {
         }
         jobs_.push_back(std::move(job));
         ++busy_;
+        // Woken without the mutex held, so that it can take the job at once (see submit).
+        lock.unlock();
         worker_wake_.notify_one();
+        lock.lock();
       }
       stats_.expired_count += expired.size();
       stats_.shed_count += shed.size();
@@ -303,13 +330,12 @@ void Batcher::run_batch(Job job) {
     try {
       batch = assemble_batch(job);
       batch_rows = batch.rows;
-      // The batch buffers hold the bytes now: let go of the requests' (perhaps Python) inputs.
-      std::vector<Tensor> consumed;
-      for (auto& request : job) {
-        for (auto& input : request->inputs) consumed.push_back(std::move(input));
-        request->inputs.clear();
+      // The batch buffers hold the bytes now. The requests' (perhaps Python-owned) inputs travel
+      // back with their completions and are freed by the drainer, never here (no GIL).
+      for (std::size_t r = 0; r < job.size(); ++r) {
+        completions[r].inputs = std::move(job[r]->inputs);
+        job[r]->inputs.clear();
       }
-      runner_->release(consumed);
       start = monotonic_ns();
       ran = true;
       outputs = runner_->run(batch);
@@ -340,6 +366,7 @@ void Batcher::run_batch(Job job) {
     }
     // batch and outputs (and any Python owners) are freed here, without the mutex.
   }
+  bool wake_scheduler = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (ran) {
@@ -359,7 +386,13 @@ void Batcher::run_batch(Job job) {
       stats_.request_failure += job.size();
     }
     --busy_;
-    scheduler_wake_.notify_one();
+    // An instance is free: a batch may form, if anything is queued (otherwise the next submit
+    // wakes the scheduler as needed, and a needless wake-up costs two context switches).
+    wake_scheduler = !queue_.empty() || stopping_;
+  }
+  if (wake_scheduler) scheduler_wake_.notify_one();  // after the unlock, see submit
+  for (std::size_t r = 0; r < job.size(); ++r) {
+    if (!job[r]->inputs.empty()) completions[r].inputs = std::move(job[r]->inputs);  // failed early
   }
   completions_->push(completions);
   job.clear();

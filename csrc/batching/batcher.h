@@ -46,6 +46,18 @@ class Batcher {
   // kUnavailable when the queue is full or the batcher is shut down.
   std::uint64_t submit(std::unique_ptr<Request> request);
 
+  using Job = std::vector<std::unique_ptr<Request>>;
+  // Cheap batches may run on the caller's thread: when the request would go straight to an idle
+  // instance and the fitted cost predicts the batch takes at most `max_inline_ns`, submit moves
+  // the job into *claimed (holding an instance for it) instead of waking a worker, and the caller
+  // must pass it to run_claimed() at once. That saves a worker wake-up and the completion's trip
+  // back to a sleeping event loop (context switches that cost more than a small model's run).
+  // Only for runners that need no lock the caller may hold (native runners, not the GIL).
+  std::uint64_t submit(std::unique_ptr<Request> request, TimeNs max_inline_ns, Job* claimed);
+  void run_claimed(Job job) { run_batch(std::move(job)); }
+  // Fitted cost samples needed before a batch may run inline (the prior is a guess).
+  static constexpr std::size_t kInlineMinSamples = 16;
+
   // Removes a queued request and answers it CANCELLED. False when it is not queued (already
   // running, answered or unknown): a running batch is never interrupted.
   bool cancel(std::uint64_t ticket);
@@ -60,8 +72,6 @@ class Batcher {
   const BatcherConfig& config() const noexcept { return policy_.config(); }
 
  private:
-  using Job = std::vector<std::unique_ptr<Request>>;
-
   void scheduler_loop();
   void worker_loop();
   void run_batch(Job job);

@@ -133,21 +133,47 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
   TimeNs fill_until = Decision::kNever;
   if (!delay_over) {
     if (config_.auto_delay) {
-      // Wait only while it is expected to pay: a companion shares the fixed cost b, so waiting up
-      // to b (counted from the oldest request) for one is worth it when the arrival rate predicts
-      // one within that time. No arrival history, or a slow rate, means a lone request runs at
-      // once, busy server or not.
+      // Wait only while it is expected to pay. Two regimes:
+      //  - Saturated (the CPU, or the event loop that takes requests in, is busy): every batch
+      //    costs the shared CPU its fixed overhead (wake-ups of worker and loop, the runner's
+      //    fixed cost), which comes straight out of throughput, so a wait that gathers
+      //    companions pays. Whether one will (many callers, or a single closed-loop one whose
+      //    next request only follows its answer) is learnt from the outcome of such waits
+      //    (wait_yield), retried now and then (probe_due). A saturated wait lasts until about
+      //    kSaturatedBatchRequests arrival intervals from the oldest request, at most
+      //    kSaturatedMaxWaitNs (a quarter of the latency target if tighter), and ends early
+      //    when arrivals pause for kLullIntervals intervals (every caller may be waiting on it).
+      //  - Otherwise a companion only shares the fixed cost b, so waiting up to b for one is
+      //    worth it when the arrival rate predicts one within that time.
+      // No arrival history or a slow rate means a lone request runs at once.
       const double interval = cost.arrival_interval_ns;
-      const TimeNs limit = oldest_ns + to_ns(cost.b_ns);
-      if (interval < 0.0 || now >= limit) {
-        delay_over = true;
-      } else {
-        const TimeNs expected_next =
-            std::max(now, cost.last_arrival_ns + to_ns(interval));
-        if (expected_next > limit) {
+      const bool saturated = interval >= 0.0 && cost.busy_fraction >= kSaturatedBusyFraction &&
+                             (cost.wait_yield >= kSaturatedYield || cost.probe_due);
+      if (saturated) {
+        TimeNs cap_ns = kSaturatedMaxWaitNs;
+        if (target_ns > 0) cap_ns = std::min(cap_ns, target_ns / 4);
+        const TimeNs fill_ns = std::min(cap_ns, to_ns(interval * kSaturatedBatchRequests));
+        const TimeNs lull_end =
+            std::max(oldest_ns, cost.last_arrival_ns) + to_ns(kLullIntervals * interval);
+        const TimeNs limit = std::min(oldest_ns + fill_ns, lull_end);
+        decision.saturated_wait = true;
+        if (now >= limit) {
           delay_over = true;
         } else {
           fill_until = limit;
+        }
+      } else {
+        const TimeNs limit = oldest_ns + to_ns(cost.b_ns);
+        if (interval < 0.0 || now >= limit) {
+          delay_over = true;
+        } else {
+          const TimeNs expected_next =
+              std::max(now, cost.last_arrival_ns + to_ns(interval));
+          if (expected_next > limit) {
+            delay_over = true;
+          } else {
+            fill_until = limit;
+          }
         }
       }
     } else {

@@ -10,8 +10,9 @@
 //     non-batch dims), so shapes never mix;
 //   - expired requests are reported, and the wait includes the next deadline, so the scheduler
 //     answers them AT their deadline, even while every instance is busy (Triton #7512);
-//   - with auto_delay, whether to wait comes from the fitted batch cost and arrival rate; with
-//     latency_target_us, requests that cannot meet it any more are shed.
+//   - with auto_delay, whether to wait comes from the fitted batch cost, the arrival rate, how
+//     many requests are in flight and whether the CPU is saturated; with latency_target_us,
+//     requests that cannot meet it any more are shed.
 //
 // No clock, no thread, no allocation beyond the returned decision: the scheduler passes `now`
 // and tests pass a fake one. decide() is const and may be called from any thread.
@@ -63,10 +64,25 @@ struct Decision {
   std::vector<std::size_t> shed;
   // kWait: decide again at this time (or earlier, when something changes).
   TimeNs wait_until_ns = kNever;
+  // kRun: the batch was gathered by an auto wait on a saturated server; its size tells the cost
+  // model whether such waits find companions (CostModel::observe_saturated_batch).
+  bool saturated_wait = false;
 };
 
 class BatchingPolicy {
  public:
+  // The auto delay on a saturated server (see decide()). A batch of ~8 requests brings a fixed
+  // per-batch overhead measured at ~0.4x a request's own cost (one shared core: thread and
+  // event-loop wake-ups plus the runner's fixed cost) under 5% of the work; the wait for it is
+  // bounded so that latency stays within a small multiple of the protocol's own.
+  static constexpr double kSaturatedBusyFraction = 0.85;
+  static constexpr double kSaturatedYield = 0.5;  // CostEstimate::wait_yield to keep waiting
+  static constexpr double kSaturatedBatchRequests = 8.0;
+  static constexpr TimeNs kSaturatedMaxWaitNs = 2'000'000;
+  // A saturated wait also ends after this many mean arrival intervals without an arrival: with
+  // fewer callers than a full batch, all of them may be waiting on this one.
+  static constexpr double kLullIntervals = 3.0;
+
   // Validates the config (CoreError(kInvalidArgument)).
   explicit BatchingPolicy(BatcherConfig config);
 

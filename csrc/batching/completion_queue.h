@@ -30,6 +30,10 @@ struct Completion {
   // The request's rows of every output (views sharing the batch output's owner); empty unless
   // code == kOk.
   std::vector<Tensor> outputs;
+  // The request's own input tensors, handed back so that whoever drains frees them: their owners
+  // may be Python objects, and the draining thread (the event loop) holds the GIL anyway, so
+  // workers never take it just to let go of a request's inputs.
+  std::vector<Tensor> inputs;
 };
 
 class CompletionQueue {
@@ -49,7 +53,8 @@ class CompletionQueue {
   void push(std::vector<Completion>& completions);
   void push(Completion completion);
 
-  // Takes every pending completion (in push order) and resets the eventfd.
+  // Takes every pending completion (in push order) and resets the eventfd. The calling thread is
+  // noted as the intake thread for LoadMonitor (the event loop drains).
   std::vector<Completion> drain();
 
   // Blocks until a completion is pending or `timeout_ns` passes; true if one is pending.
@@ -58,7 +63,10 @@ class CompletionQueue {
   std::size_t pending() const;
 
  private:
-  void signal_locked();
+  // Under the mutex: whether this push must write the eventfd (once per drain).
+  bool mark_signalled_locked() noexcept;
+  // Without the mutex: wakes wait_for() callers and, if asked, the eventfd's reader.
+  void signal(bool write_fd);
 
   int fd_ = -1;
   std::atomic<std::uint64_t> next_ticket_{1};

@@ -25,7 +25,16 @@ void CostModel::observe_batch(std::int64_t rows, TimeNs compute_ns) noexcept {
   refit();
 }
 
+void CostModel::observe_saturated_batch(std::size_t requests) noexcept {
+  const double outcome = requests > 1 ? 1.0 : 0.0;
+  const double weight = requests > 1 ? kYieldGainWeight : kYieldLossWeight;
+  estimate_.wait_yield = (1.0 - weight) * estimate_.wait_yield + weight * outcome;
+  arrivals_since_probe_ = 0;
+  estimate_.probe_due = false;
+}
+
 void CostModel::observe_arrival(TimeNs arrival_ns) noexcept {
+  if (++arrivals_since_probe_ >= kProbeArrivals) estimate_.probe_due = true;
   if (arrivals_ > 0) {
     const double interval = static_cast<double>(std::max<TimeNs>(0, arrival_ns - estimate_.last_arrival_ns));
     estimate_.arrival_interval_ns =

@@ -31,11 +31,6 @@ class Runner {
 
   // Returns one tensor per model output, each with dim 0 == batch.rows.
   virtual std::vector<Tensor> run(const Batch& batch) = 0;
-
-  // Drops request input tensors once the batch buffers hold their bytes. Runners whose tensors
-  // need a lock to be freed (Python objects need the GIL) override this to take it once per
-  // batch instead of once per tensor.
-  virtual void release(std::vector<Tensor>& tensors) { tensors.clear(); }
 };
 
 }  // namespace headrace::batching

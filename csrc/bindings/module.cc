@@ -26,5 +26,6 @@ PYBIND11_MODULE(_core, m) {
   headrace::bindings::register_batching(m);
   headrace::bindings::register_quant(m);
   headrace::bindings::register_drift(m);
+  headrace::bindings::register_ort(m);
   // A new csrc/ area adds its register_<area>(m) here.
 }

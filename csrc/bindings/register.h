@@ -9,5 +9,6 @@ void register_tensors(pybind11::module_& m);
 void register_batching(pybind11::module_& m);
 void register_quant(pybind11::module_& m);
 void register_drift(pybind11::module_& m);
+void register_ort(pybind11::module_& m);
 
 }  // namespace headrace::bindings

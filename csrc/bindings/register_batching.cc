@@ -6,8 +6,8 @@
 //     on every request's path and the mutex is held only briefly); the calls that may wait for
 //     worker threads (shutdown, destruction) and cancel/stats release it first.
 //   - Python objects are referenced from C++ tensors only through owners whose deleter takes the
-//     GIL, so they may be dropped on any thread; the Python runner drops a batch's request inputs
-//     under one GIL acquisition (Runner::release).
+//     GIL, so they may be dropped on any thread. A request's inputs come back with its completion
+//     and are dropped by drain(), which holds the GIL anyway: workers never take the GIL for them.
 //   - The Python runner holds the GIL only to wrap the batch buffers as numpy arrays (no copy),
 //     call the callable, and read what it returns.
 #include <pybind11/numpy.h>
@@ -30,10 +30,11 @@
 #include "batching/cost_model.h"
 #include "batching/runner.h"
 #include "batching/tensor.h"
-#include "bindings/bytes_objects.h"
+#include "bindings/array_tensors.h"
 #include "bindings/register.h"
 #include "drift/drift_accumulator.h"
 #include "drift/drift_counting_runner.h"
+#include "ort/ort_model.h"
 #include "quant/quantized_mlp.h"
 #include "quant/quantized_mlp_runner.h"
 #include "tensors/status.h"
@@ -49,135 +50,6 @@ using batching::Tensor;
 
 [[noreturn]] void invalid(const std::string& message) {
   throw CoreError(StatusCode::kInvalidArgument, message);
-}
-
-// Keeps a Python object alive for as long as C++ references `data`; the last reference may be
-// dropped on any thread, so the deleter takes the GIL.
-std::shared_ptr<const std::uint8_t> python_owned(py::object object, const void* data) {
-  std::shared_ptr<PyObject> holder(object.release().ptr(), [](PyObject* held) {
-    py::gil_scoped_acquire gil;
-    Py_DECREF(held);
-  });
-  return std::shared_ptr<const std::uint8_t>(holder, static_cast<const std::uint8_t*>(data));
-}
-
-DataType datatype_of(const py::dtype& dtype, const std::string& what) {
-  const char kind = dtype.kind();
-  const auto size = dtype.itemsize();
-  if (kind != 'O' && size > 1 && dtype.byteorder() == '>') {
-    invalid(what + ": big-endian arrays are not supported; convert to native byte order");
-  }
-  switch (kind) {
-    case 'b':
-      return DataType::kBool;
-    case 'u':
-      if (size == 1) return DataType::kUint8;
-      if (size == 2) return DataType::kUint16;  // also bfloat16 passed as a uint16 view
-      if (size == 4) return DataType::kUint32;
-      if (size == 8) return DataType::kUint64;
-      break;
-    case 'i':
-      if (size == 1) return DataType::kInt8;
-      if (size == 2) return DataType::kInt16;
-      if (size == 4) return DataType::kInt32;
-      if (size == 8) return DataType::kInt64;
-      break;
-    case 'f':
-      if (size == 2) return DataType::kFp16;
-      if (size == 4) return DataType::kFp32;
-      if (size == 8) return DataType::kFp64;
-      break;
-    case 'O':
-      return DataType::kBytes;
-    default:
-      break;
-  }
-  invalid(what + ": unsupported numpy dtype '" + py::str(dtype).cast<std::string>() + "'");
-}
-
-py::dtype numpy_dtype(DataType dtype) {
-  switch (dtype) {
-    case DataType::kBool: return py::dtype("?");
-    case DataType::kUint8: return py::dtype("u1");
-    case DataType::kUint16: return py::dtype("u2");
-    case DataType::kUint32: return py::dtype("u4");
-    case DataType::kUint64: return py::dtype("u8");
-    case DataType::kInt8: return py::dtype("i1");
-    case DataType::kInt16: return py::dtype("i2");
-    case DataType::kInt32: return py::dtype("i4");
-    case DataType::kInt64: return py::dtype("i8");
-    case DataType::kFp16: return py::dtype("f2");
-    case DataType::kFp32: return py::dtype("f4");
-    case DataType::kFp64: return py::dtype("f8");
-    case DataType::kBf16: return py::dtype("u2");  // numpy has no bfloat16: a uint16 view
-    case DataType::kBytes: return py::dtype("O");
-  }
-  return py::dtype("O");
-}
-
-// BYTES elements (bytes or str) serialized once, so that the core batches them as plain bytes.
-Tensor bytes_tensor_from_array(const py::array& array, std::vector<std::int64_t> shape,
-                               const std::string& what) {
-  auto blob = std::make_shared<std::string>(encode_bytes_objects(array, what));
-  Tensor tensor;
-  tensor.dtype = DataType::kBytes;
-  tensor.shape = std::move(shape);
-  tensor.byte_size = blob->size();
-  const auto* bytes = reinterpret_cast<const std::uint8_t*>(blob->data());
-  tensor.data = std::shared_ptr<const std::uint8_t>(std::move(blob), bytes);
-  return tensor;
-}
-
-// A numpy array as a tensor: fixed-size dtypes by reference (made C-contiguous if needed), object
-// arrays serialized. Needs the GIL.
-Tensor tensor_from_array(py::handle object, const std::string& what) {
-  if (!py::isinstance<py::array>(object)) {
-    invalid(what + " is not a numpy array (got " +
-            py::str(py::type::of(object)).cast<std::string>() + ")");
-  }
-  py::array array = py::reinterpret_borrow<py::array>(object);
-  const DataType dtype = datatype_of(array.dtype(), what);
-  std::vector<std::int64_t> shape(array.shape(), array.shape() + array.ndim());
-  if (dtype == DataType::kBytes) return bytes_tensor_from_array(array, std::move(shape), what);
-  if (!(array.flags() & py::array::c_style)) {
-    // A strided view costs one extra copy here; contiguous arrays (the usual case) are borrowed.
-    array = py::array::ensure(py::module_::import("numpy").attr("ascontiguousarray")(array));
-  }
-  Tensor tensor;
-  tensor.dtype = dtype;
-  tensor.shape = std::move(shape);
-  tensor.byte_size = static_cast<std::size_t>(array.nbytes());
-  const void* data = array.data();
-  tensor.data = python_owned(std::move(array), data);
-  return tensor;
-}
-
-// A tensor as a numpy array: fixed-size dtypes wrap the tensor's bytes (the capsule keeps the
-// owner alive), BYTES is decoded into an object array of bytes. Needs the GIL.
-py::array array_from_tensor(const Tensor& tensor) {
-  std::vector<py::ssize_t> shape(tensor.shape.begin(), tensor.shape.end());
-  if (tensor.dtype == DataType::kBytes) {
-    std::uint64_t count = 1;
-    for (const std::int64_t dim : tensor.shape) count *= static_cast<std::uint64_t>(dim);
-    const std::span<const std::uint8_t> blob(tensor.data.get(), tensor.byte_size);
-    const std::vector<std::uint64_t> spans = tensors::bytes_element_spans(blob, count, "output");
-    py::array out(py::dtype("O"), shape);
-    auto** slots = static_cast<PyObject**>(out.mutable_data());
-    for (std::uint64_t i = 0; i < count; ++i) {
-      const char* start = reinterpret_cast<const char*>(blob.data() + spans[2 * i]);
-      PyObject* element =
-          PyBytes_FromStringAndSize(start, static_cast<py::ssize_t>(spans[2 * i + 1]));
-      if (element == nullptr) throw py::error_already_set();
-      Py_XDECREF(slots[i]);
-      slots[i] = element;
-    }
-    return out;
-  }
-  auto* keep = new std::shared_ptr<const std::uint8_t>(tensor.data);
-  py::capsule base(keep, [](void* pointer) {
-    delete static_cast<std::shared_ptr<const std::uint8_t>*>(pointer);
-  });
-  return py::array(numpy_dtype(tensor.dtype), shape, tensor.data.get(), base);
 }
 
 // Runs batches through a Python callable: list[np.ndarray] -> list[np.ndarray].
@@ -216,11 +88,6 @@ class PythonRunner final : public batching::Runner {
     throw CoreError(StatusCode::kInternal, "runner failed: " + failure);
   }
 
-  void release(std::vector<Tensor>& tensors) override {
-    py::gil_scoped_acquire gil;
-    tensors.clear();
-  }
-
  private:
   py::object callable_;
 };
@@ -249,10 +116,14 @@ class PyBatcher {
       // The int8 backend: batches run in C++ on the worker threads, never taking the GIL.
       native_runner = std::make_shared<quant::QuantizedMlpRunner>(
           runner.cast<std::shared_ptr<quant::QuantizedMlp>>());
+    } else if (py::isinstance<ort::OrtRunner>(runner)) {
+      // ONNX Runtime through its C API: no GIL on the worker threads either.
+      native_runner = runner.cast<std::shared_ptr<ort::OrtRunner>>();
     } else if (PyCallable_Check(runner.ptr())) {
+      runs_native_ = false;
       native_runner = std::make_shared<PythonRunner>(std::move(runner));
     } else {
-      invalid("runner must be callable or a QuantizedMlp");
+      invalid("runner must be callable, a QuantizedMlp or an OrtRunner");
     }
     if (drift) {
       // Counted here, in C++ after each run and without the GIL, for native runners (their
@@ -274,7 +145,8 @@ class PyBatcher {
   PyBatcher(const PyBatcher&) = delete;
   PyBatcher& operator=(const PyBatcher&) = delete;
 
-  std::uint64_t submit(const py::object& inputs, std::int64_t priority, std::int64_t deadline_ns) {
+  std::unique_ptr<batching::Request> make_request(const py::object& inputs, std::int64_t priority,
+                                                  std::int64_t deadline_ns) {
     // An array is a sequence too: iterating one would silently split it into "inputs".
     if (!py::isinstance<py::list>(inputs) && !py::isinstance<py::tuple>(inputs)) {
       invalid("inputs must be a list of numpy arrays, one per model input");
@@ -288,12 +160,32 @@ class PyBatcher {
     }
     request->priority = priority;
     request->deadline_ns = deadline_ns;
-    // Kept: the GIL. The batcher's mutex is never held by a thread that waits for the GIL (the
-    // scheduler and workers free Python-owned tensors only after unlocking), so taking it here
-    // cannot deadlock; and not dropping the GIL spares the event loop a hand-off to a worker
-    // thread and back on every request. A refused request's Python inputs are freed in this
-    // frame, with the GIL held.
-    return batcher_->submit(std::move(request));
+    return request;
+  }
+
+  // Kept in both submits: the GIL. The batcher's mutex is never held by a thread that waits for
+  // the GIL (the scheduler and workers free Python-owned tensors only after unlocking), so taking
+  // it here cannot deadlock; and not dropping the GIL spares the event loop a hand-off to a
+  // worker thread and back on every request. A refused request's Python inputs are freed in this
+  // frame, with the GIL held.
+  std::uint64_t submit(const py::object& inputs, std::int64_t priority, std::int64_t deadline_ns) {
+    return batcher_->submit(make_request(inputs, priority, deadline_ns));
+  }
+
+  // As submit, but a cheap batch for an idle batcher with a native runner runs right here (GIL
+  // released), its completion queued before this returns: (ticket, ran_here).
+  py::tuple submit_or_run(const py::object& inputs, std::int64_t priority,
+                          std::int64_t deadline_ns) {
+    batching::Batcher::Job claimed;
+    const std::uint64_t ticket =
+        batcher_->submit(make_request(inputs, priority, deadline_ns),
+                         runs_native_ ? kInlineMaxNs : 0, &claimed);
+    if (claimed.empty()) return py::make_tuple(ticket, false);
+    {
+      py::gil_scoped_release nogil;
+      batcher_->run_claimed(std::move(claimed));
+    }
+    return py::make_tuple(ticket, true);
   }
 
   bool cancel(std::uint64_t ticket) {
@@ -334,6 +226,8 @@ class PyBatcher {
     out["cost_a_ns_per_row"] = stats.cost.a_ns_per_row;
     out["cost_b_ns"] = stats.cost.b_ns;
     out["arrival_interval_ns"] = stats.cost.arrival_interval_ns;
+    out["wait_yield"] = stats.cost.wait_yield;
+    out["busy_fraction"] = stats.cost.busy_fraction;
     return out;
   }
 
@@ -352,6 +246,12 @@ class PyBatcher {
   }
 
  private:
+  // Longest predicted batch that runs on the submitting thread (the event loop, which is blocked
+  // meanwhile): about what one request's own gRPC handling costs, so a small model's run is
+  // cheaper inline than the two thread wake-ups it saves.
+  static constexpr batching::TimeNs kInlineMaxNs = 100'000;
+
+  bool runs_native_ = true;  // false for a Python runner (it needs the GIL: never inline)
   std::shared_ptr<drift::DriftCountingRunner> counting_;
   std::unique_ptr<batching::Batcher> batcher_;
 };
@@ -538,6 +438,10 @@ void register_batching(py::module_& m) {
       .def("submit", &PyBatcher::submit, py::arg("inputs"), py::arg("priority") = 0,
            py::arg("deadline_ns") = 0,
            "Queue a request (one array per input, dim 0 = rows); returns its ticket.")
+      .def("submit_or_run", &PyBatcher::submit_or_run, py::arg("inputs"), py::arg("priority") = 0,
+           py::arg("deadline_ns") = 0,
+           "As submit; a cheap batch on an idle batcher with a native runner runs in this thread "
+           "(GIL released) and is queued as completed before returning: (ticket, ran_here).")
       .def("cancel", &PyBatcher::cancel, py::arg("ticket"),
            "Remove a queued request (answered CANCELLED); False when it is not queued.")
       .def("stats", &PyBatcher::stats)

@@ -28,7 +28,6 @@ class DriftCountingRunner final : public batching::Runner {
                       std::shared_ptr<DriftAccumulator> accumulator);
 
   std::vector<batching::Tensor> run(const batching::Batch& batch) override;
-  void release(std::vector<batching::Tensor>& tensors) override { inner_->release(tensors); }
 
   std::uint64_t counted_batches() const noexcept { return counted_.load(std::memory_order_relaxed); }
   std::uint64_t skipped_batches() const noexcept { return skipped_.load(std::memory_order_relaxed); }

@@ -94,7 +94,9 @@ class Batcher:
         self,
         name: str,
         config: BatcherConfig,
-        runner: Callable[[list[npt.NDArray[Any]]], Sequence[npt.NDArray[Any]]] | QuantizedMlp,
+        runner: Callable[[list[npt.NDArray[Any]]], Sequence[npt.NDArray[Any]]]
+        | QuantizedMlp
+        | OrtRunner,
         completions: CompletionQueue,
         drift: DriftAccumulator | None = None,
     ) -> None: ...
@@ -107,13 +109,16 @@ class Batcher:
     def submit(
         self, inputs: Sequence[npt.NDArray[Any]], priority: int = 0, deadline_ns: int = 0
     ) -> int: ...
+    def submit_or_run(
+        self, inputs: Sequence[npt.NDArray[Any]], priority: int = 0, deadline_ns: int = 0
+    ) -> tuple[int, bool]: ...
     def cancel(self, ticket: int) -> bool: ...
     def stats(self) -> dict[str, Any]:
         """request_success, request_failure, inference_count (rows run), execution_count
         (batches), queue_ns, queue_count, compute_ns, compute_count, batch_sizes ({rows:
         {"count", "compute_ns"}}), pending_requests, busy_instances, shed_count, expired_count,
         cancelled_count, rejected_count, last_inference_ms, cost_a_ns_per_row, cost_b_ns,
-        arrival_interval_ns."""
+        arrival_interval_ns, wait_yield, busy_fraction."""
     def shutdown(self, drain: bool = True) -> None: ...
 
 class PolicyHarness:
@@ -250,3 +255,23 @@ def kolmogorov_survival(lam: float) -> float: ...
 def gamma_q(a: float, x: float) -> float: ...
 def chi_square_survival(statistic: float, dof: float) -> float: ...
 def reject_hypotheses(p_values: npt.ArrayLike, alpha: float, correction: str) -> list[bool]: ...
+
+class OrtRunner:
+    """Runs an OrtModel's batches on the batcher's workers (no GIL)."""
+
+class OrtModel:
+    """An ONNX Runtime session driven through the C API, without the GIL."""
+
+    def __init__(
+        self, library: str, path: str, intra_op_threads: int = 0, inter_op_threads: int = 0
+    ) -> None: ...
+    @property
+    def inputs(self) -> list[tuple[str, str, tuple[int, ...]]]: ...
+    @property
+    def outputs(self) -> list[tuple[str, str, tuple[int, ...]]]: ...
+    @property
+    def version(self) -> str: ...
+    def run(
+        self, feed: dict[str, npt.NDArray[Any]], output_names: list[str]
+    ) -> list[npt.NDArray[Any]]: ...
+    def runner(self, input_names: list[str], output_names: list[str]) -> OrtRunner: ...

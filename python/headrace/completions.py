@@ -108,6 +108,11 @@ class CompletionRouter:
                     self._drain_lock.release()
         return waiter.result()
 
+    def drain_now(self) -> None:
+        """Take finished requests now, from the calling thread (which may hold the GIL, and
+        never holds the queue's lock)."""
+        self._drain()
+
     # -- dispatch ----------------------------------------------------------------------------
 
     def _drain(self) -> None:

@@ -41,6 +41,9 @@ class ServerSettings(BaseSettings):
     # ONNX Runtime threads per session; 0 lets ONNX Runtime choose.
     intra_op_threads: int = Field(default=1, ge=0)
     inter_op_threads: int = Field(default=1, ge=0)
+    # Run ONNX models on the CPU through ONNX Runtime's C API from the core (no GIL on the batch
+    # path) when the model allows it; False keeps every run in onnxruntime's Python API.
+    native_onnxruntime: bool = True
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     log_level: str = "INFO"
 

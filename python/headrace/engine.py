@@ -161,6 +161,7 @@ def _load_backend(source: VersionSource, config: ModelConfig, settings: ServerSe
 
         return OnnxBackend(
             source.path,
+            native=settings.native_onnxruntime,
             intra_op_threads=(
                 config.intra_op_threads
                 if config.intra_op_threads is not None
@@ -285,22 +286,27 @@ class ModelVersion:
         self._native_drift: Any = None
         self._executor: ThreadPoolExecutor | None = None
         if self.max_batch_size > 0:
-            # A backend with a native runner (int8) runs batches without Python at all.
-            native = getattr(self.backend, "native_runner", None)
-            # Drift of numerical profiles is counted by the batcher in C++ after each run (no
-            # GIL, no Python per batch); profiles with categories are counted in _run_batch.
-            all_fp32 = all(t.datatype == "FP32" for t in (*self.inputs, *self.outputs))
-            self._native_drift = (
-                self.drift.native_counts(
-                    self._input_names, self._output_names, required=native is not None
+            # A backend with a native runner (int8; ONNX Runtime through its C API) runs batches
+            # without Python or the GIL.
+            native = self.backend.batch_runner(self._input_names, self._output_names)
+            if self.drift is not None:
+                # Drift of numerical FP32 profiles is counted by the batcher in C++ after each run;
+                # a profile with categories (or other tensors) is counted in _run_batch, so such
+                # a model runs its batches through Python.
+                all_fp32 = all(t.datatype == "FP32" for t in (*self.inputs, *self.outputs))
+                self._native_drift = (
+                    self.drift.native_counts(
+                        self._input_names, self._output_names, required=False
+                    )
+                    if all_fp32
+                    else None
                 )
-                if self.drift is not None and (native is not None or all_fp32)
-                else None
-            )
+                if self._native_drift is None:
+                    native = None
             self._batcher = _core.Batcher(
                 f"{self.name}:{self.version_str}",
                 _batcher_config(config, self.max_batch_size),
-                native or self._run_batch,
+                native if native is not None else self._run_batch,
                 completions.queue,
                 drift=self._native_drift,
             )
@@ -431,10 +437,14 @@ class ModelVersion:
     ) -> int:
         arrays = [inputs[name] for name in self._input_names]
         try:
-            ticket: int = self._batcher.submit(arrays, priority, deadline_ns)
+            ticket, ran_here = self._batcher.submit_or_run(arrays, priority, deadline_ns)
         except _core.CoreError as error:
             raise from_core_error(error) from None
-        return ticket
+        if ran_here:
+            # A cheap batch ran in this thread: take its completion now instead of a trip
+            # through the event loop's wake-up.
+            self._completions.drain_now()
+        return int(ticket)
 
     def _pick(
         self, outputs: list[npt.NDArray[Any]], output_names: Sequence[str]
@@ -595,6 +605,10 @@ class _Model:
     versions: dict[int, ModelVersion]
     state: str
     reason: str = ""
+    latest: ModelVersion | None = None  # served when no version is asked for (set on init)
+
+    def __post_init__(self) -> None:
+        self.latest = self.versions[max(self.versions)] if self.versions else None
 
 
 class Engine:
@@ -731,7 +745,8 @@ class Engine:
                 else f"model '{name}' is not ready: {model.reason}"
             )
         if version is None or version == "":
-            return model.versions[max(model.versions)]
+            assert model.latest is not None  # versions is not empty
+            return model.latest
         try:
             number = int(version)
         except ValueError:

@@ -31,6 +31,11 @@ class Backend(Protocol):
         """Run one batch; returns the arrays of ``output_names`` in that order."""
         ...
 
+    def batch_runner(self, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
+        """A native runner for the core's batcher (batches then run without the GIL), taking
+        inputs and giving outputs in the orders named; None to run batches through ``run``."""
+        ...
+
     def close(self) -> None:
         """Release the model's resources; no ``run`` follows."""
         ...

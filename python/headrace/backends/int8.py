@@ -45,5 +45,9 @@ class Int8Backend:
             raise from_core_error(error) from None
         return [y for _ in output_names]
 
+    def batch_runner(self, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
+        """The QuantizedMlp itself: the batcher runs it in C++ (one input, one output)."""
+        return self.native_runner
+
     def close(self) -> None:
         """The QuantizedMlp is freed with the last batcher or backend holding it."""

@@ -12,8 +12,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from headrace import _core
 from headrace.backends.base import TensorSpec
-from headrace.errors import InternalError, InvalidArgumentError
+from headrace.errors import InternalError, InvalidArgumentError, from_core_error
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,33 @@ def choose_providers() -> list[str]:
     return [*providers, "CPUExecutionProvider"]
 
 
+def native_library() -> str | None:
+    """The ONNX Runtime shared library inside the onnxruntime package, if it ships one (the
+    wheels for Linux do, beside the Python module): the core drives it through the C API."""
+    folder = Path(ort.__file__).parent / "capi"
+    found = sorted(folder.glob("libonnxruntime.so*")) + sorted(folder.glob("libonnxruntime*.dylib"))
+    return str(found[0]) if found else None
+
+
 class OnnxBackend:
-    """One ONNX Runtime session. ``run`` is thread-safe (ONNX Runtime sessions are)."""
+    """One ONNX Runtime session. ``run`` is thread-safe (ONNX Runtime sessions are).
+
+    With ``native`` (the default) and a model the core can run (CPU provider, no string tensors),
+    the session is created through ONNX Runtime's C API in the core: ``batch_runner`` then runs
+    the batcher's batches on its worker threads without the GIL, and ``run`` goes through it too.
+    Otherwise the session is onnxruntime's Python one.
+    """
 
     platform = PLATFORM
 
-    def __init__(self, path: Path, *, intra_op_threads: int = 1, inter_op_threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        native: bool = True,
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
@@ -70,17 +92,47 @@ class OnnxBackend:
         # duplicate them.
         options.log_severity_level = 4
         self.path = path
-        self._session = ort.InferenceSession(
-            str(path), sess_options=options, providers=choose_providers()
+        providers = choose_providers()
+        self._session: Any = ort.InferenceSession(
+            str(path), sess_options=options, providers=providers
         )
         self.inputs = tuple(_spec(node, path) for node in self._session.get_inputs())
         self.outputs = tuple(_spec(node, path) for node in self._session.get_outputs())
         self._bf16_inputs = {s.name for s in self.inputs if s.datatype == "BF16"}
         self._bf16_outputs = {s.name for s in self.outputs if s.datatype == "BF16"}
+        self._native: Any = None
+        library = native_library()
+        strings = any(s.datatype == "BYTES" for s in (*self.inputs, *self.outputs))
+        if native and library is not None and providers == ["CPUExecutionProvider"] and not strings:
+            try:
+                self._native = _core.OrtModel(
+                    library, str(path), intra_op_threads, inter_op_threads
+                )
+            except _core.CoreError as error:
+                log.warning("%s: native ONNX Runtime unavailable, using Python: %s", path, error)
+            else:
+                # One session per model: the Python one was needed only for the metadata.
+                self._session = None
+
+    def batch_runner(self, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
+        """A native batcher runner (inputs and outputs in the engine's order), or None when this
+        model runs through the Python API."""
+        if self._native is None:
+            return None
+        return self._native.runner(list(input_names), list(output_names))
 
     def run(
         self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
     ) -> list[npt.NDArray[Any]]:
+        if self._native is not None:
+            try:
+                outputs: list[npt.NDArray[Any]] = self._native.run(
+                    {name: np.asarray(array) for name, array in inputs.items()},
+                    list(output_names),
+                )
+            except _core.CoreError as error:
+                raise from_core_error(error) from None
+            return outputs
         try:
             if self._bf16_inputs or self._bf16_outputs:
                 return self._run_ort_values(inputs, output_names)
@@ -122,3 +174,4 @@ class OnnxBackend:
     def close(self) -> None:
         # Dropping the session frees it; later runs fail loudly instead of using freed state.
         del self._session
+        del self._native

@@ -149,8 +149,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             output_names or None,
             request_id=request_id,
             declared_datatypes=declared,
-            priority=convert.int_parameter(parameters, "priority"),
-            timeout_us=convert.int_parameter(parameters, "timeout"),
+            priority=convert.int_parameter(parameters, "priority") if parameters else 0,
+            timeout_us=convert.int_parameter(parameters, "timeout") if parameters else 0,
             timeout_s=timeout_s,
         )
         datatypes = result.datatypes
