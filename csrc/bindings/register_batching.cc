@@ -309,12 +309,18 @@ class PolicyHarness {
     busy_ = busy;
   }
 
+  void set_busy_fraction(double busy) {
+    if (!(busy >= 0.0 && busy <= 1.0)) invalid("busy_fraction must be in [0, 1]");
+    busy_fraction_ = busy;
+  }
+
   py::dict decide(std::int64_t now_ns, bool flush) const {
     batching::QueueView state;
     state.requests = queue_;
     state.free_instances = free_;
     state.busy_instances = busy_;
     state.cost = cost_.estimate();
+    state.cost.busy_fraction = busy_fraction_;
     state.flush = flush;
     const batching::Decision decision = policy_.decide(state, now_ns);
     const auto tickets = [&](const std::vector<std::size_t>& indices) {
@@ -331,6 +337,7 @@ class PolicyHarness {
     out["run"] = tickets(decision.run);
     out["expired"] = tickets(decision.expired);
     out["shed"] = tickets(decision.shed);
+    out["saturated_wait"] = decision.saturated_wait;
     out["wait_until_ns"] = decision.action == batching::Decision::Action::kWait
                                ? py::object(py::int_(decision.wait_until_ns))
                                : py::object(py::none());
@@ -343,6 +350,8 @@ class PolicyHarness {
     out["a_ns_per_row"] = estimate.a_ns_per_row;
     out["b_ns"] = estimate.b_ns;
     out["arrival_interval_ns"] = estimate.arrival_interval_ns;
+    out["wait_yield"] = estimate.wait_yield;
+    out["probe_due"] = estimate.probe_due;
     out["samples"] = cost_.samples();
     return out;
   }
@@ -361,6 +370,7 @@ class PolicyHarness {
   std::vector<batching::QueuedRequest> queue_;
   std::int64_t free_ = 1;
   std::int64_t busy_ = 0;
+  double busy_fraction_ = 0.0;
 };
 
 void shutdown_live_batchers() {
@@ -466,6 +476,13 @@ void register_batching(py::module_& m) {
              harness.cost_model().observe_arrival(arrival_ns);
            },
            py::arg("arrival_ns"))
+      .def("set_busy_fraction", &PolicyHarness::set_busy_fraction, py::arg("busy_fraction"),
+           "What LoadMonitor would report: how busy the server's CPU is (0..1).")
+      .def("observe_saturated_batch",
+           [](PolicyHarness& harness, std::size_t requests) {
+             harness.cost_model().observe_saturated_batch(requests);
+           },
+           py::arg("requests"))
       .def("decide", &PolicyHarness::decide, py::arg("now_ns"), py::arg("flush") = false)
       .def("cost", &PolicyHarness::cost)
       .def_property_readonly("queued", &PolicyHarness::queued);

@@ -574,3 +574,12 @@ def test_asyncio_loop_wakes_on_the_eventfd(make_batcher: Factory) -> None:
     assert len(done) == 20
     for seed, (_, completion) in enumerate(sorted(done.items())):
         assert_own_rows(completion, request(seed, 2))
+
+
+def test_python_runners_never_run_in_the_submitting_thread(make_batcher: Factory) -> None:
+    batcher, collector = make_batcher(doubling, max_batch_size=8)
+    for seed in range(30):
+        inputs = request(seed, 1)
+        ticket, here = batcher.submit_or_run(inputs)
+        assert not here
+        assert_own_rows(collector.wait([ticket])[ticket], inputs)
