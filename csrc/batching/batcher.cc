@@ -133,7 +133,7 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
         const Decision decision = policy_.decide(state, now);
         if (decision.action == Decision::Action::kRun && decision.run.size() == 1 &&
             decision.expired.empty() && decision.shed.empty()) {
-          if (decision.saturated_wait) cost_.observe_saturated_batch(1);
+          if (decision.companion_wait) cost_.observe_companion_wait(1);
           ++stats_.queue_count;  // queued for 0 ns
           Job job;
           job.push_back(std::move(request));
@@ -261,7 +261,7 @@ void Batcher::scheduler_loop() {
       std::vector<std::unique_ptr<Request>> shed(std::make_move_iterator(expired_end),
                                                  std::make_move_iterator(shed_end));
       if (decision.action == Decision::Action::kRun) {
-        if (decision.saturated_wait) cost_.observe_saturated_batch(decision.run.size());
+        if (decision.companion_wait) cost_.observe_companion_wait(decision.run.size());
         Job job(std::make_move_iterator(shed_end), std::make_move_iterator(taken.end()));
         for (const auto& request : job) {
           stats_.queue_ns += now - request->enqueue_ns;

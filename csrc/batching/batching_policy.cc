@@ -148,7 +148,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
       // No arrival history or a slow rate means a lone request runs at once.
       const double interval = cost.arrival_interval_ns;
       const bool saturated = interval >= 0.0 && cost.busy_fraction >= kSaturatedBusyFraction &&
-                             (cost.wait_yield >= kSaturatedYield || cost.probe_due);
+                             (cost.wait_yield >= kKeepWaitingYield || cost.probe_due);
       if (saturated) {
         TimeNs cap_ns = kSaturatedMaxWaitNs;
         if (target_ns > 0) cap_ns = std::min(cap_ns, target_ns / 4);
@@ -156,7 +156,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
         const TimeNs lull_end =
             std::max(oldest_ns, cost.last_arrival_ns) + to_ns(kLullIntervals * interval);
         const TimeNs limit = std::min(oldest_ns + fill_ns, lull_end);
-        decision.saturated_wait = true;
+        decision.companion_wait = true;
         if (now >= limit) {
           delay_over = true;
         } else {
@@ -177,12 +177,17 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
         }
       }
     } else {
+      // Triton's fixed delay, with its gap fixed: the delay is spent only while such waits find
+      // companions (or on a periodic try). One closed-loop caller's request would otherwise wait
+      // the whole delay every time for a companion that cannot come.
       const TimeNs limit = oldest_ns + config_.max_queue_delay_us * 1000;
-      if (config_.max_queue_delay_us == 0 || now >= limit) {
+      const bool waits_pay = cost.wait_yield >= kKeepWaitingYield || cost.probe_due;
+      if (config_.max_queue_delay_us == 0 || now >= limit || !waits_pay) {
         delay_over = true;
       } else {
         fill_until = limit;
       }
+      decision.companion_wait = config_.max_queue_delay_us > 0 && waits_pay;
     }
   }
 

@@ -64,9 +64,10 @@ struct Decision {
   std::vector<std::size_t> shed;
   // kWait: decide again at this time (or earlier, when something changes).
   TimeNs wait_until_ns = kNever;
-  // kRun: the batch was gathered by an auto wait on a saturated server; its size tells the cost
-  // model whether such waits find companions (CostModel::observe_saturated_batch).
-  bool saturated_wait = false;
+  // kRun: the batch was gathered by a wait for companions (the fixed delay, or auto on a
+  // saturated server); its size tells the cost model whether such waits find any
+  // (CostModel::observe_companion_wait).
+  bool companion_wait = false;
 };
 
 class BatchingPolicy {
@@ -76,7 +77,9 @@ class BatchingPolicy {
   // event-loop wake-ups plus the runner's fixed cost) under 5% of the work; the wait for it is
   // bounded so that latency stays within a small multiple of the protocol's own.
   static constexpr double kSaturatedBusyFraction = 0.85;
-  static constexpr double kSaturatedYield = 0.5;  // CostEstimate::wait_yield to keep waiting
+  // CostEstimate::wait_yield at which waits for companions go on (fixed delay and saturated
+  // auto); below it they are only tried when CostEstimate::probe_due.
+  static constexpr double kKeepWaitingYield = 0.5;
   static constexpr double kSaturatedBatchRequests = 8.0;
   static constexpr TimeNs kSaturatedMaxWaitNs = 2'000'000;
   // A saturated wait also ends after this many mean arrival intervals without an arrival: with

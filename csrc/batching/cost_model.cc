@@ -25,7 +25,7 @@ void CostModel::observe_batch(std::int64_t rows, TimeNs compute_ns) noexcept {
   refit();
 }
 
-void CostModel::observe_saturated_batch(std::size_t requests) noexcept {
+void CostModel::observe_companion_wait(std::size_t requests) noexcept {
   const double outcome = requests > 1 ? 1.0 : 0.0;
   const double weight = requests > 1 ? kYieldGainWeight : kYieldLossWeight;
   estimate_.wait_yield = (1.0 - weight) * estimate_.wait_yield + weight * outcome;

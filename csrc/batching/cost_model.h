@@ -21,14 +21,14 @@ struct CostEstimate {
   // Mean time between arrivals (EWMA); < 0 while fewer than two arrivals were seen.
   double arrival_interval_ns = -1.0;
   TimeNs last_arrival_ns = 0;
-  // Whether waiting on a saturated server finds companions: an average over the batches formed
-  // after such a wait (1 = it had company, 0 = it ran alone). One closed-loop caller sends its
-  // next request only after its answer, so its waits find nobody; 32 callers' waits do. From
-  // the server's side both look alike (the process is busy either way, and gRPC holds the other
-  // callers' requests until the event loop takes them), so the policy finds out by trying.
+  // Whether waiting for companions finds any: an average over the batches formed after such a
+  // wait (1 = it had company, 0 = it ran alone). One closed-loop caller sends its next request
+  // only after its answer, so its waits find nobody; 32 callers' waits do. From the server's side
+  // both can look alike (the process is busy either way, and gRPC holds the other callers'
+  // requests until the event loop takes them in), so the policy finds out by trying.
   double wait_yield = 0.0;
-  // While waits do not pay, one is still tried every kProbeArrivals arrivals.
-  bool probe_due = false;
+  // While waits do not pay, one is still tried every kProbeArrivals arrivals (and the first).
+  bool probe_due = true;
   // How busy the server's CPU is (LoadMonitor::busy_fraction); set by the Batcher per decision.
   double busy_fraction = 0.0;
 
@@ -62,8 +62,8 @@ class CostModel {
 
   void observe_batch(std::int64_t rows, TimeNs compute_ns) noexcept;
   void observe_arrival(TimeNs arrival_ns) noexcept;
-  // A batch formed after a wait for companions on a saturated server ran with `requests`.
-  void observe_saturated_batch(std::size_t requests) noexcept;
+  // A batch gathered by a wait for companions ran with `requests` requests.
+  void observe_companion_wait(std::size_t requests) noexcept;
 
   const CostEstimate& estimate() const noexcept { return estimate_; }
   std::size_t samples() const noexcept { return count_; }

@@ -337,7 +337,7 @@ class PolicyHarness {
     out["run"] = tickets(decision.run);
     out["expired"] = tickets(decision.expired);
     out["shed"] = tickets(decision.shed);
-    out["saturated_wait"] = decision.saturated_wait;
+    out["companion_wait"] = decision.companion_wait;
     out["wait_until_ns"] = decision.action == batching::Decision::Action::kWait
                                ? py::object(py::int_(decision.wait_until_ns))
                                : py::object(py::none());
@@ -478,9 +478,9 @@ void register_batching(py::module_& m) {
            py::arg("arrival_ns"))
       .def("set_busy_fraction", &PolicyHarness::set_busy_fraction, py::arg("busy_fraction"),
            "What LoadMonitor would report: how busy the server's CPU is (0..1).")
-      .def("observe_saturated_batch",
+      .def("observe_companion_wait",
            [](PolicyHarness& harness, std::size_t requests) {
-             harness.cost_model().observe_saturated_batch(requests);
+             harness.cost_model().observe_companion_wait(requests);
            },
            py::arg("requests"))
       .def("decide", &PolicyHarness::decide, py::arg("now_ns"), py::arg("flush") = false)

@@ -92,7 +92,7 @@ def test_zero_delay_sends_at_once() -> None:
         "expired": [],
         "shed": [],
         "wait_until_ns": None,
-        "saturated_wait": False,
+        "companion_wait": False,
     }
 
 
@@ -287,22 +287,22 @@ def saturated(interval_ns: int, until_ns: int, **settings: Any) -> _core.PolicyH
 
 def test_auto_saturated_waits_for_companions_once_waits_have_found_them() -> None:
     policy = saturated(300 * US, 2700 * US)
-    policy.observe_saturated_batch(5)  # an earlier wait found company
+    policy.observe_companion_wait(5)  # an earlier wait found company
     assert policy.cost()["wait_yield"] == pytest.approx(0.5)
     policy.add(1, 1, enqueue_ns=2700 * US)
     first = policy.decide(2700 * US)
     # Until a lull of three arrival intervals (the cap, 8 intervals or 2 ms, is further away).
-    assert first["action"] == "wait" and first["saturated_wait"]
+    assert first["action"] == "wait" and first["companion_wait"]
     assert first["wait_until_ns"] == 2700 * US + 900 * US
     policy.add(2, 1, enqueue_ns=3000 * US)  # a companion pushes the lull back
     assert policy.decide(3000 * US)["wait_until_ns"] == 3900 * US
     sent = policy.decide(3900 * US)
-    assert sent["run"] == [1, 2] and sent["saturated_wait"]
+    assert sent["run"] == [1, 2] and sent["companion_wait"]
 
 
 def test_auto_saturated_wait_is_capped_from_the_oldest() -> None:
     policy = saturated(100 * US, 1 * MS)
-    policy.observe_saturated_batch(8)
+    policy.observe_companion_wait(8)
     for ticket, at in enumerate(range(1 * MS, 4 * MS, 100 * US)):  # arrivals never pause
         policy.add(ticket, 1, enqueue_ns=at)
         decision = policy.decide(at)
@@ -316,7 +316,7 @@ def test_auto_saturated_wait_is_capped_from_the_oldest() -> None:
     # Intervals long enough that 8 of them exceed 2 ms: the cap holds; a latency target
     # tightens it to a quarter of the target.
     slow = saturated(400 * US, 4 * MS)
-    slow.observe_saturated_batch(8)
+    slow.observe_companion_wait(8)
     for ticket, at in enumerate(range(4 * MS, 7 * MS, 300 * US)):  # arrivals never pause
         slow.add(ticket, 1, enqueue_ns=at)
         interval = slow.cost()["arrival_interval_ns"]
@@ -330,50 +330,73 @@ def test_auto_saturated_wait_is_capped_from_the_oldest() -> None:
     else:
         raise AssertionError("never sent")
     targeted = saturated(400 * US, 4 * MS, latency_target_us=2000)
-    targeted.observe_saturated_batch(8)
+    targeted.observe_companion_wait(8)
     targeted.add(1, 1, enqueue_ns=4 * MS)
     assert targeted.decide(4 * MS)["wait_until_ns"] == 4 * MS + 500 * US
 
 
 def test_auto_saturated_with_a_lone_caller_runs_at_once_and_probes_rarely() -> None:
-    policy = saturated(400 * US, 40 * MS)  # 100 arrivals, no wait has found company yet
+    policy = saturated(400 * US, 40 * MS)  # 100 arrivals
+    assert policy.cost()["probe_due"]  # the first wait is always tried...
+    policy.observe_companion_wait(1)  # ...and found nobody
     assert not policy.cost()["probe_due"]
     policy.add(1, 1, enqueue_ns=40 * MS)
     assert policy.decide(40 * MS)["run"] == [1]
     policy.remove([1])
-    for arrival in range(40 * MS + 400 * US, 120 * MS, 400 * US):
+    for arrival in range(40 * MS + 400 * US, 150 * MS, 400 * US):
         policy.observe_arrival(arrival)
     assert policy.cost()["probe_due"]  # 256 arrivals since the last try
-    policy.add(2, 1, enqueue_ns=120 * MS)
-    probe = policy.decide(120 * MS)
-    assert probe["action"] == "wait" and probe["saturated_wait"]
-    assert policy.decide(120 * MS + 1200 * US)["run"] == [2]  # nobody came: the lull ends it
+    policy.add(2, 1, enqueue_ns=150 * MS)
+    probe = policy.decide(150 * MS)
+    assert probe["action"] == "wait" and probe["companion_wait"]
+    assert policy.decide(150 * MS + 1200 * US)["run"] == [2]  # nobody came: the lull ends it
     policy.remove([2])
-    policy.observe_saturated_batch(1)
+    policy.observe_companion_wait(1)
     assert not policy.cost()["probe_due"] and policy.cost()["wait_yield"] == 0
-    policy.add(3, 1, enqueue_ns=121 * MS)
-    assert policy.decide(121 * MS)["run"] == [3]
+    policy.add(3, 1, enqueue_ns=151 * MS)
+    assert policy.decide(151 * MS)["run"] == [3]
 
 
 def test_auto_does_not_use_the_saturated_wait_on_a_server_with_cpu_to_spare() -> None:
     policy = saturated(300 * US, 3 * MS)
-    policy.observe_saturated_batch(8)
+    policy.observe_companion_wait(8)
     policy.set_busy_fraction(0.5)
     policy.add(1, 1, enqueue_ns=3 * MS)
     decision = policy.decide(3 * MS)
-    assert decision["run"] == [1] and not decision["saturated_wait"]
+    assert decision["run"] == [1] and not decision["companion_wait"]
 
 
 def test_wait_yield_rises_fast_and_falls_slowly() -> None:
     policy = harness(max_batch_size=8, auto_delay=True)
-    policy.observe_saturated_batch(3)
+    policy.observe_companion_wait(3)
     assert policy.cost()["wait_yield"] == pytest.approx(0.5)
-    policy.observe_saturated_batch(3)
+    policy.observe_companion_wait(3)
     assert policy.cost()["wait_yield"] == pytest.approx(0.75)
     for _ in range(3):
-        policy.observe_saturated_batch(1)
+        policy.observe_companion_wait(1)
     assert policy.cost()["wait_yield"] == pytest.approx(0.75 * 0.9**3)
     assert policy.cost()["wait_yield"] >= 0.5  # a few lone batches do not switch waiting off
+
+
+def test_fixed_delay_is_skipped_while_waits_find_no_companions() -> None:
+    # Triton would make every request of a lone closed-loop caller wait the whole delay.
+    policy = harness(max_batch_size=8, max_queue_delay_us=500)
+    policy.add(1, 1, enqueue_ns=0)
+    first = policy.decide(0)
+    assert first["action"] == "wait" and first["companion_wait"]  # the first wait is tried
+    assert policy.decide(500 * US)["run"] == [1]
+    policy.remove([1])
+    policy.observe_companion_wait(1)  # it found nobody
+    for ticket in range(2, 6):
+        at = ticket * MS
+        policy.observe_arrival(at - 1)
+        policy.add(ticket, 1, enqueue_ns=at)
+        decision = policy.decide(at)
+        assert decision["run"] == [ticket] and not decision["companion_wait"]
+        policy.remove([ticket])
+    policy.observe_companion_wait(3)  # a later try found company: the delay is spent again
+    policy.add(9, 1, enqueue_ns=10 * MS)
+    assert policy.decide(10 * MS)["wait_until_ns"] == 10 * MS + 500 * US
 
 
 def test_cost_fit_follows_the_last_batches() -> None:
