@@ -19,7 +19,7 @@ from typing import Any
 import numpy.typing as npt
 
 from headrace import _core
-from headrace.errors import error_for_code
+from headrace.errors import InternalError, error_for_code
 
 Outputs = list[npt.NDArray[Any]]
 _Waiter = asyncio.Future[Outputs] | concurrent.futures.Future[Outputs]
@@ -108,10 +108,18 @@ class CompletionRouter:
                     self._drain_lock.release()
         return waiter.result()
 
-    def drain_now(self) -> None:
-        """Take finished requests now, from the calling thread (which may hold the GIL, and
-        never holds the queue's lock)."""
+    def take_now(self, ticket: int) -> Outputs:
+        """The outputs of a request whose completion is already queued (its batch ran in the
+        calling thread): drains now and takes it without a waiter. Raises its error."""
         self._drain()
+        with self._lock:
+            early = self._early.pop(ticket, None)
+        if early is None:
+            raise InternalError(f"no completion for request {ticket} after it ran")
+        code, message, outputs = early
+        if code != 0 or outputs is None:
+            raise error_for_code(code, message)
+        return outputs
 
     # -- dispatch ----------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from headrace import _core
 from headrace.backends.base import Backend, TensorSpec
-from headrace.completions import CompletionRouter
+from headrace.completions import CompletionRouter, Outputs
 from headrace.config import ModelConfig, ServerSettings
 from headrace.errors import (
     ConfigError,
@@ -270,7 +270,6 @@ class ModelVersion:
         self._metrics = metrics
         self._labels = (self.name, self.version_str)
         # Labelled children looked up once: labels() costs a dict lookup and a lock per call.
-        self._success_counter = metrics.request_success.labels(*self._labels)
         self._duration_histogram = metrics.request_duration.labels(*self._labels)
         self._bytes_inputs = [s.name for s in self.inputs if s.datatype == "BYTES"]
         self._completions = completions
@@ -432,17 +431,17 @@ class ModelVersion:
 
     def _submit(
         self, inputs: Mapping[str, npt.NDArray[Any]], priority: int, deadline_ns: int
-    ) -> int:
+    ) -> tuple[int, Outputs | None]:
+        """Queue a request: (ticket, None), or (ticket, outputs) when its batch was cheap enough
+        to run right here (its completion is then taken at once: no wake-up, no future)."""
         arrays = [inputs[name] for name in self._input_names]
         try:
             ticket, ran_here = self._batcher.submit_or_run(arrays, priority, deadline_ns)
         except _core.CoreError as error:
             raise from_core_error(error) from None
         if ran_here:
-            # A cheap batch ran in this thread: take its completion now instead of a trip
-            # through the event loop's wake-up.
-            self._completions.drain_now()
-        return int(ticket)
+            return ticket, self._completions.take_now(ticket)
+        return ticket, None
 
     def _pick(
         self, outputs: list[npt.NDArray[Any]], output_names: Sequence[str]
@@ -474,8 +473,7 @@ class ModelVersion:
             else:
                 self.stats.fail_count += 1
                 self.stats.fail_ns += duration_ns
-        if ok:
-            self._success_counter.inc()
+        if ok:  # the success count is exported from self.stats at scrape time
             self._duration_histogram.observe(duration_ns / 1e9)
         else:
             code = error.code.name if error is not None else "INTERNAL"
@@ -492,8 +490,10 @@ class ModelVersion:
         start_ns = time.perf_counter_ns()
         try:
             if self._batcher is not None:
-                ticket = self._submit(inputs, priority, deadline_ns)
-                outputs = self._pick(self._completions.wait(ticket), output_names)
+                ticket, done = self._submit(inputs, priority, deadline_ns)
+                if done is None:
+                    done = self._completions.wait(ticket)
+                outputs = self._pick(done, output_names)
             else:
                 outputs = self._execute(self.prepare_inputs(inputs), output_names, start_ns)
         except HeadraceError as error:
@@ -514,14 +514,16 @@ class ModelVersion:
         start_ns = time.perf_counter_ns()
         try:
             if self._batcher is not None:
-                ticket = self._submit(inputs, priority, deadline_ns)
-                future = self._completions.future_for(ticket)
-                try:
-                    outputs = self._pick(await future, output_names)
-                except asyncio.CancelledError:
-                    self._batcher.cancel(ticket)
-                    self._completions.abandon(ticket)
-                    raise
+                ticket, done = self._submit(inputs, priority, deadline_ns)
+                if done is None:
+                    future = self._completions.future_for(ticket)
+                    try:
+                        done = await future
+                    except asyncio.CancelledError:
+                        self._batcher.cancel(ticket)
+                        self._completions.abandon(ticket)
+                        raise
+                outputs = self._pick(done, output_names)
             else:
                 if deadline_ns and _core.monotonic_ns() >= deadline_ns:
                     raise DeadlineExceededError(f"model '{self.name}': deadline passed")

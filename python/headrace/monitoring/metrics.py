@@ -41,12 +41,6 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.request_success = Counter(
-            "headrace_inference_request_success",
-            "Successful inference requests",
-            _LABELS,
-            registry=r,
-        )
         self.request_failure = Counter(
             "headrace_inference_request_failure",
             "Failed inference requests",
@@ -115,6 +109,10 @@ class _VersionCollector:
 
     def collect(self) -> Iterator[Metric]:
         labels = list(_LABELS)
+        # Read from the version's own count at scrape time: no metric update per request.
+        success = CounterMetricFamily(
+            "headrace_inference_request_success", "Successful inference requests", labels=labels
+        )
         inference = CounterMetricFamily(
             "headrace_inference_count", "Rows inferred (batch dimension summed)", labels=labels
         )
@@ -162,6 +160,7 @@ class _VersionCollector:
         for version in self._metrics.tracked():
             s = version.statistics()
             values = [version.name, version.version_str]
+            success.add_metric(values, s.success_count)
             inference.add_metric(values, s.inference_count)
             executions.add_metric(values, s.execution_count)
             queue.add_metric(values, s.queue_ns / 1000)
@@ -179,6 +178,7 @@ class _VersionCollector:
             total_rows = sum(rows * b.count for rows, b in s.batches.items())
             batch_size.add_metric(values, buckets, total_rows)
         yield from (
+            success,
             inference,
             executions,
             queue,
