@@ -129,7 +129,7 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
         state.free_instances = instances_ - busy_;
         state.busy_instances = busy_;
         state.cost = cost_.estimate();
-        state.cost.busy_fraction = LoadMonitor::process().busy_fraction(now);
+        state.cost.saturated = LoadMonitor::process().saturated(now);
         const Decision decision = policy_.decide(state, now);
         if (decision.action == Decision::Action::kRun && decision.run.size() == 1 &&
             decision.expired.empty() && decision.shed.empty()) {
@@ -187,6 +187,7 @@ BatcherStats Batcher::stats() const {
   copy.busy_instances = busy_;
   copy.cost = cost_.estimate();
   copy.cost.busy_fraction = LoadMonitor::process().busy_fraction(monotonic_ns());
+  copy.cost.saturated = LoadMonitor::process().saturated(monotonic_ns());
   return copy;
 }
 
@@ -243,7 +244,7 @@ void Batcher::scheduler_loop() {
     state.cost = cost_.estimate();
     state.flush = stopping_;
     const TimeNs now = monotonic_ns();
-    state.cost.busy_fraction = LoadMonitor::process().busy_fraction(now);
+    state.cost.saturated = LoadMonitor::process().saturated(now);
     Decision decision = policy_.decide(state, now);
 
     // One take() for everything leaving the queue: indices refer to this snapshot only.

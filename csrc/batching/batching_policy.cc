@@ -147,7 +147,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
       //    worth it when the arrival rate predicts one within that time.
       // No arrival history or a slow rate means a lone request runs at once.
       const double interval = cost.arrival_interval_ns;
-      const bool saturated = interval >= 0.0 && cost.busy_fraction >= kSaturatedBusyFraction &&
+      const bool saturated = interval >= 0.0 && cost.saturated &&
                              (cost.wait_yield >= kKeepWaitingYield || cost.probe_due);
       if (saturated) {
         TimeNs cap_ns = kSaturatedMaxWaitNs;

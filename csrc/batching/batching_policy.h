@@ -78,7 +78,6 @@ class BatchingPolicy {
   // closed-loop callers on one batch and leave the server idle while they all wait (measured:
   // batches of 8 cost 20% of throughput at 8 callers, batches of 6 gain 2% at 32 over 4). The
   // wait is bounded so that latency stays within a small multiple of the protocol's own.
-  static constexpr double kSaturatedBusyFraction = 0.85;
   // CostEstimate::wait_yield at which waits for companions go on (fixed delay and saturated
   // auto); below it they are only tried when CostEstimate::probe_due.
   static constexpr double kKeepWaitingYield = 0.5;

@@ -29,8 +29,10 @@ struct CostEstimate {
   double wait_yield = 0.0;
   // While waits do not pay, one is still tried every kProbeArrivals arrivals (and the first).
   bool probe_due = true;
-  // How busy the server's CPU is (LoadMonitor::busy_fraction); set by the Batcher per decision.
+  // How busy the server's CPU is (LoadMonitor::busy_fraction), and whether that counts as
+  // saturated (LoadMonitor::saturated, with hysteresis); set by the Batcher per decision.
   double busy_fraction = 0.0;
+  bool saturated = false;
 
   // Predicted run time of a batch of `rows` rows.
   double batch_ns(std::int64_t rows) const noexcept {

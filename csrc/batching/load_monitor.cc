@@ -67,12 +67,20 @@ double LoadMonitor::busy_fraction(TimeNs now) noexcept {
     }
     sample = std::clamp(sample, 0.0, 1.0);
     busy_ = (1.0 - kWeight) * busy_ + kWeight * sample;
+    if (busy_ >= kSaturatedEnter) saturated_ = true;
+    if (busy_ < kSaturatedLeave) saturated_ = false;
   }
   intake_changed_ = false;
   last_sample_ns_ = now;
   last_process_cpu_ns_ = process_cpu;
   last_intake_cpu_ns_ = intake_cpu;
   return busy_;
+}
+
+bool LoadMonitor::saturated(TimeNs now) noexcept {
+  busy_fraction(now);
+  std::lock_guard<std::mutex> lock(mutex_);
+  return saturated_;
 }
 
 }  // namespace headrace::batching

@@ -26,9 +26,16 @@ class LoadMonitor {
   static constexpr TimeNs kSampleNs = 10'000'000;  // 10 ms between CPU-clock readings
   static constexpr double kWeight = 0.3;           // of the newest sample in the average
 
+  // saturated() turns on at kSaturatedEnter and off only below kSaturatedLeave: waiting for
+  // companions itself leaves the CPU idle now and then, and a server hovering at one threshold
+  // would flip between waiting and not on every sample (and answer alike requests unalike).
+  static constexpr double kSaturatedEnter = 0.85;
+  static constexpr double kSaturatedLeave = 0.65;
+
   static LoadMonitor& process();
 
   double busy_fraction(TimeNs now) noexcept;
+  bool saturated(TimeNs now) noexcept;
 
   // Records the calling thread as the intake thread (called by CompletionQueue::drain).
   void note_intake_thread() noexcept;
@@ -46,6 +53,7 @@ class LoadMonitor {
   TimeNs last_process_cpu_ns_ = 0;
   TimeNs last_intake_cpu_ns_ = -1;
   double busy_ = 0.0;
+  bool saturated_ = false;
 };
 
 }  // namespace headrace::batching

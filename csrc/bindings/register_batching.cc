@@ -228,6 +228,7 @@ class PyBatcher {
     out["arrival_interval_ns"] = stats.cost.arrival_interval_ns;
     out["wait_yield"] = stats.cost.wait_yield;
     out["busy_fraction"] = stats.cost.busy_fraction;
+    out["saturated"] = stats.cost.saturated;
     return out;
   }
 
@@ -309,10 +310,7 @@ class PolicyHarness {
     busy_ = busy;
   }
 
-  void set_busy_fraction(double busy) {
-    if (!(busy >= 0.0 && busy <= 1.0)) invalid("busy_fraction must be in [0, 1]");
-    busy_fraction_ = busy;
-  }
+  void set_saturated(bool saturated) { saturated_ = saturated; }
 
   py::dict decide(std::int64_t now_ns, bool flush) const {
     batching::QueueView state;
@@ -320,7 +318,7 @@ class PolicyHarness {
     state.free_instances = free_;
     state.busy_instances = busy_;
     state.cost = cost_.estimate();
-    state.cost.busy_fraction = busy_fraction_;
+    state.cost.saturated = saturated_;
     state.flush = flush;
     const batching::Decision decision = policy_.decide(state, now_ns);
     const auto tickets = [&](const std::vector<std::size_t>& indices) {
@@ -370,7 +368,7 @@ class PolicyHarness {
   std::vector<batching::QueuedRequest> queue_;
   std::int64_t free_ = 1;
   std::int64_t busy_ = 0;
-  double busy_fraction_ = 0.0;
+  bool saturated_ = false;
 };
 
 void shutdown_live_batchers() {
@@ -476,8 +474,8 @@ void register_batching(py::module_& m) {
              harness.cost_model().observe_arrival(arrival_ns);
            },
            py::arg("arrival_ns"))
-      .def("set_busy_fraction", &PolicyHarness::set_busy_fraction, py::arg("busy_fraction"),
-           "What LoadMonitor would report: how busy the server's CPU is (0..1).")
+      .def("set_saturated", &PolicyHarness::set_saturated, py::arg("saturated"),
+           "What LoadMonitor would report: whether the server's CPU is saturated.")
       .def("observe_companion_wait",
            [](PolicyHarness& harness, std::size_t requests) {
              harness.cost_model().observe_companion_wait(requests);

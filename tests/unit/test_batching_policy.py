@@ -282,7 +282,7 @@ def saturated(interval_ns: int, until_ns: int, **settings: Any) -> _core.PolicyH
     policy = fitted(10 * US, 10 * US, max_batch_size=64, auto_delay=True, **settings)
     for arrival in range(0, until_ns, interval_ns):
         policy.observe_arrival(arrival)
-    policy.set_busy_fraction(1.0)
+    policy.set_saturated(True)
     return policy
 
 
@@ -361,7 +361,7 @@ def test_auto_saturated_with_a_lone_caller_runs_at_once_and_probes_rarely() -> N
 def test_auto_does_not_use_the_saturated_wait_on_a_server_with_cpu_to_spare() -> None:
     policy = saturated(300 * US, 3 * MS)
     policy.observe_companion_wait(8)
-    policy.set_busy_fraction(0.5)
+    policy.set_saturated(False)
     policy.add(1, 1, enqueue_ns=3 * MS)
     decision = policy.decide(3 * MS)
     assert decision["run"] == [1] and not decision["companion_wait"]
