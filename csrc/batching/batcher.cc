@@ -101,7 +101,7 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
   bool wake_worker = false;
   bool wake_scheduler = false;
   {
-    std::unique_lock<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     queued = queue_.size();
     if (stopping_) {
       stopped = true;
@@ -129,7 +129,7 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
         state.free_instances = instances_ - busy_;
         state.busy_instances = busy_;
         state.cost = cost_.estimate();
-        state.cost.saturated = LoadMonitor::process().saturated(now);
+        state.cost.saturated = LoadMonitor::process().load(now).saturated;
         const Decision decision = policy_.decide(state, now);
         if (decision.action == Decision::Action::kRun && decision.run.size() == 1 &&
             decision.expired.empty() && decision.shed.empty()) {
@@ -186,8 +186,9 @@ BatcherStats Batcher::stats() const {
   copy.pending_requests = queue_.size();
   copy.busy_instances = busy_;
   copy.cost = cost_.estimate();
-  copy.cost.busy_fraction = LoadMonitor::process().busy_fraction(monotonic_ns());
-  copy.cost.saturated = LoadMonitor::process().saturated(monotonic_ns());
+  const LoadMonitor::Load load = LoadMonitor::process().load(monotonic_ns());
+  copy.cost.busy_fraction = load.busy_fraction;
+  copy.cost.saturated = load.saturated;
   return copy;
 }
 
@@ -244,7 +245,7 @@ void Batcher::scheduler_loop() {
     state.cost = cost_.estimate();
     state.flush = stopping_;
     const TimeNs now = monotonic_ns();
-    state.cost.saturated = LoadMonitor::process().saturated(now);
+    state.cost.saturated = LoadMonitor::process().load(now).saturated;
     Decision decision = policy_.decide(state, now);
 
     // One take() for everything leaving the queue: indices refer to this snapshot only.
@@ -331,12 +332,6 @@ void Batcher::run_batch(Job job) {
     try {
       batch = assemble_batch(job);
       batch_rows = batch.rows;
-      // The batch buffers hold the bytes now. The requests' (perhaps Python-owned) inputs travel
-      // back with their completions and are freed by the drainer, never here (no GIL).
-      for (std::size_t r = 0; r < job.size(); ++r) {
-        completions[r].inputs = std::move(job[r]->inputs);
-        job[r]->inputs.clear();
-      }
       start = monotonic_ns();
       ran = true;
       outputs = runner_->run(batch);
@@ -392,9 +387,9 @@ void Batcher::run_batch(Job job) {
     wake_scheduler = !queue_.empty() || stopping_;
   }
   if (wake_scheduler) scheduler_wake_.notify_one();  // after the unlock, see submit
-  for (std::size_t r = 0; r < job.size(); ++r) {
-    if (!job[r]->inputs.empty()) completions[r].inputs = std::move(job[r]->inputs);  // failed early
-  }
+  // The requests' (perhaps Python-owned) inputs travel back with their completions and are freed
+  // by the drainer, which holds the GIL anyway: never here.
+  for (std::size_t r = 0; r < job.size(); ++r) completions[r].inputs = std::move(job[r]->inputs);
   completions_->push(completions);
   job.clear();
 }

@@ -43,12 +43,17 @@ void LoadMonitor::note_intake_thread() noexcept {
   has_intake_.store(true, std::memory_order_release);
 }
 
-double LoadMonitor::busy_fraction(TimeNs now) noexcept {
+LoadMonitor::Load LoadMonitor::load(TimeNs now) noexcept {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (last_sample_ns_ != 0 && now - last_sample_ns_ < kSampleNs) return busy_;
+  sample_locked(now);
+  return Load{busy_, saturated_};
+}
+
+void LoadMonitor::sample_locked(TimeNs now) noexcept {
+  if (last_sample_ns_ != 0 && now - last_sample_ns_ < kSampleNs) return;
   bool ok = false;
   const TimeNs process_cpu = read_clock(CLOCK_PROCESS_CPUTIME_ID, &ok);
-  if (!ok) return busy_;
+  if (!ok) return;
   TimeNs intake_cpu = -1;
   if (intake_clock_valid_) {
     bool intake_ok = false;
@@ -74,13 +79,6 @@ double LoadMonitor::busy_fraction(TimeNs now) noexcept {
   last_sample_ns_ = now;
   last_process_cpu_ns_ = process_cpu;
   last_intake_cpu_ns_ = intake_cpu;
-  return busy_;
-}
-
-bool LoadMonitor::saturated(TimeNs now) noexcept {
-  busy_fraction(now);
-  std::lock_guard<std::mutex> lock(mutex_);
-  return saturated_;
 }
 
 }  // namespace headrace::batching

@@ -2,7 +2,7 @@
 // costs the shared CPU its fixed overhead (worker and event-loop wake-ups, the runner's fixed
 // cost), so waiting for companions pays; on a server with CPU to spare it only adds latency.
 //
-// busy_fraction() is the busier of two bottlenecks, each as a fraction of what it can use:
+// load().busy_fraction is the busier of two bottlenecks, each as a fraction of what it can use:
 //   - the process's CPU time over the CPUs it may run on (sched_getaffinity), and
 //   - the intake thread's CPU time: the thread that drains completions (the asyncio event loop
 //     that also decodes every request), which is one thread and saturates alone.
@@ -26,7 +26,7 @@ class LoadMonitor {
   static constexpr TimeNs kSampleNs = 10'000'000;  // 10 ms between CPU-clock readings
   static constexpr double kWeight = 0.3;           // of the newest sample in the average
 
-  // saturated() turns on at kSaturatedEnter and off only below kSaturatedLeave: waiting for
+  // Load::saturated turns on at kSaturatedEnter and off only below kSaturatedLeave: waiting for
   // companions itself leaves the CPU idle now and then, and a server hovering at one threshold
   // would flip between waiting and not on every sample (and answer alike requests unalike).
   static constexpr double kSaturatedEnter = 0.85;
@@ -34,14 +34,18 @@ class LoadMonitor {
 
   static LoadMonitor& process();
 
-  double busy_fraction(TimeNs now) noexcept;
-  bool saturated(TimeNs now) noexcept;
+  struct Load {
+    double busy_fraction = 0.0;
+    bool saturated = false;
+  };
+  Load load(TimeNs now) noexcept;
 
   // Records the calling thread as the intake thread (called by CompletionQueue::drain).
   void note_intake_thread() noexcept;
 
  private:
   LoadMonitor() = default;
+  void sample_locked(TimeNs now) noexcept;
 
   std::atomic<pthread_t> intake_thread_{};
   std::atomic<bool> has_intake_{false};
