@@ -294,7 +294,7 @@ class ModelVersion:
                 # a model runs its batches through Python.
                 all_fp32 = all(t.datatype == "FP32" for t in (*self.inputs, *self.outputs))
                 self._native_drift = (
-                    self.drift.native_counts(self._input_names, self._output_names, required=False)
+                    self.drift.native_counts(self._input_names, self._output_names)
                     if all_fp32
                     else None
                 )

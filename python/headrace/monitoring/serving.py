@@ -322,33 +322,14 @@ class ServedDrift:
                     error.message,
                 )
 
-    def native_counts(
-        self, input_names: Sequence[str], output_names: Sequence[str], *, required: bool = True
-    ) -> Any:
+    def native_counts(self, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
         """The accumulator for a native runner to count into (C++, after each batch), or None
-        when the profile needs Python (categorical codes) or lists other tensors or orders."""
+        when the profile needs Python (categorical codes) or lists other tensors or orders: the
+        caller then counts in Python."""
         layout = [i.name for i in self.profile.inputs]
         if layout != [*input_names, *output_names]:
-            if not required:
-                return None  # the caller counts in Python instead
-            log.error(
-                "drift: model %s version %s: the profile covers %s but the native runner gives "
-                "%s; its batches are not counted",
-                self.model,
-                self.version,
-                layout,
-                [*input_names, *output_names],
-            )
             return None
         if any(f.kind == "categorical" for f in self.profile.features):
-            if not required:
-                return None
-            log.error(
-                "drift: model %s version %s: categorical features cannot be counted on the "
-                "native runner; its batches are not counted",
-                self.model,
-                self.version,
-            )
             return None
         return self.monitor.accumulator
 
