@@ -9,7 +9,7 @@ namespace headrace::batching {
 namespace {
 
 [[noreturn]] void invalid(const std::string& message) {
-  throw CoreError(StatusCode::kInvalidArgument, "batcher config: " + message);
+  throw_invalid_argument("batcher config: " + message);
 }
 
 }  // namespace

@@ -18,10 +18,6 @@ namespace {
 using batching::DataType;
 using batching::Tensor;
 
-[[noreturn]] void invalid(const std::string& message) {
-  throw CoreError(StatusCode::kInvalidArgument, message);
-}
-
 // Keeps a Python object alive for as long as C++ references `data`; the last reference may be
 // dropped on any thread, so the deleter takes the GIL.
 std::shared_ptr<const std::uint8_t> python_owned(py::object object, const void* data) {
@@ -36,7 +32,7 @@ DataType datatype_of(const py::dtype& dtype, const std::string& what) {
   const char kind = dtype.kind();
   const auto size = dtype.itemsize();
   if (kind != 'O' && size > 1 && dtype.byteorder() == '>') {
-    invalid(what + ": big-endian arrays are not supported; convert to native byte order");
+    throw_invalid_argument(what + ": big-endian arrays are not supported; convert to native byte order");
   }
   switch (kind) {
     case 'b':
@@ -63,7 +59,7 @@ DataType datatype_of(const py::dtype& dtype, const std::string& what) {
     default:
       break;
   }
-  invalid(what + ": unsupported numpy dtype '" + py::str(dtype).cast<std::string>() + "'");
+  throw_invalid_argument(what + ": unsupported numpy dtype '" + py::str(dtype).cast<std::string>() + "'");
 }
 
 py::dtype numpy_dtype(DataType dtype) {
@@ -105,7 +101,7 @@ Tensor bytes_tensor_from_array(const py::array& array, std::vector<std::int64_t>
 // arrays serialized. Needs the GIL.
 Tensor tensor_from_array(py::handle object, const std::string& what) {
   if (!py::isinstance<py::array>(object)) {
-    invalid(what + " is not a numpy array (got " +
+    throw_invalid_argument(what + " is not a numpy array (got " +
             py::str(py::type::of(object)).cast<std::string>() + ")");
   }
   py::array array = py::reinterpret_borrow<py::array>(object);

@@ -48,10 +48,6 @@ namespace {
 using batching::DataType;
 using batching::Tensor;
 
-[[noreturn]] void invalid(const std::string& message) {
-  throw CoreError(StatusCode::kInvalidArgument, message);
-}
-
 // Runs batches through a Python callable: list[np.ndarray] -> list[np.ndarray].
 class PythonRunner final : public batching::Runner {
  public:
@@ -108,7 +104,7 @@ class PyBatcher {
  public:
   PyBatcher(std::string name, batching::BatcherConfig config, py::object runner,
             std::shared_ptr<batching::CompletionQueue> completions, const py::object& drift_counts) {
-    if (!completions) invalid("completions must be a CompletionQueue");
+    if (!completions) throw_invalid_argument("completions must be a CompletionQueue");
     std::shared_ptr<drift::DriftAccumulator> drift;
     if (!drift_counts.is_none()) drift = drift_counts.cast<std::shared_ptr<drift::DriftAccumulator>>();
     std::shared_ptr<batching::Runner> native_runner;
@@ -123,7 +119,7 @@ class PyBatcher {
       runs_native_ = false;
       native_runner = std::make_shared<PythonRunner>(std::move(runner));
     } else {
-      invalid("runner must be callable, a QuantizedMlp or an OrtRunner");
+      throw_invalid_argument("runner must be callable, a QuantizedMlp or an OrtRunner");
     }
     if (drift) {
       // Counted here, in C++ after each run and without the GIL, for native runners (their
@@ -149,9 +145,9 @@ class PyBatcher {
                                                   std::int64_t deadline_ns) {
     // An array is a sequence too: iterating one would silently split it into "inputs".
     if (!py::isinstance<py::list>(inputs) && !py::isinstance<py::tuple>(inputs)) {
-      invalid("inputs must be a list of numpy arrays, one per model input");
+      throw_invalid_argument("inputs must be a list of numpy arrays, one per model input");
     }
-    if (deadline_ns < 0) invalid("deadline_ns must be >= 0 (0 = none)");
+    if (deadline_ns < 0) throw_invalid_argument("deadline_ns must be >= 0 (0 = none)");
     auto request = std::make_unique<batching::Request>();
     std::size_t k = 0;
     for (py::handle input : inputs) {
@@ -283,9 +279,9 @@ class PolicyHarness {
 
   void add(std::uint64_t ticket, std::int64_t rows, std::int64_t priority, std::int64_t enqueue_ns,
            std::int64_t deadline_ns, std::uint64_t shape_key) {
-    if (rows < 1) invalid("rows must be >= 1");
+    if (rows < 1) throw_invalid_argument("rows must be >= 1");
     for (const auto& queued : queue_) {
-      if (queued.ticket == ticket) invalid("ticket " + std::to_string(ticket) + " already queued");
+      if (queued.ticket == ticket) throw_invalid_argument("ticket " + std::to_string(ticket) + " already queued");
     }
     batching::QueuedRequest request;
     request.ticket = ticket;
@@ -305,7 +301,7 @@ class PolicyHarness {
   }
 
   void set_instances(std::int64_t free, std::int64_t busy) {
-    if (free < 0 || busy < 0) invalid("instance counts must be >= 0");
+    if (free < 0 || busy < 0) throw_invalid_argument("instance counts must be >= 0");
     free_ = free;
     busy_ = busy;
   }

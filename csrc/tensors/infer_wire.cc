@@ -27,10 +27,6 @@ constexpr int kMaxGroupDepth = 100;
   throw CoreError(StatusCode::kInvalidArgument, "malformed ModelInferRequest: " + why);
 }
 
-[[noreturn]] void invalid(std::string message) {
-  throw CoreError(StatusCode::kInvalidArgument, std::move(message));
-}
-
 // proto3 requires string fields to be valid UTF-8 (the protobuf runtime refuses others, and
 // Python could not make a str of them): strict check, no overlongs, surrogates or > U+10FFFF.
 bool valid_utf8(std::span<const std::uint8_t> text) {
@@ -273,15 +269,6 @@ std::string_view parse_requested_output(std::span<const std::uint8_t> bytes) {
   return name;
 }
 
-std::string quoted(std::string_view name) {
-  std::string out;
-  out.reserve(name.size() + 2);
-  out += '\'';
-  out += name;
-  out += '\'';
-  return out;
-}
-
 // ---- serialization ----
 
 constexpr std::size_t varint_size(std::uint64_t value) noexcept {
@@ -400,13 +387,13 @@ ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
   auto& inputs = request.inputs;
   if (!raw_contents.empty()) {
     if (raw_contents.size() != inputs.size()) {
-      invalid("request has " + std::to_string(inputs.size()) + " inputs but " +
+      throw_invalid_argument("request has " + std::to_string(inputs.size()) + " inputs but " +
               std::to_string(raw_contents.size()) +
               " raw_input_contents entries; there must be exactly one per input");
     }
     for (const auto& input : inputs) {
       if (input.has_typed_contents) {
-        invalid("input " + quoted(input.name) +
+        throw_invalid_argument("input " + quoted(input.name) +
                 ": typed contents and raw_input_contents are mixed in one request");
       }
     }
@@ -416,7 +403,7 @@ ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
     // A handful of inputs per request: a linear scan beats building a set.
     for (std::size_t earlier = 0; earlier < index; ++earlier) {
       if (inputs[earlier].name == input.name) {
-        invalid("input " + quoted(input.name) + " appears more than once");
+        throw_invalid_argument("input " + quoted(input.name) + " appears more than once");
       }
     }
     if (!raw_contents.empty()) {
@@ -434,7 +421,7 @@ ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
       request.has_typed_contents = true;
       break;
     } else {
-      invalid("input " + quoted(input.name) + " has no contents (typed or raw)");
+      throw_invalid_argument("input " + quoted(input.name) + " has no contents (typed or raw)");
     }
   }
   return request;

@@ -38,4 +38,9 @@ class CoreError : public std::exception {
   std::string message_;
 };
 
+// The one way core and bindings refuse bad input: CoreError(kInvalidArgument, message).
+[[noreturn]] inline void throw_invalid_argument(std::string message) {
+  throw CoreError(StatusCode::kInvalidArgument, std::move(message));
+}
+
 }  // namespace headrace

@@ -24,9 +24,7 @@ constexpr std::array<DataTypeName, 14> kDataTypeNames{{
     {"BF16", DataType::kBf16},     {"BYTES", DataType::kBytes},
 }};
 
-[[noreturn]] void invalid(std::string message) {
-  throw CoreError(StatusCode::kInvalidArgument, std::move(message));
-}
+}  // namespace
 
 std::string quoted(std::string_view name) {
   std::string out;
@@ -37,13 +35,11 @@ std::string quoted(std::string_view name) {
   return out;
 }
 
-}  // namespace
-
 DataType parse_datatype(std::string_view name, std::string_view tensor_name) {
   for (const auto& entry : kDataTypeNames) {
     if (entry.name == name) return entry.dtype;
   }
-  invalid("input " + quoted(tensor_name) + ": unknown datatype " + quoted(name));
+  throw_invalid_argument("input " + quoted(tensor_name) + ": unknown datatype " + quoted(name));
 }
 
 std::size_t element_size(DataType dtype) noexcept {
@@ -76,7 +72,7 @@ std::uint64_t checked_element_count(std::span<const std::int64_t> shape,
   bool has_zero = false;
   for (std::size_t axis = 0; axis < shape.size(); ++axis) {
     if (shape[axis] < 0) {
-      invalid("input " + quoted(tensor_name) + ": dimension " + std::to_string(axis) +
+      throw_invalid_argument("input " + quoted(tensor_name) + ": dimension " + std::to_string(axis) +
               " is negative (" + std::to_string(shape[axis]) + ")");
     }
     has_zero = has_zero || shape[axis] == 0;
@@ -89,7 +85,7 @@ std::uint64_t checked_element_count(std::span<const std::int64_t> shape,
     const auto udim = static_cast<std::uint64_t>(dim);
     // Checked before multiplying, so a hostile shape never wraps around to a small number.
     if (count > max_elements / udim) {
-      invalid("input " + quoted(tensor_name) + ": shape has more than " +
+      throw_invalid_argument("input " + quoted(tensor_name) + ": shape has more than " +
               std::to_string(max_elements) + " elements, the request limit");
     }
     count *= udim;
@@ -107,7 +103,7 @@ std::uint64_t validate_raw_tensor(std::string_view datatype, std::span<const std
   // count <= max_elements and item <= 8, and max_elements is bounded by the bindings to 2^60.
   const std::uint64_t expected = count * item;
   if (expected != raw_byte_size) {
-    invalid("input " + quoted(tensor_name) + ": raw content has " + std::to_string(raw_byte_size) +
+    throw_invalid_argument("input " + quoted(tensor_name) + ": raw content has " + std::to_string(raw_byte_size) +
             " bytes but shape and datatype " + std::string(datatype) + " need " +
             std::to_string(expected));
   }
@@ -120,7 +116,7 @@ std::vector<std::uint64_t> bytes_element_spans(std::span<const std::uint8_t> blo
   // Each element takes at least its 4-byte prefix, so a blob of n bytes holds at most n/4
   // elements: checking this first bounds the allocation below by the request's real size.
   if (expected_count > blob.size() / 4) {
-    invalid("input " + quoted(tensor_name) + ": BYTES content of " + std::to_string(blob.size()) +
+    throw_invalid_argument("input " + quoted(tensor_name) + ": BYTES content of " + std::to_string(blob.size()) +
             " bytes cannot hold " + std::to_string(expected_count) + " elements");
   }
   std::vector<std::uint64_t> spans;
@@ -128,7 +124,7 @@ std::vector<std::uint64_t> bytes_element_spans(std::span<const std::uint8_t> blo
   std::size_t pos = 0;
   for (std::uint64_t i = 0; i < expected_count; ++i) {
     if (blob.size() - pos < 4) {
-      invalid("input " + quoted(tensor_name) + ": BYTES element " + std::to_string(i) +
+      throw_invalid_argument("input " + quoted(tensor_name) + ": BYTES element " + std::to_string(i) +
               " has a truncated length prefix");
     }
     std::uint32_t length = 0;
@@ -136,7 +132,7 @@ std::vector<std::uint64_t> bytes_element_spans(std::span<const std::uint8_t> blo
     std::memcpy(&length, blob.data() + pos, 4);
     pos += 4;
     if (length > blob.size() - pos) {
-      invalid("input " + quoted(tensor_name) + ": BYTES element " + std::to_string(i) +
+      throw_invalid_argument("input " + quoted(tensor_name) + ": BYTES element " + std::to_string(i) +
               " declares " + std::to_string(length) + " bytes but only " +
               std::to_string(blob.size() - pos) + " remain");
     }
@@ -145,7 +141,7 @@ std::vector<std::uint64_t> bytes_element_spans(std::span<const std::uint8_t> blo
     pos += length;
   }
   if (pos != blob.size()) {
-    invalid("input " + quoted(tensor_name) + ": BYTES content has " +
+    throw_invalid_argument("input " + quoted(tensor_name) + ": BYTES content has " +
             std::to_string(blob.size() - pos) + " bytes after the " +
             std::to_string(expected_count) + " elements the shape declares");
   }
@@ -157,7 +153,7 @@ std::string encode_bytes_elements(std::span<const std::string_view> elements,
   std::size_t total = 0;
   for (const auto& element : elements) {
     if (element.size() > std::numeric_limits<std::uint32_t>::max()) {
-      invalid(std::string(what) + ": a BYTES element of " +
+      throw_invalid_argument(std::string(what) + ": a BYTES element of " +
               std::to_string(element.size()) + " bytes exceeds the 4 GiB element limit");
     }
     total += 4 + element.size();

@@ -37,6 +37,9 @@ enum class DataType : int {
   kBytes,
 };
 
+// `name` in single quotes, as error messages name tensors.
+std::string quoted(std::string_view name);
+
 // Parses a v2 datatype name ("FP32", "BYTES", ...). Names are case-sensitive, as in the spec.
 // Throws CoreError(kInvalidArgument) naming `tensor_name` for an unknown datatype.
 DataType parse_datatype(std::string_view name, std::string_view tensor_name);
