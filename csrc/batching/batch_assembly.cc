@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <numeric>
+#include <optional>
 #include <string>
 
 #include "tensors/status.h"
@@ -47,21 +48,24 @@ std::vector<std::vector<Tensor>> scatter_outputs(const std::vector<Tensor>& outp
                                                 : std::to_string(output.rows()) + " rows") +
                           "; the batch has " + std::to_string(total) + " rows");
     }
-    std::vector<std::size_t> offsets;
+    // No per-row table for fixed-size outputs: however many rows the batch declares, the
+    // split costs one view per request.
+    std::optional<RowOffsets> offsets;
     try {
-      offsets = row_byte_offsets(output, what);
+      offsets.emplace(output, what);
     } catch (const CoreError& error) {
       throw CoreError(StatusCode::kInternal, error.message());
     }
     std::size_t row = 0;
     for (std::size_t r = 0; r < rows.size(); ++r) {
       const auto count = static_cast<std::size_t>(rows[r]);
+      const std::size_t start = offsets->start(row);
       Tensor view;
       view.dtype = output.dtype;
       view.shape = output.shape;
       view.shape.front() = rows[r];
-      view.data = std::shared_ptr<const std::uint8_t>(output.data, output.data.get() + offsets[row]);
-      view.byte_size = offsets[row + count] - offsets[row];
+      view.data = std::shared_ptr<const std::uint8_t>(output.data, output.data.get() + start);
+      view.byte_size = offsets->start(row + count) - start;
       result[r].push_back(std::move(view));
       row += count;
     }

@@ -19,6 +19,14 @@ std::chrono::steady_clock::time_point to_time_point(TimeNs ns) {
   return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(ns));
 }
 
+// "1.25 ms": predictions in refusal messages.
+std::string milliseconds(TimeNs ns) {
+  const TimeNs hundredths = (ns + 5'000) / 10'000;
+  std::string fraction = std::to_string(hundredths % 100);
+  if (fraction.size() < 2) fraction.insert(0, 1, '0');
+  return std::to_string(hundredths / 100) + "." + fraction + " ms";
+}
+
 std::int64_t epoch_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -26,6 +34,7 @@ std::int64_t epoch_ms() {
 }
 
 // Rows of a request, after checking that its inputs agree with each other and with their bytes.
+// Nothing here is sized by the shapes: a tensor of many empty rows is checked in O(dims).
 std::int64_t validated_rows(const Request& request) {
   if (request.inputs.empty()) {
     throw CoreError(StatusCode::kInvalidArgument, "request has no inputs");
@@ -43,7 +52,7 @@ std::int64_t validated_rows(const Request& request) {
                       what + " has " + std::to_string(input.rows()) + " rows; input 0 has " +
                           std::to_string(rows) + " (all inputs share dim 0)");
     }
-    row_byte_offsets(input, what);  // shape vs bytes, BYTES prefixes
+    RowOffsets::validate(input, what);  // shape vs bytes, BYTES prefixes
   }
   if (rows < 1) throw CoreError(StatusCode::kInvalidArgument, "request has 0 rows");
   return rows;
@@ -87,6 +96,8 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
   if (!request) throw CoreError(StatusCode::kInvalidArgument, "null request");
   const BatcherConfig& config = policy_.config();
   request->rows = validated_rows(*request);
+  request->input_bytes = 0;
+  for (const Tensor& input : request->inputs) request->input_bytes += input.byte_size;
   request->level = config.level_index(request->priority);
   const TimeNs now = monotonic_ns();
   if (request->deadline_ns == 0 && config.default_timeout_us > 0) {
@@ -96,6 +107,7 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
   std::uint64_t ticket = 0;
   std::size_t queued = 0;
   bool stopped = false;
+  Admission admission;
   // Wake-ups are sent after the mutex is released: a thread woken while it is still held would,
   // on a shared core, run only to block on it and hand the CPU back.
   bool wake_worker = false;
@@ -103,8 +115,19 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
   {
     std::lock_guard<std::mutex> lock(mutex_);
     queued = queue_.size();
+    if (!stopping_) {
+      AdmissionView view;
+      view.rows = request->rows;
+      view.input_bytes = request->input_bytes;
+      view.deadline_ns = request->deadline_ns;
+      view.rows_ahead = queue_.rows_at_or_above(request->level);
+      view.cost = cost_.estimate();
+      admission = policy_.admit(view, now);
+    }
     if (stopping_) {
       stopped = true;
+    } else if (admission.verdict != Admission::Verdict::kAdmit) {
+      ++stats_.deadline_refused_count;
     } else if (config.max_queue_size > 0 &&
                queued >= static_cast<std::size_t>(config.max_queue_size)) {
       ++stats_.rejected_count;
@@ -132,15 +155,18 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
         state.cost.saturated = LoadMonitor::process().load(now).saturated;
         const Decision decision = policy_.decide(state, now);
         if (decision.action == Decision::Action::kRun && decision.run.size() == 1 &&
-            decision.expired.empty() && decision.shed.empty()) {
+            decision.expired.empty() && decision.doomed.empty() && decision.shed.empty()) {
           if (decision.companion_wait) cost_.observe_companion_wait(1);
           ++stats_.queue_count;  // queued for 0 ns
           Job job;
           job.push_back(std::move(request));
           ++busy_;
+          // The prediction is for this request's own rows AND bytes: one row of a huge width
+          // costs what its bytes say, and must not block the caller's thread.
           if (claimed != nullptr && max_inline_ns > 0 &&
               cost_.samples() >= kInlineMinSamples &&
-              state.cost.batch_ns(alone.rows) <= static_cast<double>(max_inline_ns)) {
+              state.cost.batch_ns(alone.rows, job.front()->input_bytes) <=
+                  static_cast<double>(max_inline_ns)) {
             *claimed = std::move(job);
           } else {
             jobs_.push_back(std::move(job));
@@ -160,6 +186,17 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
   // Refused: the request (and its input owners) is freed by the caller's frame, outside the mutex.
   if (stopped) {
     throw CoreError(StatusCode::kUnavailable, "batcher for model " + name_ + " is shut down");
+  }
+  if (admission.verdict == Admission::Verdict::kExpired) {
+    throw CoreError(StatusCode::kDeadlineExceeded,
+                    "deadline already passed when the request reached model " + name_);
+  }
+  if (admission.verdict == Admission::Verdict::kCannotMeetDeadline) {
+    throw CoreError(StatusCode::kUnavailable,
+                    "model " + name_ + " cannot answer before the request's deadline: " +
+                        milliseconds(admission.left_ns) + " left, predicted " +
+                        milliseconds(admission.wait_ns) + " queued behind earlier requests + " +
+                        milliseconds(admission.run_ns) + " to run; retry later or allow more time");
   }
   throw CoreError(StatusCode::kUnavailable, "queue full: " + std::to_string(queued) +
                                                 " requests queued for model " + name_);
@@ -250,17 +287,22 @@ void Batcher::scheduler_loop() {
 
     // One take() for everything leaving the queue: indices refer to this snapshot only.
     std::vector<std::size_t> leaving;
-    leaving.reserve(decision.expired.size() + decision.shed.size() + decision.run.size());
+    leaving.reserve(decision.expired.size() + decision.doomed.size() + decision.shed.size() +
+                    decision.run.size());
     leaving.insert(leaving.end(), decision.expired.begin(), decision.expired.end());
+    leaving.insert(leaving.end(), decision.doomed.begin(), decision.doomed.end());
     leaving.insert(leaving.end(), decision.shed.begin(), decision.shed.end());
     leaving.insert(leaving.end(), decision.run.begin(), decision.run.end());
     if (!leaving.empty()) {
       std::vector<std::unique_ptr<Request>> taken = queue_.take(leaving);
       const auto expired_end = taken.begin() + static_cast<std::ptrdiff_t>(decision.expired.size());
-      const auto shed_end = expired_end + static_cast<std::ptrdiff_t>(decision.shed.size());
+      const auto doomed_end = expired_end + static_cast<std::ptrdiff_t>(decision.doomed.size());
+      const auto shed_end = doomed_end + static_cast<std::ptrdiff_t>(decision.shed.size());
       std::vector<std::unique_ptr<Request>> expired(std::make_move_iterator(taken.begin()),
                                                     std::make_move_iterator(expired_end));
-      std::vector<std::unique_ptr<Request>> shed(std::make_move_iterator(expired_end),
+      std::vector<std::unique_ptr<Request>> doomed(std::make_move_iterator(expired_end),
+                                                   std::make_move_iterator(doomed_end));
+      std::vector<std::unique_ptr<Request>> shed(std::make_move_iterator(doomed_end),
                                                  std::make_move_iterator(shed_end));
       if (decision.action == Decision::Action::kRun) {
         if (decision.companion_wait) cost_.observe_companion_wait(decision.run.size());
@@ -276,13 +318,17 @@ void Batcher::scheduler_loop() {
         worker_wake_.notify_one();
         lock.lock();
       }
-      stats_.expired_count += expired.size();
+      stats_.expired_count += expired.size() + doomed.size();
+      stats_.doomed_count += doomed.size();
       stats_.shed_count += shed.size();
-      stats_.request_failure += expired.size() + shed.size();
-      if (!expired.empty() || !shed.empty()) {
+      stats_.request_failure += expired.size() + doomed.size() + shed.size();
+      if (!expired.empty() || !doomed.empty() || !shed.empty()) {
         lock.unlock();
         answer(expired, StatusCode::kDeadlineExceeded,
                "deadline exceeded while queued for model " + name_);
+        answer(doomed, StatusCode::kDeadlineExceeded,
+               "deadline exceeded: left the queue of model " + name_ +
+                   " when no batch could end before its deadline any more");
         answer(shed, StatusCode::kUnavailable,
                "shed: request cannot meet the latency target of model " + name_);
         lock.lock();
@@ -324,6 +370,7 @@ void Batcher::run_batch(Job job) {
   std::string message;
   TimeNs compute_ns = 0;
   std::int64_t batch_rows = 0;
+  std::uint64_t batch_bytes = 0;
   bool ran = false;
   TimeNs start = 0;
   {
@@ -332,6 +379,7 @@ void Batcher::run_batch(Job job) {
     try {
       batch = assemble_batch(job);
       batch_rows = batch.rows;
+      for (const Tensor& input : batch.inputs) batch_bytes += input.byte_size;
       start = monotonic_ns();
       ran = true;
       outputs = runner_->run(batch);
@@ -374,7 +422,7 @@ void Batcher::run_batch(Job job) {
       ++size_stats.count;
       size_stats.compute_ns += compute_ns;
       stats_.last_inference_ms = epoch_ms();
-      if (code == StatusCode::kOk) cost_.observe_batch(batch_rows, compute_ns);
+      if (code == StatusCode::kOk) cost_.observe_batch(batch_rows, batch_bytes, compute_ns);
     }
     if (code == StatusCode::kOk) {
       stats_.request_success += job.size();

@@ -30,9 +30,16 @@ struct BatcherStats {
   std::uint64_t pending_requests = 0;  // queued now
   std::int64_t busy_instances = 0;     // batches handed to instances and not yet finished
   std::uint64_t shed_count = 0;
+  // Answered DEADLINE_EXCEEDED from the queue without running: the deadline passed while queued,
+  // or (doomed_count, included here) it was still ahead but no batch could end before it.
   std::uint64_t expired_count = 0;
+  std::uint64_t doomed_count = 0;
   std::uint64_t cancelled_count = 0;
   std::uint64_t rejected_count = 0;  // refused at submit: queue full
+  // Refused at submit for its deadline: already past (DEADLINE_EXCEEDED), or the queue ahead
+  // makes it late (UNAVAILABLE). Not counted in request_failure: it never entered the queue,
+  // like rejected_count.
+  std::uint64_t deadline_refused_count = 0;
   std::int64_t last_inference_ms = 0;  // ms since the Unix epoch; 0 = never
   CostEstimate cost;
 };

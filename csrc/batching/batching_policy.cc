@@ -32,6 +32,10 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
   const auto& requests = state.requests;
   const CostEstimate& cost = state.cost;
   const TimeNs target_ns = config_.latency_target_us * 1000;
+  const bool predict = cost.samples >= kPredictMinSamples;
+  const auto has_deadline_before = [](const QueuedRequest& request, TimeNs t) {
+    return request.deadline_ns != 0 && request.deadline_ns < t;
+  };
 
   std::vector<std::size_t> order(requests.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
@@ -42,8 +46,9 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
     std::stable_sort(order.begin(), order.end(), by_level);
   }
 
-  // Pass 1: drop what has expired or can no longer meet the latency target; note the earliest
-  // time one of the others will (so the scheduler wakes for it even with every instance busy).
+  // Pass 1: drop what has expired, is doomed, or can no longer meet the latency target; note the
+  // earliest time one of the others will (so the scheduler wakes for it even with every
+  // instance busy).
   TimeNs wake = Decision::kNever;
   std::vector<std::size_t> live;
   live.reserve(order.size());
@@ -53,6 +58,15 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
     if (request.deadline_ns != 0 && request.deadline_ns <= now) {
       decision.expired.push_back(i);
       continue;
+    }
+    if (predict && request.deadline_ns != 0) {
+      // The earliest it could finish is now, alone: if even that is late, running it is wasted.
+      const TimeNs alone_ns = to_ns(cost.batch_ns(request.rows));
+      if (now > request.deadline_ns - alone_ns) {
+        decision.doomed.push_back(i);
+        continue;
+      }
+      wake = std::min(wake, request.deadline_ns - alone_ns + 1);
     }
     if (target_ns > 0) {
       // The earliest it could finish is now, alone: if even that is late, running it is wasted.
@@ -106,6 +120,66 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
     }
   }
 
+  // Deadlines: every member must finish in time in the batch it runs in. When the FIFO batch
+  // would make some member late, two choices: shrink it to the prefix that is on time (the
+  // urgent head first), or keep the members that are on time at this size and refill with later
+  // ones that are too. The one that serves more requests now wins, ties going to the prefix:
+  // on a quiet server that runs an urgent head at once; under overload it keeps batches full
+  // instead of shrinking them for requests about to be late, which would lower throughput just
+  // when every request is nearing its deadline (the collapse of earliest-deadline-first).
+  if (predict) {
+    const TimeNs finish = now + to_ns(cost.batch_ns(pending_rows));
+    std::size_t on_time_prefix = 0;
+    std::int64_t prefix_rows = 0;
+    TimeNs prefix_deadline = Decision::kNever;
+    for (const std::size_t i : batch) {
+      prefix_rows += requests[i].rows;
+      if (requests[i].deadline_ns != 0) {
+        prefix_deadline = std::min(prefix_deadline, requests[i].deadline_ns);
+      }
+      if (now + to_ns(cost.batch_ns(prefix_rows)) > prefix_deadline) break;
+      ++on_time_prefix;
+    }
+    if (on_time_prefix < batch.size()) {
+      std::vector<std::size_t> kept;
+      std::int64_t kept_rows = 0;
+      for (const std::size_t i : batch) {
+        if (has_deadline_before(requests[i], finish)) continue;
+        kept.push_back(i);
+        kept_rows += requests[i].rows;
+      }
+      // Refill from the rest of the group: finish only moves earlier as long as the rows stay
+      // within what it was computed for.
+      bool past_batch = false;
+      for (const std::size_t i : live) {
+        if (!past_batch) {
+          past_batch = i == batch.back();
+          continue;
+        }
+        const QueuedRequest& request = requests[i];
+        if (request.shape_key != group || has_deadline_before(request, finish)) continue;
+        if (kept_rows + request.rows > pending_rows) continue;
+        kept.push_back(i);
+        kept_rows += request.rows;
+      }
+      if (kept.size() > on_time_prefix) {
+        batch = std::move(kept);
+        pending_rows = kept_rows;
+      } else {
+        batch.resize(on_time_prefix);
+        pending_rows = 0;
+        for (const std::size_t i : batch) pending_rows += requests[i].rows;
+      }
+      full = true;  // a member's deadline decided the batch: send it now
+      preferred_prefix = 0;
+      std::int64_t rows = 0;
+      for (std::size_t k = 0; k < batch.size(); ++k) {
+        rows += requests[batch[k]].rows;
+        if (is_preferred(rows)) preferred_prefix = k + 1;
+      }
+    }
+  }
+
   // Latency target: the oldest member sets how big the batch may be. Trim the tail until the
   // batch can still finish in time; the trimmed requests run in a later batch.
   TimeNs send_by = Decision::kNever;
@@ -126,6 +200,13 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
       preferred_prefix = std::min(preferred_prefix, batch.size());
     }
     send_by = batch_deadline() - to_ns(cost.batch_ns(pending_rows));
+  }
+  if (predict) {
+    // A wait for companions ends in time for the most urgent member.
+    for (const std::size_t i : batch) {
+      if (requests[i].deadline_ns == 0) continue;
+      send_by = std::min(send_by, requests[i].deadline_ns - to_ns(cost.batch_ns(pending_rows)));
+    }
   }
 
   // Is there still a reason to wait for the batch to fill?
@@ -204,6 +285,34 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
   }
   wait_or_idle(std::min({wake, fill_until, send_by}));
   return decision;
+}
+
+Admission BatchingPolicy::admit(const AdmissionView& request, TimeNs now) const {
+  Admission admission;
+  if (request.deadline_ns == 0) return admission;
+  if (request.deadline_ns <= now) {
+    admission.verdict = Admission::Verdict::kExpired;
+    return admission;
+  }
+  const CostEstimate& cost = request.cost;
+  if (cost.samples < kPredictMinSamples) return admission;
+  // Whole batches ahead of its own, run `instances` at a time; the rows that do not fill a
+  // whole batch share its own.
+  const std::int64_t rows_ahead = std::max<std::int64_t>(request.rows_ahead, 0);
+  const std::int64_t waves = rows_ahead / cap_rows_ / config_.instances;
+  const std::int64_t own_batch_rows =
+      std::max(request.rows, std::min(cap_rows_, rows_ahead % cap_rows_ + request.rows));
+  const double wait_ns = static_cast<double>(waves) * cost.batch_ns(cap_rows_);
+  const double run_ns = std::max(cost.batch_ns(own_batch_rows),
+                                 cost.batch_ns(request.rows, request.input_bytes));
+  const TimeNs left_ns = request.deadline_ns - now;
+  if (wait_ns + run_ns > static_cast<double>(left_ns)) {
+    admission.verdict = Admission::Verdict::kCannotMeetDeadline;
+    admission.wait_ns = to_ns(wait_ns);
+    admission.run_ns = to_ns(run_ns);
+    admission.left_ns = left_ns;
+  }
+  return admission;
 }
 
 }  // namespace headrace::batching

@@ -12,7 +12,13 @@
 //     answers them AT their deadline, even while every instance is busy (Triton #7512);
 //   - with auto_delay, whether to wait comes from the fitted batch cost, the arrival rate, how
 //     many requests are in flight and whether the CPU is saturated; with latency_target_us,
-//     requests that cannot meet it any more are shed.
+//     requests that cannot meet it any more are shed;
+//   - deadlines are met, not just watched (once the cost model has data): a request that can no
+//     longer finish before its deadline even alone leaves the queue at once (doomed), a batch
+//     only holds requests that finish in time in it, and admit() refuses at submit a request
+//     that the queue ahead of it already makes late. Compute is never spent on an answer that
+//     would arrive after its deadline, so under overload the server's time goes to requests
+//     that still count (goodput), and a refused caller learns it at once.
 //
 // No clock, no thread, no allocation beyond the returned decision: the scheduler passes `now`
 // and tests pass a fake one. decide() is const and may be called from any thread.
@@ -64,14 +70,40 @@ struct Decision {
   std::vector<std::size_t> shed;
   // kWait: decide again at this time (or earlier, when something changes).
   TimeNs wait_until_ns = kNever;
+  // Still before their deadline, but a batch of their own started now would end after it:
+  // answer DEADLINE_EXCEEDED without running. Reported with any action.
+  std::vector<std::size_t> doomed;
   // kRun: the batch was gathered by a wait for companions (the fixed delay, or auto on a
   // saturated server); its size tells the cost model whether such waits find any
   // (CostModel::observe_companion_wait).
   bool companion_wait = false;
 };
 
+// What admit() knows of a request about to be queued and of the queue it would join.
+struct AdmissionView {
+  std::int64_t rows = 1;
+  std::uint64_t input_bytes = 0;
+  TimeNs deadline_ns = 0;         // absolute; 0 = none
+  std::int64_t rows_ahead = 0;    // queued rows at its priority level or above
+  CostEstimate cost;
+};
+
+struct Admission {
+  enum class Verdict { kAdmit, kExpired, kCannotMeetDeadline };
+  Verdict verdict = Verdict::kAdmit;
+  // kCannotMeetDeadline: the prediction that refused it (all ns).
+  TimeNs wait_ns = 0;
+  TimeNs run_ns = 0;
+  TimeNs left_ns = 0;
+};
+
 class BatchingPolicy {
  public:
+  // Deadline predictions (doomed requests, deadline-aware batches, admission) start once the
+  // cost model has fitted this many batches: before that its numbers are a prior, a guess that
+  // must not refuse anyone.
+  static constexpr std::size_t kPredictMinSamples = 4;
+
   // The auto delay on a saturated server (see decide()). The fixed per-batch overhead measured
   // ~0.4x a request's own cost on one shared core (thread and event-loop wake-ups plus the
   // runner's fixed cost); ~6 requests a batch bring it under 7%. More would synchronize a few
@@ -91,6 +123,14 @@ class BatchingPolicy {
   explicit BatchingPolicy(BatcherConfig config);
 
   Decision decide(const QueueView& state, TimeNs now) const;
+
+  // Whether a request can still meet its deadline if queued now. kExpired when the deadline has
+  // passed; kCannotMeetDeadline when the work queued ahead of it (whole batches of batch_cap()
+  // rows, split over the instances) plus its own batch ends after the deadline. The prediction
+  // is a lower bound, so a refusal is certain by the cost model: batches already running count
+  // as ending now and a wait for companions as zero; requests admitted on that optimism and
+  // still late are dropped as doomed before they run.
+  Admission admit(const AdmissionView& request, TimeNs now) const;
 
   const BatcherConfig& config() const noexcept { return config_; }
 

@@ -16,9 +16,11 @@ CostModel::CostModel(std::int64_t latency_target_us) {
   estimate_.b_ns = prior_b_ns_;
 }
 
-void CostModel::observe_batch(std::int64_t rows, TimeNs compute_ns) noexcept {
-  if (rows <= 0 || compute_ns < 0) return;
+void CostModel::observe_batch(std::int64_t rows, std::uint64_t input_bytes,
+                              TimeNs compute_ns) noexcept {
+  if (rows <= 0 || input_bytes == 0 || compute_ns < 0) return;
   rows_[next_] = static_cast<double>(rows);
+  bytes_[next_] = static_cast<double>(input_bytes);
   compute_ns_[next_] = static_cast<double>(compute_ns);
   next_ = (next_ + 1) % kWindow;
   count_ = std::min(count_ + 1, kWindow);
@@ -46,33 +48,52 @@ void CostModel::observe_arrival(TimeNs arrival_ns) noexcept {
   ++arrivals_;
 }
 
-void CostModel::refit() noexcept {
-  const double n = static_cast<double>(count_);
+namespace {
+
+struct Line {
+  double a = 0.0;
+  double b = 0.0;
+};
+
+// Least squares of y = a*x + b over n samples. Without spread in x, the samples only say what
+// that x costs: with a prior slope the rest goes in the intercept; without one (prior < 0) the
+// line goes through the origin, which over-predicts for larger x rather than under-predicts.
+Line fit_line(const std::array<double, CostModel::kWindow>& xs,
+              const std::array<double, CostModel::kWindow>& ys, std::size_t count,
+              double prior_slope) noexcept {
+  const double n = static_cast<double>(count);
   double sx = 0, sy = 0, sxx = 0, sxy = 0;
-  for (std::size_t i = 0; i < count_; ++i) {
-    sx += rows_[i];
-    sy += compute_ns_[i];
-    sxx += rows_[i] * rows_[i];
-    sxy += rows_[i] * compute_ns_[i];
+  for (std::size_t i = 0; i < count; ++i) {
+    sx += xs[i];
+    sy += ys[i];
+    sxx += xs[i] * xs[i];
+    sxy += xs[i] * ys[i];
   }
   const double mean_x = sx / n;
   const double mean_y = sy / n;
   const double var_x = sxx / n - mean_x * mean_x;
-  double a = prior_a_ns_per_row_;
-  // One batch size only says what that size costs: keep the prior slope and put the rest in the
-  // intercept. The variance test is relative so that rounding does not pass for spread.
-  if (var_x > 1e-9 * std::max(1.0, mean_x * mean_x)) {
-    a = (sxy / n - mean_x * mean_y) / var_x;
-  }
+  const double through_origin = sxx > 0.0 ? std::max(sxy / sxx, 0.0) : 0.0;
+  // The variance test is relative so that rounding does not pass for spread.
+  const bool spread = var_x > 1e-9 * std::max(1.0, mean_x * mean_x);
+  if (!spread && prior_slope < 0.0) return {through_origin, 0.0};
+  double a = spread ? (sxy / n - mean_x * mean_y) / var_x : prior_slope;
   a = std::max(a, 0.0);  // Noise can tilt the line; a batch never gets cheaper with more rows.
-  double b = mean_y - a * mean_x;
-  if (b < 0.0) {
-    // Cost proportional to rows: fit the line through the origin instead.
-    b = 0.0;
-    a = sxx > 0.0 ? std::max(sxy / sxx, 0.0) : prior_a_ns_per_row_;
-  }
-  estimate_.a_ns_per_row = a;
-  estimate_.b_ns = b;
+  const double b = mean_y - a * mean_x;
+  // Cost proportional to x: fit the line through the origin instead.
+  if (b < 0.0) return {sxx > 0.0 ? through_origin : prior_slope, 0.0};
+  return {a, b};
+}
+
+}  // namespace
+
+void CostModel::refit() noexcept {
+  const Line by_rows = fit_line(rows_, compute_ns_, count_, prior_a_ns_per_row_);
+  const Line by_bytes = fit_line(bytes_, compute_ns_, count_, -1.0);
+  estimate_.a_ns_per_row = by_rows.a;
+  estimate_.b_ns = by_rows.b;
+  estimate_.a_ns_per_byte = by_bytes.a;
+  estimate_.b_bytes_ns = by_bytes.b;
+  estimate_.samples = count_;
 }
 
 }  // namespace headrace::batching

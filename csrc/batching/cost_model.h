@@ -1,5 +1,6 @@
-// What the auto delay knows about a model: an online fit of batch cost `a*rows + b` and an
-// estimate of how often requests arrive. Observations come from the Batcher (completed batches,
+// What the auto delay knows about a model: an online fit of batch cost `a*rows + b` (and, for the
+// cost of one request of any width, `a*bytes + b` over the batches' input bytes) and an estimate
+// of how often requests arrive. Observations come from the Batcher (completed batches,
 // admitted requests); the policy reads a CostEstimate snapshot, so the policy itself stays pure.
 //
 // Threading: not synchronized. The Batcher mutates and reads it under its own mutex; tests use it
@@ -34,9 +35,23 @@ struct CostEstimate {
   double busy_fraction = 0.0;
   bool saturated = false;
 
+  // The same cost fitted over input bytes instead of rows: rows alone cannot tell a request of
+  // one narrow row from one of a single huge row.
+  double a_ns_per_byte = 0.0;
+  double b_bytes_ns = 0.0;
+  // Batches the fits are made of (<= CostModel::kWindow); 0 means both are priors (guesses).
+  std::size_t samples = 0;
+
   // Predicted run time of a batch of `rows` rows.
   double batch_ns(std::int64_t rows) const noexcept {
     return a_ns_per_row * static_cast<double>(rows) + b_ns;
+  }
+  // Predicted run time of a batch of `rows` rows holding `bytes` input bytes: the larger of the
+  // two fits, so that neither a wide request nor a long one passes for cheap.
+  double batch_ns(std::int64_t rows, std::uint64_t bytes) const noexcept {
+    const double by_bytes = a_ns_per_byte * static_cast<double>(bytes) + b_bytes_ns;
+    const double by_rows = batch_ns(rows);
+    return by_bytes > by_rows ? by_bytes : by_rows;
   }
 };
 
@@ -62,7 +77,9 @@ class CostModel {
   // guess).
   explicit CostModel(std::int64_t latency_target_us = 0);
 
-  void observe_batch(std::int64_t rows, TimeNs compute_ns) noexcept;
+  // A batch of `rows` rows and `input_bytes` bytes of inputs ran in compute_ns. Batches without
+  // input bytes (every tensor empty) say nothing about cost and are not kept.
+  void observe_batch(std::int64_t rows, std::uint64_t input_bytes, TimeNs compute_ns) noexcept;
   void observe_arrival(TimeNs arrival_ns) noexcept;
   // A batch gathered by a wait for companions ran with `requests` requests.
   void observe_companion_wait(std::size_t requests) noexcept;
@@ -76,6 +93,7 @@ class CostModel {
   double prior_a_ns_per_row_;
   double prior_b_ns_;
   std::array<double, kWindow> rows_{};
+  std::array<double, kWindow> bytes_{};
   std::array<double, kWindow> compute_ns_{};
   std::size_t count_ = 0;  // valid samples, <= kWindow
   std::size_t next_ = 0;   // ring position of the next sample

@@ -23,6 +23,7 @@ struct Request {
   // Filled by Batcher::submit.
   std::uint64_t ticket = 0;
   std::int64_t rows = 0;
+  std::uint64_t input_bytes = 0;  // sum of the inputs' byte sizes: the cost model's other measure
   std::size_t level = 0;
   TimeNs enqueue_ns = 0;
   std::uint64_t shape_key = 0;

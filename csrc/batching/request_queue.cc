@@ -5,7 +5,19 @@
 
 namespace headrace::batching {
 
-RequestQueue::RequestQueue(std::size_t levels) : levels_(levels == 0 ? 1 : levels) {}
+RequestQueue::RequestQueue(std::size_t levels)
+    : levels_(levels == 0 ? 1 : levels), level_rows_(levels_.size(), 0) {}
+
+std::int64_t RequestQueue::rows_at_or_above(std::size_t level) const noexcept {
+  std::int64_t rows = 0;
+  for (std::size_t l = 0; l <= level && l < level_rows_.size(); ++l) rows += level_rows_[l];
+  return rows;
+}
+
+void RequestQueue::count_out(const Request& request) noexcept {
+  level_rows_[request.level] -= request.rows;
+  --size_;
+}
 
 std::string RequestQueue::signature_of(const Request& request) {
   // Inputs, dtypes and every non-batch dim: requests that differ in any of them cannot share a
@@ -34,6 +46,7 @@ void RequestQueue::push(std::unique_ptr<Request> request) {
   }
   ++found->second.queued;
   request->shape_key = found->second.key;
+  level_rows_.at(request->level) += request->rows;
   levels_.at(request->level).push_back(std::move(request));
   ++size_;
 }
@@ -73,8 +86,8 @@ std::vector<std::unique_ptr<Request>> RequestQueue::take(std::span<const std::si
     std::unique_ptr<Request>& slot = levels_.at(level).at(index - starts[level]);
     if (!slot) continue;  // the same index twice: take it once
     forget_signature(*slot);
+    count_out(*slot);
     taken.push_back(std::move(slot));
-    --size_;
   }
   for (auto& level : levels_) {
     level.erase(std::remove(level.begin(), level.end(), nullptr), level.end());
@@ -90,7 +103,7 @@ std::unique_ptr<Request> RequestQueue::remove(std::uint64_t ticket) {
     std::unique_ptr<Request> request = std::move(*found);
     level.erase(found);
     forget_signature(*request);
-    --size_;
+    count_out(*request);
     return request;
   }
   return nullptr;
@@ -105,6 +118,7 @@ std::vector<std::unique_ptr<Request>> RequestQueue::take_all() {
   }
   signatures_.clear();
   signature_by_key_.clear();
+  std::fill(level_rows_.begin(), level_rows_.end(), 0);
   size_ = 0;
   return taken;
 }

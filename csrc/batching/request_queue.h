@@ -26,6 +26,9 @@ class RequestQueue {
 
   std::size_t size() const noexcept { return size_; }
   bool empty() const noexcept { return size_ == 0; }
+  // Rows queued at `level` or a higher priority (a lower index): what runs before a new request
+  // of that level. O(levels).
+  std::int64_t rows_at_or_above(std::size_t level) const noexcept;
 
   // Takes ownership. The request's level must be < levels; its shape_key is assigned here.
   void push(std::unique_ptr<Request> request);
@@ -54,7 +57,10 @@ class RequestQueue {
   static std::string signature_of(const Request& request);
   void forget_signature(const Request& request);
 
+  void count_out(const Request& request) noexcept;
+
   std::vector<std::deque<std::unique_ptr<Request>>> levels_;
+  std::vector<std::int64_t> level_rows_;  // rows queued per level
   std::unordered_map<std::string, Signature> signatures_;
   std::unordered_map<std::uint64_t, std::string> signature_by_key_;
   std::uint64_t next_key_ = 1;

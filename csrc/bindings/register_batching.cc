@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -32,6 +33,7 @@
 #include "batching/tensor.h"
 #include "bindings/array_tensors.h"
 #include "bindings/register.h"
+#include "bindings/wire_bytes.h"
 #include "drift/drift_accumulator.h"
 #include "drift/drift_counting_runner.h"
 #include "ort/ort_model.h"
@@ -151,7 +153,13 @@ class PyBatcher {
     auto request = std::make_unique<batching::Request>();
     std::size_t k = 0;
     for (py::handle input : inputs) {
-      request->inputs.push_back(tensor_from_array(input, "input " + std::to_string(k)));
+      // A BYTES input still in wire form (parse_infer_request(expand_bytes=False)) is batched as
+      // it is: no Python object per element is ever made for it.
+      if (py::isinstance<WireBytesTensor>(input)) {
+        request->inputs.push_back(input.cast<const WireBytesTensor&>().tensor());
+      } else {
+        request->inputs.push_back(tensor_from_array(input, "input " + std::to_string(k)));
+      }
       ++k;
     }
     request->priority = priority;
@@ -216,11 +224,16 @@ class PyBatcher {
     out["busy_instances"] = stats.busy_instances;
     out["shed_count"] = stats.shed_count;
     out["expired_count"] = stats.expired_count;
+    out["doomed_count"] = stats.doomed_count;
+    out["deadline_refused_count"] = stats.deadline_refused_count;
     out["cancelled_count"] = stats.cancelled_count;
     out["rejected_count"] = stats.rejected_count;
     out["last_inference_ms"] = stats.last_inference_ms;
     out["cost_a_ns_per_row"] = stats.cost.a_ns_per_row;
     out["cost_b_ns"] = stats.cost.b_ns;
+    out["cost_a_ns_per_byte"] = stats.cost.a_ns_per_byte;
+    out["cost_b_bytes_ns"] = stats.cost.b_bytes_ns;
+    out["cost_samples"] = stats.cost.samples;
     out["arrival_interval_ns"] = stats.cost.arrival_interval_ns;
     out["wait_yield"] = stats.cost.wait_yield;
     out["busy_fraction"] = stats.cost.busy_fraction;
@@ -331,10 +344,37 @@ class PolicyHarness {
     out["run"] = tickets(decision.run);
     out["expired"] = tickets(decision.expired);
     out["shed"] = tickets(decision.shed);
+    out["doomed"] = tickets(decision.doomed);
     out["companion_wait"] = decision.companion_wait;
     out["wait_until_ns"] = decision.action == batching::Decision::Action::kWait
                                ? py::object(py::int_(decision.wait_until_ns))
                                : py::object(py::none());
+    return out;
+  }
+
+  // What submit would answer for a request arriving at now_ns behind the hand-built queue.
+  py::dict admit(std::int64_t rows, std::int64_t priority, std::int64_t deadline_ns,
+                 std::int64_t now_ns, std::uint64_t input_bytes) const {
+    if (rows < 1) throw_invalid_argument("rows must be >= 1");
+    const std::size_t level = policy_.config().level_index(priority);
+    batching::AdmissionView view;
+    view.rows = rows;
+    view.input_bytes = input_bytes;
+    view.deadline_ns = deadline_ns;
+    for (const auto& queued : queue_) {
+      if (queued.level <= level) view.rows_ahead += queued.rows;
+    }
+    view.cost = cost_.estimate();
+    const batching::Admission admission = policy_.admit(view, now_ns);
+    py::dict out;
+    switch (admission.verdict) {
+      case batching::Admission::Verdict::kAdmit: out["verdict"] = "admit"; break;
+      case batching::Admission::Verdict::kExpired: out["verdict"] = "expired"; break;
+      case batching::Admission::Verdict::kCannotMeetDeadline: out["verdict"] = "late"; break;
+    }
+    out["wait_ns"] = admission.wait_ns;
+    out["run_ns"] = admission.run_ns;
+    out["left_ns"] = admission.left_ns;
     return out;
   }
 
@@ -343,6 +383,8 @@ class PolicyHarness {
     py::dict out;
     out["a_ns_per_row"] = estimate.a_ns_per_row;
     out["b_ns"] = estimate.b_ns;
+    out["a_ns_per_byte"] = estimate.a_ns_per_byte;
+    out["b_bytes_ns"] = estimate.b_bytes_ns;
     out["arrival_interval_ns"] = estimate.arrival_interval_ns;
     out["wait_yield"] = estimate.wait_yield;
     out["probe_due"] = estimate.probe_due;
@@ -461,10 +503,19 @@ void register_batching(py::module_& m) {
       .def("remove", &PolicyHarness::remove, py::arg("tickets"))
       .def("set_instances", &PolicyHarness::set_instances, py::arg("free"), py::arg("busy"))
       .def("observe_batch",
-           [](PolicyHarness& harness, std::int64_t rows, std::int64_t compute_ns) {
-             harness.cost_model().observe_batch(rows, compute_ns);
+           [](PolicyHarness& harness, std::int64_t rows, std::int64_t compute_ns,
+              std::optional<std::uint64_t> input_bytes) {
+             const std::uint64_t bytes =
+                 input_bytes ? *input_bytes : static_cast<std::uint64_t>(std::max<std::int64_t>(rows, 0));
+             harness.cost_model().observe_batch(rows, bytes, compute_ns);
            },
-           py::arg("rows"), py::arg("compute_ns"))
+           py::arg("rows"), py::arg("compute_ns"), py::arg("input_bytes") = py::none(),
+           "A batch ran: input_bytes defaults to one byte per row.")
+      .def("admit", &PolicyHarness::admit, py::arg("rows"), py::kw_only(),
+           py::arg("priority") = 0, py::arg("deadline_ns"), py::arg("now_ns"),
+           py::arg("input_bytes") = 0,
+           "What submit decides for such a request behind the queued ones: {verdict: "
+           "'admit'|'expired'|'late', wait_ns, run_ns, left_ns}.")
       .def("observe_arrival",
            [](PolicyHarness& harness, std::int64_t arrival_ns) {
              harness.cost_model().observe_arrival(arrival_ns);

@@ -12,6 +12,7 @@
 
 #include "bindings/bytes_objects.h"
 #include "bindings/register.h"
+#include "bindings/wire_bytes.h"
 #include "tensors/infer_wire.h"
 #include "tensors/status.h"
 #include "tensors/tensor_codec.h"
@@ -110,35 +111,37 @@ int numpy_typenum(tensors::DataType dtype) {
 }
 
 // A raw input as a read-only numpy view of the message bytes; the array's base keeps them alive.
+// BYTES: a WireBytesTensor over the message, or (expand_bytes) its elements as an object array.
 py::object raw_input_array(const py::bytes& message, const std::uint8_t* message_data,
-                           const tensors::ParsedInferInput& input) {
+                           const tensors::ParsedInferInput& input, bool expand_bytes) {
   const tensors::DataType dtype = tensors::parse_datatype(input.datatype, input.name);
+  if (dtype == tensors::DataType::kBytes) {
+    WireBytesTensor bytes{message,       input.raw_offset_bytes, input.raw_size_bytes,
+                          input.shape,   input.element_count,    std::string(input.name),
+                          input.bytes_validated};
+    if (expand_bytes) return bytes.to_numpy();
+    return py::cast(std::move(bytes));
+  }
   std::vector<py::ssize_t> shape(input.shape.begin(), input.shape.end());
   const std::uint8_t* raw = message_data + input.raw_offset_bytes;
-  if (dtype == tensors::DataType::kBytes) {
-    py::array out(py::dtype(numpy_typenum(dtype)), shape);
-    auto** slots = static_cast<PyObject**>(out.mutable_data());
-    for (std::uint64_t i = 0; i < input.element_count; ++i) {
-      const char* start = reinterpret_cast<const char*>(raw + input.bytes_spans[2 * i]);
-      PyObject* element =
-          PyBytes_FromStringAndSize(start, static_cast<py::ssize_t>(input.bytes_spans[2 * i + 1]));
-      if (element == nullptr) throw py::error_already_set();
-      Py_XDECREF(slots[i]);
-      slots[i] = element;
-    }
-    return out;
-  }
   py::array out(py::dtype(numpy_typenum(dtype)), shape, {}, raw, message);
   // pybind11 marks a view with a non-array base writeable; the bytes object is immutable.
   py::detail::array_proxy(out.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
   return out;
 }
 
-py::tuple parse_infer_request(const py::bytes& message, std::uint64_t max_elements) {
-  const auto* data = reinterpret_cast<const std::uint8_t*>(PyBytes_AS_STRING(message.ptr()));
-  const auto size = static_cast<std::size_t>(PyBytes_GET_SIZE(message.ptr()));
+std::span<const std::uint8_t> message_bytes(const py::bytes& message) {
+  return {reinterpret_cast<const std::uint8_t*>(PyBytes_AS_STRING(message.ptr())),
+          static_cast<std::size_t>(PyBytes_GET_SIZE(message.ptr()))};
+}
+
+py::tuple parse_infer_request(const py::bytes& message, std::uint64_t max_elements,
+                              bool expand_bytes) {
+  const auto bytes = message_bytes(message);
+  // Not expanding means not walking the BYTES layout either: the engine expands (and so
+  // validates) once the model is known to take the input.
   const tensors::ParsedInferRequest request =
-      tensors::parse_infer_request({data, size}, clamp_limit(max_elements));
+      tensors::parse_infer_request(bytes, clamp_limit(max_elements), expand_bytes);
   py::dict parameters;
   for (const auto& [key, value] : request.parameters) {
     parameters[utf8_str(key)] = parameter_object(value);
@@ -146,7 +149,9 @@ py::tuple parse_infer_request(const py::bytes& message, std::uint64_t max_elemen
   py::list inputs(request.inputs.size());
   for (std::size_t i = 0; i < request.inputs.size(); ++i) {
     const auto& input = request.inputs[i];
-    py::object array = input.has_raw_contents ? raw_input_array(message, data, input) : py::none();
+    py::object array = input.has_raw_contents
+                           ? raw_input_array(message, bytes.data(), input, expand_bytes)
+                           : py::none();
     inputs[i] = py::make_tuple(utf8_str(input.name), utf8_str(input.datatype), std::move(array));
   }
   py::list output_names(request.output_names.size());
@@ -255,10 +260,40 @@ void register_tensors(py::module_& m) {
         "Split a length-prefixed BYTES blob into a 1-D numpy object array of bytes.");
   m.def("encode_bytes", &encode_bytes, py::arg("elements"), py::arg("name"),
         "Serialize a numpy object array of bytes/str as length-prefixed BYTES.");
+  py::class_<WireBytesTensor>(
+      m, "BytesTensor",
+      "A BYTES input still in wire form inside its request message (nothing expanded yet).")
+      .def_property_readonly("name", [](const WireBytesTensor& t) { return t.name; })
+      .def_property_readonly("datatype", [](const WireBytesTensor&) { return "BYTES"; })
+      .def_property_readonly("shape",
+                             [](const WireBytesTensor& t) {
+                               py::tuple shape(t.shape.size());
+                               for (std::size_t i = 0; i < t.shape.size(); ++i) {
+                                 shape[i] = py::int_(t.shape[i]);
+                               }
+                               return shape;
+                             })
+      .def_property_readonly("ndim", [](const WireBytesTensor& t) { return t.shape.size(); })
+      .def_property_readonly("size", [](const WireBytesTensor& t) { return t.count; })
+      .def_property_readonly("nbytes", [](const WireBytesTensor& t) { return t.size_bytes; })
+      .def("to_numpy", &WireBytesTensor::to_numpy,
+           "Check the length prefixes and expand the elements into an object array of bytes.");
   m.def("parse_infer_request", &parse_infer_request, py::arg("message"), py::arg("max_elements"),
+        py::arg("expand_bytes") = true,
         "Parse and validate a serialized ModelInferRequest: (model_name, model_version, id, "
         "parameters, [(name, datatype, array or None)], output_names, has_typed_contents). "
-        "Raw inputs are read-only numpy views of `message`.");
+        "Raw inputs are read-only numpy views of `message`; BYTES inputs are object arrays, or "
+        "with expand_bytes=False BytesTensor objects whose layout is checked when expanded.");
+  m.def(
+      "infer_request_parse_steps",
+      [](const py::bytes& message, std::uint64_t max_elements, bool validate_bytes) {
+        return tensors::parse_infer_request(message_bytes(message), clamp_limit(max_elements),
+                                            validate_bytes)
+            .work_steps;
+      },
+      py::arg("message"), py::arg("max_elements"), py::arg("validate_bytes") = false,
+      "Parse as parse_infer_request does and return the units of work it took (fields read, "
+      "set lookups, BYTES elements walked); for tests that the parse stays linear.");
   m.def("serialize_infer_response", &serialize_infer_response, py::arg("model_name"),
         py::arg("model_version"), py::arg("id"), py::arg("outputs"),
         "Serialize a ModelInferResponse from [(name, datatype, array)] with raw output contents.");

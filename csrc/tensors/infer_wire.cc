@@ -4,6 +4,8 @@
 #include <bit>
 #include <cstring>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "tensors/status.h"
@@ -69,10 +71,11 @@ std::string_view as_string(std::span<const std::uint8_t> bytes, const char* fiel
   return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
 }
 
-// A cursor over one message's bytes. Every read checks the bytes that remain first.
+// A cursor over one message's bytes. Every read checks the bytes that remain first. Each field
+// read counts one step of `work` (ParsedInferRequest::work_steps).
 class WireReader {
  public:
-  explicit WireReader(std::span<const std::uint8_t> bytes) : bytes_(bytes) {}
+  WireReader(std::span<const std::uint8_t> bytes, std::uint64_t& work) : bytes_(bytes), work_(work) {}
 
   bool done() const noexcept { return pos_ == bytes_.size(); }
 
@@ -90,6 +93,7 @@ class WireReader {
 
   // (field number, wire type) of the next field.
   std::pair<std::uint32_t, std::uint32_t> read_tag() {
+    ++work_;
     const std::uint64_t tag = read_varint();
     if (tag > 0xFFFFFFFFu) malformed("field tag out of range");
     const auto field = static_cast<std::uint32_t>(tag >> 3);
@@ -154,15 +158,19 @@ class WireReader {
     }
   }
 
+  std::uint64_t& work() noexcept { return work_; }
+
  private:
   std::span<const std::uint8_t> bytes_;
   std::size_t pos_ = 0;
+  std::uint64_t& work_;
 };
 
 // InferParameter: a oneof, so the last choice seen wins; a value message that appears twice
 // merges, which for a oneof means the same thing.
-void parse_parameter_value(std::span<const std::uint8_t> bytes, InferParameterValue& value) {
-  WireReader reader(bytes);
+void parse_parameter_value(std::span<const std::uint8_t> bytes, InferParameterValue& value,
+                           std::uint64_t& work) {
+  WireReader reader(bytes, work);
   while (!reader.done()) {
     const auto [field, wire] = reader.read_tag();
     if (field == 1 && wire == kVarint) {
@@ -182,56 +190,93 @@ void parse_parameter_value(std::span<const std::uint8_t> bytes, InferParameterVa
 }
 
 // A map<string, InferParameter> entry: {1 key, 2 value}; absent parts take their defaults.
-void parse_parameter_entry(std::span<const std::uint8_t> bytes,
-                           std::vector<std::pair<std::string_view, InferParameterValue>>& into) {
-  WireReader reader(bytes);
-  std::string_view key;
-  InferParameterValue value;
+// Returns false for an entry that carries unknown fields: the Python runtime (upb) moves such an
+// entry into the parent's unknown fields instead of the map, and so do we.
+bool parse_parameter_entry(std::span<const std::uint8_t> bytes, std::string_view& key,
+                           InferParameterValue& value, std::uint64_t& work) {
+  WireReader reader(bytes, work);
   bool has_unknown_fields = false;
   while (!reader.done()) {
     const auto [field, wire] = reader.read_tag();
     if (field == 1 && wire == kLengthDelimited) {
       key = as_string(reader.read_length_delimited(), "parameters key");
     } else if (field == 2 && wire == kLengthDelimited) {
-      parse_parameter_value(reader.read_length_delimited(), value);
+      parse_parameter_value(reader.read_length_delimited(), value, work);
     } else {
       reader.skip(field, wire);
       has_unknown_fields = true;
     }
   }
-  // The Python runtime (upb) moves an entry that carries unknown fields into the parent's
-  // unknown fields instead of the map; do the same, so both paths see the same parameters.
-  if (has_unknown_fields) return;
-  for (auto& entry : into) {
-    if (entry.first == key) {
-      entry.second = value;
-      return;
+  return !has_unknown_fields;
+}
+
+// The request's parameter map, kept in first-seen key order with the last value per key (the
+// protobuf map rule); the index makes each entry one hash lookup, not a scan of the earlier keys.
+class ParameterMap {
+ public:
+  explicit ParameterMap(std::vector<std::pair<std::string_view, InferParameterValue>>& into)
+      : into_(into) {}
+
+  void add(std::span<const std::uint8_t> entry, std::uint64_t& work) {
+    // Every entry counts, kept or not: the cap bounds the work, not just the map's size.
+    if (++entries_ > kMaxParameters) {
+      throw_invalid_argument("request has more than " + std::to_string(kMaxParameters) +
+                             " parameters, the limit per request");
+    }
+    std::string_view key;
+    InferParameterValue value;
+    if (!parse_parameter_entry(entry, key, value, work)) return;
+    ++work;
+    const auto [found, inserted] = index_.try_emplace(key, into_.size());
+    if (inserted) {
+      into_.emplace_back(key, value);
+    } else {
+      into_[found->second].second = value;
     }
   }
-  into.emplace_back(key, value);
-}
+
+ private:
+  std::vector<std::pair<std::string_view, InferParameterValue>>& into_;
+  std::unordered_map<std::string_view, std::size_t> index_;
+  std::size_t entries_ = 0;
+};
 
 // Per-input parameters are not used by the server, but they are still checked for being well
 // formed, as the protobuf runtime would.
-void check_parameter_entry(std::span<const std::uint8_t> bytes) {
-  std::vector<std::pair<std::string_view, InferParameterValue>> ignored;
-  parse_parameter_entry(bytes, ignored);
+void check_parameter_entry(std::span<const std::uint8_t> bytes, std::uint64_t& work) {
+  std::string_view key;
+  InferParameterValue value;
+  parse_parameter_entry(bytes, key, value, work);
 }
 
-void parse_shape(WireReader& reader, std::uint32_t wire, std::vector<std::int64_t>& shape) {
+// Dims beyond kMaxDims are counted but not kept: the shape is refused when validated (with the
+// message checked_element_count gives), and a message cannot make it grow past the cap.
+void parse_shape(WireReader& reader, std::uint32_t wire, ParsedInferInput& input,
+                 std::size_t& declared_dims) {
+  const auto add = [&](std::uint64_t dim) {
+    if (++declared_dims <= kMaxDims) input.shape.push_back(static_cast<std::int64_t>(dim));
+  };
   if (wire == kVarint) {
-    shape.push_back(static_cast<std::int64_t>(reader.read_varint()));
+    add(reader.read_varint());
   } else {
-    // Packed: a run of varints. The count is not known up front; each one has at least one byte,
-    // so growth is bounded by the bytes actually present.
-    WireReader packed(reader.read_length_delimited());
-    while (!packed.done()) shape.push_back(static_cast<std::int64_t>(packed.read_varint()));
+    // Packed: a run of varints, each at least one byte.
+    WireReader packed(reader.read_length_delimited(), reader.work());
+    while (!packed.done()) {
+      ++reader.work();
+      add(packed.read_varint());
+    }
   }
 }
 
-ParsedInferInput parse_input(std::span<const std::uint8_t> bytes) {
+struct InputEntry {
   ParsedInferInput input;
-  WireReader reader(bytes);
+  std::size_t declared_dims = 0;
+};
+
+InputEntry parse_input(std::span<const std::uint8_t> bytes, std::uint64_t& work) {
+  InputEntry entry;
+  ParsedInferInput& input = entry.input;
+  WireReader reader(bytes, work);
   while (!reader.done()) {
     const auto [field, wire] = reader.read_tag();
     if (field == 1 && wire == kLengthDelimited) {
@@ -239,9 +284,9 @@ ParsedInferInput parse_input(std::span<const std::uint8_t> bytes) {
     } else if (field == 2 && wire == kLengthDelimited) {
       input.datatype = as_string(reader.read_length_delimited(), "InferInputTensor.datatype");
     } else if (field == 3 && (wire == kVarint || wire == kLengthDelimited)) {
-      parse_shape(reader, wire, input.shape);
+      parse_shape(reader, wire, input, entry.declared_dims);
     } else if (field == 4 && wire == kLengthDelimited) {
-      check_parameter_entry(reader.read_length_delimited());
+      check_parameter_entry(reader.read_length_delimited(), work);
     } else if (field == 5 && wire == kLengthDelimited) {
       // Typed contents are decoded by the protobuf runtime on the fallback path.
       reader.read_length_delimited();
@@ -250,23 +295,34 @@ ParsedInferInput parse_input(std::span<const std::uint8_t> bytes) {
       reader.skip(field, wire);
     }
   }
-  return input;
+  return entry;
 }
 
-std::string_view parse_requested_output(std::span<const std::uint8_t> bytes) {
+std::string_view parse_requested_output(std::span<const std::uint8_t> bytes, std::uint64_t& work) {
   std::string_view name;
-  WireReader reader(bytes);
+  WireReader reader(bytes, work);
   while (!reader.done()) {
     const auto [field, wire] = reader.read_tag();
     if (field == 1 && wire == kLengthDelimited) {
       name = as_string(reader.read_length_delimited(), "InferRequestedOutputTensor.name");
     } else if (field == 2 && wire == kLengthDelimited) {
-      check_parameter_entry(reader.read_length_delimited());
+      check_parameter_entry(reader.read_length_delimited(), work);
     } else {
       reader.skip(field, wire);
     }
   }
   return name;
+}
+
+// The refusal of a shape with more than kMaxDims dims (whose excess dims were not kept), with
+// checked_element_count's message and after the datatype check, as validate_raw_tensor orders
+// them on the Python path.
+void check_declared_dims(const ParsedInferInput& input, std::size_t declared_dims) {
+  if (declared_dims <= kMaxDims) return;
+  parse_datatype(input.datatype, input.name);
+  throw_invalid_argument("input " + quoted(input.name) + ": shape has " +
+                         std::to_string(declared_dims) + " dimensions; at most " +
+                         std::to_string(kMaxDims) + " are supported");
 }
 
 // ---- serialization ----
@@ -344,10 +400,13 @@ class WireWriter {
 }  // namespace
 
 ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
-                                       std::uint64_t max_elements) {
+                                       std::uint64_t max_elements, bool validate_bytes) {
   ParsedInferRequest request;
+  std::uint64_t& work = request.work_steps;
   std::vector<std::span<const std::uint8_t>> raw_contents;
-  WireReader reader(message);
+  std::vector<std::size_t> declared_dims;
+  ParameterMap parameters(request.parameters);
+  WireReader reader(message, work);
   while (!reader.done()) {
     const auto [field, wire] = reader.read_tag();
     if (wire != kLengthDelimited) {
@@ -366,15 +425,31 @@ ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
         request.id = as_string(payload, "id");
         break;
       case 4:
-        parse_parameter_entry(payload, request.parameters);
+        parameters.add(payload, work);
         break;
-      case 5:
-        request.inputs.push_back(parse_input(payload));
+      case 5: {
+        if (request.inputs.size() == kMaxInputs) {
+          throw_invalid_argument("request has more than " + std::to_string(kMaxInputs) +
+                                 " inputs, the limit per request");
+        }
+        InputEntry entry = parse_input(payload, work);
+        declared_dims.push_back(entry.declared_dims);
+        request.inputs.push_back(std::move(entry.input));
         break;
+      }
       case 6:
-        request.output_names.push_back(parse_requested_output(payload));
+        if (request.output_names.size() == kMaxRequestedOutputs) {
+          throw_invalid_argument("request asks for more than " +
+                                 std::to_string(kMaxRequestedOutputs) +
+                                 " outputs, the limit per request");
+        }
+        request.output_names.push_back(parse_requested_output(payload, work));
         break;
       case 7:
+        if (raw_contents.size() == kMaxInputs) {
+          throw_invalid_argument("request has more than " + std::to_string(kMaxInputs) +
+                                 " raw_input_contents entries, the limit per request");
+        }
         raw_contents.push_back(payload);
         break;
       default:
@@ -398,23 +473,34 @@ ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
       }
     }
   }
+  std::unordered_set<std::string_view> names;
+  names.reserve(inputs.size());
   for (std::size_t index = 0; index < inputs.size(); ++index) {
     ParsedInferInput& input = inputs[index];
-    // A handful of inputs per request: a linear scan beats building a set.
-    for (std::size_t earlier = 0; earlier < index; ++earlier) {
-      if (inputs[earlier].name == input.name) {
-        throw_invalid_argument("input " + quoted(input.name) + " appears more than once");
-      }
+    ++work;
+    if (!names.insert(input.name).second) {
+      throw_invalid_argument("input " + quoted(input.name) + " appears more than once");
     }
     if (!raw_contents.empty()) {
       const auto raw = raw_contents[index];
       input.has_raw_contents = true;
       input.raw_offset_bytes = static_cast<std::size_t>(raw.data() - message.data());
       input.raw_size_bytes = raw.size();
+      check_declared_dims(input, declared_dims[index]);
       input.element_count =
           validate_raw_tensor(input.datatype, input.shape, raw.size(), max_elements, input.name);
       if (element_size(parse_datatype(input.datatype, input.name)) == 0) {
-        input.bytes_spans = bytes_element_spans(raw, input.element_count, input.name);
+        if (validate_bytes) {
+          work += input.element_count;
+          validate_bytes_elements(raw, input.element_count, input.name);
+          input.bytes_validated = true;
+        } else if (input.element_count > raw.size() / 4) {
+          // The walk's first refusal, checked without walking: the count cannot then force work
+          // or allocation beyond the request's real size on whoever expands it.
+          throw_invalid_argument("input " + quoted(input.name) + ": BYTES content of " +
+                                 std::to_string(raw.size()) + " bytes cannot hold " +
+                                 std::to_string(input.element_count) + " elements");
+        }
       }
     } else if (input.has_typed_contents) {
       // From here on the Python path decodes typed contents, whose errors come first there.

@@ -7,6 +7,10 @@
 // remain before it is used, and nothing is allocated for what the message merely declares: raw
 // contents stay where they are and are reported as (offset, size) into the message.
 //
+// Work is linear in the message size: repeated names and keys are found through hash sets, and the
+// counts that each cost an entry (inputs, requested outputs, parameters, shape dims) are capped
+// while reading, so a small message cannot make the parser build large tables either.
+//
 // Ownership/threading: free functions, no state, safe from any thread. A ParsedInferRequest holds
 // string_views into the message bytes: the caller keeps those bytes alive (and unchanged) for as
 // long as it uses the result. Serialization writes into caller memory or returns an owned string.
@@ -25,6 +29,13 @@
 
 namespace headrace::tensors {
 
+// Caps on what one request may list. Each refusal is INVALID_ARGUMENT naming the cap. Generous
+// for real models (Triton's own examples use a handful of each), small enough that a request
+// at the cap is parsed in microseconds.
+inline constexpr std::size_t kMaxInputs = 1024;             // inputs (and raw_input_contents)
+inline constexpr std::size_t kMaxRequestedOutputs = 1024;   // outputs
+inline constexpr std::size_t kMaxParameters = 256;          // request-level parameter entries
+
 // An InferParameter's oneof: bool_param (1), int64_param (2), string_param (3), double_param (4),
 // uint64_param (5); monostate when none is set (Python's WhichOneof() is None).
 using InferParameterValue =
@@ -41,9 +52,10 @@ struct ParsedInferInput {
   std::size_t raw_offset_bytes = 0;
   std::size_t raw_size_bytes = 0;
   std::uint64_t element_count = 0;  // valid when has_raw_contents
-  // BYTES only: element i's payload is raw[bytes_spans[2*i], + bytes_spans[2*i+1]), offsets
-  // relative to the start of the raw entry (as bytes_element_spans returns them).
-  std::vector<std::uint64_t> bytes_spans;
+  // BYTES with raw contents: the layout (length prefixes) was walked and is valid. When the
+  // parse was asked not to (validate_bytes = false), only element_count <= raw_size_bytes / 4
+  // was checked, and whoever expands the elements validates them (validate_bytes_elements).
+  bool bytes_validated = false;
 };
 
 struct ParsedInferRequest {
@@ -58,15 +70,21 @@ struct ParsedInferRequest {
   // were validated only up to the first such input, and the caller must decode the request
   // with the protobuf runtime (typed contents are the compatible, slow path).
   bool has_typed_contents = false;
+  // Units of parsing work done (fields and values read, set lookups, BYTES elements walked):
+  // tests check it stays linear in the message size.
+  std::uint64_t work_steps = 0;
 };
 
 // Parses and validates a serialized ModelInferRequest. Throws CoreError(kInvalidArgument):
 // "malformed ModelInferRequest: ..." for bytes that are not a valid message, and the same
 // messages as the Python decode_infer_request for structural errors (raw count mismatch, raw and
 // typed mixed, duplicate input, input without contents, and per raw input: datatype, shape,
-// byte size, BYTES layout). `max_elements` bounds every raw input's element count.
+// byte size, BYTES layout), plus the caps above. `max_elements` bounds every raw input's shape
+// (checked_element_count). With validate_bytes = false the BYTES layout is left to whoever
+// expands the elements, so a request is refused (model not found, wrong input) without walking
+// a large BYTES payload first.
 ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
-                                       std::uint64_t max_elements);
+                                       std::uint64_t max_elements, bool validate_bytes = true);
 
 // One output tensor: its raw bytes are caller memory (BYTES already length-prefixed).
 struct InferOutputView {

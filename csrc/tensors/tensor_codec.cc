@@ -69,6 +69,11 @@ std::size_t element_size(DataType dtype) noexcept {
 
 std::uint64_t checked_element_count(std::span<const std::int64_t> shape,
                                     std::uint64_t max_elements, std::string_view tensor_name) {
+  if (shape.size() > kMaxDims) {
+    throw_invalid_argument("input " + quoted(tensor_name) + ": shape has " +
+                           std::to_string(shape.size()) + " dimensions; at most " +
+                           std::to_string(kMaxDims) + " are supported");
+  }
   bool has_zero = false;
   for (std::size_t axis = 0; axis < shape.size(); ++axis) {
     if (shape[axis] < 0) {
@@ -77,20 +82,26 @@ std::uint64_t checked_element_count(std::span<const std::int64_t> shape,
     }
     has_zero = has_zero || shape[axis] == 0;
   }
-  // An empty tensor is empty whatever its other dims say; only a non-empty product can
-  // exceed the limit.
-  if (has_zero) return 0;
-  std::uint64_t count = 1;
+  // The extent (product of the non-zero dims) is what loops over the tensor's indices cost, so
+  // it is bounded whether or not a zero dim makes the tensor empty.
+  std::uint64_t extent = 1;
   for (const std::int64_t dim : shape) {
+    if (dim == 0) continue;
     const auto udim = static_cast<std::uint64_t>(dim);
     // Checked before multiplying, so a hostile shape never wraps around to a small number.
-    if (count > max_elements / udim) {
+    if (extent > max_elements / udim) {
+      if (has_zero) {
+        throw_invalid_argument("input " + quoted(tensor_name) +
+                               ": shape is empty (a zero dimension) but its other dimensions "
+                               "multiply to more than " +
+                               std::to_string(max_elements) + ", the request limit");
+      }
       throw_invalid_argument("input " + quoted(tensor_name) + ": shape has more than " +
               std::to_string(max_elements) + " elements, the request limit");
     }
-    count *= udim;
+    extent *= udim;
   }
-  return count;
+  return has_zero ? 0 : extent;
 }
 
 std::uint64_t validate_raw_tensor(std::string_view datatype, std::span<const std::int64_t> shape,
@@ -110,17 +121,21 @@ std::uint64_t validate_raw_tensor(std::string_view datatype, std::span<const std
   return count;
 }
 
-std::vector<std::uint64_t> bytes_element_spans(std::span<const std::uint8_t> blob,
-                                               std::uint64_t expected_count,
-                                               std::string_view tensor_name) {
+namespace {
+
+// Walks the length prefixes of a BYTES blob, calling on_element(offset, length) per element.
+// Every prefix and payload is checked to lie inside the blob, and the blob must hold exactly
+// `expected_count` elements.
+template <typename OnElement>
+void walk_bytes_elements(std::span<const std::uint8_t> blob, std::uint64_t expected_count,
+                         std::string_view tensor_name, OnElement&& on_element) {
   // Each element takes at least its 4-byte prefix, so a blob of n bytes holds at most n/4
-  // elements: checking this first bounds the allocation below by the request's real size.
+  // elements: checking this first bounds the work (and any caller's allocation) by the
+  // request's real size.
   if (expected_count > blob.size() / 4) {
     throw_invalid_argument("input " + quoted(tensor_name) + ": BYTES content of " + std::to_string(blob.size()) +
             " bytes cannot hold " + std::to_string(expected_count) + " elements");
   }
-  std::vector<std::uint64_t> spans;
-  spans.reserve(static_cast<std::size_t>(expected_count) * 2);
   std::size_t pos = 0;
   for (std::uint64_t i = 0; i < expected_count; ++i) {
     if (blob.size() - pos < 4) {
@@ -136,8 +151,7 @@ std::vector<std::uint64_t> bytes_element_spans(std::span<const std::uint8_t> blo
               " declares " + std::to_string(length) + " bytes but only " +
               std::to_string(blob.size() - pos) + " remain");
     }
-    spans.push_back(pos);
-    spans.push_back(length);
+    on_element(pos, length);
     pos += length;
   }
   if (pos != blob.size()) {
@@ -145,6 +159,25 @@ std::vector<std::uint64_t> bytes_element_spans(std::span<const std::uint8_t> blo
             std::to_string(blob.size() - pos) + " bytes after the " +
             std::to_string(expected_count) + " elements the shape declares");
   }
+}
+
+}  // namespace
+
+void validate_bytes_elements(std::span<const std::uint8_t> blob, std::uint64_t expected_count,
+                             std::string_view tensor_name) {
+  walk_bytes_elements(blob, expected_count, tensor_name, [](std::size_t, std::uint32_t) {});
+}
+
+std::vector<std::uint64_t> bytes_element_spans(std::span<const std::uint8_t> blob,
+                                               std::uint64_t expected_count,
+                                               std::string_view tensor_name) {
+  std::vector<std::uint64_t> spans;
+  // Checked by the walk before anything is stored; reserving first would trust the count.
+  walk_bytes_elements(blob, expected_count, tensor_name, [&spans, expected_count](std::size_t offset, std::uint32_t length) {
+    if (spans.empty()) spans.reserve(static_cast<std::size_t>(expected_count) * 2);
+    spans.push_back(offset);
+    spans.push_back(length);
+  });
   return spans;
 }
 

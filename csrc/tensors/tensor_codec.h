@@ -1,9 +1,9 @@
 // Validation and codecs for tensors as they arrive on the wire (KServe v2 / Triton).
 //
 // Everything here runs on untrusted request bytes before anything is allocated for them: a shape
-// is checked for negative dims and for a product that overflows or exceeds the request limit
-// before any buffer of that size exists, and a BYTES blob is walked for its length prefixes
-// without copying it.
+// is checked for its rank, for negative dims and for a product that overflows or exceeds the
+// request limit before any buffer of that size exists, and a BYTES blob is walked for its length
+// prefixes without copying it.
 //
 // Ownership/threading: free functions over caller-owned memory; no state, safe from any thread.
 // The caller keeps the input bytes alive for the duration of each call; returned vectors own
@@ -47,9 +47,16 @@ DataType parse_datatype(std::string_view name, std::string_view tensor_name);
 // Bytes per element; 0 for BYTES.
 std::size_t element_size(DataType dtype) noexcept;
 
-// Product of `shape` after checking every dim is >= 0 and the product fits in
-// `max_elements`. Throws CoreError(kInvalidArgument) naming the tensor otherwise. Never
-// overflows: the product is checked before each multiplication.
+// Most dimensions a tensor may declare. numpy (1.x) stops at 32, and no model's tensor comes
+// near it; the cap keeps a shape's own size, and every loop over it, bounded.
+inline constexpr std::size_t kMaxDims = 32;
+
+// Product of `shape` after checking the rank (<= kMaxDims), every dim >= 0, and that the product
+// of the NON-ZERO dims fits in `max_elements`. A zero dim makes the tensor empty, but does not
+// exempt the others: code that walks a tensor by rows or by any other dim (batch assembly,
+// scatter, a model's own loops) would still do work per declared index, so `[2^31, 0]` is
+// refused like `[2^31, 1]`. Throws CoreError(kInvalidArgument) naming the tensor otherwise.
+// Never overflows: the product is checked before each multiplication.
 std::uint64_t checked_element_count(std::span<const std::int64_t> shape,
                                     std::uint64_t max_elements, std::string_view tensor_name);
 
@@ -58,6 +65,11 @@ std::uint64_t checked_element_count(std::span<const std::int64_t> shape,
 std::uint64_t validate_raw_tensor(std::string_view datatype, std::span<const std::int64_t> shape,
                                   std::size_t raw_byte_size, std::uint64_t max_elements,
                                   std::string_view tensor_name);
+
+// Checks a serialized BYTES blob as bytes_element_spans does, without keeping the spans: no
+// allocation at all. Work is linear in `expected_count`, itself at most blob.size() / 4.
+void validate_bytes_elements(std::span<const std::uint8_t> blob, std::uint64_t expected_count,
+                             std::string_view tensor_name);
 
 // Byte offsets of each BYTES element's payload in a serialized blob: element i's payload is
 // blob[offsets[2*i], offsets[2*i] + offsets[2*i+1]). Validates that every 4-byte little-endian

@@ -16,14 +16,32 @@ def validate_raw_tensor(
 def checked_element_count(shape: Sequence[int], max_elements: int, name: str) -> int: ...
 def decode_bytes(blob: bytes | memoryview, count: int, name: str) -> npt.NDArray[np.object_]: ...
 def encode_bytes(elements: npt.NDArray[np.object_], name: str) -> bytes: ...
+class BytesTensor:
+    """A BYTES input still in wire form inside its request message (nothing expanded)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def datatype(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def ndim(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def to_numpy(self) -> npt.NDArray[np.object_]:
+        """Check the length prefixes (CoreError INVALID_ARGUMENT) and expand the elements."""
+
 def parse_infer_request(
-    message: bytes, max_elements: int
+    message: bytes, max_elements: int, expand_bytes: bool = True
 ) -> tuple[
     str,
     str,
     str,
     dict[str, bool | int | float | str | None],
-    list[tuple[str, str, npt.NDArray[Any] | None]],
+    list[tuple[str, str, npt.NDArray[Any] | BytesTensor | None]],
     list[str],
     bool,
 ]:
@@ -31,9 +49,16 @@ def parse_infer_request(
 
     Returns (model_name, model_version, id, parameters, inputs, output_names,
     has_typed_contents); each input is (name, datatype, array), the array a read-only view of
-    ``message`` (BYTES: an object array of bytes), or None when the request carries typed
+    ``message`` (BYTES: an object array of bytes, or with ``expand_bytes=False`` a BytesTensor
+    whose layout is checked only when expanded), or None when the request carries typed
     contents, which the caller decodes with the protobuf runtime.
     """
+
+def infer_request_parse_steps(
+    message: bytes, max_elements: int, validate_bytes: bool = False
+) -> int:
+    """Units of work parse_infer_request takes on ``message`` (fields read, set lookups, BYTES
+    elements walked); raises as it does."""
 
 def serialize_infer_response(
     model_name: str,
@@ -107,18 +132,29 @@ class Batcher:
     @property
     def name(self) -> str: ...
     def submit(
-        self, inputs: Sequence[npt.NDArray[Any]], priority: int = 0, deadline_ns: int = 0
-    ) -> int: ...
+        self,
+        inputs: Sequence[npt.NDArray[Any] | BytesTensor],
+        priority: int = 0,
+        deadline_ns: int = 0,
+    ) -> int:
+        """Queue a request; CoreError INVALID_ARGUMENT for bad inputs, UNAVAILABLE when the
+        queue is full or the deadline is out of reach behind it, DEADLINE_EXCEEDED when the
+        deadline has already passed."""
     def submit_or_run(
-        self, inputs: Sequence[npt.NDArray[Any]], priority: int = 0, deadline_ns: int = 0
+        self,
+        inputs: Sequence[npt.NDArray[Any] | BytesTensor],
+        priority: int = 0,
+        deadline_ns: int = 0,
     ) -> tuple[int, bool]: ...
     def cancel(self, ticket: int) -> bool: ...
     def stats(self) -> dict[str, Any]:
         """request_success, request_failure, inference_count (rows run), execution_count
         (batches), queue_ns, queue_count, compute_ns, compute_count, batch_sizes ({rows:
-        {"count", "compute_ns"}}), pending_requests, busy_instances, shed_count, expired_count,
-        cancelled_count, rejected_count, last_inference_ms, cost_a_ns_per_row, cost_b_ns,
-        arrival_interval_ns, wait_yield, busy_fraction, saturated."""
+        {"count", "compute_ns"}}), pending_requests, busy_instances, shed_count, expired_count
+        (doomed_count included), doomed_count, cancelled_count, rejected_count,
+        deadline_refused_count, last_inference_ms, cost_a_ns_per_row, cost_b_ns,
+        cost_a_ns_per_byte, cost_b_bytes_ns, cost_samples, arrival_interval_ns, wait_yield,
+        busy_fraction, saturated."""
     def shutdown(self, drain: bool = True) -> None: ...
 
 class PolicyHarness:
@@ -137,13 +173,24 @@ class PolicyHarness:
     ) -> None: ...
     def remove(self, tickets: Sequence[int]) -> None: ...
     def set_instances(self, free: int, busy: int) -> None: ...
-    def observe_batch(self, rows: int, compute_ns: int) -> None: ...
+    def observe_batch(self, rows: int, compute_ns: int, input_bytes: int | None = None) -> None:
+        """A batch ran; input_bytes defaults to one byte per row."""
+    def admit(
+        self,
+        rows: int,
+        *,
+        priority: int = 0,
+        deadline_ns: int,
+        now_ns: int,
+        input_bytes: int = 0,
+    ) -> dict[str, Any]:
+        """{"verdict": "admit"|"expired"|"late", "wait_ns", "run_ns", "left_ns"}"""
     def observe_arrival(self, arrival_ns: int) -> None: ...
     def set_saturated(self, saturated: bool) -> None: ...
     def observe_companion_wait(self, requests: int) -> None: ...
     def decide(self, now_ns: int, flush: bool = False) -> dict[str, Any]:
         """{"action": "run"|"wait"|"idle", "run": [tickets], "expired": [tickets],
-        "shed": [tickets], "wait_until_ns": int | None}"""
+        "doomed": [tickets], "shed": [tickets], "wait_until_ns": int | None}"""
     def cost(self) -> dict[str, float]: ...
     @property
     def queued(self) -> list[int]: ...

@@ -235,6 +235,7 @@ int main() {
   std::map<std::uint64_t, Expected> expected;  // ticket -> request
   std::set<std::uint64_t> cancelled_ok;        // cancel() returned true
   std::atomic<int> rejected{0};
+  std::atomic<int> deadline_refused{0};
   std::atomic<bool> submitting{true};
 
   std::map<std::uint64_t, Completion> answered;
@@ -262,7 +263,8 @@ int main() {
         const std::int64_t width = (random() % 3 == 0) ? 3 : 2;  // two shape groups
         auto request = make_request(id, rows, width);
         request->priority = static_cast<std::int64_t>(random() % 4);
-        if (random() % 5 == 0) {
+        const bool has_deadline = random() % 5 == 0;
+        if (has_deadline) {
           // Some deadlines pass while queued, some before the request is even looked at.
           request->deadline_ns = monotonic_ns() + static_cast<TimeNs>(random() % 400'000);
         }
@@ -274,8 +276,14 @@ int main() {
           }
           mine.push_back(ticket);
         } catch (const CoreError& error) {
-          expect(error.code() == StatusCode::kUnavailable, "only queue-full refusals");
-          rejected.fetch_add(1);
+          // Queue full (UNAVAILABLE), or refused for its deadline: already past
+          // (DEADLINE_EXCEEDED) or out of reach behind the queue (UNAVAILABLE).
+          const bool for_deadline = error.message().find("deadline") != std::string::npos;
+          expect(error.code() == StatusCode::kUnavailable ||
+                     (for_deadline && error.code() == StatusCode::kDeadlineExceeded),
+                 "only queue-full and deadline refusals");
+          expect(!for_deadline || has_deadline, "deadline refusals only with a deadline");
+          (for_deadline ? deadline_refused : rejected).fetch_add(1);
           std::this_thread::sleep_for(std::chrono::microseconds(100));
         }
         if (!mine.empty() && random() % 6 == 0) {
@@ -366,6 +374,9 @@ int main() {
   expect(stats.expired_count == expired, "stats: expired");
   expect(stats.cancelled_count == cancelled, "stats: cancelled");
   expect(stats.rejected_count == static_cast<std::uint64_t>(rejected.load()), "stats: rejected");
+  expect(stats.deadline_refused_count == static_cast<std::uint64_t>(deadline_refused.load()),
+         "stats: refused for their deadline");
+  expect(stats.doomed_count <= stats.expired_count, "stats: doomed are counted as expired");
   expect(stats.pending_requests == 0 && stats.busy_instances == 0, "stats: nothing left");
   std::uint64_t histogram_batches = 0;
   for (const auto& [rows, size_stats] : stats.batch_sizes) {
@@ -378,10 +389,10 @@ int main() {
   expect(ok > 0 && rows_ok > 0, "requests succeeded");
 
   std::printf("requests=%zu ok=%llu expired=%llu cancelled=%llu internal=%llu rejected=%d "
-              "batches=%llu\n",
+              "deadline_refused=%d batches=%llu\n",
               expected.size(), static_cast<unsigned long long>(ok),
               static_cast<unsigned long long>(expired), static_cast<unsigned long long>(cancelled),
-              static_cast<unsigned long long>(internal), rejected.load(),
+              static_cast<unsigned long long>(internal), rejected.load(), deadline_refused.load(),
               static_cast<unsigned long long>(stats.execution_count));
   if (failures.load() != 0) {
     std::fprintf(stderr, "%d failures\n", failures.load());

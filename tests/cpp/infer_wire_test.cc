@@ -115,8 +115,8 @@ int main() {
   expect(parsed.inputs[0].raw_size_bytes == 24 &&
              request.bytes[parsed.inputs[0].raw_offset_bytes] == '\x01',
          "raw offset points into the message");
-  expect(parsed.inputs[1].bytes_spans.size() == 4 && parsed.inputs[1].bytes_spans[1] == 2,
-         "BYTES spans");
+  expect(parsed.inputs[1].element_count == 2 && parsed.inputs[1].bytes_validated,
+         "BYTES layout validated");
   expect(parsed.output_names.size() == 1 && parsed.output_names[0] == "out", "outputs");
   expect(!parsed.has_typed_contents, "no typed contents");
 

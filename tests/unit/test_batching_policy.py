@@ -91,6 +91,7 @@ def test_zero_delay_sends_at_once() -> None:
         "action": "run",
         "run": [1],
         "expired": [],
+        "doomed": [],
         "shed": [],
         "wait_until_ns": None,
         "companion_wait": False,
