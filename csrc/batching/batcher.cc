@@ -196,7 +196,7 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
                     "model " + name_ + " cannot answer before the request's deadline: " +
                         milliseconds(admission.left_ns) + " left, predicted " +
                         milliseconds(admission.wait_ns) + " queued behind earlier requests + " +
-                        milliseconds(admission.run_ns) + " to run; retry later or allow more time");
+                        milliseconds(admission.run_ns) + " to run and answer; retry later or allow more time");
   }
   throw CoreError(StatusCode::kUnavailable, "queue full: " + std::to_string(queued) +
                                                 " requests queued for model " + name_);
@@ -204,16 +204,33 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
 
 bool Batcher::cancel(std::uint64_t ticket) {
   std::vector<std::unique_ptr<Request>> removed;
+  Overdue overdue = Overdue::kNo;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     std::unique_ptr<Request> request = queue_.remove(ticket);
     if (!request) return false;
+    // gRPC cancels a call on the server at its deadline, racing the scheduler's own timer for
+    // the same event: a cancel that finds the request already overdue is counted (and
+    // answered) as the deadline's doing, whichever timer fired first.
+    const QueuedRequest queued{request->ticket, request->rows, request->level,
+                               request->enqueue_ns, request->deadline_ns, request->shape_key};
+    overdue = policy_.overdue(queued, cost_.estimate(), monotonic_ns());
     removed.push_back(std::move(request));
-    ++stats_.cancelled_count;
+    if (overdue == Overdue::kNo) {
+      ++stats_.cancelled_count;
+    } else {
+      ++stats_.expired_count;
+      if (overdue == Overdue::kDoomed) ++stats_.doomed_count;
+    }
     ++stats_.request_failure;
     scheduler_wake_.notify_one();  // the oldest request, and so the delay, may have changed
   }
-  answer(removed, StatusCode::kCancelled, "request cancelled while queued");
+  if (overdue == Overdue::kNo) {
+    answer(removed, StatusCode::kCancelled, "request cancelled while queued");
+  } else {
+    answer(removed, StatusCode::kDeadlineExceeded,
+           "deadline exceeded while queued for model " + name_ + " (then cancelled)");
+  }
   return true;
 }
 

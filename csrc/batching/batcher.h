@@ -43,7 +43,9 @@ class Batcher {
   // Queues a request and returns its ticket; its completion arrives on the CompletionQueue.
   // Throws CoreError: kInvalidArgument for inputs that do not agree (no inputs, no batch dim,
   // differing row counts, 0 rows, bytes not matching a shape, priority out of range);
-  // kUnavailable when the queue is full or the batcher is shut down.
+  // kUnavailable when the queue is full, the batcher is shut down, or the work queued ahead
+  // makes the request's deadline out of reach (BatchingPolicy::admit); kDeadlineExceeded when
+  // its deadline has already passed.
   std::uint64_t submit(std::unique_ptr<Request> request);
 
   using Job = std::vector<std::unique_ptr<Request>>;
@@ -58,8 +60,10 @@ class Batcher {
   // Fitted cost samples needed before a batch may run inline (the prior is a guess).
   static constexpr std::size_t kInlineMinSamples = 16;
 
-  // Removes a queued request and answers it CANCELLED. False when it is not queued (already
-  // running, answered or unknown): a running batch is never interrupted.
+  // Removes a queued request and answers it CANCELLED -- or, when its deadline already left it
+  // no time (BatchingPolicy::overdue), DEADLINE_EXCEEDED, counted as expired: gRPC cancels a
+  // call at its deadline, racing the scheduler for the same event. False when it is not queued
+  // (already running, answered or unknown): a running batch is never interrupted.
   bool cancel(std::uint64_t ticket);
 
   BatcherStats stats() const;

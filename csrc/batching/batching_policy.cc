@@ -33,6 +33,10 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
   const CostEstimate& cost = state.cost;
   const TimeNs target_ns = config_.latency_target_us * 1000;
   const bool predict = cost.samples >= kPredictMinSamples;
+  // Predicted time from starting a batch of `rows` to its answers leaving the server.
+  const auto answered_after = [&cost](std::int64_t rows) {
+    return to_ns(cost.batch_ns(rows)) + kDeliveryMarginNs;
+  };
   const auto has_deadline_before = [](const QueuedRequest& request, TimeNs t) {
     return request.deadline_ns != 0 && request.deadline_ns < t;
   };
@@ -55,18 +59,17 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
   TimeNs oldest_ns = Decision::kNever;
   for (const std::size_t i : order) {
     const QueuedRequest& request = requests[i];
-    if (request.deadline_ns != 0 && request.deadline_ns <= now) {
+    const Overdue late = overdue(request, cost, now);
+    if (late == Overdue::kExpired) {
       decision.expired.push_back(i);
       continue;
     }
+    if (late == Overdue::kDoomed) {
+      decision.doomed.push_back(i);
+      continue;
+    }
     if (predict && request.deadline_ns != 0) {
-      // The earliest it could finish is now, alone: if even that is late, running it is wasted.
-      const TimeNs alone_ns = to_ns(cost.batch_ns(request.rows));
-      if (now > request.deadline_ns - alone_ns) {
-        decision.doomed.push_back(i);
-        continue;
-      }
-      wake = std::min(wake, request.deadline_ns - alone_ns + 1);
+      wake = std::min(wake, request.deadline_ns - answered_after(request.rows) + 1);
     }
     if (target_ns > 0) {
       // The earliest it could finish is now, alone: if even that is late, running it is wasted.
@@ -128,7 +131,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
   // instead of shrinking them for requests about to be late, which would lower throughput just
   // when every request is nearing its deadline (the collapse of earliest-deadline-first).
   if (predict) {
-    const TimeNs finish = now + to_ns(cost.batch_ns(pending_rows));
+    const TimeNs finish = now + answered_after(pending_rows);
     std::size_t on_time_prefix = 0;
     std::int64_t prefix_rows = 0;
     TimeNs prefix_deadline = Decision::kNever;
@@ -137,7 +140,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
       if (requests[i].deadline_ns != 0) {
         prefix_deadline = std::min(prefix_deadline, requests[i].deadline_ns);
       }
-      if (now + to_ns(cost.batch_ns(prefix_rows)) > prefix_deadline) break;
+      if (now + answered_after(prefix_rows) > prefix_deadline) break;
       ++on_time_prefix;
     }
     if (on_time_prefix < batch.size()) {
@@ -205,7 +208,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
     // A wait for companions ends in time for the most urgent member.
     for (const std::size_t i : batch) {
       if (requests[i].deadline_ns == 0) continue;
-      send_by = std::min(send_by, requests[i].deadline_ns - to_ns(cost.batch_ns(pending_rows)));
+      send_by = std::min(send_by, requests[i].deadline_ns - answered_after(pending_rows));
     }
   }
 
@@ -287,6 +290,17 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
   return decision;
 }
 
+Overdue BatchingPolicy::overdue(const QueuedRequest& request, const CostEstimate& cost,
+                                TimeNs now) const {
+  if (request.deadline_ns == 0) return Overdue::kNo;
+  if (request.deadline_ns <= now) return Overdue::kExpired;
+  if (cost.samples < kPredictMinSamples) return Overdue::kNo;
+  // The earliest it could be answered is after a batch of its own started now: if even that is
+  // late, running it is wasted.
+  const TimeNs alone_ns = to_ns(cost.batch_ns(request.rows)) + kDeliveryMarginNs;
+  return now > request.deadline_ns - alone_ns ? Overdue::kDoomed : Overdue::kNo;
+}
+
 Admission BatchingPolicy::admit(const AdmissionView& request, TimeNs now) const {
   Admission admission;
   if (request.deadline_ns == 0) return admission;
@@ -304,7 +318,8 @@ Admission BatchingPolicy::admit(const AdmissionView& request, TimeNs now) const 
       std::max(request.rows, std::min(cap_rows_, rows_ahead % cap_rows_ + request.rows));
   const double wait_ns = static_cast<double>(waves) * cost.batch_ns(cap_rows_);
   const double run_ns = std::max(cost.batch_ns(own_batch_rows),
-                                 cost.batch_ns(request.rows, request.input_bytes));
+                                 cost.batch_ns(request.rows, request.input_bytes)) +
+                        static_cast<double>(kDeliveryMarginNs);
   const TimeNs left_ns = request.deadline_ns - now;
   if (wait_ns + run_ns > static_cast<double>(left_ns)) {
     admission.verdict = Admission::Verdict::kCannotMeetDeadline;

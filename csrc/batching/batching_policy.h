@@ -79,6 +79,10 @@ struct Decision {
   bool companion_wait = false;
 };
 
+// Whether a queued request can still be answered in time: kExpired (its deadline has passed),
+// kDoomed (a batch of its own started now would end too late; once the cost is fitted).
+enum class Overdue { kNo, kExpired, kDoomed };
+
 // What admit() knows of a request about to be queued and of the queue it would join.
 struct AdmissionView {
   std::int64_t rows = 1;
@@ -91,7 +95,8 @@ struct AdmissionView {
 struct Admission {
   enum class Verdict { kAdmit, kExpired, kCannotMeetDeadline };
   Verdict verdict = Verdict::kAdmit;
-  // kCannotMeetDeadline: the prediction that refused it (all ns).
+  // kCannotMeetDeadline: the prediction that refused it (all ns; run_ns includes the delivery
+  // margin).
   TimeNs wait_ns = 0;
   TimeNs run_ns = 0;
   TimeNs left_ns = 0;
@@ -103,6 +108,11 @@ class BatchingPolicy {
   // cost model has fitted this many batches: before that its numbers are a prior, a guess that
   // must not refuse anyone.
   static constexpr std::size_t kPredictMinSamples = 4;
+  // Time from a batch's end to its answers leaving the server (the completion's trip through
+  // the event loop, the response's serialization): an answer ready later than deadline - margin
+  // reaches a caller who has given up. It also lets the scheduler answer DEADLINE_EXCEEDED
+  // before gRPC's own deadline cancels the call, so the caller learns why.
+  static constexpr TimeNs kDeliveryMarginNs = 1'000'000;
 
   // The auto delay on a saturated server (see decide()). The fixed per-batch overhead measured
   // ~0.4x a request's own cost on one shared core (thread and event-loop wake-ups plus the
@@ -131,6 +141,9 @@ class BatchingPolicy {
   // as ending now and a wait for companions as zero; requests admitted on that optimism and
   // still late are dropped as doomed before they run.
   Admission admit(const AdmissionView& request, TimeNs now) const;
+
+  // decide()'s own verdict on one queued request's deadline at `now`.
+  Overdue overdue(const QueuedRequest& request, const CostEstimate& cost, TimeNs now) const;
 
   const BatcherConfig& config() const noexcept { return config_; }
 

@@ -489,7 +489,8 @@ void register_batching(py::module_& m) {
            "As submit; a cheap batch on an idle batcher with a native runner runs in this thread "
            "(GIL released) and is queued as completed before returning: (ticket, ran_here).")
       .def("cancel", &PyBatcher::cancel, py::arg("ticket"),
-           "Remove a queued request (answered CANCELLED); False when it is not queued.")
+           "Remove a queued request (answered CANCELLED, or DEADLINE_EXCEEDED when its deadline "
+           "already left it no time); False when it is not queued.")
       .def("stats", &PyBatcher::stats)
       .def("shutdown", &PyBatcher::shutdown, py::arg("drain") = true)
       .def_property_readonly("name", &PyBatcher::name);

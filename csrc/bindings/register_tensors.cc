@@ -286,14 +286,20 @@ void register_tensors(py::module_& m) {
         "with expand_bytes=False BytesTensor objects whose layout is checked when expanded.");
   m.def(
       "infer_request_parse_steps",
-      [](const py::bytes& message, std::uint64_t max_elements, bool validate_bytes) {
-        return tensors::parse_infer_request(message_bytes(message), clamp_limit(max_elements),
-                                            validate_bytes)
-            .work_steps;
+      [](const py::bytes& message, std::uint64_t max_elements, bool validate_bytes) -> py::tuple {
+        std::uint64_t steps = 0;
+        try {
+          tensors::parse_infer_request(message_bytes(message), clamp_limit(max_elements),
+                                       validate_bytes, &steps);
+        } catch (const CoreError& error) {
+          return py::make_tuple(steps, static_cast<int>(error.code()), error.message());
+        }
+        return py::make_tuple(steps, 0, std::string());
       },
       py::arg("message"), py::arg("max_elements"), py::arg("validate_bytes") = false,
-      "Parse as parse_infer_request does and return the units of work it took (fields read, "
-      "set lookups, BYTES elements walked); for tests that the parse stays linear.");
+      "Parse as parse_infer_request does: (units of work taken -- fields read, set lookups, "
+      "BYTES elements walked --, status code, message), also for refused messages; for tests "
+      "that the parse stays linear.");
   m.def("serialize_infer_response", &serialize_infer_response, py::arg("model_name"),
         py::arg("model_version"), py::arg("id"), py::arg("outputs"),
         "Serialize a ModelInferResponse from [(name, datatype, array)] with raw output contents.");

@@ -400,9 +400,12 @@ class WireWriter {
 }  // namespace
 
 ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
-                                       std::uint64_t max_elements, bool validate_bytes) {
+                                       std::uint64_t max_elements, bool validate_bytes,
+                                       std::uint64_t* work_steps) {
   ParsedInferRequest request;
-  std::uint64_t& work = request.work_steps;
+  std::uint64_t local_work = 0;
+  std::uint64_t& work = work_steps != nullptr ? *work_steps : local_work;
+  work = 0;
   std::vector<std::span<const std::uint8_t>> raw_contents;
   std::vector<std::size_t> declared_dims;
   ParameterMap parameters(request.parameters);
@@ -510,6 +513,7 @@ ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
       throw_invalid_argument("input " + quoted(input.name) + " has no contents (typed or raw)");
     }
   }
+  request.work_steps = work;
   return request;
 }
 

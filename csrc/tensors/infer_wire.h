@@ -83,8 +83,10 @@ struct ParsedInferRequest {
 // (checked_element_count). With validate_bytes = false the BYTES layout is left to whoever
 // expands the elements, so a request is refused (model not found, wrong input) without walking
 // a large BYTES payload first.
+// `work_steps`, when given, receives ParsedInferRequest::work_steps also when the parse throws.
 ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
-                                       std::uint64_t max_elements, bool validate_bytes = true);
+                                       std::uint64_t max_elements, bool validate_bytes = true,
+                                       std::uint64_t* work_steps = nullptr);
 
 // One output tensor: its raw bytes are caller memory (BYTES already length-prefixed).
 struct InferOutputView {

@@ -1,7 +1,7 @@
 # Hand-written stubs for the private native module headrace._core (csrc/bindings/).
 # Each area keeps its section; keep them in the order of csrc/bindings/module.cc.
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +16,7 @@ def validate_raw_tensor(
 def checked_element_count(shape: Sequence[int], max_elements: int, name: str) -> int: ...
 def decode_bytes(blob: bytes | memoryview, count: int, name: str) -> npt.NDArray[np.object_]: ...
 def encode_bytes(elements: npt.NDArray[np.object_], name: str) -> bytes: ...
+
 class BytesTensor:
     """A BYTES input still in wire form inside its request message (nothing expanded)."""
 
@@ -34,8 +35,21 @@ class BytesTensor:
     def to_numpy(self) -> npt.NDArray[np.object_]:
         """Check the length prefixes (CoreError INVALID_ARGUMENT) and expand the elements."""
 
+@overload
 def parse_infer_request(
-    message: bytes, max_elements: int, expand_bytes: bool = True
+    message: bytes, max_elements: int, expand_bytes: Literal[True] = True
+) -> tuple[
+    str,
+    str,
+    str,
+    dict[str, bool | int | float | str | None],
+    list[tuple[str, str, npt.NDArray[Any] | None]],
+    list[str],
+    bool,
+]: ...
+@overload
+def parse_infer_request(
+    message: bytes, max_elements: int, expand_bytes: Literal[False]
 ) -> tuple[
     str,
     str,
@@ -56,9 +70,9 @@ def parse_infer_request(
 
 def infer_request_parse_steps(
     message: bytes, max_elements: int, validate_bytes: bool = False
-) -> int:
-    """Units of work parse_infer_request takes on ``message`` (fields read, set lookups, BYTES
-    elements walked); raises as it does."""
+) -> tuple[int, int, str]:
+    """Parse as parse_infer_request does: (units of work taken -- fields read, set lookups, BYTES
+    elements walked --, status code (0 = parsed), message), also for refused messages."""
 
 def serialize_infer_response(
     model_name: str,
@@ -146,7 +160,9 @@ class Batcher:
         priority: int = 0,
         deadline_ns: int = 0,
     ) -> tuple[int, bool]: ...
-    def cancel(self, ticket: int) -> bool: ...
+    def cancel(self, ticket: int) -> bool:
+        """Remove a queued request: answered CANCELLED, or DEADLINE_EXCEEDED (counted as
+        expired) when its deadline already left it no time; False when it is not queued."""
     def stats(self) -> dict[str, Any]:
         """request_success, request_failure, inference_count (rows run), execution_count
         (batches), queue_ns, queue_count, compute_ns, compute_count, batch_sizes ({rows:
