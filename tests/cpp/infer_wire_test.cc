@@ -209,6 +209,72 @@ int main() {
                  .find("the request limit") != std::string::npos,
          "over-limit shape refused");
 
+  // A zero dim does not exempt the others: [2^31, 0] is refused like [2^31, 1].
+  Message empty_input;
+  Message empty_shape;
+  empty_shape.varint(std::uint64_t{1} << 31);
+  empty_shape.varint(0);
+  empty_input.str(1, "x").str(2, "FP32").str(3, empty_shape.bytes);
+  Message empty_request;
+  empty_request.sub(5, empty_input).str(7, "");
+  expect(invalid_message([&] { parse_infer_request(empty_request.span(), 1u << 20); })
+                 .find("shape is empty (a zero dimension)") != std::string::npos,
+         "zero dim does not exempt the others");
+
+  // Caps: counted while reading, refused at the first entry past them; work stays linear.
+  Message one;
+  one.integer(2, 1);
+  Message param;
+  param.str(1, "k").sub(2, one);
+  Message many_params;
+  many_params.str(1, "m");
+  for (int i = 0; i < 5000; ++i) many_params.sub(4, param);
+  std::uint64_t steps = 0;
+  expect(invalid_message([&] {
+           parse_infer_request(many_params.span(), 10, true, &steps);
+         }).find("more than 256 parameters") != std::string::npos,
+         "parameter cap");
+  expect(steps < 257 * 8, "refused at the cap, not after reading every entry");
+  Message many_inputs;
+  for (int i = 0; i < 2000; ++i) {
+    Message input;
+    input.str(1, "x" + std::to_string(i)).str(2, "FP32").integer(3, 1);
+    many_inputs.sub(5, input);
+  }
+  expect(invalid_message([&] { parse_infer_request(many_inputs.span(), 10); })
+                 .find("more than 1024 inputs") != std::string::npos,
+         "input cap");
+  Message wide_inputs;
+  for (std::size_t i = 0; i < headrace::tensors::kMaxInputs; ++i) {
+    Message input;
+    input.str(1, "x" + std::to_string(i)).str(2, "FP32").integer(3, 1);
+    wide_inputs.sub(5, input);
+  }
+  for (std::size_t i = 0; i < headrace::tensors::kMaxInputs; ++i) wide_inputs.str(7, "abcd");
+  const auto wide = parse_infer_request(wide_inputs.span(), 10);
+  expect(wide.inputs.size() == headrace::tensors::kMaxInputs, "inputs at the cap parse");
+  expect(wide.work_steps <= wide_inputs.bytes.size(), "parse work linear in the message");
+  Message deep_shape;
+  Message ones;
+  for (int i = 0; i < 100000; ++i) ones.varint(1);
+  deep_shape.str(1, "x").str(2, "FP32").str(3, ones.bytes);
+  Message deep_request;
+  deep_request.sub(5, deep_shape).str(7, "abcd");
+  expect(invalid_message([&] { parse_infer_request(deep_request.span(), 10); })
+                 .find("100000 dimensions; at most 32") != std::string::npos,
+         "rank cap");
+
+  // BYTES: without validate_bytes only the count is checked against the bytes.
+  Message lazy_input;
+  lazy_input.str(1, "s").str(2, "BYTES").integer(3, 2);
+  Message lazy_request;
+  lazy_request.sub(5, lazy_input).str(7, std::string("\x05\0\0\0abcd", 8));
+  const auto lazy = parse_infer_request(lazy_request.span(), 10, false);
+  expect(!lazy.inputs[0].bytes_validated && lazy.inputs[0].element_count == 2,
+         "BYTES layout left to the expansion");
+  expect(!invalid_message([&] { parse_infer_request(lazy_request.span(), 10, true); }).empty(),
+         "the same layout refused when validated");
+
   // Response: the writer's size is exact, and a too-small buffer is refused, not overrun.
   const std::vector<std::int64_t> shape{1, 300};
   const std::string raw(1200, 'z');

@@ -69,6 +69,23 @@ int main() {
   expect(throws_invalid([&] { validate_raw_tensor("FP32", std::vector<std::int64_t>{2}, 7, 100, "r"); }),
          "raw size mismatch refused");
   expect(throws_invalid([&] { parse_datatype("fp32", "c"); }), "datatypes are case-sensitive");
+  // A zero dim empties a tensor but does not exempt its other dims from the limit.
+  expect(throws_invalid([&] {
+           checked_element_count(std::vector<std::int64_t>{std::int64_t{1} << 31, 0}, 1000, "z");
+         }),
+         "[2^31, 0] refused");
+  expect(checked_element_count(std::vector<std::int64_t>{1000, 0}, 1000, "z") == 0,
+         "[1000, 0] within the limit is empty");
+  expect(throws_invalid([&] {
+           checked_element_count(std::vector<std::int64_t>(kMaxDims + 1, 1), 1000, "r");
+         }),
+         "rank cap");
+  // Validation without spans refuses what bytes_element_spans refuses.
+  for (std::size_t cut = 0; cut < blob.size(); ++cut) {
+    expect(throws_invalid([&] { validate_bytes_elements(bytes.first(cut), elements.size(), "x"); }),
+           "truncated blob refused without spans");
+  }
+  validate_bytes_elements(bytes, elements.size(), "x");
   if (failures == 0) std::puts("tensor_codec_test: ok");
   return failures == 0 ? 0 : 1;
 }
