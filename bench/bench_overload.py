@@ -1,0 +1,296 @@
+"""Goodput under overload: does the server keep serving what can still make its deadline?
+
+    python bench/bench_overload.py [--duration-s 5] [--sizes 1024,4096,4096,16] [--max-batch 8]
+
+Builds an MLP model repository, starts `headrace serve` on CPU 0 (taskset) and drives it from
+this process on CPU 1 (grpc.aio on uvloop):
+
+1. capacity: closed loop, 4 x max_batch callers, no deadlines: OK answers/s, and the batch
+   time (the model's compute per batch, from ModelStatistics);
+2. offered load at 2x and 4x capacity, open loop (Poisson arrivals), every request with a gRPC
+   deadline of 3x the batch time.
+
+Prints one table: per phase the offered rate, OK answers/s, goodput / capacity (OK answers,
+which all arrived inside their deadline, per second over capacity), p99 latency of the OK
+answers, the status mix; then the server's RSS before and after, and the time to the first
+answer of a request sent the moment each overload phase ends (no deadline), plus the machine's
+load average (the numbers mean little on a busy machine). Targets (issue #10): goodput >= 0.8 at
+2x and >= 0.7 at 4x; no status but OK / UNAVAILABLE / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED;
+RSS growth <= 100 MB; first answer after the load <= 50 ms.
+
+A script, not a test: it needs CPUs 0 and 1 and takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import uvloop
+from bench_common import cpu_model, save_mlp
+from bench_serving import HOST, ServerProcess
+
+from headrace._proto.inference import grpc_service_pb2 as pb
+from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+
+SERVER_CPUS = frozenset({0})
+CLIENT_CPU = 1
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+MODEL = "mlp"
+DEADLINE_BATCHES = 3.0  # deadline = this many batch times
+LOADS = (2.0, 4.0)  # offered load, x capacity
+EXPECTED = {"OK", "UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
+TARGETS = {2.0: 0.8, 4.0: 0.7}
+RSS_GROWTH_LIMIT_MB = 100
+FIRST_ANSWER_LIMIT_MS = 50
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+@dataclass
+class Phase:
+    name: str
+    offered_per_s: float
+    duration_s: float
+    latencies_ms: list[float] = field(default_factory=list)  # OK answers
+    statuses: collections.Counter[str] = field(default_factory=collections.Counter)
+    first_answer_ms: float = float("nan")
+    sent: int = 0
+    batches: int = 0  # model executions during the phase (server side)
+    rows: int = 0  # rows those executions ran
+
+    @property
+    def ok_per_s(self) -> float:
+        return self.statuses["OK"] / self.duration_s
+
+    def p99_ms(self) -> float:
+        return float(np.percentile(self.latencies_ms, 99)) if self.latencies_ms else float("nan")
+
+
+def write_repository(root: Path, sizes: list[int], max_batch: int) -> Path:
+    repository = root / "models"
+    save_mlp(repository / MODEL / "1" / "model.onnx", sizes, name=MODEL)
+    (repository / MODEL / "model.toml").write_text(
+        f'max_batch_size = {max_batch}\n[batching]\nmax_queue_delay_us = "auto"\n'
+        "[onnxruntime]\nintra_op_threads = 1\n",
+        encoding="utf-8",
+    )
+    return repository
+
+
+def server_process(repository: Path, log: Path) -> ServerProcess:
+    argv = [
+        sys.executable,
+        "-m",
+        "headrace",
+        "serve",
+        "--model-repository",
+        str(repository),
+        "--host",
+        HOST,
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "-1",
+        "--log-level",
+        "WARNING",
+    ]
+    return ServerProcess("headrace", argv, log, SERVER_CPUS, [MODEL])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def model_stats(target: str) -> tuple[int, int, int]:
+    """(model compute ns, executions, rows) so far, from ModelStatistics."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        response = stub.ModelStatistics(pb.ModelStatisticsRequest(name=MODEL), timeout=10)
+    stats = response.model_stats
+    compute_ns = sum(s.inference_stats.compute_infer.ns for s in stats)
+    executions = sum(s.execution_count for s in stats)
+    return compute_ns, executions, sum(s.inference_count for s in stats)
+
+
+async def measured(target: str, phase: Phase, run: Any) -> None:
+    """Runs `run` and records the server's executions and rows during it."""
+    before = await asyncio.to_thread(model_stats, target)
+    await run
+    after = await asyncio.to_thread(model_stats, target)
+    phase.batches = after[1] - before[1]
+    phase.rows = after[2] - before[2]
+
+
+def request_bytes(in_features: int) -> bytes:
+    x = np.random.default_rng(0).random((1, in_features), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, in_features])
+    request.raw_input_contents.append(x.tobytes())
+    return request.SerializeToString()
+
+
+async def call(infer: Any, payload: bytes, timeout_s: float | None, phase: Phase) -> None:
+    phase.sent += 1
+    start = time.perf_counter()
+    try:
+        await infer(payload, timeout=timeout_s)
+    except grpc.aio.AioRpcError as error:
+        phase.statuses[error.code().name] += 1
+        return
+    phase.statuses["OK"] += 1
+    phase.latencies_ms.append((time.perf_counter() - start) * 1000)
+
+
+async def closed_loop(infer: Any, payload: bytes, callers: int, phase: Phase) -> None:
+    end = time.perf_counter() + phase.duration_s
+
+    async def caller() -> None:
+        while time.perf_counter() < end:
+            await call(infer, payload, None, phase)
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+
+
+async def open_loop(infer: Any, payload: bytes, deadline_s: float, phase: Phase) -> None:
+    """Poisson arrivals at phase.offered_per_s for phase.duration_s; then a probe sent the
+    moment the load ends, without a deadline."""
+    rng = random.Random(7)
+    tasks: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
+    next_at = start
+    while True:
+        next_at += rng.expovariate(phase.offered_per_s)
+        if next_at - start >= phase.duration_s:
+            break
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(call(infer, payload, deadline_s, phase))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    probe = Phase("probe", 0.0, 1.0)
+    await call(infer, payload, 30.0, probe)
+    phase.first_answer_ms = probe.latencies_ms[0] if probe.latencies_ms else float("nan")
+    if tasks:
+        await asyncio.gather(*tasks)
+
+
+async def drive(args: argparse.Namespace, target: str, server_pid: int) -> dict[str, Any]:
+    payload = request_bytes(args.sizes[0])
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    out: dict[str, Any] = {}
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        infer = channel.unary_unary(
+            INFER, request_serializer=_identity, response_deserializer=_identity
+        )
+        await closed_loop(infer, payload, 4 * args.max_batch, Phase("warm-up", 0, 2.0))
+        out["rss_before_mb"] = rss_mb(server_pid)
+        compute_before = model_stats(target)
+        capacity = Phase("capacity (closed loop)", 0.0, args.duration_s)
+        await closed_loop(infer, payload, 4 * args.max_batch, capacity)
+        compute_after = model_stats(target)
+        capacity.batches = compute_after[1] - compute_before[1]
+        capacity.rows = compute_after[2] - compute_before[2]
+        batch_ms = (compute_after[0] - compute_before[0]) / max(capacity.batches, 1) / 1e6
+        out["batch_ms"] = batch_ms
+        out["capacity"] = capacity
+        deadline_s = DEADLINE_BATCHES * batch_ms / 1000
+        out["deadline_ms"] = deadline_s * 1000
+        phases = []
+        for load in LOADS:
+            phase = Phase(f"{load:g}x capacity", load * capacity.ok_per_s, args.duration_s)
+            await measured(target, phase, open_loop(infer, payload, deadline_s, phase))
+            phases.append(phase)
+            await asyncio.sleep(1.0)  # let the server settle between phases
+        out["phases"] = phases
+        out["rss_after_mb"] = rss_mb(server_pid)
+    return out
+
+
+def report(args: argparse.Namespace, result: dict[str, Any], load_before: str) -> list[str]:
+    capacity: Phase = result["capacity"]
+    header = (
+        f"{'phase':24} {'offered/s':>9} {'sent/s':>7} {'OK/s':>7} {'goodput':>7} "
+        f"{'p99 OK ms':>9} {'rows/batch':>10}  statuses"
+    )
+    lines = [
+        f"server CPU 0, client CPU 1; {cpu_model()}; model MLP {args.sizes}, max_batch_size "
+        f"{args.max_batch}, auto delay",
+        f"batch time {result['batch_ms']:.2f} ms at capacity; deadline "
+        f"{result['deadline_ms']:.2f} ms (x{DEADLINE_BATCHES:g})",
+        header,
+    ]
+    failures = []
+    for phase in [capacity, *result["phases"]]:
+        goodput = phase.ok_per_s / capacity.ok_per_s
+        offered = f"{phase.offered_per_s:9.0f}" if phase.offered_per_s else f"{'closed':>9}"
+        mix = ", ".join(f"{name} {count}" for name, count in phase.statuses.most_common())
+        per_batch = phase.rows / phase.batches if phase.batches else float("nan")
+        lines.append(
+            f"{phase.name:24} {offered} {phase.sent / phase.duration_s:7.0f} "
+            f"{phase.ok_per_s:7.0f} {goodput:7.2f} {phase.p99_ms():9.2f} {per_batch:10.1f}  {mix}"
+        )
+        unexpected = set(phase.statuses) - EXPECTED
+        if unexpected:
+            failures.append(f"{phase.name}: unexpected statuses {sorted(unexpected)}")
+    for load, phase in zip(LOADS, result["phases"], strict=True):
+        goodput = phase.ok_per_s / capacity.ok_per_s
+        if goodput < TARGETS[load]:
+            failures.append(f"{phase.name}: goodput {goodput:.2f} < {TARGETS[load]}")
+        lines.append(f"first answer after {phase.name}: {phase.first_answer_ms:.1f} ms")
+        if not phase.first_answer_ms <= FIRST_ANSWER_LIMIT_MS:
+            failures.append(f"{phase.name}: first answer after the load took > 50 ms")
+    growth = result["rss_after_mb"] - result["rss_before_mb"]
+    lines.append(
+        f"server RSS {result['rss_before_mb']:.0f} MB before, {result['rss_after_mb']:.0f} MB "
+        f"after ({growth:+.0f} MB)"
+    )
+    if growth > RSS_GROWTH_LIMIT_MB:
+        failures.append(f"RSS grew by {growth:.0f} MB")
+    lines.append(f"load average before: {load_before}; after: {load_average()}")
+    lines.append("targets met" if not failures else "targets missed: " + "; ".join(failures))
+    return lines
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration-s", type=float, default=5.0)
+    parser.add_argument("--sizes", default="1024,4096,4096,16", help="MLP layer sizes")
+    parser.add_argument("--max-batch", type=int, default=8)
+    args = parser.parse_args()
+    args.sizes = [int(size) for size in args.sizes.split(",")]
+    os.sched_setaffinity(0, {CLIENT_CPU})  # before gRPC starts its threads
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="headrace-overload-") as folder:
+        repository = write_repository(Path(folder), args.sizes, args.max_batch)
+        with server_process(repository, Path(folder) / "server.log") as server:
+            assert server.process is not None
+            result = uvloop.run(drive(args, server.target, server.process.pid))
+    print("\n".join(report(args, result, load_before)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
