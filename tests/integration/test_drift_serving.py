@@ -265,3 +265,27 @@ def test_a_new_profile_takes_effect_when_the_model_reloads(tmp_path: Path) -> No
         assert engine.drift("m").report(0).rows == 7
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_model_toml_triggers_run_only_from_a_trusted_repository(
+    tmp_path: Path, trusted: bool
+) -> None:
+    from headrace import Engine
+
+    repo = tmp_path / "models"
+    onnx_models.write_model(
+        repo,
+        "m",
+        onnx_models.mlp([4, 8, 1]),
+        toml='[drift]\ntrigger_command = ["touch", "/tmp/planted"]\n',
+    )
+    data = np.random.default_rng(0).standard_normal((500, 4)).astype(np.float32)
+    profile_model(repo, "m", None, data)
+    engine = Engine.from_repository(repo, trust_model_triggers=trusted)
+    try:
+        trigger = engine.drift("m").trigger
+        assert trigger.configured is trusted
+        assert (trigger.command is not None) is trusted
+    finally:
+        engine.close()

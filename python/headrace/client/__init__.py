@@ -7,6 +7,7 @@ Numpy in, numpy out; tensors travel as raw bytes (the fast path). Addresses are 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,19 @@ def _options(max_message_bytes: int, tls: TlsConfig | None) -> list[tuple[str, A
     if tls is not None and tls.server_name_override:
         options.append(("grpc.ssl_target_name_override", tls.server_name_override))
     return options
+
+
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """``authorization: Bearer`` from ``token``, else the HEADRACE_TOKEN environment variable."""
+    if token is None:
+        token = os.environ.get("HEADRACE_TOKEN") or None
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    """A token kept in a file (as ``--token-file`` takes it), without surrounding whitespace."""
+    with open(path, encoding="utf-8") as file:
+        return file.read().strip()
 
 
 def _credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
@@ -122,7 +136,9 @@ class Client:
         *,
         tls: TlsConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
     ) -> None:
+        self._metadata = _auth_metadata(token)
         options = _options(max_message_bytes, tls)
         if tls is not None:
             self._channel = grpc.secure_channel(address, _credentials(tls), options=options)
@@ -142,7 +158,7 @@ class Client:
 
     def _call(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
         try:
-            return getattr(self._stub, method)(request, timeout=timeout_s)
+            return getattr(self._stub, method)(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             raise _translate(error) from None
 
@@ -219,7 +235,9 @@ class AsyncClient:
         *,
         tls: TlsConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
     ) -> None:
+        self._metadata = _auth_metadata(token)
         options = _options(max_message_bytes, tls)
         if tls is not None:
             self._channel = grpc.aio.secure_channel(address, _credentials(tls), options=options)
@@ -239,7 +257,9 @@ class AsyncClient:
 
     async def _call(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
         try:
-            return await getattr(self._stub, method)(request, timeout=timeout_s)
+            return await getattr(self._stub, method)(
+                request, timeout=timeout_s, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise _translate(error) from None
 

@@ -4,6 +4,7 @@ variables and explicit values (the CLI's flags), in rising priority."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,3 +38,19 @@ class ServerSettings(BaseSettings):
     # closed anyway (what is left then answers UNAVAILABLE).
     drain_timeout_s: float = Field(default=30.0, ge=0)
     log_level: str = "INFO"
+    # -- access (server/auth.py) --
+    # Control RPCs (RepositoryModelLoad/Unload, AdminService): "auto" opens them on loopback or a
+    # Unix socket, needs credentials elsewhere; "on" opens them anywhere; "off" refuses them.
+    control_rpcs: Literal["auto", "on", "off"] = "auto"
+    admin_token_file: Path | None = None
+    inference_token_file: Path | None = None  # set: inference RPCs need a token too
+    tls_client_ca: Path | None = None  # PEM: a client certificate signed by it is an admin
+    # Drift retraining triggers (commands, webhooks) in model.toml run with the server's rights:
+    # honoured only when the repository is trusted with them.
+    trust_model_triggers: bool = False
+    # -- load --
+    # RPCs in flight at once, streams counted once each; beyond it RESOURCE_EXHAUSTED.
+    # 0: from the machine's memory (see server/app.py).
+    max_inflight_rpcs: int = Field(default=0, ge=0)
+    # A stream whose reader takes no answer for this long is cancelled.
+    stream_stall_timeout_s: float = Field(default=30.0, gt=0)

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from headrace import _core
 from headrace.backends.base import Backend
-from headrace.config import ModelConfig, ServerSettings
+from headrace.config import DriftSettings, ModelConfig, ServerSettings
 from headrace.engine.completions import CompletionRouter
 from headrace.engine.execution import BatchedExecution, DirectExecution, Execution
 from headrace.engine.validation import (
@@ -114,6 +114,7 @@ class ModelVersion:
         self.directory = model_file.parent
         self.model_file = model_file
         self.config = config
+        self._trust_triggers = settings.trust_model_triggers
         self.backend = load_backend(model_file, backend_name, config, settings)
         try:
             self.inputs: tuple[TensorSpec, ...] = apply_declared(
@@ -156,7 +157,7 @@ class ModelVersion:
                 self.directory,
                 self.name,
                 self.version_str,
-                self.config.drift,
+                self._drift_settings(),
                 self._metrics.drift,
             )
             self.execution = self._build_execution(completions)
@@ -167,6 +168,22 @@ class ModelVersion:
         self._metrics.track(self)
         if self.drift is not None:
             self._metrics.drift_watcher.register(self.drift)
+
+    def _drift_settings(self) -> DriftSettings:
+        """The [drift] table; its retraining trigger only when the repository is trusted with
+        commands (a trigger runs with the server's rights: whoever can write a model.toml could
+        otherwise run anything)."""
+        drift = self.config.drift
+        if self._trust_triggers or (
+            drift.trigger_command is None and drift.trigger_webhook is None
+        ):
+            return drift
+        log.warning(
+            "model %s: [drift] trigger ignored; start the server with --trust-model-triggers "
+            "to let model.toml files run retraining commands or call webhooks",
+            self.name,
+        )
+        return drift.model_copy(update={"trigger_command": None, "trigger_webhook": None})
 
     def _build_execution(self, completions: CompletionRouter) -> Execution:
         if self.max_batch_size <= 0:

@@ -137,14 +137,17 @@ class InferenceServicer:
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[bytes], context: Context
-    ) -> AsyncIterator[bytes]:
+    ) -> None:
         # Requests on one stream run concurrently (a stream is a pipeline, not a lock-step
         # conversation); answers go back as they finish, each carrying its request id. Messages
         # stay bytes both ways (registered without protobuf (de)serializers): the core parses
-        # and writes them, as for ModelInfer.
+        # and writes them, as for ModelInfer. An answer holds its request's slot until it is
+        # written, so a reader that stops reading stops the stream after STREAM_MAX_IN_FLIGHT
+        # answers (memory stays bounded), and is cancelled after stream_stall_timeout_s.
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
+        stall_timeout_s = self._engine.settings.stream_stall_timeout_s
 
         async def answer(message: bytes) -> None:
             try:
@@ -155,8 +158,6 @@ class InferenceServicer:
             except Exception as error:
                 _, text = describe(error)
                 response = _stream_error(message, text)
-            finally:
-                slots.release()
             await answers.put(response)
 
         async def read() -> None:
@@ -177,7 +178,16 @@ class InferenceServicer:
                 item = await answers.get()
                 if item is None:
                     break
-                yield item
+                try:
+                    await asyncio.wait_for(context.write(item), stall_timeout_s)
+                except TimeoutError:
+                    log.warning("stream reader took no answer for %g s: cancelled", stall_timeout_s)
+                    await context.abort(
+                        grpc.StatusCode.CANCELLED,
+                        f"the stream's reader took no answer for {stall_timeout_s:g} s",
+                    )
+                finally:
+                    slots.release()
         finally:
             reader.cancel()
             for task in list(tasks):
