@@ -252,7 +252,7 @@ class EndpointRuntime:
 
     # -- operator actions --------------------------------------------------------------------------
 
-    def switch(self, to: str | None) -> RoutingEvent:
+    def switch(self, to: str | None, kind: str = "switch") -> RoutingEvent:
         """Blue-green: make ``to`` (default: the other colour) active for the next request."""
         if self.config.strategy != "blue_green":
             raise InvalidArgumentError(
@@ -261,16 +261,20 @@ class EndpointRuntime:
             )
         target = 1 - self.active if to is None or to == "" else self._variant_index(to)
         old = self.active
-        self.previous_active, self.active = old, target
         variant = self.routes[target].variant
+        if target == old:
+            return self.record(kind, f"variant '{variant}' is already active", variant)
+        # One assignment: the next resolve() reads the new colour, requests in flight finish
+        # on the old one (both stay loaded), so no request fails across the switch.
+        self.previous_active, self.active = old, target
         return self.record(
-            "switch", f"active variant '{self.routes[old].variant}' -> '{variant}'", variant
+            kind, f"active variant '{self.routes[old].variant}' -> '{variant}'", variant
         )
 
     def rollback(self) -> RoutingEvent:
         """Blue-green: back to the colour before the last switch. Canary: candidate to 0 %."""
         if self.config.strategy == "blue_green":
-            return self.switch(self.routes[self.previous_active].variant)
+            return self.switch(self.routes[self.previous_active].variant, kind="rollback")
         if self.ramp is not None:
             decision = CanaryDecision(CanaryAction.ROLLBACK, "rolled back by an operator")
             self.ramp.apply(decision, 0)
