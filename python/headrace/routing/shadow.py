@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -67,7 +68,10 @@ def compare(
             quality.kind == "auto" and mine.ndim >= 2 and mine.shape[-1] > 1
         )
         if classifier and mine.dtype.kind in "biuf":
-            same = bool(np.array_equal(mine.argmax(axis=-1), theirs.argmax(axis=-1)))
+            # a NaN or inf score is no answer, whatever argmax makes of it
+            same = math.isfinite(delta) and bool(
+                np.array_equal(mine.argmax(axis=-1), theirs.argmax(axis=-1))
+            )
         else:
             same = delta <= tolerance
         agreed = agreed and same
