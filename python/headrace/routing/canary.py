@@ -17,12 +17,13 @@ from typing import Any
 
 from headrace.routing.config import CanaryConfig
 from headrace.routing.split import SLOTS
-from headrace.routing.stats import LogHistogram, RewardStats, latency_histogram
+from headrace.routing.stats import VariantStats
 
 BASELINE, CANDIDATE = 0, 1
-# Gates are judged every this many outcomes: reading a p99 walks the histogram (~300 buckets),
-# too slow for every request, and a rollback 16 requests later changes nothing that matters.
-CHECK_EVERY = 16
+# Gates are judged every this many outcomes of the endpoint: reading two p99s costs tens of
+# microseconds, too much for every request, and a rollback a few dozen requests later (a few of
+# them on the candidate at a 5 % step) changes nothing that matters.
+CHECK_EVERY = 64
 
 
 class CanaryAction(enum.Enum):
@@ -120,14 +121,10 @@ def decide(settings: CanaryConfig, view: CanaryView, now_ns: int) -> CanaryDecis
     return CanaryDecision(CanaryAction.ADVANCE, f"passed step {settings.steps[view.step_index]} %")
 
 
-class _Window:
-    __slots__ = ("errors", "latency_ns", "requests", "rewards")
+class _Window(VariantStats):
+    """One variant's counts during the current step."""
 
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.latency_ns: LogHistogram = latency_histogram()
-        self.rewards = RewardStats()
+    __slots__ = ()
 
     def view(self) -> ArmWindow:
         return ArmWindow(
@@ -148,10 +145,11 @@ class CanaryRamp:
         self.step_index = 0
         ranks = list(range(SLOTS))
         random.Random(seed).shuffle(ranks)
-        self._rank = ranks  # slot -> rank; the candidate owns ranks below its share
+        self.rank = ranks  # slot -> rank; the candidate owns ranks below its share
         self._start_step(0, now_ns)
         if settings.steps[0] >= 100:
             self.state = CanaryState.PROMOTED
+        self._update_percent()
 
     def _start_step(self, index: int, now_ns: int) -> None:
         self.step_index = index
@@ -160,22 +158,17 @@ class CanaryRamp:
         self._since_check = 0
         self._windows = (_Window(), _Window())
 
-    @property
-    def candidate_percent(self) -> float:
+    def _update_percent(self) -> None:
         if self.state is CanaryState.ROLLED_BACK:
-            return 0.0
-        if self.state is CanaryState.PROMOTED:
-            return 100.0
-        return float(self.settings.steps[self.step_index])
-
-    def choose(self, u: float) -> int:
-        """The variant for a uniform draw ``u`` in [0, 1)."""
-        return CANDIDATE if u * 100.0 < self.candidate_percent else BASELINE
-
-    def choose_slot(self, slot: int) -> int:
-        """The variant for a sticky key's slot."""
-        share = self.candidate_percent * (SLOTS / 100.0)
-        return CANDIDATE if self._rank[slot] < share else BASELINE
+            percent = 0.0
+        elif self.state is CanaryState.PROMOTED:
+            percent = 100.0
+        else:
+            percent = float(self.settings.steps[self.step_index])
+        # Read per request by the runtime (one attribute, no property): the candidate's share in
+        # percent, and the ranks below which a sticky slot belongs to the candidate.
+        self.candidate_percent = percent
+        self.candidate_ranks = percent * (SLOTS / 100.0)
 
     def view(self) -> CanaryView:
         base, cand = self._windows
@@ -187,11 +180,7 @@ class CanaryRamp:
         """Count one outcome; returns the decision when it changed the ramp."""
         if self.state is not CanaryState.RAMPING:
             return None
-        window = self._windows[index]
-        window.requests += 1
-        if not ok:
-            window.errors += 1
-        window.latency_ns.add(latency_ns)
+        self._windows[index].observe(ok, latency_ns)
         self.step_requests += 1
         return self._maybe_decide(now_ns)
 
@@ -218,6 +207,7 @@ class CanaryRamp:
             self._start_step(self.step_index + 1, now_ns)
         else:
             return None
+        self._update_percent()
         return decision
 
     def state_dict(self) -> dict[str, Any]:
@@ -229,3 +219,4 @@ class CanaryRamp:
         if 0 <= index < len(self.settings.steps):
             self._start_step(index, now_ns)
         self.state = CanaryState(state.get("state", CanaryState.RAMPING.value))
+        self._update_percent()

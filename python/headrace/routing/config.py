@@ -109,6 +109,9 @@ class QualityConfig(_Strict):
     # auto: a classifier when the output is 2-D with more than one column (scores per class).
     kind: Literal["auto", "classifier", "regressor"] = "auto"
     output: str | None = None  # default: the first output
+    # Keep a copy of each answer's quality output (at most 1024 elements) so that labels sent
+    # by feedback can be scored; off, a label is refused and answers cost no copy.
+    labels: bool = False
     window_s: float = Field(default=300.0, gt=0)
     windows_kept: int = Field(default=12, ge=1)
 

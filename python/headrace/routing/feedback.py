@@ -1,10 +1,11 @@
 """What feedback needs to remember: which variant served a request id, bounded by count and age;
 and model quality per variant and window, from labels (delayed ground truth).
 
-A request id is remembered when its answer leaves; an id that is unknown, already evicted or
-older than the TTL answers NOT_FOUND and never adds state. Memory is bounded by ``max_entries``
-entries, each holding references to the answered outputs (not copies) when they are small enough
-to score a label against.
+A request id is remembered when its answer leaves, oldest first: beyond ``max_entries`` the
+oldest is dropped (a FIFO, like a ring). An id that is unknown, dropped or older than the TTL
+answers NOT_FOUND and never adds state. An endpoint that takes labels (``[endpoint.quality]
+labels = true``) also keeps a copy of each answer's quality output, at most
+MAX_REMEMBERED_ELEMENTS elements, so memory stays within max_entries x that many elements.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from headrace.routing.config import QualityConfig
 
 _Owner = TypeVar("_Owner")
 
-# An answer with more output elements than this is remembered without its outputs (a label for it
-# is refused): keeping megabytes of outputs for every remembered id would dwarf the store's bound.
-MAX_REMEMBERED_ELEMENTS = 65_536
+# The largest quality output kept per remembered answer (a classifier's scores for a few rows,
+# a regressor's values): beyond it the answer is remembered without it and a label is refused.
+# Bounds label memory at max_entries x 8 KiB (float64).
+MAX_REMEMBERED_ELEMENTS = 1024
+
+_REWARDED, _LABELLED = 1, 2
 
 
 class FeedbackAlreadyGivenError(HeadraceError):
@@ -35,33 +39,50 @@ class FeedbackAlreadyGivenError(HeadraceError):
     code = StatusCode.ALREADY_EXISTS
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Served(Generic[_Owner]):
     """One answered request, as feedback finds it by its id."""
 
+    request_id: str
     owner: _Owner  # the endpoint's runtime state
     endpoint: str
     variant_index: int
     time_ns: int
-    outputs: Mapping[str, Any] | None
-    rewarded: bool = False
-    labelled: bool = False
+    output: np.ndarray[Any, Any] | None  # the copied quality output, when labels are taken
+    rewarded: bool
+    labelled: bool
 
 
-def _small_outputs(outputs: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+def kept_output(config: QualityConfig, outputs: Mapping[str, Any] | None) -> Any:
+    """The copy of an answer's quality output that a label will be scored against, or None.
+
+    The engine calls it only for endpoints with ``labels = true``; copying keeps neither the
+    batch buffer that an output may be a view of nor the other outputs alive.
+    """
     if not outputs:
         return None
-    size = 0
-    for value in outputs.values():
-        size += int(getattr(value, "size", 1))
-    return outputs if size <= MAX_REMEMBERED_ELEMENTS else None
+    value = outputs.get(config.output) if config.output else next(iter(outputs.values()))
+    if value is None:
+        return None
+    array = np.asarray(value)
+    return array.copy() if array.size <= MAX_REMEMBERED_ELEMENTS else None
+
+
+# Expired entries are swept from the old end every SWEEP_EVERY answers, at most SWEEP_MAX at a
+# time: amortized O(1) per answer, and a sweep after a quiet hour never stalls the loop.
+SWEEP_EVERY = 64
+SWEEP_MAX = 256
+
+# Fields of an entry (a list, so the flags can change in place).
+_OWNER, _ENDPOINT, _VARIANT, _TIME, _OUTPUT, _FLAGS = range(6)
 
 
 class FeedbackStore(Generic[_Owner]):
-    """request id -> :class:`Served`, oldest first; at most ``max_entries``, none older than TTL.
+    """request id -> what answered it, oldest first: at most ``max_entries`` (the oldest leave
+    first), none answered longer than ``ttl_s`` ago.
 
-    Written on the event-loop thread (remember, on each answer) and by feedback calls on the same
-    thread; not thread-safe by itself.
+    Written on the event-loop thread (remember, on each answer; mark, on feedback); not
+    thread-safe by itself.
     """
 
     def __init__(self, max_entries: int = 100_000, ttl_s: float = 3600.0) -> None:
@@ -69,8 +90,9 @@ class FeedbackStore(Generic[_Owner]):
             raise InvalidArgumentError("feedback memory needs max_entries >= 1 and ttl_s > 0")
         self.max_entries = max_entries
         self.ttl_ns = int(ttl_s * 1e9)
-        self._entries: OrderedDict[str, Served[_Owner]] = OrderedDict()
-        self.evicted = 0  # entries dropped for room (not for age): a sign max_entries is small
+        self._entries: OrderedDict[str, list[Any]] = OrderedDict()
+        self._answers = 0
+        self.evicted = 0  # live entries dropped for room: a sign max_entries is small
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -82,43 +104,63 @@ class FeedbackStore(Generic[_Owner]):
         endpoint: str,
         variant_index: int,
         now_ns: int,
-        outputs: Mapping[str, Any] | None = None,
+        output: Any = None,
     ) -> None:
         entries = self._entries
         if request_id in entries:  # a client reused an id: the newest answer is the one it means
             del entries[request_id]
-        entries[request_id] = Served(
-            owner, endpoint, variant_index, now_ns, _small_outputs(outputs)
-        )
+        entries[request_id] = [owner, endpoint, variant_index, now_ns, output, 0]
         if len(entries) > self.max_entries:
-            entries.popitem(last=False)
-            self.evicted += 1
-        # Expired entries leave from the old end, a few per call, so the cost stays O(1).
-        for _ in range(2):
+            _, oldest = entries.popitem(last=False)
+            if now_ns - oldest[_TIME] <= self.ttl_ns:
+                self.evicted += 1
+        self._answers += 1
+        if not self._answers % SWEEP_EVERY:
+            self.sweep(now_ns)
+
+    def sweep(self, now_ns: int, limit: int = SWEEP_MAX) -> int:
+        """Drop up to ``limit`` expired entries from the old end; returns how many."""
+        entries, dropped = self._entries, 0
+        while entries and dropped < limit:
             oldest = next(iter(entries.values()))
-            if now_ns - oldest.time_ns <= self.ttl_ns:
+            if now_ns - oldest[_TIME] <= self.ttl_ns:
                 break
             entries.popitem(last=False)
+            dropped += 1
+        return dropped
 
     def lookup(self, request_id: str, now_ns: int) -> Served[_Owner]:
-        served = self._entries.get(request_id)
-        if served is None:
+        entry = self._entries.get(request_id)
+        if entry is None:
             raise NotFoundError(
-                f"no answered request with id '{request_id}' is remembered (unknown, or evicted: "
-                f"at most {self.max_entries} ids are kept)"
+                f"no answered request with id '{request_id}' is remembered (unknown, or "
+                f"dropped: the last {self.max_entries} answers are kept)"
             )
-        if now_ns - served.time_ns > self.ttl_ns:
+        if now_ns - entry[_TIME] > self.ttl_ns:
             del self._entries[request_id]
             raise NotFoundError(
                 f"request '{request_id}' was answered more than {self.ttl_ns / 1e9:g} s ago; "
                 "its feedback window has expired"
             )
-        return served
+        flags = entry[_FLAGS]
+        return Served(
+            request_id,
+            entry[_OWNER],
+            entry[_ENDPOINT],
+            entry[_VARIANT],
+            entry[_TIME],
+            entry[_OUTPUT],
+            bool(flags & _REWARDED),
+            bool(flags & _LABELLED),
+        )
 
-    def forget_owner(self, owner: _Owner) -> None:
-        """Drop every entry of a deleted endpoint."""
-        for request_id in [k for k, v in self._entries.items() if v.owner is owner]:
-            del self._entries[request_id]
+    def mark(
+        self, served: Served[_Owner], *, rewarded: bool = False, labelled: bool = False
+    ) -> None:
+        """Record that a reward or label for this answer was counted."""
+        entry = self._entries.get(served.request_id)
+        if entry is not None:
+            entry[_FLAGS] |= (_REWARDED if rewarded else 0) | (_LABELLED if labelled else 0)
 
 
 class RequestIds:
@@ -146,18 +188,20 @@ def check_reward(reward: float) -> float:
 Kind = Literal["classifier", "regressor"]
 
 
-def quality_output(
-    config: QualityConfig, outputs: Mapping[str, Any] | None, request_id: str
-) -> tuple[str, np.ndarray[Any, Any]]:
-    if not outputs:
+def labelled_output(config: QualityConfig, served: Served[Any], request_id: str) -> Any:
+    """The kept quality output a label is scored against (InvalidArgumentError if none)."""
+    if not config.labels:
         raise InvalidArgumentError(
-            f"request '{request_id}' was answered without outputs small enough to remember "
-            f"(at most {MAX_REMEMBERED_ELEMENTS} elements), so a label cannot be scored"
+            f"endpoint '{served.endpoint}' does not keep its answers for labels; set "
+            "[endpoint.quality] labels = true to score labels"
         )
-    name = config.output or next(iter(outputs))
-    if name not in outputs:
-        raise InvalidArgumentError(f"quality.output '{name}' is not an output of the answer")
-    return name, np.asarray(outputs[name])
+    if served.output is None:
+        raise InvalidArgumentError(
+            f"request '{request_id}' was answered without a quality output "
+            f"('{config.output or 'the first output'}') of at most {MAX_REMEMBERED_ELEMENTS} "
+            "elements, so a label cannot be scored against it"
+        )
+    return served.output
 
 
 def score_label(

@@ -40,7 +40,8 @@ from headrace.routing.feedback import (
     FeedbackAlreadyGivenError,
     FeedbackStore,
     check_reward,
-    quality_output,
+    kept_output,
+    labelled_output,
     score_label,
 )
 from headrace.routing.persistence import STATE_FILE, SavedState, load_state, save_state
@@ -171,17 +172,29 @@ class Endpoints:
         """Count a request's outcome; remember a successful answer's id for feedback.
 
         ``ok`` is False for failures of the server or model (INTERNAL, UNAVAILABLE, deadline),
-        not for a client's bad input; ``outputs`` (by name) let a later label be scored.
+        not for a client's bad input; ``latency_ns`` is an int. ``outputs`` (by name) are read
+        only when the endpoint takes labels, to keep a copy of the quality output.
         """
+        route.stats.observe(ok, latency_ns)
         runtime = route.runtime
+        ramp = runtime.ramp
+        if ramp is None and request_id is None:
+            return
         now_ns = self._clock_ns()
-        event = runtime.complete(route.index, ok, latency_ns, now_ns)
         if ok and request_id is not None:
+            quality = runtime.config.quality
             self.feedback_store.remember(
-                request_id, runtime, runtime.name, route.index, now_ns, outputs
+                request_id,
+                runtime,
+                runtime.name,
+                route.index,
+                now_ns,
+                kept_output(quality, outputs) if quality.labels else None,
             )
-        if event is not None:
-            self._emit(event, dirty=True)
+        if ramp is not None:
+            event = runtime.canary_outcome(route.index, ok, latency_ns, now_ns)
+            if event is not None:
+                self._emit(event, dirty=True)
 
     # -- feedback (event-loop thread) ------------------------------------------------------------
 
@@ -221,17 +234,16 @@ class Endpoints:
             if served.labelled:
                 raise FeedbackAlreadyGivenError(f"request '{request_id}' already has a label")
             quality = runtime.config.quality
-            _, output = quality_output(quality, served.outputs, request_id)
+            output = labelled_output(quality, served, request_id)
             scored = score_label(quality.kind, output, label)
+        self.feedback_store.mark(served, rewarded=value is not None, labelled=scored is not None)
         if value is not None:
-            served.rewarded = True
             event = runtime.reward(index, value, now_ns)
             if event is not None:
                 self._emit(event, dirty=True)
             if runtime.bandit is not None:
                 self._dirty = True
         if scored is not None:
-            served.labelled = True
             runtime.quality.add(index, scored[0], scored[1], scored[2], self._wall_clock_s())
         return FeedbackReceipt(runtime.name, runtime.routes[index].variant)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from headrace.errors import InvalidArgumentError
 from headrace.routing.bandit import Bandit
-from headrace.routing.canary import CANDIDATE, CanaryAction, CanaryDecision, CanaryRamp
+from headrace.routing.canary import BASELINE, CANDIDATE, CanaryAction, CanaryDecision, CanaryRamp
 from headrace.routing.config import EndpointConfig
 from headrace.routing.feedback import QualityWindows
 from headrace.routing.split import SLOTS, initial_table, key_bytes, key_slot, rebalance
@@ -65,7 +65,16 @@ class Route:
     ``version`` (a version number, an alias, or "" for the model's default) say what to run.
     """
 
-    __slots__ = ("endpoint", "index", "model", "runtime", "shadows", "variant", "version")
+    __slots__ = (
+        "endpoint",
+        "index",
+        "model",
+        "runtime",
+        "shadows",
+        "stats",
+        "variant",
+        "version",
+    )
 
     def __init__(
         self,
@@ -82,6 +91,7 @@ class Route:
         self.model = model
         self.version = version
         self.shadows: tuple[ShadowTarget, ...] = runtime.shadows
+        self.stats: VariantStats = runtime.stats[index]
 
     def __repr__(self) -> str:
         return (
@@ -120,11 +130,11 @@ class EndpointRuntime:
         self.shadows = tuple(
             ShadowTarget(s.name, s.model, s.version, s.sample, s.tolerance) for s in config.shadows
         )
+        self.stats = [VariantStats() for _ in config.variants]
         self.routes = tuple(
             Route(self, i, v.name, v.model, v.version) for i, v in enumerate(config.variants)
         )
         self.index_of = {v.name: i for i, v in enumerate(config.variants)}
-        self.stats = [VariantStats() for _ in config.variants]
         self.quality = QualityWindows(config.quality, len(config.variants))
         self.events: collections.deque[RoutingEvent] = collections.deque(maxlen=EVENTS_KEPT)
         self.deleted = False
@@ -138,7 +148,7 @@ class EndpointRuntime:
         self.bandit = (
             Bandit(
                 config.bandit_settings(),
-                len(config.variants),
+                [stats.rewards for stats in self.stats],
                 zlib.crc32(f"{seed}:{config.name}".encode()),
             )
             if config.strategy == "bandit"
@@ -190,8 +200,10 @@ class EndpointRuntime:
         assert ramp is not None
         slot = self._sticky_slot(parameters, inputs) if self.sticky_key is not None else -1
         if slot < 0:
-            return self.routes[ramp.choose(self._random())]
-        return self.routes[ramp.choose_slot(slot)]
+            candidate = self._random() * 100.0 < ramp.candidate_percent
+        else:
+            candidate = ramp.rank[slot] < ramp.candidate_ranks
+        return self.routes[CANDIDATE if candidate else BASELINE]
 
     def _choose_blue_green(
         self, parameters: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None
@@ -207,17 +219,18 @@ class EndpointRuntime:
 
     # -- outcomes (event-loop thread) ------------------------------------------------------------
 
-    def complete(self, index: int, ok: bool, latency_ns: int, now_ns: int) -> RoutingEvent | None:
-        self.stats[index].observe(ok, latency_ns)
-        if self.ramp is not None:
-            return self._canary_event(self.ramp.observe(index, ok, latency_ns, now_ns))
-        return None
+    def canary_outcome(
+        self, index: int, ok: bool, latency_ns: int, now_ns: int
+    ) -> RoutingEvent | None:
+        """Count an outcome in the canary's step (the variant's own stats are counted apart)."""
+        assert self.ramp is not None
+        return self._canary_event(self.ramp.observe(index, ok, latency_ns, now_ns))
 
     def reward(self, index: int, reward: float, now_ns: int) -> RoutingEvent | None:
         """Count a reward (already checked finite, and by :meth:`check_reward`)."""
         self.stats[index].rewards.add(reward)
         if self.bandit is not None:
-            self.bandit.reward(index, reward)
+            self.bandit.refresh()
         if self.ramp is not None:
             return self._canary_event(self.ramp.reward(index, reward, now_ns))
         return None
@@ -307,9 +320,9 @@ class EndpointRuntime:
             old = old_keys.get(_variant_key(self.config, index))
             if old is None:
                 continue
-            self.stats[index] = previous.stats[old]
-            if self.bandit is not None and previous.bandit is not None:
-                self.bandit.arms[index] = previous.bandit.arms[old]
+            self.stats[index] = self.routes[index].stats = previous.stats[old]
+            if self.bandit is not None:
+                self.bandit.arms[index] = self.stats[index].rewards
             if self.config.quality == previous.config.quality:
                 self.quality.windows[index] = previous.quality.windows[old]
         for shadow in self.shadows:
@@ -345,7 +358,7 @@ class EndpointRuntime:
             self.active = self.index_of[old_active]
             self.previous_active = 1 - self.active
         if self.bandit is not None:
-            self.bandit.restore(self.bandit.state_dict())  # recompute the greedy arm
+            self.bandit.refresh()
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"fingerprint": self.fingerprint}

@@ -6,13 +6,22 @@ report, and a report read while a request lands may be one request behind, never
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from dataclasses import dataclass
 
-# A log-linear histogram: SUB_BUCKETS per power of two, so a quantile read from it is within
+# Log-linear histograms: SUB_BUCKETS per power of two, so a quantile read from it is within
 # 1/(2*SUB_BUCKETS) ~ 6% of the true value. More sub-buckets would cost memory per variant and
 # time per quantile read (both linear in the bucket count) for a precision the gates don't need.
 SUB_BUCKETS = 8
+
+
+def _rank_bucket(counts: list[int], q: float, total: int) -> int:
+    """The bucket holding the q-quantile (cumulative sums and bisection run in C: the canary
+    gates read a p99 every few dozen requests)."""
+    rank = max(1, math.ceil(q * total))
+    return min(bisect.bisect_left(list(itertools.accumulate(counts)), rank), len(counts) - 1)
 
 
 class LogHistogram:
@@ -61,25 +70,59 @@ class LogHistogram:
         """The q-quantile (0 <= q <= 1); NaN when empty."""
         if self.count == 0:
             return math.nan
-        rank = max(1, math.ceil(q * self.count))
-        seen = 0
-        for index, count in enumerate(self._counts):
-            seen += count
-            if seen >= rank:
-                return min(self._bucket_mid(index), self.max)
-        return self.max
-
-    def merge(self, other: LogHistogram) -> None:
-        for index, count in enumerate(other._counts):
-            self._counts[index] += count
-        self.count += other.count
-        self.total += other.total
-        self.max = max(self.max, other.max)
+        index = _rank_bucket(self._counts, q, self.count)
+        return min(self._bucket_mid(index), self.max)
 
 
-def latency_histogram() -> LogHistogram:
-    # 1 µs .. ~1100 s in nanoseconds.
-    return LogHistogram(1e3, 1.1e12)
+# Latency buckets: for n >= 16 ns, the bit length of n and the 3 bits below its leading one (8
+# buckets per power of two, as above), computed with integer operations only: this runs for every
+# request. Latencies of 2**NS_MAX_BITS ns (~4.9 hours) and more share the last bucket.
+NS_MAX_BITS = 44
+_NS_BUCKETS = (NS_MAX_BITS - 3) * SUB_BUCKETS
+
+
+def ns_bucket(latency_ns: int) -> int:
+    """The bucket of a latency in integer nanoseconds (the same arithmetic as observe())."""
+    bits = latency_ns.bit_length()
+    if bits <= 4:
+        return 0
+    if bits > NS_MAX_BITS:
+        return _NS_BUCKETS - 1
+    return ((bits - 4) << 3) + ((latency_ns >> (bits - 4)) & 7)
+
+
+def _ns_bucket_mid(index: int) -> float:
+    if index == 0:
+        return 8.0
+    shift, sub = divmod(index, SUB_BUCKETS)
+    return float((8 + sub) << shift) + (1 << shift) / 2
+
+
+class NsHistogram:
+    """Latencies in integer nanoseconds, log-linear buckets (see ns_bucket)."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts = [0] * _NS_BUCKETS
+
+    def add(self, latency_ns: int) -> None:
+        self.counts[ns_bucket(latency_ns)] += 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile in ns (a bucket's midpoint); NaN when empty."""
+        total = sum(self.counts)
+        if total == 0:
+            return math.nan
+        return _ns_bucket_mid(_rank_bucket(self.counts, q, total))
+
+
+def latency_histogram() -> NsHistogram:
+    return NsHistogram()
 
 
 def delta_histogram() -> LogHistogram:
@@ -133,14 +176,20 @@ class VariantStats:
     def __init__(self) -> None:
         self.requests = 0
         self.errors = 0
-        self.latency_ns = latency_histogram()
+        self.latency_ns = NsHistogram()
         self.rewards = RewardStats()
 
     def observe(self, ok: bool, latency_ns: int) -> None:
+        """Count one request (latency in integer ns); runs once per request, so ns_bucket is
+        inlined here."""
         self.requests += 1
         if not ok:
             self.errors += 1
-        self.latency_ns.add(latency_ns)
+        bits = latency_ns.bit_length()
+        if 4 < bits <= NS_MAX_BITS:
+            self.latency_ns.counts[((bits - 4) << 3) + ((latency_ns >> (bits - 4)) & 7)] += 1
+        else:
+            self.latency_ns.add(latency_ns)
 
     @property
     def error_rate(self) -> float:

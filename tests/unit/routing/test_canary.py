@@ -181,7 +181,7 @@ def test_sticky_keys_on_the_candidate_stay_there_as_it_ramps(
         assert on_candidate <= now
         on_candidate = now
         shares.append(len(now) / len(users))
-        for _ in range(1_100):  # traffic without a key moves the ramp on (checks every 16)
+        for _ in range(1_100):  # traffic without a key moves the ramp on (checks every 64)
             routing.complete(routing.resolve("fraud"), ok=True, latency_ns=MS)
     assert shares[0] == pytest.approx(0.05, abs=0.015)
     assert shares[1] == pytest.approx(0.25, abs=0.03)

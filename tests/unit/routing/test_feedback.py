@@ -10,7 +10,12 @@ import pytest
 
 from headrace.errors import InvalidArgumentError, NotFoundError, StatusCode
 from headrace.routing import FeedbackAlreadyGivenError, FeedbackItem, FeedbackReceipt, RequestIds
-from headrace.routing.feedback import MAX_REMEMBERED_ELEMENTS
+from headrace.routing.feedback import (
+    MAX_REMEMBERED_ELEMENTS,
+    SWEEP_EVERY,
+    SWEEP_MAX,
+    FeedbackStore,
+)
 from unit.routing.routing_support import FakeClock, MakeEndpoints, endpoint, variants
 
 
@@ -28,7 +33,7 @@ def test_memory_is_bounded_by_count(make_endpoints: MakeEndpoints) -> None:
         answered(routing, "e", f"r{i}")
     assert len(routing.feedback_store) == 100
     assert routing.feedback_store.evicted == 900
-    with pytest.raises(NotFoundError, match=r"'r899'.*at most 100 ids"):
+    with pytest.raises(NotFoundError, match=r"'r899'.*the last 100 answers are kept"):
         routing.feedback("r899", reward=1.0)
     assert routing.feedback("r900", reward=1.0) == FeedbackReceipt("e", "a")
 
@@ -54,9 +59,9 @@ def test_ids_expire_after_the_ttl(make_endpoints: MakeEndpoints, clock: FakeCloc
         routing.feedback("old", reward=1.0)
     assert len(routing.feedback_store) == 1  # the expired entry was dropped when found
     # expired entries also leave as new answers arrive, without any feedback for them
-    for i in range(5):
+    for i in range(SWEEP_EVERY):
         answered(routing, "e", f"new{i}")
-    assert len(routing.feedback_store) == 5
+    assert len(routing.feedback_store) == SWEEP_EVERY
 
 
 def test_failed_requests_are_not_remembered(make_endpoints: MakeEndpoints) -> None:
@@ -139,7 +144,7 @@ def classifier_endpoint(kind: str = "auto") -> object:
     return endpoint(
         name="clf",
         variants=variants(("a", 1), ("b", 1)),
-        quality={"kind": kind, "output": "probs", "window_s": 60},
+        quality={"kind": kind, "output": "probs", "window_s": 60, "labels": True},
     )
 
 
@@ -174,7 +179,9 @@ def test_labels_give_accuracy_per_variant_and_window(
 
 def test_labels_give_mae_for_a_regressor(make_endpoints: MakeEndpoints) -> None:
     routing = make_endpoints(
-        endpoint(name="reg", variants=variants(("a", 1)), quality={"kind": "regressor"})
+        endpoint(
+            name="reg", variants=variants(("a", 1)), quality={"kind": "regressor", "labels": True}
+        )
     )
     answered(routing, "reg", "r", outputs={"y": np.array([[1.0], [2.0]])})
     routing.feedback("r", label=np.array([[1.5], [1.0]]), reward=0.0)
@@ -192,18 +199,60 @@ def test_bad_labels_are_clear_errors(make_endpoints: MakeEndpoints) -> None:
     with pytest.raises(InvalidArgumentError, match=r"label shape \[3\] fits neither"):
         routing.feedback("r", label=np.array([0, 1, 2]))
     answered(routing, "clf", "no-outputs")
-    with pytest.raises(InvalidArgumentError, match="without outputs"):
+    with pytest.raises(InvalidArgumentError, match="without a quality output"):
         routing.feedback("no-outputs", label=np.array([0, 1]))
     big = np.zeros((MAX_REMEMBERED_ELEMENTS + 1,), dtype=np.float32)
     answered(routing, "clf", "big", outputs={"probs": big})
-    with pytest.raises(InvalidArgumentError, match="small enough"):
+    with pytest.raises(InvalidArgumentError, match="at most 1024 elements"):
         routing.feedback("big", label=big)
     answered(routing, "clf", "other", outputs={"other": scores})
-    with pytest.raises(InvalidArgumentError, match=r"quality\.output 'probs'"):
+    with pytest.raises(InvalidArgumentError, match=r"without a quality output \('probs'\)"):
         routing.feedback("other", label=np.array([0, 1]))
+
+
+def test_labels_need_the_endpoint_to_keep_answers(make_endpoints: MakeEndpoints) -> None:
+    routing = make_endpoints(endpoint(name="e", variants=variants(("a", 1))))
+    answered(routing, "e", "r", outputs={"probs": np.zeros((1, 2))})
+    with pytest.raises(InvalidArgumentError, match="labels = true"):
+        routing.feedback("r", label=np.array([0]))
+
+
+def test_kept_outputs_are_copies(make_endpoints: MakeEndpoints) -> None:
+    routing = make_endpoints(classifier_endpoint())
+    batch = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1]], dtype=np.float32)
+    answered(routing, "clf", "r", outputs={"probs": batch[:1]})  # a view of a batch buffer
+    batch[0] = [0.0, 0.0, 1.0]  # the buffer is reused for the next batch
+    routing.feedback("r", label=np.array([0]))
+    quality = routing.report("clf").variants
+    assert sum(v.quality.value * v.quality.count for v in quality if v.quality) == 1
+
+
+def test_the_ring_keeps_the_newest_answers_and_reused_ids(
+    make_endpoints: MakeEndpoints, clock: FakeClock
+) -> None:
+    routing = make_endpoints(
+        endpoint(name="e", variants=variants(("a", 1))), feedback_max_entries=3
+    )
+    for request_id in ["x", "y", "x", "z", "w"]:  # x is reused: its newest answer counts
+        answered(routing, "e", request_id)
+    assert len(routing.feedback_store) == 3
+    routing.feedback("x", reward=1.0)
+    routing.feedback("w", reward=1.0)
+    with pytest.raises(NotFoundError):
+        routing.feedback("y", reward=1.0)
+    assert routing.feedback_store.evicted == 1  # y left while live
 
 
 def test_request_ids_are_unique() -> None:
     first, second = RequestIds(), RequestIds()
     ids = {first.next() for _ in range(1_000)} | {second.next() for _ in range(1_000)}
     assert len(ids) == 2_000
+
+
+def test_a_sweep_is_bounded() -> None:
+    store: FeedbackStore[None] = FeedbackStore(max_entries=10_000, ttl_s=1)
+    for i in range(1_000):
+        store.remember(str(i), None, "e", 0, now_ns=0)
+    assert store.sweep(now_ns=2 * 10**9) == SWEEP_MAX
+    assert len(store) == 1_000 - SWEEP_MAX
+    assert store.sweep(now_ns=0) == 0  # nothing expired yet at that time

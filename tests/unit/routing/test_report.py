@@ -20,7 +20,7 @@ from headrace.routing.significance import (
     welch_t,
     wilson_interval,
 )
-from headrace.routing.stats import LogHistogram, RewardStats, latency_histogram
+from headrace.routing.stats import LogHistogram, RewardStats, VariantStats, latency_histogram
 from unit.routing.routing_support import MakeEndpoints, endpoint, variants
 
 
@@ -98,11 +98,22 @@ def test_reward_stats_and_test_choice() -> None:
 def test_histogram_quantiles_are_within_the_bucket_precision() -> None:
     rng = np.random.default_rng(2)
     values = rng.lognormal(mean=15, sigma=1.0, size=20_000)  # ~ms latencies in ns
-    histogram = latency_histogram()
+    histogram, stats_ = latency_histogram(), VariantStats()
     for v in values:
-        histogram.add(float(v))
+        histogram.add(int(v))
+        stats_.observe(True, int(v))  # the inlined bucket arithmetic agrees
+    assert stats_.latency_ns.counts == histogram.counts
     for q in (0.5, 0.9, 0.99):
         assert histogram.quantile(q) == pytest.approx(np.quantile(values, q), rel=0.07)
+    deltas = LogHistogram(1e-12, 1e9)
+    for v in values / 1e9:
+        deltas.add(float(v))
+    assert deltas.quantile(0.5) == pytest.approx(np.quantile(values / 1e9, 0.5), rel=0.07)
+    extremes = latency_histogram()
+    for ns in (0, 1, 15, 16, 2**44, 2**60):
+        extremes.add(ns)
+        stats_.observe(False, ns)
+    assert extremes.count == 6 and stats_.errors == 6
     empty = LogHistogram(1.0, 10.0)
     assert math.isnan(empty.quantile(0.5))
     clamped = LogHistogram(1.0, 10.0)
