@@ -80,7 +80,7 @@ def failed_gate(settings: CanaryConfig, view: CanaryView) -> str | None:
                 f"(delta {delta:.4f} > max_error_rate_delta {settings.max_error_rate_delta})"
             )
         if (
-            settings.max_p99_ratio is not None
+            settings.max_p99_ratio > 0
             and base.requests >= settings.min_requests
             and base.p99_ns > 0
             and cand.p99_ns / base.p99_ns > settings.max_p99_ratio
@@ -111,8 +111,8 @@ def decide(settings: CanaryConfig, view: CanaryView, now_ns: int) -> CanaryDecis
     if view.candidate.requests < settings.min_requests:
         return CanaryDecision(CanaryAction.HOLD, "the candidate has too few requests this step")
     elapsed_s = (now_ns - view.step_started_ns) / 1e9
-    due = (settings.step_s is not None and elapsed_s >= settings.step_s) or (
-        settings.step_requests is not None and view.step_requests >= settings.step_requests
+    due = (settings.step_s > 0 and elapsed_s >= settings.step_s) or (
+        settings.step_requests > 0 and view.step_requests >= settings.step_requests
     )
     if not due:
         return CanaryDecision(CanaryAction.HOLD, "the step is not over")

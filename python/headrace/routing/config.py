@@ -61,12 +61,14 @@ class CanaryConfig(_Strict):
     """The ramp of a canary: the candidate's share steps up while its gates hold."""
 
     steps: tuple[float, ...] = (5, 25, 50, 100)
-    step_s: float | None = Field(default=60.0, gt=0)  # a step is due after this long ...
-    step_requests: int | None = Field(default=None, gt=0)  # ... or after this many requests
+    # A step is due after step_s seconds or step_requests requests, whichever comes first; 0
+    # turns a trigger off (TOML has no null).
+    step_s: float = Field(default=60.0, ge=0)
+    step_requests: int = Field(default=0, ge=0)
     # The candidate needs this many requests in a step before its gates judge or it advances.
     min_requests: int = Field(default=100, ge=1)
     max_error_rate_delta: float = Field(default=0.01, ge=0)
-    max_p99_ratio: float | None = Field(default=1.5, gt=0)
+    max_p99_ratio: float = Field(default=1.5, ge=0)  # 0: no latency gate
     # Gate on feedback: baseline mean reward minus candidate mean reward may not exceed this.
     max_reward_drop: float | None = Field(default=None, ge=0)
     min_rewards: int = Field(default=30, ge=1)
@@ -87,8 +89,8 @@ class CanaryConfig(_Strict):
 
     @model_validator(mode="after")
     def _some_trigger(self) -> CanaryConfig:
-        if self.step_s is None and self.step_requests is None:
-            raise ValueError("step_s or step_requests must be set")
+        if self.step_s == 0 and self.step_requests == 0:
+            raise ValueError("step_s or step_requests must be above 0")
         return self
 
 

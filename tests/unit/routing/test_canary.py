@@ -127,7 +127,7 @@ def test_a_slow_candidate_fails_the_p99_gate(
 def test_a_step_may_be_due_after_a_number_of_requests(
     make_endpoints: MakeEndpoints, clock: FakeClock
 ) -> None:
-    routing = make_endpoints(canary(step_s=None, step_requests=2_000))
+    routing = make_endpoints(canary(step_s=0, step_requests=2_000))
     rng = random.Random(5)
     serve(routing, clock, 1_900, seconds_between=0, rng=rng)
     assert percent(routing) == 5
@@ -240,3 +240,20 @@ def test_decide_promotes_from_the_step_before_100() -> None:
     assert decide(settings, view, 61 * 10**9).action is CanaryAction.PROMOTE
     view = CanaryView(1, 0, 2000, window(1000), window(1000))
     assert decide(settings, view, 61 * 10**9).action is CanaryAction.ADVANCE
+
+
+def test_a_canary_created_at_run_time_keeps_its_settings_across_a_restart(
+    make_endpoints: MakeEndpoints, tmp_path: Any
+) -> None:
+    routing = make_endpoints(state_dir=tmp_path)
+    created = routing.create(
+        {
+            "name": "fraud",
+            "strategy": "canary",
+            "variants": [{"name": "base", "model": "gbm"}, {"name": "cand", "model": "mlp"}],
+            "canary": {"steps": [10, 100], "step_s": 0, "step_requests": 300, "max_p99_ratio": 0},
+        }
+    )
+    restarted = make_endpoints(state_dir=tmp_path)
+    assert restarted.get("fraud").config == created.config
+    assert restarted.get("fraud").config.canary_settings().step_s == 0
