@@ -2,14 +2,18 @@
 blue-green, bandits; shadow mirroring; feedback by request id; the experiment report.
 
 Pure Python over a snapshot of state, like the batching policy: no gRPC, no ``_core``. The engine
-drives it through :class:`Endpoints`::
+drives it through :class:`Endpoints` (one per server) and :class:`ShadowMirror`::
 
-    endpoints = Endpoints.from_file(path, state_dir=..., signature_of=engine_signature)
-    route = endpoints.resolve(model_name, model_version, parameters, inputs)   # before running
+    endpoints = Endpoints.from_file(path_or_None, state_dir=..., signature_of=engine_signature,
+                                    on_event=log_count_and_audit)
+    endpoints.add_model(name)                              # each loaded model (remove_model)
+    route = endpoints.resolve(model_name, model_version, parameters, inputs)   # loop thread
     ...run route.model at route.version; answer with headrace_variant = route.variant...
     endpoints.complete(route, ok=..., latency_ns=..., request_id=..., outputs=...)
-    mirror.offer(route, inputs, outputs)                   # ShadowMirror, after the answer left
-    endpoints.feedback(request_id, reward=..., label=..., endpoint=...)     # Feedback RPC
+    mirror.offer(route, inputs, outputs)                   # after the answer is on its way
+    endpoints.feedback(request_id, reward=..., label=..., endpoint=...)       # Feedback RPC
+    endpoints.create/update/delete/switch/rollback/report  # AdminService, off the loop
+    endpoints.persist()                                    # every few seconds, off the loop
 """
 
 from headrace.routing.config import (
