@@ -1,8 +1,8 @@
 """What feedback needs to remember: which variant served a request id, bounded by count and age;
 and model quality per variant and window, from labels (delayed ground truth).
 
-A request id is remembered when its answer leaves, oldest first: beyond ``max_entries`` the
-oldest is dropped (a FIFO, like a ring). An id that is unknown, dropped or older than the TTL
+A request id is remembered when its answer leaves, in a ring of ``max_entries`` slots: the
+newest answer takes the oldest one's slot. An id that is unknown, dropped or older than the TTL
 answers NOT_FOUND and never adds state. An endpoint that takes labels (``[endpoint.quality]
 labels = true``) also keeps a copy of each answer's quality output, at most
 MAX_REMEMBERED_ELEMENTS elements, so memory stays within max_entries x that many elements.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -44,6 +43,7 @@ class Served(Generic[_Owner]):
     """One answered request, as feedback finds it by its id."""
 
     request_id: str
+    slot: int
     owner: _Owner  # the endpoint's runtime state
     endpoint: str
     variant_index: int
@@ -73,16 +73,16 @@ def kept_output(config: QualityConfig, outputs: Mapping[str, Any] | None) -> Any
 SWEEP_EVERY = 64
 SWEEP_MAX = 256
 
-# Fields of an entry (a list, so the flags can change in place).
-_OWNER, _ENDPOINT, _VARIANT, _TIME, _OUTPUT, _FLAGS = range(6)
+# Fields of an entry (a list, so the flags can change in place); _SLOT is its place in the ring.
+_OWNER, _ENDPOINT, _VARIANT, _TIME, _OUTPUT, _FLAGS, _SLOT = range(7)
 
 
 class FeedbackStore(Generic[_Owner]):
-    """request id -> what answered it, oldest first: at most ``max_entries`` (the oldest leave
-    first), none answered longer than ``ttl_s`` ago.
+    """request id -> what answered it: the last ``max_entries`` answers, none older than TTL.
 
-    Written on the event-loop thread (remember, on each answer; mark, on feedback); not
-    thread-safe by itself.
+    A ring of ids in answer order says which id leaves when a new one comes; a dict finds an
+    id's entry. Written on the event-loop thread (remember, on each answer; mark, on feedback);
+    not thread-safe by itself.
     """
 
     def __init__(self, max_entries: int = 100_000, ttl_s: float = 3600.0) -> None:
@@ -90,8 +90,10 @@ class FeedbackStore(Generic[_Owner]):
             raise InvalidArgumentError("feedback memory needs max_entries >= 1 and ttl_s > 0")
         self.max_entries = max_entries
         self.ttl_ns = int(ttl_s * 1e9)
-        self._entries: OrderedDict[str, list[Any]] = OrderedDict()
-        self._answers = 0
+        self._entries: dict[str, list[Any]] = {}
+        self._ring: list[str | None] = [None] * max_entries
+        self._next = 0  # the ring slot the next answer takes (the oldest, once the ring is full)
+        self._sweep = 0  # the oldest slot the sweep has not passed; slots _sweep.._next-1 are live
         self.evicted = 0  # live entries dropped for room: a sign max_entries is small
 
     def __len__(self) -> int:
@@ -106,27 +108,41 @@ class FeedbackStore(Generic[_Owner]):
         now_ns: int,
         output: Any = None,
     ) -> None:
-        entries = self._entries
-        if request_id in entries:  # a client reused an id: the newest answer is the one it means
-            del entries[request_id]
-        entries[request_id] = [owner, endpoint, variant_index, now_ns, output, 0]
-        if len(entries) > self.max_entries:
-            _, oldest = entries.popitem(last=False)
-            if now_ns - oldest[_TIME] <= self.ttl_ns:
-                self.evicted += 1
-        self._answers += 1
-        if not self._answers % SWEEP_EVERY:
+        entries, ring, slot = self._entries, self._ring, self._next
+        old = ring[slot]
+        if old is not None:
+            entry = entries.get(old)
+            # the id may have been answered again since, in a newer slot: keep that entry
+            if entry is not None and entry[_SLOT] == slot:
+                del entries[old]
+                if now_ns - entry[_TIME] <= self.ttl_ns:
+                    self.evicted += 1
+            if self._sweep == slot:
+                self._sweep = slot + 1 if slot + 1 < self.max_entries else 0
+        ring[slot] = request_id
+        # a reused id: the newest answer is the one the client means
+        entries[request_id] = [owner, endpoint, variant_index, now_ns, output, 0, slot]
+        self._next = slot + 1 if slot + 1 < self.max_entries else 0
+        if not self._next % SWEEP_EVERY:
             self.sweep(now_ns)
 
     def sweep(self, now_ns: int, limit: int = SWEEP_MAX) -> int:
         """Drop up to ``limit`` expired entries from the old end; returns how many."""
-        entries, dropped = self._entries, 0
-        while entries and dropped < limit:
-            oldest = next(iter(entries.values()))
-            if now_ns - oldest[_TIME] <= self.ttl_ns:
-                break
-            entries.popitem(last=False)
-            dropped += 1
+        entries, ring, dropped = self._entries, self._ring, 0
+        cursor = self._sweep
+        for _ in range(limit):
+            request_id = ring[cursor]
+            if request_id is None:
+                break  # the sweep caught up with the newest answer
+            entry = entries.get(request_id)
+            if entry is not None and entry[_SLOT] == cursor:
+                if now_ns - entry[_TIME] <= self.ttl_ns:
+                    break
+                del entries[request_id]
+                dropped += 1
+            ring[cursor] = None
+            cursor = cursor + 1 if cursor + 1 < self.max_entries else 0
+        self._sweep = cursor
         return dropped
 
     def lookup(self, request_id: str, now_ns: int) -> Served[_Owner]:
@@ -137,7 +153,7 @@ class FeedbackStore(Generic[_Owner]):
                 f"dropped: the last {self.max_entries} answers are kept)"
             )
         if now_ns - entry[_TIME] > self.ttl_ns:
-            del self._entries[request_id]
+            del self._entries[request_id]  # its ring slot is cleared when the sweep passes it
             raise NotFoundError(
                 f"request '{request_id}' was answered more than {self.ttl_ns / 1e9:g} s ago; "
                 "its feedback window has expired"
@@ -145,6 +161,7 @@ class FeedbackStore(Generic[_Owner]):
         flags = entry[_FLAGS]
         return Served(
             request_id,
+            entry[_SLOT],
             entry[_OWNER],
             entry[_ENDPOINT],
             entry[_VARIANT],
@@ -159,7 +176,7 @@ class FeedbackStore(Generic[_Owner]):
     ) -> None:
         """Record that a reward or label for this answer was counted."""
         entry = self._entries.get(served.request_id)
-        if entry is not None:
+        if entry is not None and entry[_SLOT] == served.slot:
             entry[_FLAGS] |= (_REWARDED if rewarded else 0) | (_LABELLED if labelled else 0)
 
 
