@@ -20,11 +20,13 @@ class StatusCode(enum.IntEnum):
     DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
     ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
     RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
     UNIMPLEMENTED = 12
     INTERNAL = 13
     UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
 class HeadraceError(Exception):
@@ -65,10 +67,20 @@ class InternalError(HeadraceError):
     code = StatusCode.INTERNAL
 
 
-class ConfigError(HeadraceError):
-    """A model.toml or server setting is wrong; the message names the key and the file."""
+class ResourceExhaustedError(HeadraceError):
+    code = StatusCode.RESOURCE_EXHAUSTED
 
-    code = StatusCode.INVALID_ARGUMENT
+
+class PermissionDeniedError(HeadraceError):
+    code = StatusCode.PERMISSION_DENIED
+
+
+class UnauthenticatedError(HeadraceError):
+    code = StatusCode.UNAUTHENTICATED
+
+
+class ConfigError(InvalidArgumentError):
+    """A model.toml or server setting is wrong; the message names the key and the file."""
 
 
 _BY_CODE: dict[StatusCode, type[HeadraceError]] = {
@@ -79,6 +91,9 @@ _BY_CODE: dict[StatusCode, type[HeadraceError]] = {
     StatusCode.CANCELLED: CancelledError,
     StatusCode.UNIMPLEMENTED: UnimplementedError,
     StatusCode.INTERNAL: InternalError,
+    StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    StatusCode.UNAUTHENTICATED: UnauthenticatedError,
 }
 
 

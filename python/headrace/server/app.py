@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace.config import ServerSettings
 from headrace.engine import Engine
 from headrace.server.admin import ADMIN_SERVICE, AdminServicer
+from headrace.server.auth import AccessInterceptor, AccessPolicy
 from headrace.server.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ def inference_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler[An
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         if method.name == "ModelInfer":
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(servicer.ModelInferRaw)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
         elif method.name == "ModelStreamInfer":
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer)
         else:
@@ -46,6 +48,31 @@ def inference_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler[An
                 response_serializer=response_type.SerializeToString,
             )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+# Memory an RPC in flight may pin on average (request, response, batch share): sizes the default
+# cap on concurrent RPCs so that a flood is refused (RESOURCE_EXHAUSTED) before memory runs out.
+INFLIGHT_RPC_BUDGET_BYTES = 1 << 20
+# A quarter of the machine's memory for RPCs in flight; the rest is for models.
+INFLIGHT_MEMORY_SHARE = 0.25
+MAX_DEFAULT_INFLIGHT_RPCS = 16_384
+
+
+def max_inflight_rpcs(settings: ServerSettings) -> int:
+    """The cap on concurrent RPCs: the setting, or what a share of physical memory holds."""
+    if settings.max_inflight_rpcs > 0:
+        return settings.max_inflight_rpcs
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        memory = 4 << 30
+    return max(
+        64,
+        min(
+            MAX_DEFAULT_INFLIGHT_RPCS,
+            int(memory * INFLIGHT_MEMORY_SHARE) // INFLIGHT_RPC_BUDGET_BYTES,
+        ),
+    )
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -72,7 +99,14 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
-        server = grpc.aio.server(options=channel_options(s.max_message_bytes))
+        policy = AccessPolicy.from_settings(s)
+        if not policy.control_enabled:
+            log.warning("control RPCs are %s", policy.why_control_off)
+        server = grpc.aio.server(
+            options=channel_options(s.max_message_bytes),
+            interceptors=(AccessInterceptor(policy),),
+            maximum_concurrent_rpcs=max_inflight_rpcs(s),
+        )
         server.add_generic_rpc_handlers((inference_handlers(self._servicer),))
         admin_pb2_grpc.add_AdminServiceServicer_to_server(self._admin, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -87,8 +121,14 @@ class Server:
         )
         address = f"{s.host}:{s.grpc_port}"
         if s.tls_cert is not None and s.tls_key is not None:
+            # With a client CA every caller needs a certificate it signed (mutual TLS; gRPC
+            # offers no optional client certificates); auth.py decides what it may call.
             credentials = grpc.ssl_server_credentials(
-                [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())]
+                [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())],
+                root_certificates=(
+                    Path(s.tls_client_ca).read_bytes() if s.tls_client_ca is not None else None
+                ),
+                require_client_auth=s.tls_client_ca is not None,
             )
             self.grpc_port = server.add_secure_port(address, credentials)
         else:
@@ -134,8 +174,16 @@ async def _serve(settings: ServerSettings) -> int:
     await server.start()
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop_requested.is_set():
+            # A second SIGTERM/SIGINT: the operator does not want to wait for the drain.
+            print("headrace: second signal, exiting now", file=sys.stderr, flush=True)
+            os._exit(1)
+        stop_requested.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop_requested.set)
+        loop.add_signal_handler(signum, on_signal)
     uds = f" and unix:{settings.grpc_uds}" if settings.grpc_uds else ""
     metrics = (
         f"; metrics on http://{settings.host}:{server.metrics_port}/metrics"

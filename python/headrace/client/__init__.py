@@ -1,4 +1,5 @@
-"""gRPC clients for any KServe v2 server: :class:`Client` (blocking) and :class:`AsyncClient`.
+"""gRPC clients for any KServe v2 server: :class:`Client` (blocking) and :class:`AsyncClient`,
+with the same methods. A light import: no server, no engine, no native core.
 
 Numpy in, numpy out; tensors travel as raw bytes (the fast path). Addresses are ``host:port`` or
 ``unix:/path/to.sock``; pass ``tls=TlsConfig(...)`` (or ``root_certificates`` bytes) for TLS.
@@ -6,6 +7,7 @@ Numpy in, numpy out; tensors travel as raw bytes (the fast path). Addresses are 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
-from headrace.config import DEFAULT_MAX_MESSAGE_BYTES
-from headrace.engine import InferResult
+from headrace.client.codec import decode_raw_output, decode_typed_output, encode_raw
+from headrace.datatypes import datatype_of
 from headrace.errors import error_for_code
-from headrace.tensors import datatype_of, decode_raw_output, encode_raw
+from headrace.types import DEFAULT_MAX_MESSAGE_BYTES, InferResult
 
 __all__ = ["AsyncClient", "Client", "TlsConfig"]
 
@@ -43,6 +45,19 @@ def _options(max_message_bytes: int, tls: TlsConfig | None) -> list[tuple[str, A
     if tls is not None and tls.server_name_override:
         options.append(("grpc.ssl_target_name_override", tls.server_name_override))
     return options
+
+
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """``authorization: Bearer`` from ``token``, else the HEADRACE_TOKEN environment variable."""
+    if token is None:
+        token = os.environ.get("HEADRACE_TOKEN") or None
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    """A token kept in a file (as ``--token-file`` takes it), without surrounding whitespace."""
+    with open(path, encoding="utf-8") as file:
+        return file.read().strip()
 
 
 def _credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
@@ -98,19 +113,8 @@ def decode_infer_response(response: Any) -> InferResult:
         if index < len(raw):
             outputs[tensor.name] = decode_raw_output(tensor.datatype, shape, raw[index])
         else:
-            outputs[tensor.name] = _decode_typed_output(tensor, shape)
+            outputs[tensor.name] = decode_typed_output(tensor.datatype, tensor.contents, shape)
     return InferResult(response.model_name, response.model_version, outputs, response.id, datatypes)
-
-
-def _decode_typed_output(tensor: Any, shape: list[int]) -> npt.NDArray[Any]:
-    from headrace.tensors import DATATYPE_TO_NUMPY, TYPED_FIELD
-
-    values = getattr(tensor.contents, TYPED_FIELD[tensor.datatype])
-    if tensor.datatype == "BYTES":
-        array = np.empty(len(values), dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
-    return np.asarray(values).astype(DATATYPE_TO_NUMPY[tensor.datatype]).reshape(shape)
 
 
 def _translate(error: grpc.RpcError) -> Exception:
@@ -132,7 +136,9 @@ class Client:
         *,
         tls: TlsConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
     ) -> None:
+        self._metadata = _auth_metadata(token)
         options = _options(max_message_bytes, tls)
         if tls is not None:
             self._channel = grpc.secure_channel(address, _credentials(tls), options=options)
@@ -152,7 +158,7 @@ class Client:
 
     def _call(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
         try:
-            return getattr(self._stub, method)(request, timeout=timeout_s)
+            return getattr(self._stub, method)(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             raise _translate(error) from None
 
@@ -229,7 +235,9 @@ class AsyncClient:
         *,
         tls: TlsConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
     ) -> None:
+        self._metadata = _auth_metadata(token)
         options = _options(max_message_bytes, tls)
         if tls is not None:
             self._channel = grpc.aio.secure_channel(address, _credentials(tls), options=options)
@@ -249,7 +257,9 @@ class AsyncClient:
 
     async def _call(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
         try:
-            return await getattr(self._stub, method)(request, timeout=timeout_s)
+            return await getattr(self._stub, method)(
+                request, timeout=timeout_s, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise _translate(error) from None
 
@@ -271,10 +281,26 @@ class AsyncClient:
             "ModelMetadata", pb.ModelMetadataRequest(name=model, version=version)
         )
 
+    async def model_config(self, model: str, version: str = "") -> Any:
+        response = await self._call(
+            "ModelConfig", pb.ModelConfigRequest(name=model, version=version)
+        )
+        return response.config
+
     async def model_statistics(self, model: str = "", version: str = "") -> Any:
         return await self._call(
             "ModelStatistics", pb.ModelStatisticsRequest(name=model, version=version)
         )
+
+    async def repository_index(self, ready_only: bool = False) -> Any:
+        response = await self._call("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready_only))
+        return response.models
+
+    async def load_model(self, model: str) -> None:
+        await self._call("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=model))
+
+    async def unload_model(self, model: str) -> None:
+        await self._call("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=model))
 
     async def health(self, service: str = "") -> str:
         try:
