@@ -91,7 +91,7 @@ def write_repository(root: Path, sizes: list[int], max_batch: int) -> Path:
     return repository
 
 
-def server_process(repository: Path, log: Path) -> ServerProcess:
+def server_process(repository: Path, log: Path, max_inflight_rpcs: int) -> ServerProcess:
     argv = [
         sys.executable,
         "-m",
@@ -108,6 +108,8 @@ def server_process(repository: Path, log: Path) -> ServerProcess:
         "--log-level",
         "WARNING",
     ]
+    if max_inflight_rpcs > 0:
+        argv += ["--max-inflight-rpcs", str(max_inflight_rpcs)]
     return ServerProcess("headrace", argv, log, SERVER_CPUS, [MODEL])
 
 
@@ -233,7 +235,8 @@ def report(args: argparse.Namespace, result: dict[str, Any], load_before: str) -
     )
     lines = [
         f"server CPU 0, client CPU 1; {cpu_model()}; model MLP {args.sizes}, max_batch_size "
-        f"{args.max_batch}, auto delay",
+        f"{args.max_batch}, auto delay, max in-flight RPCs "
+        f"{args.max_inflight_rpcs or 'default'}",
         f"batch time {result['batch_ms']:.2f} ms at capacity; deadline "
         f"{result['deadline_ms']:.2f} ms (x{DEADLINE_BATCHES:g})",
         header,
@@ -279,13 +282,20 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--sizes", default="1024,4096,4096,16", help="MLP layer sizes")
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument(
+        "--max-inflight-rpcs",
+        type=int,
+        default=0,
+        help="the server's cap on RPCs in flight (0: its default, sized from memory)",
+    )
     args = parser.parse_args()
     args.sizes = [int(size) for size in args.sizes.split(",")]
     os.sched_setaffinity(0, {CLIENT_CPU})  # before gRPC starts its threads
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="headrace-overload-") as folder:
         repository = write_repository(Path(folder), args.sizes, args.max_batch)
-        with server_process(repository, Path(folder) / "server.log") as server:
+        log = Path(folder) / "server.log"
+        with server_process(repository, log, args.max_inflight_rpcs) as server:
             assert server.process is not None
             result = uvloop.run(drive(args, server.target, server.process.pid))
     print("\n".join(report(args, result, load_before)))

@@ -35,7 +35,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
   const bool predict = cost.samples >= kPredictMinSamples;
   // Predicted time from starting a batch of `rows` to its answers leaving the server.
   const auto answered_after = [&cost](std::int64_t rows) {
-    return to_ns(cost.batch_ns(rows)) + kDeliveryMarginNs;
+    return to_ns(cost.least_batch_ns(rows)) + kDeliveryMarginNs;
   };
   const auto has_deadline_before = [](const QueuedRequest& request, TimeNs t) {
     return request.deadline_ns != 0 && request.deadline_ns < t;
@@ -169,7 +169,8 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
         batch = std::move(kept);
         pending_rows = kept_rows;
       } else {
-        batch.resize(on_time_prefix);
+        // The head is never doomed here (overdue() used the same estimate): keep it at least.
+        batch.resize(std::max<std::size_t>(on_time_prefix, 1));
         pending_rows = 0;
         for (const std::size_t i : batch) pending_rows += requests[i].rows;
       }
@@ -297,7 +298,7 @@ Overdue BatchingPolicy::overdue(const QueuedRequest& request, const CostEstimate
   if (cost.samples < kPredictMinSamples) return Overdue::kNo;
   // The earliest it could be answered is after a batch of its own started now: if even that is
   // late, running it is wasted.
-  const TimeNs alone_ns = to_ns(cost.batch_ns(request.rows)) + kDeliveryMarginNs;
+  const TimeNs alone_ns = to_ns(cost.least_batch_ns(request.rows)) + kDeliveryMarginNs;
   return now > request.deadline_ns - alone_ns ? Overdue::kDoomed : Overdue::kNo;
 }
 
@@ -317,8 +318,9 @@ Admission BatchingPolicy::admit(const AdmissionView& request, TimeNs now) const 
   const std::int64_t own_batch_rows =
       std::max(request.rows, std::min(cap_rows_, rows_ahead % cap_rows_ + request.rows));
   const double wait_ns = static_cast<double>(waves) * cost.batch_ns(cap_rows_);
-  const double run_ns = std::max(cost.batch_ns(own_batch_rows),
-                                 cost.batch_ns(request.rows, request.input_bytes)) +
+  // Its own size counts through both fits: a request of one huge row is as slow as its bytes.
+  const double run_ns = std::max(cost.least_batch_ns(own_batch_rows),
+                                 cost.bytes_batch_ns(request.input_bytes)) +
                         static_cast<double>(kDeliveryMarginNs);
   const TimeNs left_ns = request.deadline_ns - now;
   if (wait_ns + run_ns > static_cast<double>(left_ns)) {

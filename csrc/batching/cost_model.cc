@@ -53,6 +53,8 @@ namespace {
 struct Line {
   double a = 0.0;
   double b = 0.0;
+  bool spread = false;       // the x values differ
+  double through_origin = 0.0;  // the slope of the best line through the origin
 };
 
 // Least squares of y = a*x + b over n samples. Without spread in x, the samples only say what
@@ -75,13 +77,13 @@ Line fit_line(const std::array<double, CostModel::kWindow>& xs,
   const double through_origin = sxx > 0.0 ? std::max(sxy / sxx, 0.0) : 0.0;
   // The variance test is relative so that rounding does not pass for spread.
   const bool spread = var_x > 1e-9 * std::max(1.0, mean_x * mean_x);
-  if (!spread && prior_slope < 0.0) return {through_origin, 0.0};
+  if (!spread && prior_slope < 0.0) return {through_origin, 0.0, spread, through_origin};
   double a = spread ? (sxy / n - mean_x * mean_y) / var_x : prior_slope;
   a = std::max(a, 0.0);  // Noise can tilt the line; a batch never gets cheaper with more rows.
   const double b = mean_y - a * mean_x;
   // Cost proportional to x: fit the line through the origin instead.
-  if (b < 0.0) return {sxx > 0.0 ? through_origin : prior_slope, 0.0};
-  return {a, b};
+  if (b < 0.0) return {sxx > 0.0 ? through_origin : prior_slope, 0.0, spread, through_origin};
+  return {a, b, spread, through_origin};
 }
 
 }  // namespace
@@ -94,6 +96,8 @@ void CostModel::refit() noexcept {
   estimate_.a_ns_per_byte = by_bytes.a;
   estimate_.b_bytes_ns = by_bytes.b;
   estimate_.samples = count_;
+  estimate_.rows_spread = by_rows.spread;
+  estimate_.proportional_ns_per_row = by_rows.through_origin;
 }
 
 }  // namespace headrace::batching

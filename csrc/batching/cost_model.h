@@ -46,12 +46,28 @@ struct CostEstimate {
   double batch_ns(std::int64_t rows) const noexcept {
     return a_ns_per_row * static_cast<double>(rows) + b_ns;
   }
+  // Deadline decisions (dropping, refusing) must be sure a request is late, so they take the
+  // cheaper reading when the fit cannot tell fixed cost from per-row cost: when every sampled
+  // batch had the same rows, the cost may as well be proportional to rows (mean cost over mean
+  // rows, a row at a time) as fixed (the prior slope, the rest in the intercept).
+  bool rows_spread = false;  // the samples hold batches of different sizes
+  double proportional_ns_per_row = 0.0;
+  double least_batch_ns(std::int64_t rows) const noexcept {
+    const double fitted = batch_ns(rows);
+    if (rows_spread || samples == 0) return fitted;
+    const double proportional = proportional_ns_per_row * static_cast<double>(rows);
+    return proportional < fitted ? proportional : fitted;
+  }
   // Predicted run time of a batch of `rows` rows holding `bytes` input bytes: the larger of the
   // two fits, so that neither a wide request nor a long one passes for cheap.
   double batch_ns(std::int64_t rows, std::uint64_t bytes) const noexcept {
-    const double by_bytes = a_ns_per_byte * static_cast<double>(bytes) + b_bytes_ns;
+    const double by_bytes = bytes_batch_ns(bytes);
     const double by_rows = batch_ns(rows);
     return by_bytes > by_rows ? by_bytes : by_rows;
+  }
+  // The bytes fit alone.
+  double bytes_batch_ns(std::uint64_t bytes) const noexcept {
+    return a_ns_per_byte * static_cast<double>(bytes) + b_bytes_ns;
   }
 };
 

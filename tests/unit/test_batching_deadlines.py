@@ -239,3 +239,17 @@ def test_a_lone_request_with_room_runs_at_once(rows: int) -> None:
     assert policy.admit(rows, deadline_ns=answered(rows), now_ns=0)["verdict"] == "admit"
     policy.add(1, rows, enqueue_ns=0, deadline_ns=answered(rows))
     assert policy.decide(0)["run"] == [1]
+
+
+def test_without_spread_in_batch_sizes_deadlines_assume_the_cheaper_split() -> None:
+    # Every batch had 8 rows and took 8 ms: the fit cannot tell 8 ms of fixed cost from 1 ms a
+    # row. Dropping or refusing must be sure, so a 1-row request counts as 1 ms, not 8 ms.
+    policy = _core.PolicyHarness(_core.BatcherConfig(max_batch_size=8))
+    for _ in range(5):
+        policy.observe_batch(8, 8 * MS)
+    deadline = 1 * MS + MARGIN_NS + 100 * US
+    assert policy.admit(1, deadline_ns=deadline, now_ns=0)["verdict"] == "admit"
+    policy.add(1, 1, enqueue_ns=0, deadline_ns=deadline)
+    decision = policy.decide(0)
+    assert decision["doomed"] == [] and decision["run"] == [1]
+    assert policy.decide(101 * US)["doomed"] == [1]
