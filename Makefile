@@ -65,7 +65,7 @@ smoke: install-dev
 	HEADRACE_WERROR=ON CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) wheel --quiet --no-build-isolation --no-deps -w dist .
 	$(PYTHON) -m venv $(SMOKE_VENV)
 	$(SMOKE_VENV)/bin/python -m pip install --quiet dist/headrace-*.whl
-	$(SMOKE_VENV)/bin/python tests/smoke/fresh_install.py
+	$(SMOKE_VENV)/bin/python tests/smoke/fresh_install.py --with-tritonclient
 
 test: lint typecheck cpp-sanitize pytest smoke
 

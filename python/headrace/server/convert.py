@@ -16,10 +16,10 @@ import numpy as np
 import numpy.typing as npt
 
 from headrace import _core
-from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace.datatypes import ALL_TYPED_FIELDS, DATATYPE_TO_NUMPY, TYPED_FIELD, numpy_dtype
 from headrace.errors import InvalidArgumentError, from_core_error
 from headrace.types import InferRequest, InferResult, ModelMetadata, VersionStatistics
+from headrace.wire import inference as pb
 
 
 def parse_request(message: bytes, max_elements: int) -> InferRequest | None:

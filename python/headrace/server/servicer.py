@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 import headrace
-from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace.engine import Engine
 from headrace.errors import InvalidArgumentError, UnimplementedError
 from headrace.server import convert
 from headrace.server.status import describe, unary_errors
+from headrace.wire import inference as pb
 
 log = logging.getLogger(__name__)
 
