@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.backends.base import TensorSpec
 from headrace.errors import from_core_error
+from headrace.native import core as _core
 
 PLATFORM = "headrace_int8"
 

@@ -12,9 +12,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from headrace import _core
 from headrace.backends.base import TensorSpec
 from headrace.errors import InternalError, InvalidArgumentError, from_core_error
+from headrace.native import core as _core
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.config import ServerSettings
 from headrace.engine.completions import CompletionRouter
 from headrace.engine.version import ModelVersion
 from headrace.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from headrace.monitoring.drift.served import ServedDrift
 from headrace.monitoring.metrics import Metrics
+from headrace.native import core as _core
 from headrace.registry.filesystem import FilesystemRepository
 from headrace.registry.manager import ModelManager, ServedVersion
 from headrace.types import (

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.engine.completions import CompletionRouter, Outputs
 from headrace.errors import DeadlineExceededError, HeadraceError, InternalError, from_core_error
+from headrace.native import core as _core
 from headrace.types import BatchStatistics, VersionStatistics
 
 Arrays = dict[str, npt.NDArray[Any]]

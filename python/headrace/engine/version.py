@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.backends.base import Backend
 from headrace.config import DriftSettings, ModelConfig, ServerSettings
 from headrace.engine.completions import CompletionRouter
@@ -32,6 +31,7 @@ from headrace.engine.validation import (
 from headrace.errors import ConfigError, HeadraceError, UnavailableError
 from headrace.monitoring.drift.served import ServedDrift, load_served_drift, reference_stamp
 from headrace.monitoring.metrics import Metrics
+from headrace.native import core as _core
 from headrace.types import TensorSpec, VersionStatistics
 
 log = logging.getLogger(__name__)

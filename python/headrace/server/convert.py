@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.datatypes import ALL_TYPED_FIELDS, DATATYPE_TO_NUMPY, TYPED_FIELD, numpy_dtype
 from headrace.errors import InvalidArgumentError, from_core_error
+from headrace.native import core as _core
 from headrace.types import InferRequest, InferResult, ModelMetadata, VersionStatistics
 from headrace.wire import inference as pb
 

@@ -35,7 +35,6 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.config import DriftSettings
 from headrace.errors import InvalidArgumentError, from_core_error
 from headrace.monitoring.drift.profile import (
@@ -46,6 +45,7 @@ from headrace.monitoring.drift.profile import (
     category_value,
     is_missing,
 )
+from headrace.native import core as _core
 
 Decision = Literal["ok", "warn", "alert"]
 CorrectionName = Literal["bonferroni", "bh", "none"]
