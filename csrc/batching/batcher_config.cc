@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <string>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::batching {
 namespace {

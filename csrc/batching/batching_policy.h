@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "batching/batcher_config.h"
-#include "batching/clock.h"
+#include "common/clock.h"
 #include "batching/cost_model.h"
 
 namespace headrace::batching {

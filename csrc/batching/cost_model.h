@@ -10,7 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "batching/clock.h"
+#include "common/clock.h"
 
 namespace headrace::batching {
 

@@ -17,7 +17,7 @@
 #include <atomic>
 #include <mutex>
 
-#include "batching/clock.h"
+#include "common/clock.h"
 
 namespace headrace::batching {
 

@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "batching/tensor.h"
+#include "common/tensor.h"
 
 namespace headrace::batching {
 

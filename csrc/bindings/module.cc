@@ -3,7 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "bindings/register.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace py = pybind11;
 

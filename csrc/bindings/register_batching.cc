@@ -29,15 +29,15 @@
 #include "batching/completion_queue.h"
 #include "batching/cost_model.h"
 #include "batching/runner.h"
-#include "batching/tensor.h"
+#include "common/tensor.h"
 #include "bindings/array_tensors.h"
 #include "bindings/register.h"
 #include "drift/drift_accumulator.h"
-#include "drift/drift_counting_runner.h"
-#include "ort/ort_model.h"
+#include "runners/drift_counting_runner.h"
+#include "runners/ort/ort_model.h"
 #include "quant/quantized_mlp.h"
-#include "quant/quantized_mlp_runner.h"
-#include "tensors/status.h"
+#include "runners/quantized_mlp_runner.h"
+#include "common/status.h"
 #include "tensors/tensor_codec.h"
 
 namespace py = pybind11;
@@ -45,8 +45,6 @@ namespace py = pybind11;
 namespace headrace::bindings {
 namespace {
 
-using batching::DataType;
-using batching::Tensor;
 
 // Runs batches through a Python callable: list[np.ndarray] -> list[np.ndarray].
 class PythonRunner final : public batching::Runner {
@@ -110,11 +108,11 @@ class PyBatcher {
     std::shared_ptr<batching::Runner> native_runner;
     if (py::isinstance<quant::QuantizedMlp>(runner)) {
       // The int8 backend: batches run in C++ on the worker threads, never taking the GIL.
-      native_runner = std::make_shared<quant::QuantizedMlpRunner>(
+      native_runner = std::make_shared<runners::QuantizedMlpRunner>(
           runner.cast<std::shared_ptr<quant::QuantizedMlp>>());
-    } else if (py::isinstance<ort::OrtRunner>(runner)) {
+    } else if (py::isinstance<runners::ort::OrtRunner>(runner)) {
       // ONNX Runtime through its C API: no GIL on the worker threads either.
-      native_runner = runner.cast<std::shared_ptr<ort::OrtRunner>>();
+      native_runner = runner.cast<std::shared_ptr<runners::ort::OrtRunner>>();
     } else if (PyCallable_Check(runner.ptr())) {
       runs_native_ = false;
       native_runner = std::make_shared<PythonRunner>(std::move(runner));
@@ -125,7 +123,7 @@ class PyBatcher {
       // Counted here, in C++ after each run and without the GIL, for native runners (their
       // batches never reach Python) and for Python runners whose profile needs no encoding
       // (numerical features only: the caller decides and passes no accumulator otherwise).
-      counting_ = std::make_shared<drift::DriftCountingRunner>(std::move(native_runner),
+      counting_ = std::make_shared<runners::DriftCountingRunner>(std::move(native_runner),
                                                                std::move(drift));
       native_runner = counting_;
     }
@@ -246,10 +244,10 @@ class PyBatcher {
   // Longest predicted batch that runs on the submitting thread (the event loop, which is blocked
   // meanwhile): about what one request's own gRPC handling costs, so a small model's run is
   // cheaper inline than the two thread wake-ups it saves.
-  static constexpr batching::TimeNs kInlineMaxNs = 100'000;
+  static constexpr TimeNs kInlineMaxNs = 100'000;
 
   bool runs_native_ = true;  // false for a Python runner (it needs the GIL: never inline)
-  std::shared_ptr<drift::DriftCountingRunner> counting_;
+  std::shared_ptr<runners::DriftCountingRunner> counting_;
   std::unique_ptr<batching::Batcher> batcher_;
 };
 
@@ -378,7 +376,7 @@ void register_batching(py::module_& m) {
   py::module_::import("atexit").attr("register")(
       py::cpp_function(&shutdown_live_batchers, py::name("_shutdown_live_batchers")));
 
-  m.def("monotonic_ns", &batching::monotonic_ns,
+  m.def("monotonic_ns", &monotonic_ns,
         "The steady clock (ns) that Batcher deadlines (deadline_ns) are measured on.");
 
   py::class_<batching::BatcherConfig>(m, "BatcherConfig",

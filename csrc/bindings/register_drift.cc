@@ -17,7 +17,7 @@
 #include "drift/bin_layout.h"
 #include "drift/drift_accumulator.h"
 #include "drift/drift_statistics.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace py = pybind11;
 

@@ -1,4 +1,4 @@
-// Bindings for csrc/ort: an ONNX Runtime model run from C++ (OrtModel) and the batcher runner
+// Bindings for csrc/runners/ort: an ONNX Runtime model run from C++ (OrtModel) and the batcher runner
 // made from it (OrtRunner, accepted by Batcher in place of a Python callable). run() releases the
 // GIL for the whole ONNX Runtime call.
 #include <pybind11/numpy.h>
@@ -11,26 +11,26 @@
 
 #include "bindings/array_tensors.h"
 #include "bindings/register.h"
-#include "ort/ort_model.h"
-#include "tensors/status.h"
+#include "runners/ort/ort_model.h"
+#include "common/status.h"
 
 namespace py = pybind11;
 
 namespace headrace::bindings {
 namespace {
 
-py::list describe(const std::vector<ort::OrtTensorInfo>& infos) {
+py::list describe(const std::vector<runners::ort::OrtTensorInfo>& infos) {
   py::list out;
-  for (const ort::OrtTensorInfo& info : infos) {
-    out.append(py::make_tuple(info.name, std::string(batching::datatype_name(info.dtype)),
+  for (const runners::ort::OrtTensorInfo& info : infos) {
+    out.append(py::make_tuple(info.name, std::string(datatype_name(info.dtype)),
                               py::tuple(py::cast(info.shape))));
   }
   return out;
 }
 
-py::list run_model(const ort::OrtModel& model, const py::dict& feed,
+py::list run_model(const runners::ort::OrtModel& model, const py::dict& feed,
                    const std::vector<std::string>& output_names) {
-  std::vector<batching::Tensor> inputs;
+  std::vector<Tensor> inputs;
   std::vector<std::size_t> input_indices;
   for (const auto& [key, value] : feed) {
     const std::string name = py::str(key);
@@ -39,45 +39,45 @@ py::list run_model(const ort::OrtModel& model, const py::dict& feed,
   }
   std::vector<std::size_t> output_indices;
   for (const std::string& name : output_names) output_indices.push_back(model.output_index(name));
-  std::vector<batching::Tensor> outputs;
+  std::vector<Tensor> outputs;
   {
     py::gil_scoped_release nogil;
     outputs = model.run(inputs, input_indices, output_indices);
   }
   py::list arrays;
-  for (const batching::Tensor& output : outputs) arrays.append(array_from_tensor(output));
+  for (const Tensor& output : outputs) arrays.append(array_from_tensor(output));
   return arrays;
 }
 
 }  // namespace
 
 void register_ort(py::module_& m) {
-  py::class_<ort::OrtModel, std::shared_ptr<ort::OrtModel>>(
+  py::class_<runners::ort::OrtModel, std::shared_ptr<runners::ort::OrtModel>>(
       m, "OrtModel", "An ONNX Runtime session driven through the C API, without the GIL.")
       .def(py::init([](const std::string& library, const std::string& path, int intra, int inter) {
-             auto lib = ort::OrtLibrary::open(library);
+             auto lib = runners::ort::OrtLibrary::open(library);
              py::gil_scoped_release nogil;  // loading may take a while; it needs no Python
-             return std::make_shared<ort::OrtModel>(std::move(lib), path, intra, inter);
+             return std::make_shared<runners::ort::OrtModel>(std::move(lib), path, intra, inter);
            }),
            py::arg("library"), py::arg("path"), py::arg("intra_op_threads") = 0,
            py::arg("inter_op_threads") = 0)
-      .def_property_readonly("inputs", [](const ort::OrtModel& model) { return describe(model.inputs()); })
+      .def_property_readonly("inputs", [](const runners::ort::OrtModel& model) { return describe(model.inputs()); })
       .def_property_readonly("outputs",
-                             [](const ort::OrtModel& model) { return describe(model.outputs()); })
+                             [](const runners::ort::OrtModel& model) { return describe(model.outputs()); })
       .def_property_readonly("version",
-                             [](const ort::OrtModel& model) { return model.library().version(); })
+                             [](const runners::ort::OrtModel& model) { return model.library().version(); })
       .def("run", &run_model, py::arg("feed"), py::arg("output_names"),
            "Runs the model on {input name: array}; returns the named outputs in order.")
       .def(
           "runner",
-          [](const std::shared_ptr<ort::OrtModel>& model, const std::vector<std::string>& inputs,
+          [](const std::shared_ptr<runners::ort::OrtModel>& model, const std::vector<std::string>& inputs,
              const std::vector<std::string>& outputs) {
-            return std::make_shared<ort::OrtRunner>(model, inputs, outputs);
+            return std::make_shared<runners::ort::OrtRunner>(model, inputs, outputs);
           },
           py::arg("input_names"), py::arg("output_names"),
           "A batcher runner feeding batch inputs in this order and returning these outputs.");
 
-  py::class_<ort::OrtRunner, std::shared_ptr<ort::OrtRunner>>(
+  py::class_<runners::ort::OrtRunner, std::shared_ptr<runners::ort::OrtRunner>>(
       m, "OrtRunner", "Runs an OrtModel's batches on the batcher's workers (no GIL).");
 }
 

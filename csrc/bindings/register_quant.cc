@@ -14,7 +14,7 @@
 #include "quant/isa.h"
 #include "quant/peak_probe.h"
 #include "quant/quantized_mlp.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace py = pybind11;
 

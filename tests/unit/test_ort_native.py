@@ -1,4 +1,4 @@
-"""ONNX Runtime driven through its C API from the core (csrc/ort): results equal onnxruntime's
+"""ONNX Runtime driven through its C API from the core (csrc/runners/ort): results equal onnxruntime's
 Python API, errors are CoreErrors with the right codes, the batcher runs it without Python, and
 the ONNX backend picks it (or falls back) as documented."""
 

@@ -1,4 +1,4 @@
-#include "ort/ort_model.h"
+#include "runners/ort/ort_model.h"
 
 #include <dlfcn.h>
 
@@ -6,12 +6,11 @@
 #include <mutex>
 #include <utility>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
-namespace headrace::ort {
+namespace headrace::runners::ort {
 namespace {
 
-using batching::DataType;
 
 // ONNX Runtime's element types that map to a v2 datatype (fixed-size ones only).
 bool to_datatype(int element_type, DataType* out) noexcept {
@@ -207,7 +206,7 @@ std::size_t OrtModel::output_index(std::string_view name) const {
                   "the model has no output '" + std::string(name) + "'");
 }
 
-std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>& inputs,
+std::vector<Tensor> OrtModel::run(const std::vector<Tensor>& inputs,
                                             const std::vector<std::size_t>& input_indices,
                                             const std::vector<std::size_t>& output_indices) const {
   const OrtLibrary& lib = *library_;
@@ -231,14 +230,14 @@ std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>&
   std::vector<const char*> input_names(inputs.size());
   for (std::size_t k = 0; k < inputs.size(); ++k) {
     const OrtTensorInfo& info = inputs_.at(input_indices[k]);
-    const batching::Tensor& tensor = inputs[k];
+    const Tensor& tensor = inputs[k];
     // Same element width is what matters: BF16 arrives as uint16 bit patterns.
     if (tensor.dtype == DataType::kBytes ||
-        tensors::element_size(tensor.dtype) != tensors::element_size(info.dtype)) {
+        element_size(tensor.dtype) != element_size(info.dtype)) {
       throw CoreError(StatusCode::kInvalidArgument,
                       "input '" + info.name + "': " +
-                          std::string(batching::datatype_name(tensor.dtype)) +
-                          " data for a " + std::string(batching::datatype_name(info.dtype)) +
+                          std::string(datatype_name(tensor.dtype)) +
+                          " data for a " + std::string(datatype_name(info.dtype)) +
                           " input");
     }
     input_names[k] = info.name.c_str();
@@ -268,7 +267,7 @@ std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>&
   }
   lib.check(status, "model runtime error");
 
-  std::vector<batching::Tensor> outputs;
+  std::vector<Tensor> outputs;
   outputs.reserve(owned.size());
   for (std::size_t k = 0; k < owned.size(); ++k) {
     OrtValue* value = owned[k].get();
@@ -279,7 +278,7 @@ std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>&
     OrtTensorTypeAndShapeInfo* shape_info = nullptr;
     lib.check(lib.fn<Fn::GetTensorTypeAndShape>(kGetTensorTypeAndShape)(value, &shape_info),
               "output '" + name + "'");
-    batching::Tensor tensor;
+    Tensor tensor;
     int element_type = 0;
     std::size_t rank = 0;
     OrtStatus* failed =
@@ -300,7 +299,7 @@ std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>&
     }
     std::uint64_t count = 1;
     for (const std::int64_t dim : tensor.shape) count *= static_cast<std::uint64_t>(dim);
-    tensor.byte_size = static_cast<std::size_t>(count) * tensors::element_size(tensor.dtype);
+    tensor.byte_size = static_cast<std::size_t>(count) * element_size(tensor.dtype);
     void* data = nullptr;
     if (count > 0) {
       lib.check(lib.fn<Fn::GetTensorMutableData>(kGetTensorMutableData)(value, &data),
@@ -328,8 +327,8 @@ OrtRunner::OrtRunner(std::shared_ptr<const OrtModel> model,
   }
 }
 
-std::vector<batching::Tensor> OrtRunner::run(const batching::Batch& batch) {
+std::vector<Tensor> OrtRunner::run(const batching::Batch& batch) {
   return model_->run(batch.inputs, input_indices_, output_indices_);
 }
 
-}  // namespace headrace::ort
+}  // namespace headrace::runners::ort

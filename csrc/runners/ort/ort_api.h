@@ -15,7 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace headrace::ort {
+namespace headrace::runners::ort {
 
 // Opaque ONNX Runtime objects.
 struct OrtEnv;
@@ -143,4 +143,4 @@ struct Fn {
   using Release = void (*)(T*);
 };
 
-}  // namespace headrace::ort
+}  // namespace headrace::runners::ort

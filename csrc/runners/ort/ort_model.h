@@ -24,10 +24,10 @@
 #include <vector>
 
 #include "batching/runner.h"
-#include "batching/tensor.h"
-#include "ort/ort_api.h"
+#include "common/tensor.h"
+#include "runners/ort/ort_api.h"
 
-namespace headrace::ort {
+namespace headrace::runners::ort {
 
 class OrtLibrary {
  public:
@@ -58,7 +58,7 @@ class OrtLibrary {
 
 struct OrtTensorInfo {
   std::string name;
-  batching::DataType dtype = batching::DataType::kFp32;
+  DataType dtype = DataType::kFp32;
   int element_type = kElementUndefined;
   std::vector<std::int64_t> shape;  // -1 for a dynamic or symbolic dim
 };
@@ -84,7 +84,7 @@ class OrtModel {
 
   // Runs the session: `inputs[k]` feeds input `input_indices[k]` (its bytes are read, never
   // written, and must outlive the call); returns outputs `output_indices` in that order.
-  std::vector<batching::Tensor> run(const std::vector<batching::Tensor>& inputs,
+  std::vector<Tensor> run(const std::vector<Tensor>& inputs,
                                     const std::vector<std::size_t>& input_indices,
                                     const std::vector<std::size_t>& output_indices) const;
 
@@ -103,7 +103,7 @@ class OrtRunner final : public batching::Runner {
   OrtRunner(std::shared_ptr<const OrtModel> model, const std::vector<std::string>& input_names,
             const std::vector<std::string>& output_names);
 
-  std::vector<batching::Tensor> run(const batching::Batch& batch) override;
+  std::vector<Tensor> run(const batching::Batch& batch) override;
 
  private:
   std::shared_ptr<const OrtModel> model_;
@@ -111,4 +111,4 @@ class OrtRunner final : public batching::Runner {
   std::vector<std::size_t> output_indices_;
 };
 
-}  // namespace headrace::ort
+}  // namespace headrace::runners::ort
