@@ -28,6 +28,9 @@ class DriftCountingRunner final : public batching::Runner {
                       std::shared_ptr<drift::DriftAccumulator> accumulator);
 
   std::vector<Tensor> run(const batching::Batch& batch) override;
+  bool runs_on_submitting_thread() const noexcept override {
+    return inner_->runs_on_submitting_thread();
+  }
 
   std::uint64_t counted_batches() const noexcept { return counted_.load(std::memory_order_relaxed); }
   std::uint64_t skipped_batches() const noexcept { return skipped_.load(std::memory_order_relaxed); }

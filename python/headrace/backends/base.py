@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from headrace._core import NativeRunner
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,9 @@ class Backend(Protocol):
         """Run one batch; returns the arrays of ``output_names`` in that order."""
         ...
 
-    def batch_runner(self, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
+    def batch_runner(
+        self, input_names: Sequence[str], output_names: Sequence[str]
+    ) -> NativeRunner | None:
         """A native runner for the core's batcher (batches then run without the GIL), taking
         inputs and giving outputs in the orders named; None to run batches through ``run``."""
         ...

@@ -1,6 +1,8 @@
-// Bindings for csrc/runners/ort: an ONNX Runtime model run from C++ (OrtModel) and the batcher runner
-// made from it (OrtRunner, accepted by Batcher in place of a Python callable). run() releases the
-// GIL for the whole ONNX Runtime call.
+// Bindings for csrc/runners: what runs a batch in C++. Each runner is a NativeRunner (the one
+// bound base class, registered in register_batching.cc), which a Batcher takes in place of a
+// Python callable: OrtRunner (made by OrtModel.runner) and QuantizedMlpRunner (made from a
+// QuantizedMlp). OrtModel is an ONNX Runtime session driven through the C API; its run()
+// releases the GIL for the whole ONNX Runtime call.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,26 +11,31 @@
 #include <string>
 #include <vector>
 
+#include "batching/runner.h"
 #include "bindings/array_tensors.h"
 #include "bindings/register.h"
-#include "runners/ort/ort_model.h"
 #include "common/status.h"
+#include "quant/quantized_mlp.h"
+#include "runners/ort/ort_model.h"
+#include "runners/quantized_mlp_runner.h"
 
 namespace py = pybind11;
 
 namespace headrace::bindings {
 namespace {
 
-py::list describe(const std::vector<runners::ort::OrtTensorInfo>& infos) {
+namespace ort = runners::ort;
+
+py::list describe(const std::vector<ort::OrtTensorInfo>& infos) {
   py::list out;
-  for (const runners::ort::OrtTensorInfo& info : infos) {
+  for (const ort::OrtTensorInfo& info : infos) {
     out.append(py::make_tuple(info.name, std::string(datatype_name(info.dtype)),
                               py::tuple(py::cast(info.shape))));
   }
   return out;
 }
 
-py::list run_model(const runners::ort::OrtModel& model, const py::dict& feed,
+py::list run_model(const ort::OrtModel& model, const py::dict& feed,
                    const std::vector<std::string>& output_names) {
   std::vector<Tensor> inputs;
   std::vector<std::size_t> input_indices;
@@ -51,34 +58,44 @@ py::list run_model(const runners::ort::OrtModel& model, const py::dict& feed,
 
 }  // namespace
 
-void register_ort(py::module_& m) {
-  py::class_<runners::ort::OrtModel, std::shared_ptr<runners::ort::OrtModel>>(
+void register_runners(py::module_& m) {
+  py::class_<ort::OrtModel, std::shared_ptr<ort::OrtModel>>(
       m, "OrtModel", "An ONNX Runtime session driven through the C API, without the GIL.")
       .def(py::init([](const std::string& library, const std::string& path, int intra, int inter) {
-             auto lib = runners::ort::OrtLibrary::open(library);
+             auto lib = ort::OrtLibrary::open(library);
              py::gil_scoped_release nogil;  // loading may take a while; it needs no Python
-             return std::make_shared<runners::ort::OrtModel>(std::move(lib), path, intra, inter);
+             return std::make_shared<ort::OrtModel>(std::move(lib), path, intra, inter);
            }),
            py::arg("library"), py::arg("path"), py::arg("intra_op_threads") = 0,
            py::arg("inter_op_threads") = 0)
-      .def_property_readonly("inputs", [](const runners::ort::OrtModel& model) { return describe(model.inputs()); })
+      .def_property_readonly("inputs", [](const ort::OrtModel& model) { return describe(model.inputs()); })
       .def_property_readonly("outputs",
-                             [](const runners::ort::OrtModel& model) { return describe(model.outputs()); })
+                             [](const ort::OrtModel& model) { return describe(model.outputs()); })
       .def_property_readonly("version",
-                             [](const runners::ort::OrtModel& model) { return model.library().version(); })
+                             [](const ort::OrtModel& model) { return model.library().version(); })
       .def("run", &run_model, py::arg("feed"), py::arg("output_names"),
            "Runs the model on {input name: array}; returns the named outputs in order.")
       .def(
           "runner",
-          [](const std::shared_ptr<runners::ort::OrtModel>& model, const std::vector<std::string>& inputs,
+          [](const std::shared_ptr<ort::OrtModel>& model, const std::vector<std::string>& inputs,
              const std::vector<std::string>& outputs) {
-            return std::make_shared<runners::ort::OrtRunner>(model, inputs, outputs);
+            return std::make_shared<ort::OrtRunner>(model, inputs, outputs);
           },
           py::arg("input_names"), py::arg("output_names"),
           "A batcher runner feeding batch inputs in this order and returning these outputs.");
 
-  py::class_<runners::ort::OrtRunner, std::shared_ptr<runners::ort::OrtRunner>>(
-      m, "OrtRunner", "Runs an OrtModel's batches on the batcher's workers (no GIL).");
+  py::class_<ort::OrtRunner, batching::Runner, std::shared_ptr<ort::OrtRunner>>(
+      m, "OrtRunner", "A NativeRunner running an OrtModel's batches (no GIL).");
+
+  py::class_<runners::QuantizedMlpRunner, batching::Runner,
+             std::shared_ptr<runners::QuantizedMlpRunner>>(
+      m, "QuantizedMlpRunner",
+      "A NativeRunner running a QuantizedMlp's batches: one FP32 input, one FP32 output.")
+      .def(py::init([](std::shared_ptr<quant::QuantizedMlp> model) {
+             if (!model) throw_invalid_argument("QuantizedMlpRunner needs a QuantizedMlp");
+             return std::make_shared<runners::QuantizedMlpRunner>(std::move(model));
+           }),
+           py::arg("model"));
 }
 
 }  // namespace headrace::bindings
