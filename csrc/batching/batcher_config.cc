@@ -14,7 +14,9 @@ namespace {
 }
 
 // Written so that NaN fails too.
-bool within(double value, double low, double high) noexcept { return value >= low && value <= high; }
+bool within(double value, double low, double high) noexcept {
+  return value >= low && value <= high;
+}
 
 }  // namespace
 

@@ -10,7 +10,8 @@ CostModel::CostModel(const BatcherConfig& config)
       arrival_weight_(config.arrival_interval_weight),
       yield_gain_weight_(config.yield_gain_weight),
       yield_loss_weight_(config.yield_loss_weight),
-      probe_every_arrivals_(static_cast<std::uint64_t>(std::max<std::int64_t>(1, config.probe_every_arrivals))),
+      probe_every_arrivals_(
+          static_cast<std::uint64_t>(std::max<std::int64_t>(1, config.probe_every_arrivals))),
       saturated_enter_(config.saturated_enter_busy_fraction),
       saturated_leave_(config.saturated_leave_busy_fraction) {
   if (config.latency_target_us > 0) {

@@ -350,8 +350,8 @@ void register_batching(py::module_& m) {
            py::arg("name"), py::arg("config"), py::arg("runner"), py::arg("completions"),
            py::arg("drift") = py::none(),
            "runner: a NativeRunner, or a callable list[ndarray] -> list[ndarray] (called with the "
-           "GIL on a worker thread). drift: a DriftAccumulator that the runner's batches (inputs, then outputs) are "
-           "counted into after each run.")
+           "GIL on a worker thread). drift: a DriftAccumulator that the runner's batches "
+           "(inputs, then outputs) are counted into after each run.")
       .def_property_readonly("drift_counted_batches", &PyBatcher::drift_counted_batches)
       .def_property_readonly("drift_skipped_batches", &PyBatcher::drift_skipped_batches)
       .def("submit", &PyBatcher::submit, py::arg("inputs"), py::arg("priority") = 0,

@@ -2,7 +2,8 @@
 // bound base class, registered in register_batching.cc), which a Batcher takes in place of a
 // Python callable: OrtRunner (made by OrtModel.runner) and QuantizedMlpRunner (made from a
 // QuantizedMlp). OrtModel is an ONNX Runtime session driven through the C API; its run()
-// releases the GIL for the whole ONNX Runtime call.
+// releases the GIL for the whole ONNX Runtime call. ort_library_version() loads (once per
+// process) the ONNX Runtime library and answers its release.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -59,6 +60,18 @@ py::list run_model(const ort::OrtModel& model, const py::dict& feed,
 }  // namespace
 
 void register_runners(py::module_& m) {
+  m.attr("ORT_API_VERSION") = ort::kApiVersion;
+  m.attr("ORT_OLDEST_SUPPORTED_RELEASE") = ort::kOldestSupportedRelease;
+  m.def(
+      "ort_library_version",
+      [](const std::string& library) {
+        auto lib = ort::OrtLibrary::open(library);
+        return lib->version();
+      },
+      py::arg("library"),
+      "Load the ONNX Runtime library at this path (once per process; requests C API version "
+      "ORT_API_VERSION) and return its release, as its GetVersionString says.");
+
   py::class_<ort::OrtModel, std::shared_ptr<ort::OrtModel>>(
       m, "OrtModel", "An ONNX Runtime session driven through the C API, without the GIL.")
       .def(py::init([](const std::string& library, const std::string& path, int intra, int inter) {

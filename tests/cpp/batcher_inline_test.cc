@@ -67,7 +67,8 @@ std::unique_ptr<Request> one_row(std::int32_t value) {
 }
 
 // Waits until `ticket` is answered (each answer OK and given once).
-void wait_for(CompletionQueue& queue, std::uint64_t ticket, std::map<std::uint64_t, int>& answered) {
+void wait_for(CompletionQueue& queue, std::uint64_t ticket,
+              std::map<std::uint64_t, int>& answered) {
   while (answered.count(ticket) == 0) {
     for (const Completion& completion : queue.drain()) {
       expect(answered[completion.ticket]++ == 0, "answered once");

@@ -32,17 +32,23 @@ namespace headrace::runners::ort {
 class OrtLibrary {
  public:
   // The process-wide instance for `path` (loaded on first use). Throws CoreError(kUnavailable)
-  // when the file cannot be loaded or is not ONNX Runtime.
+  // when the file cannot be loaded, is not ONNX Runtime, or does not provide C API version
+  // kApiVersion (the message then names kOldestSupportedRelease).
   static std::shared_ptr<const OrtLibrary> open(const std::string& path);
 
-  template <typename F>
-  F fn(Slot slot) const noexcept {
-    return reinterpret_cast<F>(const_cast<void*>(table_[slot]));
+  // The function in slot S of the table, as type F. A slot beyond the block of the C API
+  // version requested does not compile (see kApiVersion).
+  template <typename F, Slot S>
+  F fn() const noexcept {
+    static_assert(S <= kLastSlotOfApiVersion,
+                  "slot outside the requested ONNX Runtime C API version: raise kApiVersion");
+    return reinterpret_cast<F>(const_cast<void*>(table_[S]));
   }
   // Throws CoreError(kInternal) "<what>: <ONNX Runtime's message>" when `status` is an error,
   // releasing it either way.
   void check(OrtStatus* status, std::string_view what) const;
 
+  // The loaded library's release, as its GetVersionString() says ("1.20.1").
   const std::string& version() const noexcept { return version_; }
   OrtEnv* env() const noexcept { return env_; }
   const OrtMemoryInfo* cpu_memory() const noexcept { return cpu_memory_; }

@@ -260,6 +260,14 @@ def binned_ks(
 def reject_hypotheses(p_values: npt.ArrayLike, alpha: float, correction: str) -> list[bool]: ...
 
 # --- runners (csrc/runners) ---
+ORT_API_VERSION: int
+"""The ONNX Runtime C API version the native runner requests (GetApi)."""
+ORT_OLDEST_SUPPORTED_RELEASE: str
+"""The oldest onnxruntime release headrace supports, as errors name it."""
+
+def ort_library_version(library: str) -> str:
+    """Load the ONNX Runtime library at this path (once per process) and return its release."""
+
 class OrtRunner(NativeRunner):
     """Runs an OrtModel's batches on the batcher's workers (no GIL)."""
 
