@@ -16,13 +16,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <set>
-#include <span>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -41,7 +38,6 @@ namespace py = pybind11;
 
 namespace headrace::bindings {
 namespace {
-
 
 // Runs batches through a Python callable: list[np.ndarray] -> list[np.ndarray]. Its failure reads
 // one way (headrace.errors.runner_failure): an exception the callable raises keeps its code and
