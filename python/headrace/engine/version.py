@@ -90,8 +90,6 @@ def batcher_config(config: ModelConfig, max_batch_size: int) -> Any:
         core_config.validate()
     except HeadraceError as error:
         raise ConfigError(f"{config.source}: {error.message}") from None
-    except _core.CoreError as error:
-        raise ConfigError(f"{config.source}: {error.args[-1]}") from None
     return core_config
 
 

@@ -1,17 +1,17 @@
-#include "drift/drift_counting_runner.h"
+#include "runners/drift_counting_runner.h"
 
 #include <algorithm>
 #include <cstddef>
 #include <utility>
 
-namespace headrace::drift {
+namespace headrace::runners {
 
 DriftCountingRunner::DriftCountingRunner(std::shared_ptr<batching::Runner> inner,
-                                         std::shared_ptr<DriftAccumulator> accumulator)
+                                         std::shared_ptr<drift::DriftAccumulator> accumulator)
     : inner_(std::move(inner)), accumulator_(std::move(accumulator)) {}
 
-std::vector<batching::Tensor> DriftCountingRunner::run(const batching::Batch& batch) {
-  std::vector<batching::Tensor> outputs = inner_->run(batch);
+std::vector<Tensor> DriftCountingRunner::run(const batching::Batch& batch) {
+  std::vector<Tensor> outputs = inner_->run(batch);
   if (count(batch, outputs)) {
     counted_.fetch_add(1, std::memory_order_relaxed);
   } else {
@@ -21,15 +21,15 @@ std::vector<batching::Tensor> DriftCountingRunner::run(const batching::Batch& ba
 }
 
 bool DriftCountingRunner::count(const batching::Batch& batch,
-                                const std::vector<batching::Tensor>& outputs) {
+                                const std::vector<Tensor>& outputs) {
   const auto rows = static_cast<std::size_t>(batch.rows);
-  std::vector<const batching::Tensor*> tensors;
+  std::vector<const Tensor*> tensors;
   tensors.reserve(batch.inputs.size() + outputs.size());
   for (const auto& t : batch.inputs) tensors.push_back(&t);
   for (const auto& t : outputs) tensors.push_back(&t);
   std::size_t width = 0;
-  for (const batching::Tensor* t : tensors) {
-    if (t->dtype != tensors::DataType::kFp32 || t->shape.empty() ||
+  for (const Tensor* t : tensors) {
+    if (t->dtype != DataType::kFp32 || t->shape.empty() ||
         static_cast<std::size_t>(t->rows()) != rows ||
         t->byte_size < rows * t->elements_per_row() * sizeof(float)) {
       return false;
@@ -44,7 +44,7 @@ bool DriftCountingRunner::count(const batching::Batch& batch,
   thread_local std::vector<float> scratch;
   scratch.resize(rows * width);
   std::size_t column = 0;
-  for (const batching::Tensor* t : tensors) {
+  for (const Tensor* t : tensors) {
     const std::size_t per_row = t->elements_per_row();
     const auto* source = reinterpret_cast<const float*>(t->data.get());
     for (std::size_t r = 0; r < rows; ++r) {
@@ -56,4 +56,4 @@ bool DriftCountingRunner::count(const batching::Batch& batch,
   return true;
 }
 
-}  // namespace headrace::drift
+}  // namespace headrace::runners

@@ -1,4 +1,5 @@
-// A tensor as the batcher moves it: datatype, shape, and bytes kept alive by a shared owner.
+// A tensor as the core moves it between areas (the batcher, the runners, the bindings): datatype,
+// shape, and bytes kept alive by a shared owner; and the v2 protocol's datatypes it is made of.
 //
 // Fixed-size datatypes hold their elements in C order. BYTES holds the v2 wire serialization
 // (4-byte little-endian length + payload per element), which concatenates row-wise without
@@ -18,11 +19,31 @@
 #include <string_view>
 #include <vector>
 
-#include "tensors/tensor_codec.h"
+namespace headrace {
 
-namespace headrace::batching {
+// The v2 protocol's datatypes. kBytes has no fixed element size.
+enum class DataType : int {
+  kBool,
+  kUint8,
+  kUint16,
+  kUint32,
+  kUint64,
+  kInt8,
+  kInt16,
+  kInt32,
+  kInt64,
+  kFp16,
+  kFp32,
+  kFp64,
+  kBf16,
+  kBytes,
+};
 
-using tensors::DataType;
+// Bytes per element; 0 for BYTES.
+std::size_t element_size(DataType dtype) noexcept;
+
+// Human-readable datatype name as on the wire ("FP32", "BYTES").
+std::string_view datatype_name(DataType dtype) noexcept;
 
 struct Tensor {
   DataType dtype = DataType::kFp32;
@@ -41,12 +62,4 @@ struct Tensor {
   std::uint64_t elements_per_row() const noexcept;
 };
 
-// Human-readable datatype name as on the wire ("FP32", "BYTES").
-std::string_view datatype_name(DataType dtype) noexcept;
-
-// Byte offset of the start of every row, plus the end: `rows + 1` entries. For fixed-size
-// datatypes it is arithmetic; for BYTES it walks the length prefixes, validating them. Throws
-// CoreError(kInvalidArgument) naming `what` when the bytes do not match the shape.
-std::vector<std::size_t> row_byte_offsets(const Tensor& tensor, std::string_view what);
-
-}  // namespace headrace::batching
+}  // namespace headrace

@@ -24,25 +24,31 @@
 #include <vector>
 
 #include "batching/runner.h"
-#include "batching/tensor.h"
-#include "ort/ort_api.h"
+#include "common/tensor.h"
+#include "runners/ort/ort_api.h"
 
-namespace headrace::ort {
+namespace headrace::runners::ort {
 
 class OrtLibrary {
  public:
   // The process-wide instance for `path` (loaded on first use). Throws CoreError(kUnavailable)
-  // when the file cannot be loaded or is not ONNX Runtime.
+  // when the file cannot be loaded, is not ONNX Runtime, or does not provide C API version
+  // kApiVersion (the message then names kOldestSupportedRelease).
   static std::shared_ptr<const OrtLibrary> open(const std::string& path);
 
-  template <typename F>
-  F fn(Slot slot) const noexcept {
-    return reinterpret_cast<F>(const_cast<void*>(table_[slot]));
+  // The function in slot S of the table, as type F. A slot beyond the block of the C API
+  // version requested does not compile (see kApiVersion).
+  template <typename F, Slot S>
+  F fn() const noexcept {
+    static_assert(S <= kLastSlotOfApiVersion,
+                  "slot outside the requested ONNX Runtime C API version: raise kApiVersion");
+    return reinterpret_cast<F>(const_cast<void*>(table_[S]));
   }
   // Throws CoreError(kInternal) "<what>: <ONNX Runtime's message>" when `status` is an error,
   // releasing it either way.
   void check(OrtStatus* status, std::string_view what) const;
 
+  // The loaded library's release, as its GetVersionString() says ("1.20.1").
   const std::string& version() const noexcept { return version_; }
   OrtEnv* env() const noexcept { return env_; }
   const OrtMemoryInfo* cpu_memory() const noexcept { return cpu_memory_; }
@@ -58,7 +64,7 @@ class OrtLibrary {
 
 struct OrtTensorInfo {
   std::string name;
-  batching::DataType dtype = batching::DataType::kFp32;
+  DataType dtype = DataType::kFp32;
   int element_type = kElementUndefined;
   std::vector<std::int64_t> shape;  // -1 for a dynamic or symbolic dim
 };
@@ -84,7 +90,7 @@ class OrtModel {
 
   // Runs the session: `inputs[k]` feeds input `input_indices[k]` (its bytes are read, never
   // written, and must outlive the call); returns outputs `output_indices` in that order.
-  std::vector<batching::Tensor> run(const std::vector<batching::Tensor>& inputs,
+  std::vector<Tensor> run(const std::vector<Tensor>& inputs,
                                     const std::vector<std::size_t>& input_indices,
                                     const std::vector<std::size_t>& output_indices) const;
 
@@ -103,7 +109,7 @@ class OrtRunner final : public batching::Runner {
   OrtRunner(std::shared_ptr<const OrtModel> model, const std::vector<std::string>& input_names,
             const std::vector<std::string>& output_names);
 
-  std::vector<batching::Tensor> run(const batching::Batch& batch) override;
+  std::vector<Tensor> run(const batching::Batch& batch) override;
 
  private:
   std::shared_ptr<const OrtModel> model_;
@@ -111,4 +117,4 @@ class OrtRunner final : public batching::Runner {
   std::vector<std::size_t> output_indices_;
 };
 
-}  // namespace headrace::ort
+}  // namespace headrace::runners::ort

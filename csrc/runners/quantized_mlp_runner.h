@@ -13,17 +13,17 @@
 #include "batching/runner.h"
 #include "quant/quantized_mlp.h"
 
-namespace headrace::quant {
+namespace headrace::runners {
 
 class QuantizedMlpRunner final : public batching::Runner {
  public:
-  explicit QuantizedMlpRunner(std::shared_ptr<const QuantizedMlp> mlp) : mlp_(std::move(mlp)) {}
+  explicit QuantizedMlpRunner(std::shared_ptr<const quant::QuantizedMlp> mlp) : mlp_(std::move(mlp)) {}
 
   // One FP32 input [rows, input_size] in; one FP32 output [rows, output_size] out.
-  std::vector<batching::Tensor> run(const batching::Batch& batch) override;
+  std::vector<Tensor> run(const batching::Batch& batch) override;
 
  private:
-  std::shared_ptr<const QuantizedMlp> mlp_;
+  std::shared_ptr<const quant::QuantizedMlp> mlp_;
 };
 
-}  // namespace headrace::quant
+}  // namespace headrace::runners

@@ -1,13 +1,19 @@
 # Hand-written stubs for the private native module headrace._core (csrc/bindings/).
-# Each area keeps its section; keep them in the order of csrc/bindings/module.cc.
+# Each area keeps its section; keep them in the order of csrc/bindings/module.cc. The test-only
+# submodule _core.testing has its own stub (testing.pyi beside this file).
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-class CoreError(RuntimeError):
-    """args == (code, message); code is a gRPC canonical status code."""
+from headrace._core import testing as testing
+from headrace.errors import HeadraceError
+
+# --- errors (register_errors.cc) ---
+# Core errors arrive as headrace.errors' typed exceptions (InvalidArgumentError, NotFoundError,
+# ...; .code and .message set). CoreError is an alias of their base, kept for compatibility.
+CoreError = HeadraceError
 
 # --- tensors (csrc/tensors) ---
 def validate_raw_tensor(
@@ -47,8 +53,13 @@ def serialize_infer_response(
 def monotonic_ns() -> int:
     """The steady clock (ns) that Batcher deadlines (deadline_ns) are measured on."""
 
+class NativeRunner:
+    """A C++ runner (OrtRunner, QuantizedMlpRunner): a Batcher runs its batches without the GIL
+    and may run a cheap batch inline in submit_or_run."""
+
 class BatcherConfig:
-    """Settings of one Batcher. Keyword-only constructor; fields are plain and writable."""
+    """Settings of one Batcher, each documented once in csrc/batching/batcher_config.h.
+    Keyword-only constructor; a field not given keeps the core's default; fields are writable."""
 
     max_batch_size: int
     instances: int
@@ -60,21 +71,46 @@ class BatcherConfig:
     default_priority_level: int
     default_timeout_us: int
     latency_target_us: int
+    inline_max_batch_us: int
+    inline_min_cost_samples: int
+    saturated_enter_busy_fraction: float
+    saturated_leave_busy_fraction: float
+    saturated_batch_requests: float
+    saturated_max_wait_us: int
+    lull_arrival_intervals: float
+    keep_waiting_yield: float
+    probe_every_arrivals: int
+    yield_gain_weight: float
+    yield_loss_weight: float
+    arrival_interval_weight: float
     def __init__(
         self,
         *,
-        max_batch_size: int = 8,
-        instances: int = 1,
-        max_queue_delay_us: int = 0,
-        auto_delay: bool = False,
+        max_batch_size: int = ...,
+        instances: int = ...,
+        max_queue_delay_us: int = ...,
+        auto_delay: bool = ...,
         preferred_batch_sizes: Sequence[int] = ...,
-        max_queue_size: int = 0,
-        priority_levels: int = 0,
-        default_priority_level: int = 0,
-        default_timeout_us: int = 0,
-        latency_target_us: int = 0,
+        max_queue_size: int = ...,
+        priority_levels: int = ...,
+        default_priority_level: int = ...,
+        default_timeout_us: int = ...,
+        latency_target_us: int = ...,
+        inline_max_batch_us: int = ...,
+        inline_min_cost_samples: int = ...,
+        saturated_enter_busy_fraction: float = ...,
+        saturated_leave_busy_fraction: float = ...,
+        saturated_batch_requests: float = ...,
+        saturated_max_wait_us: int = ...,
+        lull_arrival_intervals: float = ...,
+        keep_waiting_yield: float = ...,
+        probe_every_arrivals: int = ...,
+        yield_gain_weight: float = ...,
+        yield_loss_weight: float = ...,
+        arrival_interval_weight: float = ...,
     ) -> None: ...
-    def validate(self) -> None: ...
+    def validate(self) -> None:
+        """Raise InvalidArgumentError naming the first bad field."""
 
 class CompletionQueue:
     """Finished requests of every Batcher sharing it; one eventfd wake-up per batch."""
@@ -94,9 +130,7 @@ class Batcher:
         self,
         name: str,
         config: BatcherConfig,
-        runner: Callable[[list[npt.NDArray[Any]]], Sequence[npt.NDArray[Any]]]
-        | QuantizedMlp
-        | OrtRunner,
+        runner: NativeRunner | Callable[[list[npt.NDArray[Any]]], Sequence[npt.NDArray[Any]]],
         completions: CompletionQueue,
         drift: DriftAccumulator | None = None,
     ) -> None: ...
@@ -121,42 +155,12 @@ class Batcher:
         arrival_interval_ns, wait_yield, busy_fraction, saturated."""
     def shutdown(self, drain: bool = True) -> None: ...
 
-class PolicyHarness:
-    """The pure batching policy over a hand-built queue and a fake clock."""
-
-    def __init__(self, config: BatcherConfig) -> None: ...
-    def add(
-        self,
-        ticket: int,
-        rows: int,
-        *,
-        priority: int = 0,
-        enqueue_ns: int,
-        deadline_ns: int = 0,
-        shape_key: int = 0,
-    ) -> None: ...
-    def remove(self, tickets: Sequence[int]) -> None: ...
-    def set_instances(self, free: int, busy: int) -> None: ...
-    def observe_batch(self, rows: int, compute_ns: int) -> None: ...
-    def observe_arrival(self, arrival_ns: int) -> None: ...
-    def set_saturated(self, saturated: bool) -> None: ...
-    def observe_companion_wait(self, requests: int) -> None: ...
-    def decide(self, now_ns: int, flush: bool = False) -> dict[str, Any]:
-        """{"action": "run"|"wait"|"idle", "run": [tickets], "expired": [tickets],
-        "shed": [tickets], "wait_until_ns": int | None}"""
-    def cost(self) -> dict[str, float]: ...
-    @property
-    def queued(self) -> list[int]: ...
-
 # --- quant (csrc/quant) ---
 def quant_supported_isas() -> list[str]: ...
 def quant_missing_features(isa: str) -> list[str]: ...
 def quant_default_isa() -> str: ...
 def quant_gemm_s32(
     a: npt.NDArray[np.int8], b: npt.NDArray[np.int8], isa: str | None = None
-) -> npt.NDArray[np.int32]: ...
-def quant_gemm_vnni_emulated(
-    a: npt.NDArray[np.int8], b: npt.NDArray[np.int8]
 ) -> npt.NDArray[np.int32]: ...
 def quant_peak_gops(isa: str, iterations: int) -> float: ...
 
@@ -253,13 +257,24 @@ def chi_square(
 def binned_ks(
     reference: npt.ArrayLike, current: npt.ArrayLike
 ) -> tuple[float, float, float, float]: ...
-def kolmogorov_survival(lam: float) -> float: ...
-def gamma_q(a: float, x: float) -> float: ...
-def chi_square_survival(statistic: float, dof: float) -> float: ...
 def reject_hypotheses(p_values: npt.ArrayLike, alpha: float, correction: str) -> list[bool]: ...
 
-class OrtRunner:
+# --- runners (csrc/runners) ---
+ORT_API_VERSION: int
+"""The ONNX Runtime C API version the native runner requests (GetApi)."""
+ORT_OLDEST_SUPPORTED_RELEASE: str
+"""The oldest onnxruntime release headrace supports, as errors name it."""
+
+def ort_library_version(library: str) -> str:
+    """Load the ONNX Runtime library at this path (once per process) and return its release."""
+
+class OrtRunner(NativeRunner):
     """Runs an OrtModel's batches on the batcher's workers (no GIL)."""
+
+class QuantizedMlpRunner(NativeRunner):
+    """Runs a QuantizedMlp's batches on the batcher's workers (no GIL)."""
+
+    def __init__(self, model: QuantizedMlp) -> None: ...
 
 class OrtModel:
     """An ONNX Runtime session driven through the C API, without the GIL."""

@@ -20,26 +20,29 @@
 #include "batching/runner.h"
 #include "drift/drift_accumulator.h"
 
-namespace headrace::drift {
+namespace headrace::runners {
 
 class DriftCountingRunner final : public batching::Runner {
  public:
   DriftCountingRunner(std::shared_ptr<batching::Runner> inner,
-                      std::shared_ptr<DriftAccumulator> accumulator);
+                      std::shared_ptr<drift::DriftAccumulator> accumulator);
 
-  std::vector<batching::Tensor> run(const batching::Batch& batch) override;
+  std::vector<Tensor> run(const batching::Batch& batch) override;
+  bool runs_on_submitting_thread() const noexcept override {
+    return inner_->runs_on_submitting_thread();
+  }
 
   std::uint64_t counted_batches() const noexcept { return counted_.load(std::memory_order_relaxed); }
   std::uint64_t skipped_batches() const noexcept { return skipped_.load(std::memory_order_relaxed); }
 
  private:
   // Gathers the batch's features row-major and counts them; false if the batch does not fit.
-  bool count(const batching::Batch& batch, const std::vector<batching::Tensor>& outputs);
+  bool count(const batching::Batch& batch, const std::vector<Tensor>& outputs);
 
   std::shared_ptr<batching::Runner> inner_;
-  std::shared_ptr<DriftAccumulator> accumulator_;
+  std::shared_ptr<drift::DriftAccumulator> accumulator_;
   std::atomic<std::uint64_t> counted_{0};
   std::atomic<std::uint64_t> skipped_{0};
 };
 
-}  // namespace headrace::drift
+}  // namespace headrace::runners

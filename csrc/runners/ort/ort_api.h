@@ -2,9 +2,11 @@
 //
 // Why not the vendor header: the onnxruntime wheel ships libonnxruntime.so but no headers, and
 // builds here reach only PyPI and Debian. The C ABI is stable by contract: OrtGetApiBase() is the
-// one exported symbol, GetApi(version) returns a table of function pointers whose "version 1"
-// block is frozen (later versions only append), and every entry we use is in that block. So the
-// table is declared as slots and each function we call is named by its fixed slot number.
+// one exported symbol, and GetApi(version) returns a table of function pointers in which each
+// API version's block is frozen once released (later versions only append). So the table is
+// declared as slots, each function we call named by its fixed slot number, and we ask GetApi for
+// the version whose block holds the newest slot we call (kApiVersion, checked at compile time
+// below): a library that cannot provide it answers null and is refused with a clear error.
 // Element-type and enum values are those of the C API (the element types are ONNX's
 // TensorProto.DataType numbers).
 //
@@ -15,7 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace headrace::ort {
+namespace headrace::runners::ort {
 
 // Opaque ONNX Runtime objects.
 struct OrtEnv;
@@ -56,8 +58,17 @@ enum LoggingLevel : int { kLoggingWarning = 2, kLoggingError = 3, kLoggingFatal 
 enum AllocatorType : int { kDeviceAllocator = 0, kArenaAllocator = 1 };
 enum MemType : int { kMemTypeDefault = 0 };
 
-// The C API version headrace asks GetApi for: every slot below exists since version 1.
+// The C API version headrace asks GetApi for (ORT_API_VERSION in onnxruntime_c_api.h): the
+// version whose block holds the newest slot in `Slot` below. Every slot we call is in the
+// version-1 block, slots 0..101 (ONNX Runtime pins that block's end with a
+// static_assert on offsetof(OrtApi, ReleaseCustomOpDomain) in onnxruntime_c_api.cc). Calling a
+// newer slot means raising kApiVersion to the version that added it and kLastSlotOfApiVersion to
+// that version's last slot; OrtLibrary::fn refuses (at compile time) a slot beyond it.
 inline constexpr std::uint32_t kApiVersion = 1;
+inline constexpr std::size_t kLastSlotOfApiVersion = 101;  // ReleaseCustomOpDomain
+// The oldest onnxruntime release headrace supports (pyproject.toml: onnxruntime>=1.18), named in
+// the error for a library that does not provide kApiVersion.
+inline constexpr const char* kOldestSupportedRelease = "1.18";
 
 struct OrtApiBase {
   const void* (*GetApi)(std::uint32_t version);
@@ -65,7 +76,7 @@ struct OrtApiBase {
 };
 using GetApiBaseFn = const OrtApiBase* (*)();
 
-// Slot numbers in the OrtApi table (the frozen version-1 block).
+// Slot numbers in the OrtApi table, checked against onnxruntime_c_api.h's struct OrtApi.
 enum Slot : std::size_t {
   kGetErrorCode = 1,
   kGetErrorMessage = 2,
@@ -143,4 +154,4 @@ struct Fn {
   using Release = void (*)(T*);
 };
 
-}  // namespace headrace::ort
+}  // namespace headrace::runners::ort

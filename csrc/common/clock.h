@@ -1,4 +1,4 @@
-// The one clock of the batching area: a steady clock in nanoseconds. Deadlines that requests carry
+// The core's one clock: a steady clock in nanoseconds. Deadlines that requests carry
 // (deadline_ns) are absolute points on it; headrace._core.monotonic_ns() reads the same clock, so
 // Python computes deadlines that the scheduler compares without conversion.
 //
@@ -9,7 +9,7 @@
 #include <chrono>
 #include <cstdint>
 
-namespace headrace::batching {
+namespace headrace {
 
 // Nanoseconds on the steady clock. Signed so that differences (ages, slack) need no casts.
 using TimeNs = std::int64_t;
@@ -20,4 +20,4 @@ inline TimeNs monotonic_ns() noexcept {
       .count();
 }
 
-}  // namespace headrace::batching
+}  // namespace headrace

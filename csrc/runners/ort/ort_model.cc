@@ -1,4 +1,4 @@
-#include "ort/ort_model.h"
+#include "runners/ort/ort_model.h"
 
 #include <dlfcn.h>
 
@@ -6,12 +6,11 @@
 #include <mutex>
 #include <utility>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
-namespace headrace::ort {
+namespace headrace::runners::ort {
 namespace {
 
-using batching::DataType;
 
 // ONNX Runtime's element types that map to a v2 datatype (fixed-size ones only).
 bool to_datatype(int element_type, DataType* out) noexcept {
@@ -55,18 +54,27 @@ std::shared_ptr<const OrtLibrary> OrtLibrary::open(const std::string& path) {
   }
   auto get_base = reinterpret_cast<GetApiBaseFn>(dlsym(handle, "OrtGetApiBase"));
   const OrtApiBase* base = get_base != nullptr ? get_base() : nullptr;
-  const void* table = base != nullptr ? base->GetApi(kApiVersion) : nullptr;
+  if (base == nullptr) {
+    throw CoreError(StatusCode::kUnavailable, path + " is not an ONNX Runtime library");
+  }
+  const char* release = base->GetVersionString != nullptr ? base->GetVersionString() : nullptr;
+  const std::string version = release != nullptr ? release : "of unknown version";
+  const void* table = base->GetApi(kApiVersion);
   if (table == nullptr) {
     throw CoreError(StatusCode::kUnavailable,
-                    path + " is not an ONNX Runtime library with C API version " +
-                        std::to_string(kApiVersion));
+                    "ONNX Runtime " + version + " (" + path + ") does not provide C API version " +
+                        std::to_string(kApiVersion) +
+                        ", which headrace's native runner is written against: install "
+                        "onnxruntime >= " + kOldestSupportedRelease +
+                        " (the oldest release headrace supports)");
   }
   std::shared_ptr<OrtLibrary> library(new OrtLibrary());
   library->table_ = static_cast<const void* const*>(table);
-  library->version_ = base->GetVersionString();
-  library->check(library->fn<Fn::CreateEnv>(kCreateEnv)(kLoggingError, "headrace", &library->env_),
-                 "creating the ONNX Runtime environment");
-  library->check(library->fn<Fn::CreateCpuMemoryInfo>(kCreateCpuMemoryInfo)(
+  library->version_ = version;
+  library->check(
+      library->fn<Fn::CreateEnv, kCreateEnv>()(kLoggingError, "headrace", &library->env_),
+      "creating the ONNX Runtime environment");
+  library->check(library->fn<Fn::CreateCpuMemoryInfo, kCreateCpuMemoryInfo>()(
                      kDeviceAllocator, kMemTypeDefault, &library->cpu_memory_),
                  "creating ONNX Runtime CPU memory info");
   // Kept (and the library mapped) until exit: see the header.
@@ -76,8 +84,8 @@ std::shared_ptr<const OrtLibrary> OrtLibrary::open(const std::string& path) {
 
 void OrtLibrary::check(OrtStatus* status, std::string_view what) const {
   if (status == nullptr) return;
-  std::string message = fn<Fn::GetErrorMessage>(kGetErrorMessage)(status);
-  fn<Fn::Release<OrtStatus>>(kReleaseStatus)(status);
+  std::string message = fn<Fn::GetErrorMessage, kGetErrorMessage>()(status);
+  fn<Fn::Release<OrtStatus>, kReleaseStatus>()(status);
   throw CoreError(StatusCode::kInternal, std::string(what) + ": " + message);
 }
 
@@ -87,36 +95,36 @@ namespace {
 OrtTensorInfo describe(const OrtLibrary& lib, const OrtSession* session, std::size_t index,
                        bool input, const std::string& model_path) {
   OrtAllocator* allocator = nullptr;
-  lib.check(lib.fn<Fn::GetAllocatorWithDefaultOptions>(kGetAllocatorWithDefaultOptions)(&allocator),
-            "getting ONNX Runtime's allocator");
+  const auto get_allocator =
+      lib.fn<Fn::GetAllocatorWithDefaultOptions, kGetAllocatorWithDefaultOptions>();
+  lib.check(get_allocator(&allocator), "getting ONNX Runtime's allocator");
   char* raw_name = nullptr;
-  lib.check(lib.fn<Fn::SessionGetName>(input ? kSessionGetInputName : kSessionGetOutputName)(
-                session, index, allocator, &raw_name),
-            "reading a tensor name");
+  const auto get_name = input ? lib.fn<Fn::SessionGetName, kSessionGetInputName>()
+                              : lib.fn<Fn::SessionGetName, kSessionGetOutputName>();
+  lib.check(get_name(session, index, allocator, &raw_name), "reading a tensor name");
   OrtTensorInfo info;
   info.name = raw_name;
-  lib.check(lib.fn<Fn::AllocatorFree>(kAllocatorFree)(allocator, raw_name), "freeing a name");
+  lib.check(lib.fn<Fn::AllocatorFree, kAllocatorFree>()(allocator, raw_name), "freeing a name");
 
   OrtTypeInfo* type_info = nullptr;
-  lib.check(lib.fn<Fn::SessionGetTypeInfo>(input ? kSessionGetInputTypeInfo
-                                                 : kSessionGetOutputTypeInfo)(session, index,
-                                                                              &type_info),
-            "reading the type of '" + info.name + "'");
-  const auto release_type = lib.fn<Fn::Release<OrtTypeInfo>>(kReleaseTypeInfo);
+  const auto get_type = input ? lib.fn<Fn::SessionGetTypeInfo, kSessionGetInputTypeInfo>()
+                              : lib.fn<Fn::SessionGetTypeInfo, kSessionGetOutputTypeInfo>();
+  lib.check(get_type(session, index, &type_info), "reading the type of '" + info.name + "'");
+  const auto release_type = lib.fn<Fn::Release<OrtTypeInfo>, kReleaseTypeInfo>();
   try {
     int onnx_type = 0;
-    lib.check(lib.fn<Fn::GetOnnxTypeFromTypeInfo>(kGetOnnxTypeFromTypeInfo)(type_info, &onnx_type),
-              "reading the type of '" + info.name + "'");
+    const auto get_onnx_type = lib.fn<Fn::GetOnnxTypeFromTypeInfo, kGetOnnxTypeFromTypeInfo>();
+    lib.check(get_onnx_type(type_info, &onnx_type), "reading the type of '" + info.name + "'");
     const OrtTensorTypeAndShapeInfo* tensor = nullptr;
     if (onnx_type == kOnnxTypeTensor) {
-      lib.check(lib.fn<Fn::CastTypeInfoToTensorInfo>(kCastTypeInfoToTensorInfo)(type_info, &tensor),
-                "reading the type of '" + info.name + "'");
+      const auto as_tensor = lib.fn<Fn::CastTypeInfoToTensorInfo, kCastTypeInfoToTensorInfo>();
+      lib.check(as_tensor(type_info, &tensor), "reading the type of '" + info.name + "'");
     }
     if (tensor == nullptr) {
       throw CoreError(StatusCode::kInvalidArgument,
                       model_path + ": '" + info.name + "' is not a tensor");
     }
-    lib.check(lib.fn<Fn::GetTensorElementType>(kGetTensorElementType)(tensor, &info.element_type),
+    lib.check(lib.fn<Fn::GetTensorElementType, kGetTensorElementType>()(tensor, &info.element_type),
               "reading the element type of '" + info.name + "'");
     if (!to_datatype(info.element_type, &info.dtype)) {
       throw CoreError(StatusCode::kInvalidArgument,
@@ -125,10 +133,10 @@ OrtTensorInfo describe(const OrtLibrary& lib, const OrtSession* session, std::si
                           ", which the native runner does not take");
     }
     std::size_t rank = 0;
-    lib.check(lib.fn<Fn::GetDimensionsCount>(kGetDimensionsCount)(tensor, &rank),
+    lib.check(lib.fn<Fn::GetDimensionsCount, kGetDimensionsCount>()(tensor, &rank),
               "reading the shape of '" + info.name + "'");
     info.shape.assign(rank, 0);
-    lib.check(lib.fn<Fn::GetDimensions>(kGetDimensions)(tensor, info.shape.data(), rank),
+    lib.check(lib.fn<Fn::GetDimensions, kGetDimensions>()(tensor, info.shape.data(), rank),
               "reading the shape of '" + info.name + "'");
     for (std::int64_t& dim : info.shape) {
       if (dim < 0) dim = -1;  // symbolic or unknown
@@ -148,21 +156,21 @@ OrtModel::OrtModel(std::shared_ptr<const OrtLibrary> library, const std::string&
     : library_(std::move(library)) {
   const OrtLibrary& lib = *library_;
   OrtSessionOptions* options = nullptr;
-  lib.check(lib.fn<Fn::CreateSessionOptions>(kCreateSessionOptions)(&options),
+  lib.check(lib.fn<Fn::CreateSessionOptions, kCreateSessionOptions>()(&options),
             "creating session options");
-  const auto release_options = lib.fn<Fn::Release<OrtSessionOptions>>(kReleaseSessionOptions);
+  const auto release_options = lib.fn<Fn::Release<OrtSessionOptions>, kReleaseSessionOptions>();
   try {
-    lib.check(lib.fn<Fn::SetIntOption>(kSetIntraOpNumThreads)(options, intra_op_threads),
+    lib.check(lib.fn<Fn::SetIntOption, kSetIntraOpNumThreads>()(options, intra_op_threads),
               "setting intra-op threads");
-    lib.check(lib.fn<Fn::SetIntOption>(kSetInterOpNumThreads)(options, inter_op_threads),
+    lib.check(lib.fn<Fn::SetIntOption, kSetInterOpNumThreads>()(options, inter_op_threads),
               "setting inter-op threads");
-    lib.check(lib.fn<Fn::SetIntOption>(kSetSessionGraphOptimizationLevel)(options,
+    lib.check(lib.fn<Fn::SetIntOption, kSetSessionGraphOptimizationLevel>()(options,
                                                                           kGraphOptimizationAll),
               "setting the optimization level");
-    lib.check(lib.fn<Fn::SetIntOption>(kSetSessionLogSeverityLevel)(options,
+    lib.check(lib.fn<Fn::SetIntOption, kSetSessionLogSeverityLevel>()(options,
                                                                     kSessionLogSeverityFatal),
               "setting the log level");
-    lib.check(lib.fn<Fn::CreateSession>(kCreateSession)(lib.env(), model_path.c_str(), options,
+    lib.check(lib.fn<Fn::CreateSession, kCreateSession>()(lib.env(), model_path.c_str(), options,
                                                         &session_),
               "loading " + model_path);
   } catch (...) {
@@ -172,24 +180,24 @@ OrtModel::OrtModel(std::shared_ptr<const OrtLibrary> library, const std::string&
   release_options(options);
   try {
     std::size_t count = 0;
-    lib.check(lib.fn<Fn::SessionGetCount>(kSessionGetInputCount)(session_, &count),
+    lib.check(lib.fn<Fn::SessionGetCount, kSessionGetInputCount>()(session_, &count),
               "counting inputs");
     for (std::size_t i = 0; i < count; ++i) {
       inputs_.push_back(describe(lib, session_, i, true, model_path));
     }
-    lib.check(lib.fn<Fn::SessionGetCount>(kSessionGetOutputCount)(session_, &count),
+    lib.check(lib.fn<Fn::SessionGetCount, kSessionGetOutputCount>()(session_, &count),
               "counting outputs");
     for (std::size_t i = 0; i < count; ++i) {
       outputs_.push_back(describe(lib, session_, i, false, model_path));
     }
   } catch (...) {
-    lib.fn<Fn::Release<OrtSession>>(kReleaseSession)(session_);
+    lib.fn<Fn::Release<OrtSession>, kReleaseSession>()(session_);
     throw;
   }
 }
 
 OrtModel::~OrtModel() {
-  if (session_ != nullptr) library_->fn<Fn::Release<OrtSession>>(kReleaseSession)(session_);
+  if (session_ != nullptr) library_->fn<Fn::Release<OrtSession>, kReleaseSession>()(session_);
 }
 
 std::size_t OrtModel::input_index(std::string_view name) const {
@@ -207,7 +215,7 @@ std::size_t OrtModel::output_index(std::string_view name) const {
                   "the model has no output '" + std::string(name) + "'");
 }
 
-std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>& inputs,
+std::vector<Tensor> OrtModel::run(const std::vector<Tensor>& inputs,
                                             const std::vector<std::size_t>& input_indices,
                                             const std::vector<std::size_t>& output_indices) const {
   const OrtLibrary& lib = *library_;
@@ -216,7 +224,7 @@ std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>&
                                                std::to_string(inputs.size()) + " inputs for " +
                                                std::to_string(input_indices.size()) + " names");
   }
-  const auto release_value = lib.fn<Fn::Release<OrtValue>>(kReleaseValue);
+  const auto release_value = lib.fn<Fn::Release<OrtValue>, kReleaseValue>();
   // Input values wrap the caller's buffers (no copy); released when this frame ends.
   std::vector<OrtValue*> values(inputs.size(), nullptr);
   struct ValuesGuard {
@@ -231,20 +239,20 @@ std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>&
   std::vector<const char*> input_names(inputs.size());
   for (std::size_t k = 0; k < inputs.size(); ++k) {
     const OrtTensorInfo& info = inputs_.at(input_indices[k]);
-    const batching::Tensor& tensor = inputs[k];
+    const Tensor& tensor = inputs[k];
     // Same element width is what matters: BF16 arrives as uint16 bit patterns.
     if (tensor.dtype == DataType::kBytes ||
-        tensors::element_size(tensor.dtype) != tensors::element_size(info.dtype)) {
+        element_size(tensor.dtype) != element_size(info.dtype)) {
       throw CoreError(StatusCode::kInvalidArgument,
                       "input '" + info.name + "': " +
-                          std::string(batching::datatype_name(tensor.dtype)) +
-                          " data for a " + std::string(batching::datatype_name(info.dtype)) +
+                          std::string(datatype_name(tensor.dtype)) +
+                          " data for a " + std::string(datatype_name(info.dtype)) +
                           " input");
     }
     input_names[k] = info.name.c_str();
     // ONNX Runtime takes a non-const pointer but only reads inputs.
     void* data = const_cast<std::uint8_t*>(tensor.data.get());
-    lib.check(lib.fn<Fn::CreateTensorWithDataAsOrtValue>(kCreateTensorWithDataAsOrtValue)(
+    lib.check(lib.fn<Fn::CreateTensorWithDataAsOrtValue, kCreateTensorWithDataAsOrtValue>()(
                   lib.cpu_memory(), data, tensor.byte_size, tensor.shape.data(),
                   tensor.shape.size(), info.element_type, &values[k]),
               "input '" + info.name + "'");
@@ -254,7 +262,7 @@ std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>&
     output_names[k] = outputs_.at(output_indices[k]).name.c_str();
   }
   std::vector<OrtValue*> results(output_indices.size(), nullptr);
-  OrtStatus* status = lib.fn<Fn::Run>(kRun)(session_, nullptr, input_names.data(),
+  OrtStatus* status = lib.fn<Fn::Run, kRun>()(session_, nullptr, input_names.data(),
                                             values.data(), values.size(), output_names.data(),
                                             output_names.size(), results.data());
   // Each result is owned from here on, also when a later one fails to convert.
@@ -268,7 +276,7 @@ std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>&
   }
   lib.check(status, "model runtime error");
 
-  std::vector<batching::Tensor> outputs;
+  std::vector<Tensor> outputs;
   outputs.reserve(owned.size());
   for (std::size_t k = 0; k < owned.size(); ++k) {
     OrtValue* value = owned[k].get();
@@ -277,21 +285,21 @@ std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>&
       throw CoreError(StatusCode::kInternal, "ONNX Runtime returned no value for '" + name + "'");
     }
     OrtTensorTypeAndShapeInfo* shape_info = nullptr;
-    lib.check(lib.fn<Fn::GetTensorTypeAndShape>(kGetTensorTypeAndShape)(value, &shape_info),
+    lib.check(lib.fn<Fn::GetTensorTypeAndShape, kGetTensorTypeAndShape>()(value, &shape_info),
               "output '" + name + "'");
-    batching::Tensor tensor;
+    Tensor tensor;
     int element_type = 0;
     std::size_t rank = 0;
     OrtStatus* failed =
-        lib.fn<Fn::GetTensorElementType>(kGetTensorElementType)(shape_info, &element_type);
+        lib.fn<Fn::GetTensorElementType, kGetTensorElementType>()(shape_info, &element_type);
     if (failed == nullptr) {
-      failed = lib.fn<Fn::GetDimensionsCount>(kGetDimensionsCount)(shape_info, &rank);
+      failed = lib.fn<Fn::GetDimensionsCount, kGetDimensionsCount>()(shape_info, &rank);
     }
     if (failed == nullptr) {
       tensor.shape.assign(rank, 0);
-      failed = lib.fn<Fn::GetDimensions>(kGetDimensions)(shape_info, tensor.shape.data(), rank);
+      failed = lib.fn<Fn::GetDimensions, kGetDimensions>()(shape_info, tensor.shape.data(), rank);
     }
-    lib.fn<Fn::Release<OrtTensorTypeAndShapeInfo>>(kReleaseTensorTypeAndShapeInfo)(shape_info);
+    lib.fn<Fn::Release<OrtTensorTypeAndShapeInfo>, kReleaseTensorTypeAndShapeInfo>()(shape_info);
     lib.check(failed, "output '" + name + "'");
     if (!to_datatype(element_type, &tensor.dtype)) {
       throw CoreError(StatusCode::kInternal, "output '" + name + "' has element type " +
@@ -300,10 +308,10 @@ std::vector<batching::Tensor> OrtModel::run(const std::vector<batching::Tensor>&
     }
     std::uint64_t count = 1;
     for (const std::int64_t dim : tensor.shape) count *= static_cast<std::uint64_t>(dim);
-    tensor.byte_size = static_cast<std::size_t>(count) * tensors::element_size(tensor.dtype);
+    tensor.byte_size = static_cast<std::size_t>(count) * element_size(tensor.dtype);
     void* data = nullptr;
     if (count > 0) {
-      lib.check(lib.fn<Fn::GetTensorMutableData>(kGetTensorMutableData)(value, &data),
+      lib.check(lib.fn<Fn::GetTensorMutableData, kGetTensorMutableData>()(value, &data),
                 "output '" + name + "'");
     }
     static const std::uint8_t kEmpty = 0;
@@ -328,8 +336,8 @@ OrtRunner::OrtRunner(std::shared_ptr<const OrtModel> model,
   }
 }
 
-std::vector<batching::Tensor> OrtRunner::run(const batching::Batch& batch) {
+std::vector<Tensor> OrtRunner::run(const batching::Batch& batch) {
   return model_->run(batch.inputs, input_indices_, output_indices_);
 }
 
-}  // namespace headrace::ort
+}  // namespace headrace::runners::ort
