@@ -140,6 +140,7 @@ _TOP_LEVEL_KEYS = {
     "batching",
     "onnxruntime",
     "drift",
+    "aliases",  # read by the registry (registry/filesystem.py), not part of ModelConfig
 }
 _BATCHING_KEYS = {
     "max_queue_delay_us",
