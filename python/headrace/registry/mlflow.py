@@ -178,13 +178,16 @@ class MlflowSource:
 
     def resolve(self, reference: ModelReference) -> VersionInfo:
         if reference.alias is not None:
-            found = self._call(
-                f"alias '{reference}'",
-                self._client.get_model_version_by_alias,
-                reference.name,
-                reference.alias,
-            )
-            return self._info(found)
+            # Through the alias map rather than registered-models/alias, which answers an unknown
+            # alias with INVALID_PARAMETER_VALUE instead of "not found".
+            aliases = self.aliases(reference.name)
+            if reference.alias not in aliases:
+                known = ", ".join(sorted(aliases)) or "none"
+                raise NotFoundError(
+                    f"model '{reference.name}' has no alias '{reference.alias}' in MLflow at "
+                    f"{self.uri} (aliases: {known})"
+                )
+            return self.version(reference.name, aliases[reference.alias])
         if reference.version is not None:
             return self.version(reference.name, reference.version)
         ready = [v for v in self.describe(reference.name).versions if v.status == "READY"]
