@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headrace.config import ModelConfig, load_model_config
-from headrace.errors import ConfigError, NotFoundError
+from headrace.errors import ConfigError, InvalidArgumentError, NotFoundError
 from headrace.registry.base import (
     CONFIG_FILE,
     INPUT_EXAMPLE_FILE,
@@ -94,7 +94,10 @@ def read_aliases(toml_path: Path) -> dict[str, int]:
         raise ConfigError(f"{toml_path}: 'aliases' must be a table (alias = version)")
     aliases: dict[str, int] = {}
     for alias, version in table.items():
-        check_alias(alias, f"{toml_path}: aliases")
+        try:
+            check_alias(alias, f"{toml_path}: aliases")
+        except InvalidArgumentError as error:
+            raise ConfigError(error.message) from None
         if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
             raise ConfigError(f"{toml_path}: 'aliases.{alias}' must be a positive version number")
         aliases[alias] = version

@@ -141,7 +141,9 @@ class RepositoryWatcher:
         self.settle_s = settle_s
         self.poll_s = poll_s
         self.mode: Literal["inotify", "polling"] = "polling"
-        self.scans = 0
+        self.scans = 0  # completed
+        self._scans_started = 0
+        self._scanned = asyncio.Condition()
         self._use_inotify = use_inotify
         self._on_event = on_event
         self._observed: dict[_Key, _Observation] = {}
@@ -182,6 +184,14 @@ class RepositoryWatcher:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def scan_now(self) -> None:
+        """Scan at once and return when a scan that started after this call has completed (a
+        change made before the call has then been seen; it is judged once settled)."""
+        target = self._scans_started + 1
+        self._wake.set()
+        async with self._scanned:
+            await self._scanned.wait_for(lambda: self.scans >= target)
 
     async def _take_baseline(self) -> None:
         snapshot = await asyncio.to_thread(_scan, self.root)
@@ -248,6 +258,15 @@ class RepositoryWatcher:
         return wait
 
     async def _scan_once(self) -> None:
+        self._scans_started += 1
+        try:
+            await self._scan_and_judge()
+        finally:
+            self.scans += 1
+            async with self._scanned:
+                self._scanned.notify_all()
+
+    async def _scan_and_judge(self) -> None:
         current = await asyncio.to_thread(_scan, self.root)
         now = time.monotonic()
         for key, files in current.items():
@@ -258,7 +277,13 @@ class RepositoryWatcher:
                 observation.snapshot, observation.since_s = files, now
         for key in [k for k in self._observed if k not in current]:
             del self._observed[key]
-            await self._removed(key)
+        for model, version in [k for k in self._known if k not in current]:
+            del self._known[(model, version)]
+            log.info("repository: %s version %d removed", model, version)
+            await self._emit(VersionRemoved(model, version, self.root / model / str(version)))
+        for model in [m for m in self._config_known if (m, None) not in current]:
+            del self._config_known[model]
+            await self._emit(ModelConfigChanged(model, self._toml(model), None, {}))
         for key, observation in list(self._observed.items()):
             if observation.evaluated == observation.snapshot:
                 continue
@@ -266,17 +291,6 @@ class RepositoryWatcher:
                 continue
             observation.evaluated = observation.snapshot
             await self._judge(key)
-        self.scans += 1
-
-    async def _removed(self, key: _Key) -> None:
-        model, version = key
-        if version is None:
-            if self._config_known.pop(model, None) is not None:
-                await self._emit(ModelConfigChanged(model, self._toml(model), None, {}))
-            return
-        if self._known.pop((model, version), None) is not None:
-            log.info("repository: %s version %d removed", model, version)
-            await self._emit(VersionRemoved(model, version, self.root / model / str(version)))
 
     async def _judge(self, key: _Key) -> None:
         model, version = key
