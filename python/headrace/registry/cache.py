@@ -102,7 +102,12 @@ class ModelCache:
         self._locks_lock = threading.Lock()
 
     def model_dir(self, model: str) -> Path:
-        return self.root / quote(model, safe="")
+        if not model:
+            raise InvalidArgumentError("empty model name")
+        encoded = quote(model, safe="")
+        if encoded.startswith("."):  # never ".", ".." or a hidden folder such as .partial
+            encoded = "%2E" + encoded[1:]
+        return self.root / encoded
 
     def version_dir(self, model: str, version: int) -> Path:
         return self.model_dir(model) / str(version)

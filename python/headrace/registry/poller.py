@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from headrace.errors import ConfigError, HeadraceError, NotFoundError, UnavailableError
+from headrace.errors import ConfigError, HeadraceError, UnavailableError
 from headrace.registry.base import MaterializedVersion, ModelReference, VersionInfo, VersionStatus
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ class RegistryPoller:
         self._desired: dict[str, int] = {}
         self._aliases: dict[str, dict[str, int]] = {}
         self._reported: dict[str, tuple[int | None, VersionStatus | None, str]] = {}
+        self._last: dict[str, DesiredVersionChanged] = {}
+        self._retry: set[str] = set()
         self._failed: set[tuple[str, int]] = set()  # FAILED versions: terminal, never asked again
         self._uncached: set[str] = set()  # models already reported as absent from the cache
         self._failures = 0
@@ -159,10 +161,11 @@ class RegistryPoller:
         return self._failures == 0
 
     def retry(self, model: str) -> None:
-        """Forget the desired version of ``model`` so that the next poll reports it again (the
-        manager calls this when loading it failed for a reason that may pass, e.g. a download)."""
-        self._desired.pop(model, None)
-        self._reported.pop(model, None)
+        """Report the last DesiredVersionChanged of ``model`` again at the next poll, unless the
+        target moved meanwhile (then that is reported). The manager calls this when loading the
+        desired version failed for a reason that may pass (a download cut, a full disk)."""
+        if model in self._last:
+            self._retry.add(model)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -180,7 +183,11 @@ class RegistryPoller:
 
     async def _run(self) -> None:
         while True:
-            reachable = await self.poll_once()
+            try:
+                reachable = await self.poll_once()
+            except Exception:  # a bug must not end the polling: log it and poll again later
+                log.exception("registry %s: poll failed", self.source.uri)
+                reachable = True
             await asyncio.sleep(self.poll_s if reachable else self._retry_in_s)
 
     def _backoff_s(self) -> float:
@@ -212,7 +219,9 @@ class RegistryPoller:
         model = reference.name
         try:
             aliases = await asyncio.to_thread(self.source.aliases, model)
-        except NotFoundError as error:
+        except UnavailableError:
+            raise
+        except HeadraceError as error:  # no such model, or a request MLflow refuses
             await self._ignore(reference, None, None, error.message)
             return
         if aliases != self._aliases.get(model):
@@ -226,11 +235,18 @@ class RegistryPoller:
         else:
             assert reference.version is not None  # checked in __init__
             target = reference.version
-        if target == self._desired.get(model) or (model, target) in self._failed:
+        if target == self._desired.get(model):
+            if model in self._retry:
+                self._retry.discard(model)
+                await self._emit(self._last[model])
+            return
+        if (model, target) in self._failed:
             return
         try:
             info = await asyncio.to_thread(self.source.version, model, target)
-        except NotFoundError as error:
+        except UnavailableError:
+            raise
+        except HeadraceError as error:
             await self._ignore(reference, target, None, error.message)
             return
         if info.status != VersionStatus.READY:
@@ -246,7 +262,10 @@ class RegistryPoller:
         self._reported.pop(model, None)
         cause: Literal["startup", "alias_moved"] = "startup" if previous is None else "alias_moved"
         log.info("registry %s: %s -> version %d (%s)", self.source.uri, reference, target, cause)
-        await self._emit(DesiredVersionChanged(model, reference, previous, target, cause))
+        self._retry.discard(model)
+        await self._emit(
+            self._remember(DesiredVersionChanged(model, reference, previous, target, cause))
+        )
 
     async def _ignore(
         self,
@@ -321,7 +340,13 @@ class RegistryPoller:
             reference,
             target,
         )
-        await self._emit(DesiredVersionChanged(model, reference, None, target, "startup", True))
+        await self._emit(
+            self._remember(DesiredVersionChanged(model, reference, None, target, "startup", True))
+        )
+
+    def _remember(self, event: DesiredVersionChanged) -> DesiredVersionChanged:
+        self._last[event.model] = event
+        return event
 
     async def _emit(self, event: PollerEvent) -> None:
         try:

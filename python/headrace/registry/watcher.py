@@ -324,6 +324,10 @@ class RepositoryWatcher:
         except HeadraceError as failure:
             aliases, error = {}, failure.message
         await self._emit(ModelConfigChanged(model, path, digest, aliases, error))
+        # A version judged not loadable may have failed on the old model.toml: judge it again.
+        for (other, version), observation in self._observed.items():
+            if other == model and version is not None and (model, version) not in self._known:
+                observation.evaluated = None
 
     def _toml(self, model: str) -> Path:
         return self.root / model / CONFIG_FILE

@@ -88,6 +88,14 @@ def test_alias_move_is_seen_within_one_poll(
             assert recorder.context[recorder.events.index(moved)] <= moved_before_cycle
             assert recorder.of(AliasesChanged)[-1].aliases == {"champion": v2}
             assert poller.desired(name) == v2 and poller.aliases(name) == {"champion": v2}
+
+            # The manager failed to load v2 and asks again: the same event comes once more.
+            mark = len(recorder.events)
+            poller.retry(name)
+            again = await recorder.wait_for(lambda e: desired(e, v2), after=mark)
+            assert again == moved
+            await cycles_pass(poller, 2)
+            assert [e for e in recorder.events[mark:] if desired(e, v2)] == [moved]
         finally:
             await poller.stop()
 

@@ -162,6 +162,8 @@ def test_names_prune_and_aliases(tmp_path: Path) -> None:
     for version in (1, 2, 3):
         cache.install("team/fraud", version, ORIGIN, filler(model_bytes(version), extra=False))
     assert cache.model_dir("team/fraud").parent == tmp_path  # one path segment
+    assert cache.model_dir("..").parent == tmp_path and cache.model_dir("..").name == "%2E."
+    assert cache.model_dir(".partial").name == "%2Epartial"
     assert (cache.version_dir("team/fraud", 2) / META_FILE).is_file()
     assert cache.prune("team/fraud", keep={3}) == [1, 2]
     assert cache.versions("team/fraud") == [3]

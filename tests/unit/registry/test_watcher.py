@@ -168,6 +168,15 @@ def test_model_toml_aliases(repo: Path, mode: str) -> None:
                 lambda e: isinstance(e, ModelConfigChanged) and e.fingerprint is None
             )
             assert gone.model == "fraud"
+
+            # A version that cannot be read under a broken model.toml loads once it is fixed.
+            toml.write_text('backend = "bogus"\n')
+            onnx_models.write_model(repo, "fraud", onnx_models.mlp([4, 2], seed=5), 2)
+            await judged(watcher)
+            assert not [e for e in events.seen if isinstance(e, VersionAdded)]
+            toml.write_text('backend = "onnxruntime"\n')
+            added = await events.wait_for(lambda e: isinstance(e, VersionAdded))
+            assert added.version.version == 2
         finally:
             await watcher.stop()
 
