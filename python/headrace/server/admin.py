@@ -1,4 +1,5 @@
-"""The ``headrace.v1.AdminService`` servicer: headrace's own operations over an Engine."""
+"""The ``headrace.v1.AdminService`` servicer: headrace's own operations over an Engine (drift
+reports here; the endpoint RPCs in ``admin_endpoints.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from headrace._proto.headrace.v1 import admin_pb2_grpc as pb_grpc
 from headrace.engine import Engine
 from headrace.monitoring.drift import DriftReport
 from headrace.monitoring.drift.served import ServedDrift
+from headrace.server.admin_endpoints import EndpointAdmin
 from headrace.server.status import unary_errors
 
 if TYPE_CHECKING:  # ServicerContext is generic only in the type stubs
@@ -60,7 +62,7 @@ def drift_report_message(served: ServedDrift, report: DriftReport) -> Any:
     )
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
+class AdminServicer(EndpointAdmin, pb_grpc.AdminServiceServicer):  # type: ignore[misc]
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 

@@ -22,6 +22,7 @@ from headrace.config import ServerSettings
 from headrace.engine import Engine
 from headrace.server.admin import ADMIN_SERVICE, AdminServicer
 from headrace.server.auth import AccessInterceptor, AccessPolicy
+from headrace.server.feedback import FEEDBACK_SERVICE, FeedbackServicer
 from headrace.server.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class Server:
         self._health = health_aio.HealthServicer()
         self._servicer = InferenceServicer(engine)
         self._admin = AdminServicer(engine)
+        self._feedback = FeedbackServicer(engine)
         self._metrics_server: Any = None
 
     async def start(self) -> None:
@@ -109,11 +111,13 @@ class Server:
         )
         server.add_generic_rpc_handlers((inference_handlers(self._servicer),))
         admin_pb2_grpc.add_AdminServiceServicer_to_server(self._admin, server)
+        admin_pb2_grpc.add_FeedbackServiceServicer_to_server(self._feedback, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 INFERENCE_SERVICE,
                 ADMIN_SERVICE,
+                FEEDBACK_SERVICE,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -136,9 +140,11 @@ class Server:
         if s.grpc_uds is not None:
             Path(s.grpc_uds).unlink(missing_ok=True)
             server.add_insecure_port(f"unix:{s.grpc_uds}")
+        # Shadow workers and the periodic routing state write run on this loop.
+        await self.engine.routing.start()
         await server.start()
         self._server = server
-        for service in ("", INFERENCE_SERVICE, ADMIN_SERVICE):
+        for service in ("", INFERENCE_SERVICE, ADMIN_SERVICE, FEEDBACK_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics_port >= 0:
             self._metrics_server, self.metrics_port = self.engine.metrics.serve(
@@ -154,6 +160,7 @@ class Server:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self._server.stop(grace)
         self._server = None
+        await self.engine.routing.stop()
         await asyncio.to_thread(self.engine.close)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
