@@ -37,7 +37,7 @@ from headrace.monitoring.drift.served import ServedDrift
 from headrace.monitoring.metrics import Metrics
 from headrace.registry.filesystem import FilesystemRepository
 from headrace.registry.manager import ModelManager, ServedVersion
-from headrace.routing import PIN_PARAMETER, Endpoints, FeedbackReceipt, Route
+from headrace.routing import PIN_PARAMETER, Endpoints, FeedbackReceipt, RequestIds, Route
 from headrace.routing.config import ModelSignature
 from headrace.types import (
     InferRequest,
@@ -77,6 +77,7 @@ class Engine:
         self.models = ModelManager(repository, self.settings, self.metrics, self.completions)
         self._routing: EngineRouting | None = None
         self._routing_lock = threading.Lock()
+        self._ids = RequestIds()  # ids for requests sent without one (feedback refers to them)
 
     @classmethod
     def from_repository(cls, path: str | Path, **settings: Any) -> Engine:
@@ -316,7 +317,7 @@ class Engine:
         (time allowed in the queue; 0 for the model's default) have Triton's meaning."""
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
         route = self._route(model, version, parameters, arrays)
-        request_id = request_id or self.routing.ids.next()
+        request_id = request_id or self._ids.next()
         start_ns = time.perf_counter_ns()
         served: ModelVersion | None = None
         try:
@@ -349,7 +350,7 @@ class Engine:
         """As :meth:`infer`, awaitable; the model runs off the event loop. ``timeout_s`` is the
         caller's remaining time (a gRPC deadline); the earlier of it and ``timeout_us`` wins."""
         route = self._route(model, version, parameters, inputs)
-        request_id = request_id or self.routing.ids.next()
+        request_id = request_id or self._ids.next()
         start_ns = time.perf_counter_ns()
         served: ModelVersion | None = None
         try:

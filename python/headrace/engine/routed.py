@@ -32,7 +32,7 @@ from headrace.config import ServerSettings
 from headrace.engine.version import ModelVersion
 from headrace.errors import ConfigError, HeadraceError, StatusCode
 from headrace.monitoring.metrics import Metrics, RequestSeries
-from headrace.routing import Endpoints, FeedbackReceipt, RequestIds, Route, ShadowMirror
+from headrace.routing import Endpoints, FeedbackReceipt, Route, ShadowMirror
 from headrace.routing.config import ModelSignature
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ VARIANT_FAILURES = frozenset(
 # How often the server writes changed strategy state (canary steps, bandit arms) to the state
 # folder: what a crash can lose, against a file write every few seconds while traffic flows.
 PERSIST_INTERVAL_S = 5.0
-# Cached request series, keyed by variant and model version; past this many (endpoints and
-# versions come and go) the cache starts over rather than grow.
+# Cached request series, by model version and then variant; past this many versions (they come
+# and go with reloads) the cache starts over rather than grow.
 MAX_CACHED_SERIES = 4096
 
 
@@ -104,13 +104,13 @@ class EngineRouting:
     ) -> None:
         self.endpoints = endpoints
         self.feedback_plain_models = feedback_plain_models
-        self.ids = RequestIds()
         self.lock = threading.Lock()
         # What shadow copies run through (the engine's unrouted inference); replace it to
         # observe or hold shadow runs.
         self.mirror_call: ShadowCall = shadow_call
         self._metrics = metrics
-        self._series: dict[tuple[object, object], RequestSeries] = {}
+        # model version -> variant statistics -> series: two dict lookups per request.
+        self._series: dict[object, dict[object, RequestSeries]] = {}
         self._mirror: ShadowMirror | None = None
         self._mirror_loop: asyncio.AbstractEventLoop | None = None
         self._mirror_lock = threading.Lock()
@@ -163,14 +163,16 @@ class EngineRouting:
     ) -> None:
         """Count a successful answer, remember its id for feedback (declared endpoints, and
         plain models when ``feedback_plain_models``); offer it to the endpoint's shadows."""
-        remembered = (
-            request_id if self.feedback_plain_models or not route.runtime.implicit else None
-        )
         with self.lock:
-            self.endpoints.complete(
-                route, ok=True, latency_ns=latency_ns, request_id=remembered, outputs=outputs
-            )
-            series = self._series.get((route.stats, version))
+            if route.runtime.implicit and not self.feedback_plain_models:
+                # A plain model: no strategy, no feedback memory; what complete() would do.
+                route.stats.observe(True, latency_ns)
+            else:
+                self.endpoints.complete(
+                    route, ok=True, latency_ns=latency_ns, request_id=request_id, outputs=outputs
+                )
+            by_variant = self._series.get(version)
+            series = by_variant.get(route.stats) if by_variant is not None else None
             if series is None:
                 series = self._new_series(route, version, version_label)
             series.succeeded(latency_ns)
@@ -189,16 +191,17 @@ class EngineRouting:
         with self.lock:
             if error.code in VARIANT_FAILURES:
                 self.endpoints.complete(route, ok=False, latency_ns=latency_ns)
-            series = self._series.get((route.stats, version))
-            if series is None:
-                series = self._new_series(route, version, version_label)
+            series = self._new_series(route, version, version_label)  # a cold path
         series.failed(error.code.name)
 
     def _new_series(self, route: Route, version: object, version_label: str) -> RequestSeries:
-        if len(self._series) >= MAX_CACHED_SERIES:
-            self._series.clear()
+        by_variant = self._series.get(version)
+        if by_variant is None:
+            if len(self._series) >= MAX_CACHED_SERIES:
+                self._series.clear()
+            by_variant = self._series[version] = {}
         series = self._metrics.series(route.model, version_label, route.endpoint, route.variant)
-        self._series[(route.stats, version)] = series
+        by_variant[route.stats] = series
         return series
 
     # -- feedback ------------------------------------------------------------------------------

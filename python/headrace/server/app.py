@@ -20,6 +20,7 @@ from headrace._proto.headrace.v1 import admin_pb2_grpc
 from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace.config import ServerSettings
 from headrace.engine import Engine
+from headrace.errors import HeadraceError
 from headrace.server.admin import ADMIN_SERVICE, AdminServicer
 from headrace.server.auth import AccessInterceptor, AccessPolicy
 from headrace.server.feedback import FEEDBACK_SERVICE, FeedbackServicer
@@ -176,7 +177,12 @@ class Server:
 
 async def _serve(settings: ServerSettings) -> int:
     engine = Engine(settings)
-    await asyncio.to_thread(engine.load_repository)
+    try:
+        await asyncio.to_thread(engine.load_repository)
+    except HeadraceError as error:  # endpoints that do not fit the models, a bad file
+        await asyncio.to_thread(engine.close)
+        print(f"headrace serve: {error.message}", file=sys.stderr, flush=True)
+        return 2
     server = Server(engine, settings)
     await server.start()
     stop_requested = asyncio.Event()
