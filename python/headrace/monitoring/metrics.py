@@ -56,10 +56,6 @@ class RequestSeries:
         self._failure = metrics.request_failure
         self.success = 0
 
-    def succeeded(self, duration_ns: int) -> None:
-        self.success += 1
-        self.duration.observe(duration_ns / 1e9)
-
     def failed(self, code: str) -> None:
         self._failure.labels(*self.labels, code).inc()
 

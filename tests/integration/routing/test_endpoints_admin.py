@@ -188,6 +188,11 @@ def test_the_endpoints_command(
         )
         code, out, err = run_cli(capsys, "create", *with_token, str(new))
         assert (code, out.strip()) == (0, "created endpoint canary"), err
+        new.write_text(new.read_text().replace('model = "b"', 'model = "c"'))
+        code, out, err = run_cli(capsys, "update", *with_token, str(new))
+        assert (code, out.strip()) == (0, "updated endpoint canary"), err
+        code, out, err = run_cli(capsys, "list", *with_token)
+        assert "cand=c" in out and "ramping step 0: 5 %" in out
         code, out, err = run_cli(capsys, "rollback", *with_token, "canary")
         assert code == 0 and "rolled back to 0 %" in out, err
         code, out, err = run_cli(capsys, "switch", *with_token, "bg", "--to", "green")
