@@ -194,7 +194,7 @@ def engine_cases(engine: Any) -> list[tuple[str, str, Callable[[int], None]]]:
                 route = resolve(name, "", None, x)
                 request_id = ids.next()
                 start = time.perf_counter_ns()
-                answered(route, served, "1", request_id, x, outputs, time.perf_counter_ns() - start)
+                answered(route, "1", request_id, x, outputs, time.perf_counter_ns() - start)
                 InferResult(route.endpoint, "1", outputs, request_id, served.output_datatypes,
                             {PIN_PARAMETER: route.variant})  # fmt: skip
 

@@ -279,9 +279,7 @@ class Engine:
         start_ns: int,
     ) -> InferResult:
         latency_ns = time.perf_counter_ns() - start_ns
-        self.routing.answered(
-            route, served, served.version_str, request_id, inputs, outputs, latency_ns
-        )
+        self.routing.answered(route, served.version_str, request_id, inputs, outputs, latency_ns)
         return InferResult(
             route.endpoint,
             served.version_str,
@@ -294,8 +292,8 @@ class Engine:
     def _failed(
         self, route: Route, served: ModelVersion | None, error: HeadraceError, start_ns: int
     ) -> None:
-        label = served.version_str if served is not None else ""
-        self.routing.failed(route, served, label, error, time.perf_counter_ns() - start_ns)
+        version = served.version_str if served is not None else ""
+        self.routing.failed(route, version, error, time.perf_counter_ns() - start_ns)
 
     def infer(
         self,

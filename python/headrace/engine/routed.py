@@ -55,8 +55,8 @@ VARIANT_FAILURES = frozenset(
 # How often the server writes changed strategy state (canary steps, bandit arms) to the state
 # folder: what a crash can lose, against a file write every few seconds while traffic flows.
 PERSIST_INTERVAL_S = 5.0
-# Cached request series, by model version and then variant; past this many versions (they come
-# and go with reloads) the cache starts over rather than grow.
+# Cached request series, by version label and then variant; past this many labels the cache
+# starts over rather than grow.
 MAX_CACHED_SERIES = 4096
 
 
@@ -109,8 +109,9 @@ class EngineRouting:
         # observe or hold shadow runs.
         self.mirror_call: ShadowCall = shadow_call
         self._metrics = metrics
-        # model version -> variant statistics -> series: two dict lookups per request.
-        self._series: dict[object, dict[object, RequestSeries]] = {}
+        # version label -> variant statistics (one object per endpoint variant, so it stands
+        # for the endpoint, variant and model labels) -> series: two dict lookups per request.
+        self._series: dict[str, dict[object, RequestSeries]] = {}
         self._mirror: ShadowMirror | None = None
         self._mirror_loop: asyncio.AbstractEventLoop | None = None
         self._mirror_lock = threading.Lock()
@@ -154,8 +155,7 @@ class EngineRouting:
     def answered(
         self,
         route: Route,
-        version: object,
-        version_label: str,
+        version: str,
         request_id: str,
         inputs: Mapping[str, Any],
         outputs: Mapping[str, Any],
@@ -174,7 +174,7 @@ class EngineRouting:
             by_variant = self._series.get(version)
             series = by_variant.get(route.stats) if by_variant is not None else None
             if series is None:
-                series = self._new_series(route, version, version_label)
+                series = self._new_series(route, version)
             series.success += 1
         series.duration.observe(latency_ns / 1e9)  # thread-safe by itself: outside the lock
         if route.shadows:
@@ -183,8 +183,7 @@ class EngineRouting:
     def failed(
         self,
         route: Route,
-        version: object,
-        version_label: str,
+        version: str,
         error: HeadraceError,
         latency_ns: int,
     ) -> None:
@@ -192,16 +191,16 @@ class EngineRouting:
         with self.lock:
             if error.code in VARIANT_FAILURES:
                 self.endpoints.complete(route, ok=False, latency_ns=latency_ns)
-            series = self._new_series(route, version, version_label)  # a cold path
+            series = self._new_series(route, version)  # a cold path
         series.failed(error.code.name)
 
-    def _new_series(self, route: Route, version: object, version_label: str) -> RequestSeries:
+    def _new_series(self, route: Route, version: str) -> RequestSeries:
         by_variant = self._series.get(version)
         if by_variant is None:
             if len(self._series) >= MAX_CACHED_SERIES:
                 self._series.clear()
             by_variant = self._series[version] = {}
-        series = self._metrics.series(route.model, version_label, route.endpoint, route.variant)
+        series = self._metrics.series(route.model, version, route.endpoint, route.variant)
         by_variant[route.stats] = series
         return series
 
