@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headrace.errors import InvalidArgumentError
+from headrace.errors import ConfigError, InvalidArgumentError
 from headrace.features.config import ViewConfig
 from headrace.features.keys import Keys, key_kind
 from headrace.features.snapshot import Snapshot, read_snapshot
@@ -46,7 +46,10 @@ class _Loaded:
 
 
 def _load(path: Path, view: ViewConfig) -> _Loaded:
-    signature = _signature(path)
+    try:
+        signature = _signature(path)
+    except OSError as error:
+        raise ConfigError(f"{path}: snapshot file not found ({error.strerror})") from None
     snapshot = read_snapshot(path, view.entity, view.features)
     row_of = {k: i for i, k in enumerate(snapshot.keys.tolist())}
     return _Loaded(snapshot, row_of, signature)
@@ -59,7 +62,10 @@ class _EmbeddedView:
         assert view.snapshot is not None
         self.view = view
         self.path = (model_dir / view.snapshot).resolve()
-        self.loaded = _load(self.path, view)
+        try:
+            self.loaded = _load(self.path, view)
+        except ConfigError as error:
+            raise ConfigError(f"features view '{view.name}': {error.message}") from None
         self.key_kind = key_kind(self.loaded.snapshot.keys)
         self._next_check = time.monotonic() + RELOAD_CHECK_S
         self._reloading = False

@@ -113,7 +113,7 @@ def test_view_mistakes_name_the_key(view: dict[str, object], message: str) -> No
 
 def test_embedded_views_need_a_snapshot() -> None:
     raw = table(store="embedded")
-    with pytest.raises(ConfigError, match="item_stats.*need a 'snapshot'"):
+    with pytest.raises(ConfigError, match=r"item_stats.*need a 'snapshot'"):
         load_features_config(raw)
 
 

@@ -36,8 +36,8 @@ def test_feature_field_is_little_endian_murmur3_of_view_colon_feature() -> None:
 
 def test_entity_key_v3_golden_bytes() -> None:
     # Bytes of Feast's _redis_key for driver_id=1001 in project "demo" (reference notes, 1.2).
-    golden = bytes.fromhex("01000000" "02000000" "09000000") + b"driver_id"
-    golden += bytes.fromhex("04000000" "08000000" "e903000000000000") + b"demo"
+    golden = bytes.fromhex("010000000200000009000000") + b"driver_id"
+    golden += bytes.fromhex("0400000008000000e903000000000000") + b"demo"
     assert entity_keys("driver_id", "INT64", [1001], "demo") == [golden]
 
 
@@ -113,7 +113,7 @@ def test_mixed_columns_decode_one_by_one(raw: list[bytes | None]) -> None:
 
 
 def test_text_values_cannot_fill_a_float_input() -> None:
-    with pytest.raises(ValueDecodeError, match="user_stats.city: a string_val value"):
+    with pytest.raises(ValueDecodeError, match=r"user_stats\.city: a string_val value"):
         decode_column([value(string_val="Lyon")], "user_stats.city")
 
 
