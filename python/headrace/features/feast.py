@@ -11,18 +11,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from headrace.errors import InternalError
 from headrace.features.config import ViewConfig
 from headrace.features.feast_layout import (
     ValueDecodeError,
-    decode_column,
     decode_timestamps,
+    decode_values,
     entity_keys,
     feature_field,
     timestamp_field,
 )
 from headrace.features.keys import Keys, key_kind
 from headrace.features.redis import LoopClient
+from headrace.features.resp import pack_args, pack_hmgets, round_trip
 from headrace.features.store import StoreError, ViewRows
 
 
@@ -34,6 +37,7 @@ class _Group:
     join_key: str
     views: tuple[int, ...]  # indices into the store's views
     fields: tuple[bytes, ...]  # every view's feature fields then its _ts field
+    packed_fields: bytes  # ``fields`` in RESP, made once
     offsets: tuple[int, ...]  # where each view's fields start in ``fields``
 
 
@@ -59,28 +63,35 @@ class FeastStore:
                 offsets.append(len(fields))
                 fields.extend(feature_field(view.name, f) for f in view.features)
                 fields.append(timestamp_field(view.name))
-            groups.append(_Group(entity, join_key, tuple(members), tuple(fields), tuple(offsets)))
+            groups.append(
+                _Group(
+                    entity,
+                    join_key,
+                    tuple(members),
+                    tuple(fields),
+                    pack_args(fields),
+                    tuple(offsets),
+                )
+            )
         self._groups = groups
 
     async def read(self, keys: Mapping[str, Keys]) -> list[ViewRows]:
-        client = self._client.get()
-        spans = []
+        counts = []
+        commands = []
+        for group in self._groups:
+            group_keys = keys[group.entity]
+            names = entity_keys(
+                group.join_key, key_kind(group_keys), group_keys.tolist(), self._project
+            )
+            counts.append(len(names))
+            commands.append(pack_hmgets(names, group.packed_fields, len(group.fields)))
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                for group in self._groups:
-                    group_keys = keys[group.entity]
-                    names = entity_keys(
-                        group.join_key, key_kind(group_keys), group_keys.tolist(), self._project
-                    )
-                    spans.append(len(names))
-                    for name in names:
-                        pipe.hmget(name, group.fields)
-                replies: list[list[bytes | None]] = await pipe.execute()
+            replies = await round_trip(self._client.get(), b"".join(commands), sum(counts))
         except Exception as error:
             raise StoreError(f"redis {self._client.url} (feast): {error!r}") from error
         out: list[ViewRows | None] = [None] * len(self._views)
         start = 0
-        for group, count in zip(self._groups, spans, strict=True):
+        for group, count in zip(self._groups, counts, strict=True):
             group_replies = replies[start : start + count]
             start += count
             for index, offset in zip(group.views, group.offsets, strict=True):
@@ -90,21 +101,20 @@ class FeastStore:
     def _decode(self, view: ViewConfig, replies: list[list[bytes | None]], offset: int) -> ViewRows:
         n = len(replies)
         width = len(view.features)
-        stamps = [reply[offset + width] for reply in replies]
-        rows = ViewRows.empty(n, width)
-        rows.found[:] = [s is not None for s in stamps]
+        end = offset + width
+        stamps = [reply[end] for reply in replies]
+        found = np.fromiter((s is not None for s in stamps), dtype=np.bool_, count=n)
+        flat = [value for reply in replies for value in reply[offset:end]]
+        names = [f"feast view '{view.name}' '{feature}'" for feature in view.features]
         try:
-            for j, feature in enumerate(view.features):
-                column = [reply[offset + j] for reply in replies]
-                values, present = decode_column(column, f"feast view '{view.name}' '{feature}'")
-                rows.values[:, j] = values
-                rows.present[:, j] = present
+            values, present = decode_values(flat, names)
         except ValueDecodeError as error:
             # The data, not the store, is wrong: an error for the callers, not a store failure.
             raise InternalError(str(error)) from None
-        rows.present[~rows.found] = False
+        present = present.reshape(n, width)
+        present &= found[:, None]
         event_time = decode_timestamps(stamps) if view.max_age_s > 0 else None
-        return ViewRows(rows.values, rows.present, rows.found, event_time)
+        return ViewRows(values.reshape(n, width), present, found, event_time)
 
     async def ping(self) -> None:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -100,8 +101,13 @@ class ValueDecodeError(ValueError):
     pass
 
 
-_FLOAT_TAG = 0x35  # field 6 (float_val), wire type 5 (32-bit)
-_DOUBLE_TAG = 0x29  # field 5 (double_val), wire type 1 (64-bit)
+# Tags (field number << 3 | wire type) of the scalar variants, as Feast's Value writes them.
+_FLOAT_TAG = 0x35  # float_val = 6, fixed32
+_DOUBLE_TAG = 0x29  # double_val = 5, fixed64
+_VARINT_TAGS = (0x18, 0x20, 0x38, 0x40)  # int32_val = 3, int64_val = 4, bool_val = 7,
+# unix_timestamp_val = 8: varints (negative int32/int64 as 10-byte two's complement)
+_NULL_TAG = 0x98  # null_val = 19 (two tag bytes: 0x98 0x01)
+_MAX_VARINT = 10
 
 
 def _value_message() -> type:
@@ -114,45 +120,96 @@ def _value_message() -> type:
 _NUMERIC = ("float_val", "double_val", "int64_val", "int32_val", "bool_val", "unix_timestamp_val")
 
 
-def decode_column(
-    raw: Sequence[bytes | None], what: str
+def decode_values(
+    raw: Sequence[bytes | None], names: Sequence[str]
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """Decode one feature's values (one per entity) to float32 and a present mask. ``what``
-    names the feature in errors. Doubles and integers beyond float32's range become +-inf,
-    as in any cast to the model's FP32 input."""
+    """Decode serialised ``feast.types.Value`` s to float32 and a present mask. ``raw`` is
+    row-major over ``names`` (value i is feature ``names[i % len(names)]``, named in errors).
+    Values beyond float32's range become +-inf, as in any cast to the model's FP32 input.
+
+    The scalar variants Feast writes for numeric features — one tag and a fixed32, fixed64
+    or varint — are decoded for the whole batch at once with numpy; anything else (nulls,
+    text, lists) goes through the protobuf runtime one by one."""
     with np.errstate(over="ignore"):
-        return _decode_column(raw, what)
+        return _decode_values(raw, names)
 
 
-def _decode_column(
-    raw: Sequence[bytes | None], what: str
+def _fixed(buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp], width: int) -> Any:
+    at = starts[:, None] + 1 + np.arange(width)
+    return buf[at].copy().view(f"<f{width}")[:, 0]
+
+
+def _varints(
+    buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp], lengths: npt.NDArray[np.intp]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Varints after a one-byte tag; the second array says which were well formed (every
+    byte but the last has the continuation bit)."""
+    k = np.arange(_MAX_VARINT)
+    count = (lengths - 1)[:, None]
+    inside = k < count
+    at = np.minimum(starts[:, None] + 1 + k, len(buf) - 1)
+    data = np.where(inside, buf[at], 0).astype(np.uint64)
+    continues = (data & 0x80) != 0
+    ok = (continues == (k < count - 1)).all(axis=1)
+    value = ((data & 0x7F) << (7 * k).astype(np.uint64)).sum(axis=1, dtype=np.uint64)
+    return value.view(np.int64), ok
+
+
+def _decode_values(
+    raw: Sequence[bytes | None], names: Sequence[str]
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     n = len(raw)
     values = np.zeros(n, np.float32)
     present = np.zeros(n, np.bool_)
-    if None not in raw:
-        joined = b"".join(raw)  # type: ignore[arg-type]
-        # Fast paths: every value a float_val (5 bytes) or a double_val (9 bytes).
-        if len(joined) == 5 * n:
-            packed = np.frombuffer(joined, np.uint8).reshape(n, 5)
-            if (packed[:, 0] == _FLOAT_TAG).all():
-                values[:] = packed[:, 1:].copy().view("<f4")[:, 0]
-                present[:] = True
-                return values, present
-        elif len(joined) == 9 * n:
-            packed = np.frombuffer(joined, np.uint8).reshape(n, 9)
-            if (packed[:, 0] == _DOUBLE_TAG).all():
-                values[:] = packed[:, 1:].copy().view("<f8")[:, 0]
-                present[:] = True
-                return values, present
-    message_type = _value_message()
-    message = message_type()
-    for i, item in enumerate(raw):
-        if not item:
-            continue  # no field, or an empty Value: Feast's null
+    if n == 0:
+        return values, present
+    items = [r or b"" for r in raw]
+    lengths = np.fromiter(map(len, items), dtype=np.intp, count=n)
+    buf = np.frombuffer(b"".join(items), np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    tags = np.zeros(n, np.uint8)
+    filled = lengths > 0
+    tags[filled] = buf[starts[filled]]
+    done = ~filled  # absent field or empty Value: Feast's null
+    floats = (tags == _FLOAT_TAG) & (lengths == 5)
+    if floats.any():
+        values[floats] = _fixed(buf, starts[floats], 4)
+        present[floats] = True
+        done |= floats
+    doubles = (tags == _DOUBLE_TAG) & (lengths == 9)
+    if doubles.any():
+        values[doubles] = _fixed(buf, starts[doubles], 8)
+        present[doubles] = True
+        done |= doubles
+    varints = np.isin(tags, _VARINT_TAGS) & (lengths >= 2) & (lengths <= _MAX_VARINT + 1)
+    if varints.any():
+        where = np.flatnonzero(varints)
+        decoded, ok = _varints(buf, starts[where], lengths[where])
+        where, decoded = where[ok], decoded[ok]
+        is_bool = tags[where] == 0x38
+        decoded[is_bool] = decoded[is_bool] != 0
+        values[where] = decoded
+        present[where] = True
+        done[where] = True
+    rest = np.flatnonzero(~done)
+    if rest.size:
+        _decode_slowly(raw, rest, names, values, present)
+    return values, present
+
+
+def _decode_slowly(
+    raw: Sequence[bytes | None],
+    indices: npt.NDArray[np.intp],
+    names: Sequence[str],
+    values: npt.NDArray[np.float32],
+    present: npt.NDArray[np.bool_],
+) -> None:
+    message = _value_message()()
+    for i in indices.tolist():
+        what = names[i % len(names)]
         message.Clear()
         try:
-            message.ParseFromString(item)
+            message.ParseFromString(raw[i])
         except Exception as error:
             raise ValueDecodeError(f"{what}: not a feast.types.Value ({error})") from None
         variant = message.WhichOneof("val")
@@ -162,12 +219,9 @@ def _decode_column(
         elif variant == "null_val":
             continue
         elif variant is None:
-            raise ValueDecodeError(
-                f"{what}: a Feast value type headrace does not read (lists, maps)"
-            )
+            raise ValueDecodeError(f"{what}: a Feast value type headrace does not read (a list?)")
         else:
             raise ValueDecodeError(f"{what}: a {variant} value cannot fill a float32 input")
-    return values, present
 
 
 def decode_timestamps(raw: Sequence[bytes | None]) -> npt.NDArray[np.float64]:

@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from headrace.features.config import ViewConfig
 from headrace.features.keys import KeyKind, Keys, key_kind
+from headrace.features.resp import pack_mget, round_trip
 from headrace.features.store import StoreError, ViewRows
 
 if TYPE_CHECKING:
@@ -129,9 +130,12 @@ class _Schema:
             raise StoreError(f"view '{view.name}': unreadable {schema_key(view.name)!r}") from error
         self.raw = raw
         self.width = len(names)
+        self.row_bytes = _HEADER.itemsize + 4 * self.width
         where = {name: i for i, name in enumerate(names)}
         self.columns = np.array([where.get(f, -1) for f in view.features], dtype=np.intp)
-        self.row_dtype = np.dtype([("h", _HEADER), ("v", "<f4", (self.width,))])
+        self.known = self.columns >= 0
+        # The usual case: the view asks for the pushed columns, in the pushed order.
+        self.identity = list(view.features) == names
 
 
 class RedisStore:
@@ -155,7 +159,7 @@ class RedisStore:
             request.extend(row_keys(view.name, view_keys))
             spans.append((start, len(request)))
         try:
-            raw: list[Any] = await self._client.get().mget(request)
+            (raw,) = await round_trip(self._client.get(), pack_mget(request), 1)
         except Exception as error:
             raise StoreError(f"redis {self._client.url}: {error!r}") from error
         out = []
@@ -176,31 +180,39 @@ class RedisStore:
         if raw_schema is None:
             return ViewRows.empty(n, len(view.features))  # the view was never pushed
         schema = self._schema(view, raw_schema)
-        size = schema.row_dtype.itemsize
-        ok = [r is not None and len(r) == size for r in raw]
-        rows = np.frombuffer(b"".join(r for r, good in zip(raw, ok, strict=True) if good),
-                             dtype=schema.row_dtype)  # fmt: skip
-        found = np.array(ok, dtype=np.bool_)
-        index = np.flatnonzero(found)
-        current = rows["h"]["schema"] == schema.id
-        found[index[~current]] = False
-        index = index[current]
-        rows = rows[current]
-        values = np.zeros((n, len(view.features)), np.float32)
-        present = np.zeros((n, len(view.features)), np.bool_)
-        columns = schema.columns
-        known = columns >= 0
-        if index.size and known.any():
-            picked = rows["v"][:, columns[known]]
-            block = values[index]
-            block[:, known] = picked
-            values[index] = block
-            present_block = present[index]
-            present_block[:, known] = ~np.isnan(picked)
-            present[index] = present_block
-        event_time = np.full(n, np.nan)
-        event_time[index] = rows["h"]["event_us"] / 1e6
-        return ViewRows(values, present, found, event_time)
+        size = schema.row_bytes
+        # Rows of the wrong size (another schema's) or absent are left out, then placed back.
+        rows = [r for r in raw if r is not None and len(r) == size]
+        whole = len(rows) == n
+        if whole:
+            found = np.ones(n, np.bool_)
+        else:
+            found = np.fromiter(
+                (r is not None and len(r) == size for r in raw), dtype=np.bool_, count=n
+            )
+        at = np.flatnonzero(found)  # where each of ``rows`` goes
+        table = np.frombuffer(b"".join(rows), np.uint8).reshape(len(rows), size)
+        header = table[:, : _HEADER.itemsize].copy().view(_HEADER)[:, 0]
+        stored = table[:, _HEADER.itemsize :].copy().view("<f4")
+        current = header["schema"] == schema.id
+        if not current.all():
+            found[at[~current]] = False
+            stored[~current] = np.nan
+        if schema.identity:
+            picked = stored
+        else:
+            picked = np.full((len(rows), len(view.features)), np.nan, np.float32)
+            picked[:, schema.known] = stored[:, schema.columns[schema.known]]
+        event_time = np.where(current, header["event_us"] / 1e6, np.nan)
+        if not whole:
+            spread = np.full((n, len(view.features)), np.nan, np.float32)
+            spread[at] = picked
+            picked = spread
+            times = np.full(n, np.nan)
+            times[at] = event_time
+            event_time = times
+        present = ~np.isnan(picked)
+        return ViewRows(picked, present, found, event_time)
 
     async def ping(self) -> None:
         try:

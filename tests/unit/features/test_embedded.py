@@ -27,12 +27,14 @@ def view(snapshot: str, features: tuple[str, ...] = FEATURES) -> ViewConfig:
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".npz"])
 def test_every_format_gives_the_snapshot_rows(tmp_path: Path, suffix: str) -> None:
     table = snapshots.user_table()
-    snapshots.write(tmp_path / f"users{suffix}", table)
+    # Rows in no particular key order.
+    shuffled = np.random.default_rng(1).permutation(len(table["user_id"]))
+    snapshots.write(tmp_path / f"users{suffix}", {k: v[shuffled] for k, v in table.items()})
     store = EmbeddedStore([view(f"users{suffix}")], tmp_path)
     ids = table["user_id"]
-    keys = np.array([ids[4], 7, ids[0], ids[4], ids[-1]], np.int64)
+    keys = np.array([ids[4], 7, ids[0], ids[4], ids[-1], 10**12, -5], np.int64)
     (rows,) = store.lookup({"user_id": keys})
-    assert rows.found.tolist() == [True, False, True, True, True]
+    assert rows.found.tolist() == [True, False, True, True, True, False, False]
     assert rows.present.tolist() == [[f] * 3 for f in rows.found.tolist()]
     for i, row in [(0, 4), (2, 0), (3, 4), (4, len(ids) - 1)]:
         expected = [table[f][row] for f in FEATURES]

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from headrace._proto.feast.types import Value_pb2
 from headrace.features.feast_layout import (
     ValueDecodeError,
-    decode_column,
     decode_timestamps,
+    decode_values,
     entity_keys,
     feature_field,
     murmur3_32,
@@ -53,7 +53,7 @@ def value(**field: object) -> bytes:
 def test_float_val_on_the_wire_is_field_6_fixed32() -> None:
     # Independent of our .proto: tag (6 << 3 | 5) then the little-endian float.
     raw = [b"\x35" + struct.pack("<f", 1.5), b"\x35" + struct.pack("<f", -2.0)]
-    values, present = decode_column(raw, "f")
+    values, present = decode_values(raw, ["f"])
     assert values.tolist() == [1.5, -2.0] and present.all()
     assert value(float_val=1.5) == raw[0]
 
@@ -70,7 +70,7 @@ def test_every_numeric_variant_and_missing_values() -> None:
         None,  # no such field in the hash
         value(null_val=Value_pb2.NULL),
     ]
-    values, present = decode_column(raw, "f")
+    values, present = decode_values(raw, ["f"])
     assert present.tolist() == [True] * 6 + [False] * 3
     assert values[:6].tolist() == [0.0, 2.25, -30.0, 7.0, 1.0, np.float32(1_700_000_000)]
 
@@ -78,7 +78,7 @@ def test_every_numeric_variant_and_missing_values() -> None:
 @given(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=40))
 def test_float_fast_path_equals_protobuf(floats: list[float]) -> None:
     raw = [value(float_val=f) for f in floats]
-    values, present = decode_column(raw, "f")
+    values, present = decode_values(raw, ["f"])
     assert present.all()
     assert values.tolist() == [Value_pb2.Value.FromString(r).float_val for r in raw]
 
@@ -86,7 +86,7 @@ def test_float_fast_path_equals_protobuf(floats: list[float]) -> None:
 @given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=40))
 def test_double_fast_path_equals_protobuf(doubles: list[float]) -> None:
     raw = [value(double_val=d) for d in doubles]
-    values, _ = decode_column(raw, "f")
+    values, _ = decode_values(raw, ["f"])
     with np.errstate(over="ignore"):
         assert values.tolist() == np.array(doubles, np.float32).tolist()
 
@@ -97,16 +97,23 @@ def test_double_fast_path_equals_protobuf(doubles: list[float]) -> None:
             st.none(),
             st.floats(width=32, allow_nan=False).map(lambda f: value(float_val=f)),
             st.integers(-(2**63), 2**63 - 1).map(lambda i: value(int64_val=i)),
+            st.integers(-(2**31), 2**31 - 1).map(lambda i: value(int32_val=i)),
+            st.integers(-(2**63), 2**63 - 1).map(lambda i: value(unix_timestamp_val=i)),
+            st.booleans().map(lambda b: value(bool_val=b)),
+            st.floats(allow_nan=False).map(lambda d: value(double_val=d)),
+            st.just(value(null_val=Value_pb2.NULL)),
+            st.just(b""),
         ),
         max_size=30,
     )
 )
 def test_mixed_columns_decode_one_by_one(raw: list[bytes | None]) -> None:
-    values, present = decode_column(raw, "f")
+    values, present = decode_values(raw, ["f", "g", "h"])
     for i, item in enumerate(raw):
-        assert present[i] == (item is not None)
-        if item is not None:
-            message = Value_pb2.Value.FromString(item)
+        message = Value_pb2.Value.FromString(item or b"")
+        variant = message.WhichOneof("val")
+        assert present[i] == (variant not in (None, "null_val"))
+        if present[i]:
             with np.errstate(over="ignore"):
                 expected = np.float32(getattr(message, message.WhichOneof("val") or "float_val"))
             assert values[i] == expected
@@ -114,13 +121,13 @@ def test_mixed_columns_decode_one_by_one(raw: list[bytes | None]) -> None:
 
 def test_text_values_cannot_fill_a_float_input() -> None:
     with pytest.raises(ValueDecodeError, match=r"user_stats\.city: a string_val value"):
-        decode_column([value(string_val="Lyon")], "user_stats.city")
+        decode_values([value(string_val="Lyon")], ["user_stats.city"])
 
 
 def test_list_values_are_refused() -> None:
     float_list = b"\x82\x01\x05\x0a\x03\x00\x00\x80"  # field 16 (float_list_val), unknown to us
     with pytest.raises(ValueDecodeError, match="does not read"):
-        decode_column([float_list], "f")
+        decode_values([float_list], ["f"])
 
 
 def test_timestamps() -> None:
