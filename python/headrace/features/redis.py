@@ -38,7 +38,9 @@ _HEADER = np.dtype([("schema", "<u4"), ("event_us", "<i8")])
 
 def open_client(url: str) -> redis.asyncio.Redis:
     """A redis-py asyncio client (hiredis parses replies when installed) that fails at once
-    instead of retrying: the caller's timeout and breaker decide what a failure means."""
+    instead of retrying, and has no socket timeouts of its own: the caller's timeout (which
+    covers every read of a round trip at once, instead of a timer per reply) and breaker
+    decide what a failure means."""
     try:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -48,7 +50,12 @@ def open_client(url: str) -> redis.asyncio.Redis:
             "the redis store needs redis-py (pip install headrace[features])"
         ) from error
     client: redis.asyncio.Redis = aioredis.Redis.from_url(
-        url, retry=Retry(NoBackoff(), 0), retry_on_error=[], health_check_interval=0
+        url,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_error=[],
+        health_check_interval=0,
+        socket_timeout=None,
+        socket_connect_timeout=None,
     )
     return client
 
@@ -229,11 +236,13 @@ class RedisStore:
 
 class RedisFeatureWriter:
     """Writes views in headrace's layout (rows first, then the schema, so a new view appears
-    whole). ``chunk_rows`` bounds one MSET."""
+    whole). ``chunk_rows`` bounds one MSET; ``timeout_s`` bounds each command (the client has
+    no socket timeout of its own)."""
 
-    def __init__(self, url: str, chunk_rows: int = 2000) -> None:
+    def __init__(self, url: str, chunk_rows: int = 2000, timeout_s: float = 30.0) -> None:
         self._client = LoopClient(url)
         self._chunk_rows = chunk_rows
+        self._timeout_s = timeout_s
 
     async def write(
         self,
@@ -260,9 +269,11 @@ class RedisFeatureWriter:
             stop = start + self._chunk_rows
             names = row_keys(view, keys[start:stop])
             rows = encode_rows(len(features), values[start:stop], event_time_s[start:stop], sid)
-            await client.mset(dict(zip(names, rows, strict=True)))
+            async with asyncio.timeout(self._timeout_s):
+                await client.mset(dict(zip(names, rows, strict=True)))
         kind = key_kind(keys) if len(keys) else "INT64"
-        await client.set(schema_key(view), encode_schema(entity, kind, features))
+        async with asyncio.timeout(self._timeout_s):
+            await client.set(schema_key(view), encode_schema(entity, kind, features))
         return len(keys)
 
     async def close(self) -> None:
