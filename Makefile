@@ -68,7 +68,7 @@ cpp-sanitize: install-dev
 			$(abspath $(BIN))/ctest --output-on-failure) || exit 1; \
 	done
 
-pytest: install-dev
+pytest: install-dev feast-venv
 	$(BIN)/python -m pytest
 
 test: lint typecheck cpp-sanitize pytest

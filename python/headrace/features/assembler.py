@@ -177,20 +177,10 @@ class FeatureJoiner:
         """The model's inputs for ``inputs``: ``into`` filled, entity and request inputs the
         model does not take dropped, the rest passed through."""
         keys, rows = self.check_inputs(inputs)
-        found = await self._lookup(keys)
         x = np.empty((rows, self.config.width), np.float32)
-        column = 0
-        now = time.time()
-        for index, view in enumerate(self._views):
-            width = len(view.features)
-            block = x[:, column : column + width]
-            if found is None:
-                block[:] = self._defaults[index]
-                if self._metrics is not None:
-                    self._metrics.defaults[index].inc(rows * width)
-            else:
-                self._fill(index, block, found[index], keys[view.entity], now)
-            column += width
+        column = sum(len(view.features) for view in self._views)
+        if rows:  # an empty request asks no store
+            self._fill_features(x, keys, await self._lookup(keys))
         for name in self.config.request_inputs:
             x[:, column] = np.asarray(inputs[name]).reshape(rows)
             column += 1
@@ -201,6 +191,22 @@ class FeatureJoiner:
         }
         out[self.config.into] = x
         return out
+
+    def _fill_features(
+        self, x: npt.NDArray[np.float32], keys: dict[str, Keys], found: list[ViewRows] | None
+    ) -> None:
+        column = 0
+        now = time.time()
+        for index, view in enumerate(self._views):
+            width = len(view.features)
+            block = x[:, column : column + width]
+            if found is None:  # the store failed: on_store_error = "default"
+                block[:] = self._defaults[index]
+                if self._metrics is not None:
+                    self._metrics.defaults[index].inc(block.size)
+            else:
+                self._fill(index, block, found[index], keys[view.entity], now)
+            column += width
 
     async def _lookup(self, keys: dict[str, Keys]) -> list[ViewRows] | None:
         if not self.store.remote:

@@ -177,7 +177,8 @@ class _EmbeddedView:
         # A missing key's row -1 picks the last row: masked by ``present`` below.
         values = snapshot.values.take(rows, axis=0)
         if loaded.all_present:
-            present = np.broadcast_to(found[:, None], values.shape)
+            present = np.empty(values.shape, np.bool_)
+            present[:] = found[:, None]
         else:
             present = snapshot.present.take(rows, axis=0)
             present &= found[:, None]

@@ -19,6 +19,9 @@ from headrace.features.store import ViewRows
 from integration.features.feast_repo import PROJECT, FeastRepo, FeastView
 from integration.features.redis_server import RedisServer
 
+# The first use makes Feast's venv (pip) unless `make` made it; apply + materialize take ~30 s.
+pytestmark = pytest.mark.timeout(1200)
+
 FEAST_DB = 2
 NOW = datetime.now(UTC).replace(microsecond=0)
 USERS = list(range(1001, 1041))

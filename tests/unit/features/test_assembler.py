@@ -221,3 +221,8 @@ def test_inputs_the_model_also_takes_pass_through(model_dir: Path) -> None:
     assert [s.name for s in j.client_inputs()] == ["mask", "user_id", "item_id", "amount"]
     out = assemble(j, request([1000], [b"a"]))
     assert set(out) == {"x", "mask", "user_id"}
+
+
+def test_an_empty_request_asks_no_store(model_dir: Path) -> None:
+    out = assemble(joiner(model_dir), request([], []))
+    assert out["x"].shape == (0, 4) and out["x"].dtype == np.float32
