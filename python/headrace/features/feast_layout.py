@@ -144,7 +144,8 @@ def _varints(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """Varints after a one-byte tag; the second array says which were well formed (every
     byte but the last has the continuation bit)."""
-    k = np.arange(_MAX_VARINT)
+    # As many byte columns as the longest varint here (small counts take one or two bytes).
+    k = np.arange(int(lengths.max()) - 1)
     count = (lengths - 1)[:, None]
     inside = k < count
     at = np.minimum(starts[:, None] + 1 + k, len(buf) - 1)
