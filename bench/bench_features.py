@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -62,9 +63,24 @@ SERVER_CPU = 0
 CLIENT_CPU = 1
 
 
+PINNING = False  # --pin: only on a quiet machine (pinned, a shared core's other load stalls us)
+
+
 def pin(pid: int, cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > cpu:  # type: ignore[operator]
+    if PINNING and (os.cpu_count() or 1) > cpu:
         os.sched_setaffinity(pid, {cpu})
+
+
+def cpu_ns(pids: list[int]) -> int:
+    """CPU time the processes have run (``/proc/PID/schedstat``; scheduler waits excluded)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    return total
+
+
+Cell = tuple[float, float, float]  # p50 ms, p99 ms, CPU µs per lookup (client + servers)
 
 
 def make_data(users: int) -> tuple[list[FeastView], dict[str, np.ndarray]]:
@@ -105,25 +121,27 @@ def view_configs(features: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def percentiles(samples_ns: list[int]) -> tuple[float, float]:
+def percentiles(samples_ns: list[int], cpu_total_ns: int) -> Cell:
     ms = np.array(samples_ns) / 1e6
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+    per_lookup_us = cpu_total_ns / len(samples_ns) / 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), per_lookup_us
 
 
-async def timed(call: Callable[[], Awaitable[Any]], iterations: int) -> list[int]:
+async def timed(call: Callable[[], Awaitable[Any]], iterations: int, servers: list[int]) -> Cell:
     for _ in range(min(50, iterations)):
         await call()
     samples = []
+    cpu_start = time.process_time_ns() + cpu_ns(servers)
     for _ in range(iterations):
         start = time.perf_counter_ns()
         await call()
         samples.append(time.perf_counter_ns() - start)
-    return samples
+    return percentiles(samples, time.process_time_ns() + cpu_ns(servers) - cpu_start)
 
 
 async def measure_ours(
-    kind: str, url: str, folder: Path, ids: np.ndarray, iterations: int
-) -> dict[tuple[int, int], tuple[tuple[float, float], tuple[float, float]]]:
+    kind: str, url: str, folder: Path, ids: np.ndarray, iterations: int, servers: list[int]
+) -> dict[tuple[int, int], tuple[Cell, Cell]]:
     rng = np.random.default_rng(1)
     out = {}
     for features in FEATURES:
@@ -159,9 +177,10 @@ async def measure_ours(
                 keys["user_id"] = ids[rng.integers(0, len(ids), len(keys["user_id"]))]
                 await joiner.assemble(keys)
 
+            count = iterations if entities < 256 else max(100, iterations // 4)
             out[(entities, features)] = (
-                percentiles(await timed(read, iterations)),
-                percentiles(await timed(assemble, iterations)),
+                await timed(read, count, servers),
+                await timed(assemble, count, servers),
             )
         await store.close()
         await joiner.close()
@@ -236,9 +255,15 @@ class FeastServer:
         for child_pid in children:
             pin(int(child_pid), SERVER_CPU)
 
+    def pids(self) -> list[int]:
+        children = subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
+        ).stdout.split()
+        return [self.process.pid, *(int(c) for c in children)]
+
     def measure(
-        self, ids: np.ndarray, iterations: int
-    ) -> dict[tuple[int, int], tuple[float, float]]:
+        self, ids: np.ndarray, iterations: int, redis_pid: int
+    ) -> dict[tuple[int, int], Cell]:
         rng = np.random.default_rng(2)
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         out = {}
@@ -247,7 +272,11 @@ class FeastServer:
             for entities in ENTITIES:
                 count = iterations if entities < 256 else max(20, iterations // 10)
                 samples = []
+                servers = [*self.pids(), redis_pid]
+                cpu_start = 0
                 for i in range(count + 10):
+                    if i == 10:
+                        cpu_start = time.process_time_ns() + cpu_ns(servers)
                     body = json.dumps({"features": names, "entities": {
                         "user_id": ids[rng.integers(0, len(ids), entities)].tolist()}})  # fmt: skip
                     start = time.perf_counter_ns()
@@ -260,7 +289,8 @@ class FeastServer:
                         raise RuntimeError(f"feast serve: {response.status} {payload[:300]!r}")
                     if i >= 10:
                         samples.append(elapsed)
-                out[(entities, features)] = percentiles(samples)
+                cpu = time.process_time_ns() + cpu_ns(servers) - cpu_start
+                out[(entities, features)] = percentiles(samples, cpu)
         connection.close()
         return out
 
@@ -272,11 +302,12 @@ class FeastServer:
             self.process.kill()
 
 
-def feast_sdk(repo: FeastRepo, users: int, iterations: int) -> dict[tuple[int, int], Any]:
+def feast_sdk(repo: FeastRepo, users: int, iterations: int) -> dict[tuple[int, int], Cell]:
     script = textwrap.dedent(f"""
         import json, os, sys, time
         import numpy as np
-        os.sched_setaffinity(0, {{{CLIENT_CPU}}})
+        if {PINNING}:
+            os.sched_setaffinity(0, {{{CLIENT_CPU}}})
         from feast import FeatureStore
         store = FeatureStore(repo_path=".")
         rng = np.random.default_rng(3)
@@ -288,15 +319,19 @@ def feast_sdk(repo: FeastRepo, users: int, iterations: int) -> dict[tuple[int, i
             for entities in {list(ENTITIES)}:
                 count = {iterations} if entities < 256 else max(20, {iterations} // 10)
                 samples = []
+                cpu = 0
                 for i in range(count + 10):
                     rows = [{{"user_id": int(u)}} for u in rng.integers(1, {users} + 1, entities)]
                     start = time.perf_counter_ns()
+                    cpu_start = time.process_time_ns()
                     store.get_online_features(features=names, entity_rows=rows).to_dict()
                     if i >= 10:
                         samples.append(time.perf_counter_ns() - start)
+                        cpu += time.process_time_ns() - cpu_start
                 ms = np.array(samples) / 1e6
                 out[f"{{entities}},{{features}}"] = [float(np.percentile(ms, 50)),
-                                                     float(np.percentile(ms, 99))]
+                                                     float(np.percentile(ms, 99)),
+                                                     cpu / len(samples) / 1e3]
         json.dump(out, sys.stdout)
     """)
     done = subprocess.run(
@@ -326,14 +361,58 @@ async def push_redis(url: str, data: dict[str, np.ndarray]) -> None:
     await writer.close()
 
 
+def cell(value: Cell | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value[0]:.3f} / {value[1]:.3f} ({value[2]:,.0f})"
+
+
+def print_tables(
+    ours: dict[str, dict[tuple[int, int], tuple[Cell, Cell]]],
+    theirs: dict[tuple[int, int], Cell],
+    sdk: dict[tuple[int, int], Cell] | None,
+) -> None:
+    print()
+    print("| entities x features | embedded read | redis read | feast-layout read | "
+          "redis assemble | feast-layout assemble | feast serve | feast SDK |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for features in FEATURES:
+        for entities in ENTITIES:
+            key = (entities, features)
+            print(
+                f"| {entities} x {features} | {cell(ours['embedded'][key][0])} | "
+                f"{cell(ours['redis'][key][0])} | {cell(ours['feast'][key][0])} | "
+                f"{cell(ours['redis'][key][1])} | {cell(ours['feast'][key][1])} | "
+                f"{cell(theirs[key])} | {cell(sdk[key] if sdk else None)} |"
+            )
+    print("\nms p50 / p99 (CPU µs per lookup: the measuring process + redis-server + Feast's "
+          "server; the SDK column counts its own process only), concurrency 1. read = one "
+          "store round trip; assemble = FeatureJoiner.assemble (coalescer, breaker, "
+          "defaults).")  # fmt: skip
+    print("\n| entities x features | feast serve / redis assemble: p50, p99, CPU | "
+          "feast serve / feast-layout assemble: p50, p99, CPU |")  # fmt: skip
+    print("|---|---|---|")
+    for features in FEATURES:
+        for entities in ENTITIES:
+            key = (entities, features)
+            ratios = []
+            for kind in ("redis", "feast"):
+                mine = ours[kind][key][1]
+                ratios.append(", ".join(f"{theirs[key][i] / mine[i]:.1f}x" for i in range(3)))
+            print(f"| {entities} x {features} | {ratios[0]} | {ratios[1]} |")
+
+
 def main(argv: list[str] | None = None) -> int:
+    global PINNING
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--iterations", type=int, default=2000, help="lookups per cell (ours)")
     parser.add_argument("--feast-iterations", type=int, default=300, help="per cell (Feast)")
     parser.add_argument("--quick", action="store_true", help="2,000 users, few iterations")
     parser.add_argument("--skip-feast-sdk", action="store_true")
+    parser.add_argument("--pin", action="store_true", help="servers on CPU 0, client on CPU 1")
     args = parser.parse_args(argv)
+    PINNING = args.pin
     if args.quick:
         args.users, args.iterations, args.feast_iterations = 2000, 200, 30
     pin(0, CLIENT_CPU)
@@ -343,10 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         redis = RedisServer(folder / "redis").start()
         assert redis.process is not None
-        pin(redis.process.pid, SERVER_CPU)
+        redis_pid = redis.process.pid
+        pin(redis_pid, SERVER_CPU)
         feast_server = None
         try:
-            print(f"# {cpu_model()}, {os.cpu_count()} CPUs; {args.users} users", flush=True)
+            print(f"# {cpu_model()}, {os.cpu_count()} CPUs; {args.users} users; load "
+                  f"{os.getloadavg()[0]:.1f}; pinned: {PINNING}", flush=True)  # fmt: skip
             views, data = make_data(args.users)
             started = time.monotonic()
             repo = FeastRepo(folder / "feast", redis.port, 0, views)
@@ -357,40 +438,23 @@ def main(argv: list[str] | None = None) -> int:
             check_same_rows(redis.url(), folder, data)
             ours = {
                 kind: uvloop.run(
-                    measure_ours(kind, redis.url(), folder, data["ids"], args.iterations)
+                    measure_ours(
+                        kind, redis.url(), folder, data["ids"], args.iterations, [redis_pid]
+                    )
                 )
                 for kind in ("embedded", "redis", "feast")
             }
             feast_server = FeastServer(repo)
-            theirs = feast_server.measure(data["ids"], args.feast_iterations)
-            sdk = (
-                None if args.skip_feast_sdk else feast_sdk(repo, args.users, args.feast_iterations)
-            )
+            theirs = feast_server.measure(data["ids"], args.feast_iterations, redis_pid)
+            sdk = None
+            if not args.skip_feast_sdk:
+                sdk = feast_sdk(repo, args.users, args.feast_iterations)
         finally:
             if feast_server is not None:
                 feast_server.stop()
             redis.kill()
-    print()
-    print("| entities x features | embedded read | redis read | feast-layout read | "
-          "redis assemble | feast-layout assemble | feast serve | feast SDK | "
-          "feast serve / redis p99 |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
-    for features in FEATURES:
-        for entities in ENTITIES:
-            key = (entities, features)
-
-            def cell(pair: tuple[float, float] | None) -> str:
-                return "-" if pair is None else f"{pair[0]:.3f} / {pair[1]:.3f}"
-
-            ratio = theirs[key][1] / ours["redis"][key][1][1]
-            print(
-                f"| {entities} x {features} | {cell(ours['embedded'][key][0])} | "
-                f"{cell(ours['redis'][key][0])} | {cell(ours['feast'][key][0])} | "
-                f"{cell(ours['redis'][key][1])} | {cell(ours['feast'][key][1])} | "
-                f"{cell(theirs[key])} | {cell(sdk[key] if sdk else None)} | {ratio:.0f}x |"
-            )
-    print("\nms, p50 / p99, concurrency 1. read = the store's one round trip; assemble = "
-          "FeatureJoiner.assemble (coalescer, breaker, defaults, request assembled).")  # fmt: skip
+    print_tables(ours, theirs, sdk)
+    print(f"\n# load at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from headrace.features.breaker import Breaker
-from headrace.features.keys import Keys, merge_keys
+from headrace.features.keys import Keys, MergedKeys, merge_keys
 from headrace.features.store import FeatureStore, StoreError, ViewRows
 
 
@@ -127,44 +127,53 @@ class LookupCoalescer:
             asyncio.get_running_loop().create_task(self._round_trip(batch))
 
     async def _round_trip(self, batch: list[_Waiting]) -> None:
-        merged = {e: merge_keys([w.keys[e] for w in batch]) for e in self._entities}
-        keys = sum(len(m.unique) for m in merged.values())
         start = time.monotonic()
-        failure: BaseException | None = None
+        keys = 0
+        ok = True
         try:
-            async with asyncio.timeout(self._timeout_s):
-                rows = await self._store.read({e: m.unique for e, m in merged.items()})
-        except TimeoutError:
-            failure = StoreTimeoutError(
-                f"feature store '{self._store.kind}' took over {self._timeout_s * 1e3:g} ms"
-            )
+            merged = {e: merge_keys([w.keys[e] for w in batch]) for e in self._entities}
+            keys = sum(len(m.unique) for m in merged.values())
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    rows = await self._store.read({e: m.unique for e, m in merged.items()})
+            except TimeoutError:
+                raise StoreTimeoutError(
+                    f"feature store '{self._store.kind}' took over {self._timeout_s * 1e3:g} ms"
+                ) from None
+            results = [self._share(rows, merged, index) for index in range(len(batch))]
         except StoreError as error:
-            failure = error
+            ok = False
+            self.breaker.failure(time.monotonic())
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(type(error)(str(error)))
         except Exception as error:
             # Not the store's fault (unreadable data): the callers get it, the breaker does not.
-            self._finish(batch, start, keys, True)
             for w in batch:
                 if not w.future.done():
                     w.future.set_exception(error)
-            return
-        if failure is not None:
-            self.breaker.failure(time.monotonic())
-            self._finish(batch, start, keys, False)
+        except asyncio.CancelledError:
             for w in batch:
+                w.future.cancel()
+            raise
+        else:
+            self.breaker.success(time.monotonic())
+            for w, result in zip(batch, results, strict=True):
                 if not w.future.done():
-                    w.future.set_exception(type(failure)(str(failure)))
-            return
-        self.breaker.success(time.monotonic())
-        self._finish(batch, start, keys, True)
-        for index, w in enumerate(batch):
-            if w.future.done():
-                continue
-            mine = []
-            for view, entity in zip(rows, self._view_entities, strict=True):
-                at = merged[entity].positions[index]
-                times = None if view.event_time_s is None else view.event_time_s[at]
-                mine.append(ViewRows(view.values[at], view.present[at], view.found[at], times))
-            w.future.set_result(mine)
+                    w.future.set_result(result)
+        finally:
+            self._finish(batch, start, keys, ok)
+
+    def _share(
+        self, rows: list[ViewRows], merged: dict[str, MergedKeys], index: int
+    ) -> list[ViewRows]:
+        """Lookup ``index``'s rows out of a round trip's (which has each key once)."""
+        mine = []
+        for view, entity in zip(rows, self._view_entities, strict=True):
+            at = merged[entity].positions[index]
+            times = None if view.event_time_s is None else view.event_time_s[at]
+            mine.append(ViewRows(view.values[at], view.present[at], view.found[at], times))
+        return mine
 
     def _finish(self, batch: list[_Waiting], start: float, keys: int, ok: bool) -> None:
         self.round_trips += 1

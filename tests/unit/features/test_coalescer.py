@@ -65,13 +65,15 @@ class GatedStore:
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail = False
+        self.garbled = False
 
     async def read(self, keys: Mapping[str, Keys]) -> list[ViewRows]:
         self.reads.append({k: v.tolist() for k, v in keys.items()})
         await self.gate.wait()
         if self.fail:
             raise StoreError("store down")
-        return await self.inner.read(keys)
+        rows = await self.inner.read(keys)
+        return rows * 2 if self.garbled else rows
 
     async def ping(self) -> None:
         return None
@@ -193,5 +195,22 @@ def test_a_cancelled_caller_leaves_the_round_trip_to_the_others(inner: EmbeddedS
         (rows,) = await staying
         assert rows.found.tolist() == [True]
         assert leaving.cancelled()
+
+    asyncio.run(main())
+
+
+def test_an_answer_that_cannot_be_shared_fails_its_lookups_not_the_coalescer(
+    inner: EmbeddedStore,
+) -> None:
+    async def main() -> None:
+        store = GatedStore(inner)
+        coalescer = make(store)
+        store.garbled = True  # one view configured, two answered
+        with pytest.raises(ValueError):
+            await coalescer.lookup(keys(1000))
+        assert coalescer.breaker.state == BreakerState.CLOSED  # not the store's fault
+        store.garbled = False
+        (rows,) = await coalescer.lookup(keys(1000))
+        assert rows.found.tolist() == [True]
 
     asyncio.run(main())
