@@ -217,3 +217,47 @@ def test_a_text_feature_is_an_error_not_a_store_failure(
             await store.close()
 
     asyncio.run(main())
+
+
+def test_feast_event_times_drive_max_age(feast_repo: FeastRepo, redis_server: RedisServer) -> None:
+    # user_risk rows are 30 days old, user_stats rows hours old (their _ts fields).
+    views = [
+        ViewConfig(name="user_stats", entity="user_id", features=("age",), max_age_s=86400),
+        ViewConfig(name="user_risk", entity="user_id", features=("risk",), max_age_s=86400),
+    ]
+
+    async def main() -> list[ViewRows]:
+        store = FeastStore(views, redis_server.url(FEAST_DB), PROJECT)
+        try:
+            return await store.read({"user_id": np.array([1001, 1003, 7], np.int64)})
+        finally:
+            await store.close()
+
+    stats, risk = asyncio.run(main())
+    assert stats.event_time_s is not None and risk.event_time_s is not None
+    expected = (NOW - timedelta(hours=1)).timestamp()  # 1001's latest row
+    assert stats.event_time_s[0] == pytest.approx(expected, abs=1e-3)
+    assert risk.event_time_s[1] == pytest.approx((NOW - timedelta(days=30)).timestamp(), abs=1e-3)
+    assert np.isnan(stats.event_time_s[2])
+    config = load_features_config(
+        {
+            "store": "feast",
+            "redis_url": redis_server.url(FEAST_DB),
+            "feast_project": PROJECT,
+            "into": "x",
+            "views": [
+                {**v.model_dump(exclude_none=True), "defaults": {v.features[0]: -1.0}}
+                for v in views
+            ],
+        }
+    )
+
+    async def assemble() -> np.ndarray:
+        joiner = FeatureJoiner(config, Path("."), [TensorSpec("x", "FP32", (-1, 2))])
+        try:
+            return (await joiner.assemble({"user_id": np.array([1001], np.int64)}))["x"]
+        finally:
+            await joiner.close()
+
+    x = asyncio.run(assemble())
+    assert x[0, 0] == stats.values[0, 0] and x[0, 1] == -1.0  # user_risk is stale: default

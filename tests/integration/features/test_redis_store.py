@@ -221,3 +221,44 @@ def test_64_concurrent_requests_share_a_few_mgets_and_are_logged(
     assert table["output.score"].to_pylist() == x.sum(axis=1).tolist()
     ids = [f"req-{i}" for i, r in enumerate(batch) for _ in range(len(r["user_id"]))]
     assert table["request_id"].to_pylist() == ids
+
+
+def test_pushed_event_times_drive_max_age(
+    tmp_path: Path, redis_server: RedisServer, redis_db: int
+) -> None:
+    import time
+
+    now = time.time()
+    table = pa.table(
+        {
+            "user_id": pa.array([1, 2], pa.int64()),
+            "score": pa.array([0.5, 0.75], pa.float32()),
+            "event_timestamp": pa.array(
+                [int((now - 60) * 1e6), int((now - 7200) * 1e6)], pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
+    pq.write_table(table, tmp_path / "scores.parquet")
+    url = redis_server.url(redis_db)
+    assert features_cli(["push", str(tmp_path / "scores.parquet"), "--view", "scores",
+                         "--entity", "user_id", "--redis", url]) == 0  # fmt: skip
+    config = load_features_config(
+        {
+            "store": "redis",
+            "redis_url": url,
+            "into": "x",
+            "views": [
+                {"name": "scores", "entity": "user_id", "features": ["score"],
+                 "defaults": {"score": -1.0}, "max_age_s": 3600}
+            ],
+        }
+    )  # fmt: skip
+
+    async def main() -> np.ndarray:
+        joiner = FeatureJoiner(config, tmp_path, [TensorSpec("x", "FP32", (-1, 1))])
+        try:
+            return (await joiner.assemble({"user_id": np.array([1, 2, 3], np.int64)}))["x"]
+        finally:
+            await joiner.close()
+
+    assert asyncio.run(main())[:, 0].tolist() == [0.5, -1.0, -1.0]
