@@ -41,8 +41,8 @@ import uvloop
 from bench_common import cpu_model, save_mlp
 from bench_serving import HOST, ServerProcess
 
-from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from headrace import wire
+from headrace.wire import inference as pb
 
 SERVER_CPUS = frozenset({0})
 CLIENT_CPU = 1
@@ -123,7 +123,7 @@ def rss_mb(pid: int) -> float:
 def model_stats(target: str) -> tuple[int, int, int]:
     """(model compute ns, executions, rows) so far, from ModelStatistics."""
     with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = wire.Stub(channel, wire.INFERENCE_SERVICE)
         response = stub.ModelStatistics(pb.ModelStatisticsRequest(name=MODEL), timeout=10)
     stats = response.model_stats
     compute_ns = sum(s.inference_stats.compute_infer.ns for s in stats)

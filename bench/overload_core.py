@@ -29,6 +29,7 @@ from bench_common import cpu_model, save_mlp
 
 from headrace import _core
 from headrace.backends.onnx import native_library
+from headrace.errors import HeadraceError
 
 SERVER_CPU = 0
 CLIENT_CPU = 1
@@ -143,8 +144,8 @@ def overload(
         now = time.perf_counter()
         try:
             ticket = batcher.submit([x], deadline_ns=_core.monotonic_ns() + int(deadline_s * 1e9))
-        except _core.CoreError as error:
-            outcomes[f"refused {error.args[0]}"] += 1
+        except HeadraceError as error:
+            outcomes[f"refused {error.code.name}"] += 1
             continue
         sent[ticket] = now
     time.sleep(deadline_s * 2)

@@ -9,12 +9,42 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "batching/request.h"
 #include "batching/runner.h"
 
 namespace headrace::batching {
+
+// Where a tensor's rows start in its bytes, after checking that the bytes match the shape.
+// Fixed-size datatypes (and BYTES rows without elements) need no table: a row's offset is
+// arithmetic, so a tensor whose rows are empty costs nothing per declared row, however many it
+// declares. BYTES rows with elements keep a table of rows + 1 offsets, which the length prefixes
+// bound by the bytes actually present (rows <= bytes / 4).
+class RowOffsets {
+ public:
+  // Throws CoreError(kInvalidArgument) naming `what` when the tensor has no dims, a negative dim,
+  // a shape whose non-zero dims multiply past kMaxExtent, or bytes that do not match the shape
+  // (for BYTES: the length prefixes).
+  RowOffsets(const Tensor& tensor, std::string_view what);
+
+  // Validates as the constructor does, keeping nothing (no table even for BYTES).
+  static void validate(const Tensor& tensor, std::string_view what);
+
+  // Start of `row` in bytes; row == rows is the end.
+  std::size_t start(std::size_t row) const noexcept {
+    return table_.empty() ? row * row_bytes_ : table_[row];
+  }
+
+  // Most index positions (the product of the non-zero dims) a tensor may declare: keeps every
+  // byte count derived from a shape exact in 64 bits.
+  static constexpr std::uint64_t kMaxExtent = std::uint64_t{1} << 60;
+
+ private:
+  std::size_t row_bytes_ = 0;
+  std::vector<std::size_t> table_;
+};
 
 // One contiguous buffer per input, the requests' rows in order. The requests must share a shape
 // signature (the policy guarantees it). Fixed-size and BYTES (serialized) tensors are both

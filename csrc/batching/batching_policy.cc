@@ -18,6 +18,8 @@ TimeNs to_ns(double value) noexcept {
 BatchingPolicy::BatchingPolicy(BatcherConfig config) : config_(std::move(config)) {
   config_.validate();
   cap_rows_ = config_.batch_cap();
+  min_samples_ = static_cast<std::size_t>(config_.deadline_min_cost_samples);
+  margin_ns_ = config_.deadline_delivery_margin_us * 1000;
   preferred_ = config_.preferred_batch_sizes;
   if (preferred_.empty()) preferred_.push_back(config_.max_batch_size);
   std::sort(preferred_.begin(), preferred_.end());
@@ -32,10 +34,10 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
   const auto& requests = state.requests;
   const CostEstimate& cost = state.cost;
   const TimeNs target_ns = config_.latency_target_us * 1000;
-  const bool predict = cost.samples >= kPredictMinSamples;
+  const bool predict = cost.samples >= min_samples_;
   // Predicted time from starting a batch of `rows` to its answers leaving the server.
-  const auto answered_after = [&cost](std::int64_t rows) {
-    return to_ns(cost.least_batch_ns(rows)) + kDeliveryMarginNs;
+  const auto answered_after = [&cost, margin_ns = margin_ns_](std::int64_t rows) {
+    return to_ns(cost.least_batch_ns(rows)) + margin_ns;
   };
   const auto has_deadline_before = [](const QueuedRequest& request, TimeNs t) {
     return request.deadline_ns != 0 && request.deadline_ns < t;
@@ -225,21 +227,22 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
       //    companions pays. Whether one will (many callers, or a single closed-loop one whose
       //    next request only follows its answer) is learnt from the outcome of such waits
       //    (wait_yield), retried now and then (probe_due). A saturated wait lasts until about
-      //    kSaturatedBatchRequests arrival intervals from the oldest request, at most
-      //    kSaturatedMaxWaitNs (a quarter of the latency target if tighter), and ends early
-      //    when arrivals pause for kLullIntervals intervals (every caller may be waiting on it).
+      //    saturated_batch_requests arrival intervals from the oldest request, at most
+      //    saturated_max_wait_us (a quarter of the latency target if tighter), and ends early
+      //    when arrivals pause for lull_arrival_intervals (every caller may be waiting on it).
       //  - Otherwise a companion only shares the fixed cost b, so waiting up to b for one is
       //    worth it when the arrival rate predicts one within that time.
       // No arrival history or a slow rate means a lone request runs at once.
       const double interval = cost.arrival_interval_ns;
       const bool saturated = interval >= 0.0 && cost.saturated &&
-                             (cost.wait_yield >= kKeepWaitingYield || cost.probe_due);
+                             (cost.wait_yield >= config_.keep_waiting_yield || cost.probe_due);
       if (saturated) {
-        TimeNs cap_ns = kSaturatedMaxWaitNs;
+        TimeNs cap_ns = config_.saturated_max_wait_us * 1000;
         if (target_ns > 0) cap_ns = std::min(cap_ns, target_ns / 4);
-        const TimeNs fill_ns = std::min(cap_ns, to_ns(interval * kSaturatedBatchRequests));
-        const TimeNs lull_end =
-            std::max(oldest_ns, cost.last_arrival_ns) + to_ns(kLullIntervals * interval);
+        const TimeNs fill_ns =
+            std::min(cap_ns, to_ns(interval * config_.saturated_batch_requests));
+        const TimeNs lull_end = std::max(oldest_ns, cost.last_arrival_ns) +
+                                to_ns(config_.lull_arrival_intervals * interval);
         const TimeNs limit = std::min(oldest_ns + fill_ns, lull_end);
         decision.companion_wait = true;
         if (now >= limit) {
@@ -266,7 +269,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
       // companions (or on a periodic try). One closed-loop caller's request would otherwise wait
       // the whole delay every time for a companion that cannot come.
       const TimeNs limit = oldest_ns + config_.max_queue_delay_us * 1000;
-      const bool waits_pay = cost.wait_yield >= kKeepWaitingYield || cost.probe_due;
+      const bool waits_pay = cost.wait_yield >= config_.keep_waiting_yield || cost.probe_due;
       if (config_.max_queue_delay_us == 0 || now >= limit || !waits_pay) {
         delay_over = true;
       } else {
@@ -295,10 +298,10 @@ Overdue BatchingPolicy::overdue(const QueuedRequest& request, const CostEstimate
                                 TimeNs now) const {
   if (request.deadline_ns == 0) return Overdue::kNo;
   if (request.deadline_ns <= now) return Overdue::kExpired;
-  if (cost.samples < kPredictMinSamples) return Overdue::kNo;
+  if (cost.samples < min_samples_) return Overdue::kNo;
   // The earliest it could be answered is after a batch of its own started now: if even that is
   // late, running it is wasted.
-  const TimeNs alone_ns = to_ns(cost.least_batch_ns(request.rows)) + kDeliveryMarginNs;
+  const TimeNs alone_ns = to_ns(cost.least_batch_ns(request.rows)) + margin_ns_;
   return now > request.deadline_ns - alone_ns ? Overdue::kDoomed : Overdue::kNo;
 }
 
@@ -310,7 +313,7 @@ Admission BatchingPolicy::admit(const AdmissionView& request, TimeNs now) const 
     return admission;
   }
   const CostEstimate& cost = request.cost;
-  if (cost.samples < kPredictMinSamples) return admission;
+  if (cost.samples < min_samples_) return admission;
   // Whole batches ahead of its own, run `instances` at a time; the rows that do not fill a
   // whole batch share its own.
   const std::int64_t rows_ahead = std::max<std::int64_t>(request.rows_ahead, 0);
@@ -321,7 +324,7 @@ Admission BatchingPolicy::admit(const AdmissionView& request, TimeNs now) const 
   // Its own size counts through both fits: a request of one huge row is as slow as its bytes.
   const double run_ns = std::max(cost.least_batch_ns(own_batch_rows),
                                  cost.bytes_batch_ns(request.input_bytes)) +
-                        static_cast<double>(kDeliveryMarginNs);
+                        static_cast<double>(margin_ns_);
   const TimeNs left_ns = request.deadline_ns - now;
   if (wait_ns + run_ns > static_cast<double>(left_ns)) {
     admission.verdict = Admission::Verdict::kCannotMeetDeadline;

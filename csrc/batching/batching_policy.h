@@ -35,7 +35,7 @@
 #include <vector>
 
 #include "batching/batcher_config.h"
-#include "batching/clock.h"
+#include "common/clock.h"
 #include "batching/cost_model.h"
 
 namespace headrace::batching {
@@ -108,31 +108,6 @@ struct Admission {
 
 class BatchingPolicy {
  public:
-  // Deadline predictions (doomed requests, deadline-aware batches, admission) start once the
-  // cost model has fitted this many batches: before that its numbers are a prior, a guess that
-  // must not refuse anyone.
-  static constexpr std::size_t kPredictMinSamples = 4;
-  // Time from a batch's end to its answers leaving the server (the completion's trip through
-  // the event loop, the response's serialization): an answer ready later than deadline - margin
-  // reaches a caller who has given up. It also lets the scheduler answer DEADLINE_EXCEEDED
-  // before gRPC's own deadline cancels the call, so the caller learns why.
-  static constexpr TimeNs kDeliveryMarginNs = 1'000'000;
-
-  // The auto delay on a saturated server (see decide()). The fixed per-batch overhead measured
-  // ~0.4x a request's own cost on one shared core (thread and event-loop wake-ups plus the
-  // runner's fixed cost); ~6 requests a batch bring it under 7%. More would synchronize a few
-  // closed-loop callers on one batch and leave the server idle while they all wait (measured:
-  // batches of 8 cost 20% of throughput at 8 callers, batches of 6 gain 2% at 32 over 4). The
-  // wait is bounded so that latency stays within a small multiple of the protocol's own.
-  // CostEstimate::wait_yield at which waits for companions go on (fixed delay and saturated
-  // auto); below it they are only tried when CostEstimate::probe_due.
-  static constexpr double kKeepWaitingYield = 0.5;
-  static constexpr double kSaturatedBatchRequests = 6.0;
-  static constexpr TimeNs kSaturatedMaxWaitNs = 2'000'000;
-  // A saturated wait also ends after this many mean arrival intervals without an arrival: with
-  // fewer callers than a full batch, all of them may be waiting on this one.
-  static constexpr double kLullIntervals = 3.0;
-
   // Validates the config (CoreError(kInvalidArgument)).
   explicit BatchingPolicy(BatcherConfig config);
 
@@ -157,6 +132,9 @@ class BatchingPolicy {
   BatcherConfig config_;
   std::int64_t cap_rows_;
   std::vector<std::int64_t> preferred_;
+  // config_.deadline_min_cost_samples and deadline_delivery_margin_us, in the units used.
+  std::size_t min_samples_;
+  TimeNs margin_ns_;
 };
 
 }  // namespace headrace::batching

@@ -5,10 +5,14 @@
 
 namespace headrace::bindings {
 
+// Must run first: the others' errors are translated through it.
+void register_errors(pybind11::module_& m);
 void register_tensors(pybind11::module_& m);
 void register_batching(pybind11::module_& m);
 void register_quant(pybind11::module_& m);
 void register_drift(pybind11::module_& m);
-void register_ort(pybind11::module_& m);
+void register_runners(pybind11::module_& m);
+// _core.testing: bindings that exist only for tests (harnesses, emulations).
+void register_testing(pybind11::module_& m);
 
 }  // namespace headrace::bindings

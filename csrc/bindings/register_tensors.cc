@@ -14,7 +14,7 @@
 #include "bindings/register.h"
 #include "bindings/wire_bytes.h"
 #include "tensors/infer_wire.h"
-#include "tensors/status.h"
+#include "common/status.h"
 #include "tensors/tensor_codec.h"
 
 namespace py = pybind11;
@@ -89,8 +89,7 @@ py::object parameter_object(const tensors::InferParameterValue& value) {
 
 // numpy type numbers (stable numpy ABI values); BF16 travels as uint16 bit patterns. The 64-bit
 // integers go through pybind11 so that they are the platform's own np.int64/np.uint64.
-int numpy_typenum(tensors::DataType dtype) {
-  using tensors::DataType;
+int numpy_typenum(DataType dtype) {
   switch (dtype) {
     case DataType::kBool: return 0;     // NPY_BOOL
     case DataType::kInt8: return 1;     // NPY_BYTE
@@ -114,8 +113,8 @@ int numpy_typenum(tensors::DataType dtype) {
 // BYTES: a WireBytesTensor over the message, or (expand_bytes) its elements as an object array.
 py::object raw_input_array(const py::bytes& message, const std::uint8_t* message_data,
                            const tensors::ParsedInferInput& input, bool expand_bytes) {
-  const tensors::DataType dtype = tensors::parse_datatype(input.datatype, input.name);
-  if (dtype == tensors::DataType::kBytes) {
+  const DataType dtype = tensors::parse_datatype(input.datatype, input.name);
+  if (dtype == DataType::kBytes) {
     WireBytesTensor bytes{message,       input.raw_offset_bytes, input.raw_size_bytes,
                           input.shape,   input.element_count,    std::string(input.name),
                           input.bytes_validated};
@@ -173,8 +172,30 @@ std::string_view str_view(py::handle text, const char* what) {
   return {data, static_cast<std::size_t>(length)};
 }
 
+// Response parameters as (key, value) str pairs; None or empty: none. Views into the strs,
+// which the caller's list keeps alive for the call.
+std::vector<tensors::StringParameterView> string_parameters(const py::object& parameters) {
+  std::vector<tensors::StringParameterView> views;
+  if (parameters.is_none()) return views;
+  const auto items = py::reinterpret_borrow<py::list>(parameters);
+  views.reserve(items.size());
+  for (py::handle item : items) {
+    if (!PyTuple_Check(item.ptr()) || PyTuple_GET_SIZE(item.ptr()) != 2) {
+      throw py::type_error("each parameter must be a (key, value) tuple of str");
+    }
+    views.push_back({str_view(PyTuple_GET_ITEM(item.ptr(), 0), "parameter key"),
+                     str_view(PyTuple_GET_ITEM(item.ptr(), 1), "parameter value")});
+  }
+  return views;
+}
+
 py::bytes serialize_infer_response(const py::str& model_name, const py::str& model_version,
-                                   const py::str& id, const py::list& outputs) {
+                                   const py::str& id, const py::list& outputs,
+                                   const py::object& parameters) {
+  if (!parameters.is_none() && !PyList_Check(parameters.ptr())) {
+    throw py::type_error("parameters must be a list of (key, value) tuples or None");
+  }
+  const auto params = string_parameters(parameters);
   const std::size_t count = outputs.size();
   std::vector<tensors::InferOutputView> views(count);
   std::vector<py::array> arrays(count);    // keeps contiguous copies alive
@@ -225,13 +246,14 @@ py::bytes serialize_infer_response(const py::str& model_name, const py::str& mod
   const std::string_view model = str_view(model_name, "model_name");
   const std::string_view version = str_view(model_version, "model_version");
   const std::string_view request_id = str_view(id, "id");
-  const std::size_t size = tensors::infer_response_size_bytes(model, version, request_id, views);
+  const std::size_t size =
+      tensors::infer_response_size_bytes(model, version, request_id, views, params);
   PyObject* out = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(size));
   if (out == nullptr) throw py::error_already_set();
   auto result = py::reinterpret_steal<py::bytes>(out);
   tensors::write_infer_response(
       model, version, request_id, views,
-      {reinterpret_cast<std::uint8_t*>(PyBytes_AS_STRING(out)), size});
+      {reinterpret_cast<std::uint8_t*>(PyBytes_AS_STRING(out)), size}, params);
   return result;
 }
 
@@ -284,25 +306,11 @@ void register_tensors(py::module_& m) {
         "parameters, [(name, datatype, array or None)], output_names, has_typed_contents). "
         "Raw inputs are read-only numpy views of `message`; BYTES inputs are object arrays, or "
         "with expand_bytes=False BytesTensor objects whose layout is checked when expanded.");
-  m.def(
-      "infer_request_parse_steps",
-      [](const py::bytes& message, std::uint64_t max_elements, bool validate_bytes) -> py::tuple {
-        std::uint64_t steps = 0;
-        try {
-          tensors::parse_infer_request(message_bytes(message), clamp_limit(max_elements),
-                                       validate_bytes, &steps);
-        } catch (const CoreError& error) {
-          return py::make_tuple(steps, static_cast<int>(error.code()), error.message());
-        }
-        return py::make_tuple(steps, 0, std::string());
-      },
-      py::arg("message"), py::arg("max_elements"), py::arg("validate_bytes") = false,
-      "Parse as parse_infer_request does: (units of work taken -- fields read, set lookups, "
-      "BYTES elements walked --, status code, message), also for refused messages; for tests "
-      "that the parse stays linear.");
   m.def("serialize_infer_response", &serialize_infer_response, py::arg("model_name"),
         py::arg("model_version"), py::arg("id"), py::arg("outputs"),
-        "Serialize a ModelInferResponse from [(name, datatype, array)] with raw output contents.");
+        py::arg("parameters") = py::none(),
+        "Serialize a ModelInferResponse from [(name, datatype, array)] with raw output contents "
+        "and [(key, value)] string response parameters.");
 }
 
 }  // namespace headrace::bindings

@@ -37,7 +37,7 @@ py::array WireBytesTensor::to_numpy() const {
   return out;
 }
 
-batching::Tensor WireBytesTensor::tensor() const {
+Tensor WireBytesTensor::tensor() const {
   // The message stays alive as long as the tensor (or a batch view of it) does; dropping the
   // last reference may happen on a worker thread, hence the GIL in the deleter.
   std::shared_ptr<PyObject> holder(py::object(message).release().ptr(), [](PyObject* held) {
@@ -45,8 +45,8 @@ batching::Tensor WireBytesTensor::tensor() const {
     Py_DECREF(held);
   });
   const std::span<const std::uint8_t> bytes = blob();
-  batching::Tensor tensor;
-  tensor.dtype = tensors::DataType::kBytes;
+  Tensor tensor;
+  tensor.dtype = DataType::kBytes;
   tensor.shape = shape;
   tensor.byte_size = bytes.size();
   tensor.data = std::shared_ptr<const std::uint8_t>(std::move(holder), bytes.data());

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "batching/tensor.h"
+#include "common/tensor.h"
 
 namespace headrace::bindings {
 
@@ -37,7 +37,7 @@ struct WireBytesTensor {
   pybind11::array to_numpy() const;
   // The elements as a batcher tensor viewing the message (no copy); its owner takes the GIL
   // when dropped, so the tensor may be freed on any thread.
-  batching::Tensor tensor() const;
+  Tensor tensor() const;
 };
 
 }  // namespace headrace::bindings

@@ -10,12 +10,14 @@
 #include <vector>
 
 #include "batching/batch_assembly.h"
-#include "batching/tensor.h"
-#include "tensors/status.h"
+#include "common/tensor.h"
+#include "common/status.h"
 
 namespace {
 
 using namespace headrace::batching;
+using headrace::DataType;
+using headrace::Tensor;
 
 int failures = 0;
 

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from conftest import RunningServer, start_server, stop_server
-from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from headrace import wire
 from headrace.client import Client, TlsConfig
 from headrace.errors import UnavailableError
+from headrace.wire import inference as pb
 from helpers import onnx_models
 
 ADMIN_TOKEN = "admin-" + "a" * 32
@@ -43,7 +43,7 @@ def call_code(address: str, method: str, token: str | None = None) -> grpc.Statu
     """The status of one control or inference call (OK when it succeeds)."""
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = wire.Stub(channel, wire.INFERENCE_SERVICE)
         try:
             if method == "load":
                 stub.RepositoryModelLoad(
@@ -101,7 +101,7 @@ def test_inference_token(served: RunningServer, monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize("served", [{"control_rpcs": "off"}], indirect=True)
 def test_control_rpcs_turned_off(served: RunningServer) -> None:
     with grpc.insecure_channel(served.address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = wire.Stub(channel, wire.INFERENCE_SERVICE)
         with pytest.raises(grpc.RpcError) as info:
             stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="mlp"))
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -112,7 +112,7 @@ def test_control_rpcs_turned_off(served: RunningServer) -> None:
 @pytest.mark.parametrize("served", [{"host": "0.0.0.0"}], indirect=True)
 def test_any_address_without_credentials_turns_control_off(served: RunningServer) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = wire.Stub(channel, wire.INFERENCE_SERVICE)
         with pytest.raises(grpc.RpcError) as info:
             stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="mlp"))
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -125,7 +125,7 @@ def test_any_address_without_credentials_turns_control_off(served: RunningServer
 )
 def test_model_names_are_not_paths(served: RunningServer, name: str) -> None:
     with grpc.insecure_channel(served.address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = wire.Stub(channel, wire.INFERENCE_SERVICE)
         with pytest.raises(grpc.RpcError) as info:
             stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -317,7 +317,7 @@ def test_priority_one_runs_before_queued_priority_two(batching_server: RunningSe
 def _cancel_attempt(server: RunningServer, client: Client) -> bool:
     """Queue a request behind a blocker, cancel it once the server has queued it; False when
     the blocker ended before it was seen queued (the attempt proves nothing)."""
-    from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+    from headrace import wire
     from headrace.client import build_infer_request
 
     request = build_infer_request("batched", {"x": np.ones((1, SIZE), np.float32)})
@@ -331,7 +331,7 @@ def _cancel_attempt(server: RunningServer, client: Client) -> bool:
         return _dispatched_since(client, "batched", running)
 
     with grpc.insecure_channel(server.address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = wire.Stub(channel, wire.INFERENCE_SERVICE)
         call = stub.ModelInfer.future(request)
         # Cancelled only once the server has queued it: a cancel that never reached the
         # scheduler would prove nothing.

@@ -19,11 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import RunningServer, start_server, stop_server
-from headrace._proto.headrace.v1 import admin_pb2, admin_pb2_grpc
+from headrace import wire
 from headrace.cli import main as cli_main
 from headrace.client import AsyncClient, Client
 from headrace.monitoring.drift import ReferenceProfile
 from headrace.monitoring.drift.model_profile import profile_model
+from headrace.wire import admin as admin_pb2
 from helpers import onnx_models
 
 WINDOW_ROWS = 1000
@@ -145,7 +146,7 @@ def send(running: RunningServer, model: str, width: int, shift: float, seed: int
 
 def drift_report(running: RunningServer, model: str, windows: int = 1) -> Any:
     with grpc.insecure_channel(running.address) as channel:
-        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        stub = wire.Stub(channel, wire.ADMIN_SERVICE)
         return stub.GetDriftReport(
             admin_pb2.GetDriftReportRequest(model=model, windows=windows), timeout=30
         )

@@ -20,7 +20,8 @@ US = 1_000
 MS = 1_000_000
 A_NS = 100 * US  # fitted cost: 100 us a row ...
 B_NS = 500 * US  # ... plus 500 us a batch
-# BatchingPolicy::kDeliveryMarginNs: an answer must be ready this long before the deadline.
+# BatcherConfig.deadline_delivery_margin_us (default): an answer must be ready this long before
+# the deadline.
 MARGIN_NS = 1 * MS
 
 
@@ -33,8 +34,8 @@ def answered(rows: int) -> int:
     return t(rows) + MARGIN_NS
 
 
-def fitted(**settings: Any) -> _core.PolicyHarness:
-    policy = _core.PolicyHarness(_core.BatcherConfig(**settings))
+def fitted(**settings: Any) -> _core.testing.PolicyHarness:
+    policy = _core.testing.PolicyHarness(_core.BatcherConfig(**settings))
     for rows in (1, 2, 4, 8, 3):
         policy.observe_batch(rows, t(rows))
     assert policy.cost()["samples"] == 5
@@ -59,12 +60,28 @@ def test_a_request_that_cannot_finish_in_time_leaves_the_queue_before_its_deadli
 
 
 def test_before_the_cost_is_fitted_only_the_deadline_itself_counts() -> None:
-    policy = _core.PolicyHarness(_core.BatcherConfig(max_batch_size=8))
-    policy.observe_batch(1, t(1))  # one sample: below kPredictMinSamples
+    policy = _core.testing.PolicyHarness(_core.BatcherConfig(max_batch_size=8))
+    policy.observe_batch(1, t(1))  # one sample: below deadline_min_cost_samples
     policy.add(1, 1, enqueue_ns=0, deadline_ns=100 * US)  # the prior says 1 ms a batch
     decision = policy.decide(50 * US)
     assert decision["doomed"] == [] and decision["run"] == [1]
     assert policy.admit(1, deadline_ns=100 * US, now_ns=50 * US)["verdict"] == "admit"
+
+
+def test_the_deadline_knobs_move_when_predictions_start_and_the_margin() -> None:
+    # Five fitted batches: predictions are on with the default (4), off when 8 are asked for.
+    patient = fitted(max_batch_size=8, deadline_min_cost_samples=8)
+    patient.add(1, 1, enqueue_ns=0, deadline_ns=answered(1) - 1)
+    assert patient.decide(0)["doomed"] == []
+    assert patient.admit(1, deadline_ns=answered(1) - 1, now_ns=0)["verdict"] == "admit"
+    # A wider delivery margin moves the instant a queued request counts as doomed.
+    for margin_us in (0, 1000, 3000):
+        last_ok_ns = 5 * MS - t(1) - margin_us * US
+        policy = fitted(max_batch_size=8, deadline_delivery_margin_us=margin_us)
+        policy.set_instances(0, 1)
+        policy.add(1, 1, enqueue_ns=0, deadline_ns=5 * MS)
+        assert policy.decide(last_ok_ns)["doomed"] == []
+        assert policy.decide(last_ok_ns + 1)["doomed"] == [1]
 
 
 # --- batches whose members all finish in time ---
@@ -126,7 +143,7 @@ def test_admission_answers_an_expired_deadline_at_once() -> None:
     policy = fitted(max_batch_size=4)
     assert policy.admit(1, deadline_ns=5 * MS, now_ns=5 * MS)["verdict"] == "expired"
     # Even with no fitted cost: an expired deadline is a fact, not a prediction.
-    fresh = _core.PolicyHarness(_core.BatcherConfig())
+    fresh = _core.testing.PolicyHarness(_core.BatcherConfig())
     assert fresh.admit(1, deadline_ns=1, now_ns=2)["verdict"] == "expired"
 
 
@@ -141,7 +158,7 @@ def test_admission_counts_only_what_runs_before_it() -> None:
 
 
 def test_admission_weighs_a_wide_request_by_its_bytes() -> None:
-    policy = _core.PolicyHarness(_core.BatcherConfig(max_batch_size=4))
+    policy = _core.testing.PolicyHarness(_core.BatcherConfig(max_batch_size=4))
     for rows in (1, 2, 4, 8, 3):
         policy.observe_batch(rows, t(rows), input_bytes=16 * rows)  # 16 bytes a row
     # One row, but as many bytes as 1000 rows: its cost is what its bytes predict.
@@ -244,7 +261,7 @@ def test_a_lone_request_with_room_runs_at_once(rows: int) -> None:
 def test_without_spread_in_batch_sizes_deadlines_assume_the_cheaper_split() -> None:
     # Every batch had 8 rows and took 8 ms: the fit cannot tell 8 ms of fixed cost from 1 ms a
     # row. Dropping or refusing must be sure, so a 1-row request counts as 1 ms, not 8 ms.
-    policy = _core.PolicyHarness(_core.BatcherConfig(max_batch_size=8))
+    policy = _core.testing.PolicyHarness(_core.BatcherConfig(max_batch_size=8))
     for _ in range(5):
         policy.observe_batch(8, 8 * MS)
     deadline = 1 * MS + MARGIN_NS + 100 * US

@@ -2,8 +2,8 @@
 serializes them (FP32, INT64, BYTES inputs, parameters, requested outputs), then truncated,
 byte-flipped, with length fields and shape dims rewritten, and with fields repeated.
 
-Whatever the bytes, the parser returns or raises CoreError(INVALID_ARGUMENT) -- never another
-exception, never a crash -- and its work, counted by the parser itself, stays linear in the
+Whatever the bytes, the parser returns or raises InvalidArgumentError -- never another exception,
+never a crash -- and its work, counted by the parser itself, stays linear in the
 message size, refused or not. Expanding a BYTES input afterwards obeys the same rules.
 """
 
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from headrace import _core
 from headrace.client import build_infer_request
+from headrace.errors import HeadraceError
 
 INVALID_ARGUMENT = 3
 MAX_ELEMENTS = 1 << 16
@@ -165,14 +166,14 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 
 def check(message: bytes) -> None:
-    steps, code, text = _core.infer_request_parse_steps(message, MAX_ELEMENTS)
+    steps, code, text = _core.testing.infer_request_parse_steps(message, MAX_ELEMENTS)
     assert code in (0, INVALID_ARGUMENT), (code, text)
     assert steps <= len(message) + STEP_SLACK, (steps, len(message))
     try:
         parsed = _core.parse_infer_request(message, MAX_ELEMENTS, expand_bytes=False)
-    except _core.CoreError as error:
-        assert error.args[0] == INVALID_ARGUMENT, error.args
-        assert code == INVALID_ARGUMENT and error.args[1] == text
+    except HeadraceError as error:
+        assert error.code == INVALID_ARGUMENT, error.message
+        assert code == INVALID_ARGUMENT and error.message == text
         return
     assert code == 0, text
     for _, datatype, value in parsed[4]:
@@ -180,20 +181,20 @@ def check(message: bytes) -> None:
             assert datatype == "BYTES" and value.size <= value.nbytes // 4
             try:
                 expanded = value.to_numpy()
-            except _core.CoreError as error:
-                assert error.args[0] == INVALID_ARGUMENT, error.args
+            except HeadraceError as error:
+                assert error.code == INVALID_ARGUMENT, error.message
                 continue
             assert expanded.shape == value.shape
     # The eager path agrees: same outcome, BYTES errors included.
     try:
         _core.parse_infer_request(message, MAX_ELEMENTS)
-    except _core.CoreError as error:
-        assert error.args[0] == INVALID_ARGUMENT, error.args
+    except HeadraceError as error:
+        assert error.code == INVALID_ARGUMENT, error.message
 
 
 def test_the_real_requests_parse() -> None:
     for message in REAL:
-        steps, code, text = _core.infer_request_parse_steps(message, MAX_ELEMENTS)
+        steps, code, text = _core.testing.infer_request_parse_steps(message, MAX_ELEMENTS)
         assert code == 0, text
         assert steps <= len(message)
         check(message)
@@ -208,7 +209,7 @@ def test_mutated_real_requests_parse_or_are_refused(message: bytes) -> None:
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.sampled_from(REAL), st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=40))
 def test_rewritten_shapes_parse_or_are_refused(message: bytes, shape: list[int]) -> None:
-    from headrace._proto.inference import grpc_service_pb2 as pb
+    from headrace.wire import inference as pb
 
     request: Any = pb.ModelInferRequest.FromString(message)
     del request.inputs[0].shape[:]

@@ -22,8 +22,9 @@ import onnx
 import pytest
 
 from headrace import _core
-from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace.backends.onnx import native_library
+from headrace.errors import InvalidArgumentError
+from headrace.wire import inference as pb
 from helpers.onnx_models import identity
 
 INVALID_ARGUMENT = 3
@@ -48,9 +49,9 @@ def request_bytes(
 
 
 def refusal(message: bytes, max_elements: int = MAX_ELEMENTS, **kwargs: Any) -> str:
-    with pytest.raises(_core.CoreError) as info:
+    with pytest.raises(InvalidArgumentError) as info:
         _core.parse_infer_request(message, max_elements, **kwargs)
-    code, text = info.value.args
+    code, text = info.value.code, info.value.message
     assert code == INVALID_ARGUMENT, text
     return str(text)
 
@@ -87,14 +88,14 @@ def test_the_rank_is_capped() -> None:
     )
     # A packed shape of 100k dims is counted, not stored.
     message = request_bytes([("x", "FP32", [1] * 100_000, b"\0" * 4)])
-    steps, code, text = _core.infer_request_parse_steps(message, MAX_ELEMENTS)
+    steps, code, text = _core.testing.infer_request_parse_steps(message, MAX_ELEMENTS)
     assert (code, text) == (
         INVALID_ARGUMENT,
         "input 'x': shape has 100000 dimensions; at most 32 are supported",
     )
     assert steps <= len(message)
     assert _core.checked_element_count([1] * 32, 1, "s") == 1
-    with pytest.raises(_core.CoreError, match="at most 32"):
+    with pytest.raises(InvalidArgumentError, match="at most 32"):
         _core.checked_element_count([1] * 33, 1, "s")
 
 
@@ -105,7 +106,7 @@ def test_parameters_are_capped() -> None:
     many = {f"p{i}": i for i in range(100_000)}
     message = request_bytes([("x", "FP32", [1], b"\0" * 4)], parameters=many)
     assert refusal(message) == "request has more than 256 parameters, the limit per request"
-    steps, code, _ = _core.infer_request_parse_steps(message, MAX_ELEMENTS)
+    steps, code, _ = _core.testing.infer_request_parse_steps(message, MAX_ELEMENTS)
     # Refused at the 257th entry, not after reading (or indexing) 100k of them.
     assert code == INVALID_ARGUMENT and steps < 257 * 8
 
@@ -134,7 +135,7 @@ def test_parse_work_is_linear_in_the_message(count: int) -> None:
     inputs = [(f"input_{i}", "FP32", [1, 2], b"\0" * 8) for i in range(count)]
     parameters = {f"key_{i}": i for i in range(min(count, 256))}
     message = request_bytes(inputs, parameters=parameters)
-    steps, code, text = _core.infer_request_parse_steps(message, MAX_ELEMENTS)
+    steps, code, text = _core.testing.infer_request_parse_steps(message, MAX_ELEMENTS)
     assert code == 0, text
     assert steps <= len(message) // 2
     duplicated = request_bytes([*inputs[:-1], inputs[0]])
@@ -181,7 +182,9 @@ def test_a_huge_bytes_input_is_not_expanded_by_the_parse() -> None:
     assert lazy_peak < 64 * 1024, lazy_peak  # a few objects, nothing per element
     # What it saves: expanding makes one object per element.
     assert python_peak_bytes(message, expand_bytes=True) > 8 * HUGE_COUNT
-    steps, code, _ = _core.infer_request_parse_steps(message, MAX_ELEMENTS, validate_bytes=False)
+    steps, code, _ = _core.testing.infer_request_parse_steps(
+        message, MAX_ELEMENTS, validate_bytes=False
+    )
     assert code == 0 and steps < 32  # the 1M length prefixes are not walked
 
 
@@ -212,9 +215,9 @@ def test_a_bad_bytes_layout_is_refused_when_expanded_with_the_parse_message() ->
     assert eager_text == "input 's': BYTES element 1 declares 2 bytes but only 1 remain"
     lazy = _core.parse_infer_request(message, 16, expand_bytes=False)[4][0][2]
     assert isinstance(lazy, _core.BytesTensor)
-    with pytest.raises(_core.CoreError) as info:
+    with pytest.raises(InvalidArgumentError) as info:
         lazy.to_numpy()
-    assert info.value.args == (INVALID_ARGUMENT, eager_text)
+    assert (info.value.code, info.value.message) == (INVALID_ARGUMENT, eager_text)
     # A count the bytes cannot hold is refused by the parse itself: nothing downstream may
     # size anything by it.
     assert refusal(request_bytes([("s", "BYTES", [1000], b"\0" * 8)]), expand_bytes=False) == (
@@ -248,9 +251,9 @@ def test_a_batcher_takes_a_bytes_tensor_without_expanding_it() -> None:
             16,
             expand_bytes=False,
         )[4][0][2]
-        with pytest.raises(_core.CoreError) as info:
+        with pytest.raises(InvalidArgumentError) as info:
             batcher.submit([bad])
-        assert info.value.args[0] == INVALID_ARGUMENT and "BYTES element 1" in info.value.args[1]
+        assert info.value.code == INVALID_ARGUMENT and "BYTES element 1" in info.value.message
     finally:
         batcher.shutdown(drain=False)
 
@@ -305,9 +308,9 @@ def test_the_batcher_refuses_shapes_past_its_extent() -> None:
     try:
         # numpy allows (2^40, 0) and (1, 2^40, 0); what the batcher multiplies stays below 2^60.
         assert batcher.submit([np.empty((2**40, 0), np.uint8)]) > 0
-        with pytest.raises(_core.CoreError) as info:
+        with pytest.raises(InvalidArgumentError) as info:
             batcher.submit([np.empty((2**31, 2**31, 0), np.uint8)])
-        assert info.value.args == (
+        assert (info.value.code, info.value.message) == (
             INVALID_ARGUMENT,
             f"input 0: shape has more than {2**60} index positions",
         )

@@ -284,6 +284,11 @@ class ModelToml(ConfigModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    # Alias -> version number (``champion = 3``): labels a request may name as model_version.
+    # Read by the registry's filesystem source; a moved alias is not a config change.
+    aliases: dict[Annotated[str, Field(min_length=1)], Annotated[Int, Field(ge=1)]] = Field(
+        default_factory=dict
+    )
 
 
 class ModelConfig(ModelToml):
@@ -291,6 +296,10 @@ class ModelConfig(ModelToml):
 
     name: str
     source: Path | None = None
+
+    def serving_settings(self) -> dict[str, Any]:
+        """Everything that changes how versions are built and run (aliases do not)."""
+        return self.model_dump(exclude={"aliases", "source"})
 
     @property
     def intra_op_threads(self) -> int | None:

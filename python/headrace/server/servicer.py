@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 import headrace
-from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace.engine import Engine
 from headrace.errors import InvalidArgumentError, UnimplementedError
 from headrace.server import convert
 from headrace.server.status import describe, unary_errors
+from headrace.wire import inference as pb
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,12 @@ class InferenceServicer:
 
     @unary_errors
     async def ModelConfig(self, request: Any, context: Context) -> Any:
-        version = self._engine.get_version(request.name, request.version)
-        return pb.ModelConfigResponse(config=convert.encode_model_config(version))
+        # An endpoint answers its first variant's config, under the endpoint's name.
+        config = convert.encode_model_config(
+            self._engine.model_config(request.name, request.version)
+        )
+        config.name = request.name
+        return pb.ModelConfigResponse(config=config)
 
     @unary_errors
     async def ModelStatistics(self, request: Any, context: Context) -> Any:

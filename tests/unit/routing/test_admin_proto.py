@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
-from headrace._proto.headrace.v1 import admin_pb2 as pb
 from headrace.routing import parse_endpoint
+from headrace.wire import admin as pb
 from unit.routing.routing_support import endpoint
 
 FULL = [
