@@ -5,18 +5,20 @@
 Builds an MLP model repository, starts `headrace serve` on CPU 0 (taskset) and drives it from
 this process on CPU 1 (grpc.aio on uvloop):
 
-1. capacity: closed loop, 4 x max_batch callers, no deadlines: OK answers/s, and the batch
-   time (the model's compute per batch, from ModelStatistics);
+1. capacity: closed loop, 4 x max_batch callers (at most --max-inflight-rpcs), no deadlines:
+   OK answers/s, and the batch time (the model's compute per batch, from ModelStatistics);
 2. offered load at 2x and 4x capacity, open loop (Poisson arrivals), every request with a gRPC
    deadline of 3x the batch time.
 
 Prints one table: per phase the offered rate, OK answers/s, goodput / capacity (OK answers,
 which all arrived inside their deadline, per second over capacity), p99 latency of the OK
-answers, the status mix; then the server's RSS before and after, and the time to the first
-answer of a request sent the moment each overload phase ends (no deadline), plus the machine's
-load average (the numbers mean little on a busy machine). Targets (issue #10): goodput >= 0.8 at
-2x and >= 0.7 at 4x; no status but OK / UNAVAILABLE / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED;
-RSS growth <= 100 MB; first answer after the load <= 50 ms.
+answers, the status mix, and the server's own account of the refusals (its Prometheus counters:
+refused on arrival for the deadline, doomed in the queue, expired); then the server's RSS
+before and after, and the time to the first answer of a request sent the moment each overload
+phase ends (no deadline), plus the machine's load average (the numbers mean little on a busy
+machine). Targets (issue #10): goodput >= 0.8 at 2x and >= 0.7 at 4x; no status but OK /
+UNAVAILABLE / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED; RSS growth <= 100 MB; first answer after
+the load <= 50 ms.
 
 A script, not a test: it needs CPUs 0 and 1 and takes about a minute.
 """
@@ -28,9 +30,11 @@ import asyncio
 import collections
 import os
 import random
+import re
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +75,8 @@ class Phase:
     sent: int = 0
     batches: int = 0  # model executions during the phase (server side)
     rows: int = 0  # rows those executions ran
+    counters: dict[str, float] = field(default_factory=dict)  # server counters, phase delta
+    server_cpu_s: float = float("nan")  # CPU time the server process used during the phase
 
     @property
     def ok_per_s(self) -> float:
@@ -104,13 +110,49 @@ def server_process(repository: Path, log: Path, max_inflight_rpcs: int) -> Serve
         "--grpc-port",
         "0",
         "--metrics-port",
-        "-1",
+        "0",
         "--log-level",
         "WARNING",
     ]
     if max_inflight_rpcs > 0:
         argv += ["--max-inflight-rpcs", str(max_inflight_rpcs)]
     return ServerProcess("headrace", argv, log, SERVER_CPUS, [MODEL])
+
+
+# The server's counters of what it refused and dropped, by their Prometheus names.
+COUNTERS = {
+    "headrace_inference_deadline_refused_requests": "refused",
+    "headrace_inference_doomed_requests": "doomed",
+    "headrace_inference_expired_requests": "expired",
+    "headrace_inference_rejected_requests": "queue full",
+}
+METRICS_RE = re.compile(r"metrics on (http://\S+/metrics)")
+
+
+def metrics_url(log: Path) -> str:
+    found = METRICS_RE.search(log.read_text(encoding="utf-8", errors="replace"))
+    if found is None:
+        raise RuntimeError(f"the server log names no metrics endpoint: {log}")
+    return found.group(1)
+
+
+def server_counters(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    counts = dict.fromkeys(COUNTERS.values(), 0.0)
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name.endswith("_total"):
+            name = name[: -len("_total")]
+        if name in COUNTERS and f'model="{MODEL}"' in rest:
+            counts[COUNTERS[name]] += float(rest.rsplit(" ", 1)[1])
+    return counts
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -131,13 +173,18 @@ def model_stats(target: str) -> tuple[int, int, int]:
     return compute_ns, executions, sum(s.inference_count for s in stats)
 
 
-async def measured(target: str, phase: Phase, run: Any) -> None:
-    """Runs `run` and records the server's executions and rows during it."""
+async def measured(target: str, url: str, pid: int, phase: Phase, run: Any) -> None:
+    """Runs `run` and records the server's executions, rows, counters and CPU time during it."""
     before = await asyncio.to_thread(model_stats, target)
+    counted = await asyncio.to_thread(server_counters, url)
+    cpu_before = cpu_seconds(pid)
     await run
+    phase.server_cpu_s = cpu_seconds(pid) - cpu_before
     after = await asyncio.to_thread(model_stats, target)
+    now = await asyncio.to_thread(server_counters, url)
     phase.batches = after[1] - before[1]
     phase.rows = after[2] - before[2]
+    phase.counters = {name: now[name] - counted[name] for name in now}
 
 
 def request_bytes(in_features: int) -> bytes:
@@ -194,7 +241,7 @@ async def open_loop(infer: Any, payload: bytes, deadline_s: float, phase: Phase)
         await asyncio.gather(*tasks)
 
 
-async def drive(args: argparse.Namespace, target: str, server_pid: int) -> dict[str, Any]:
+async def drive(args: argparse.Namespace, target: str, url: str, server_pid: int) -> dict[str, Any]:
     payload = request_bytes(args.sizes[0])
     options = [("grpc.max_receive_message_length", 64 << 20)]
     out: dict[str, Any] = {}
@@ -203,11 +250,18 @@ async def drive(args: argparse.Namespace, target: str, server_pid: int) -> dict[
         infer = channel.unary_unary(
             INFER, request_serializer=_identity, response_deserializer=_identity
         )
-        await closed_loop(infer, payload, 4 * args.max_batch, Phase("warm-up", 0, 2.0))
+        # With a cap on RPCs in flight, more closed-loop callers than the cap would only spin
+        # on RESOURCE_EXHAUSTED and understate capacity.
+        callers = 4 * args.max_batch
+        if args.max_inflight_rpcs > 0:
+            callers = min(callers, args.max_inflight_rpcs)
+        await closed_loop(infer, payload, callers, Phase("warm-up", 0, 2.0))
         out["rss_before_mb"] = rss_mb(server_pid)
         compute_before = model_stats(target)
         capacity = Phase("capacity (closed loop)", 0.0, args.duration_s)
-        await closed_loop(infer, payload, 4 * args.max_batch, capacity)
+        cpu_before = cpu_seconds(server_pid)
+        await closed_loop(infer, payload, callers, capacity)
+        capacity.server_cpu_s = cpu_seconds(server_pid) - cpu_before
         compute_after = model_stats(target)
         capacity.batches = compute_after[1] - compute_before[1]
         capacity.rows = compute_after[2] - compute_before[2]
@@ -219,7 +273,9 @@ async def drive(args: argparse.Namespace, target: str, server_pid: int) -> dict[
         phases = []
         for load in LOADS:
             phase = Phase(f"{load:g}x capacity", load * capacity.ok_per_s, args.duration_s)
-            await measured(target, phase, open_loop(infer, payload, deadline_s, phase))
+            await measured(
+                target, url, server_pid, phase, open_loop(infer, payload, deadline_s, phase)
+            )
             phases.append(phase)
             await asyncio.sleep(1.0)  # let the server settle between phases
         out["phases"] = phases
@@ -254,6 +310,11 @@ def report(args: argparse.Namespace, result: dict[str, Any], load_before: str) -
         unexpected = set(phase.statuses) - EXPECTED
         if unexpected:
             failures.append(f"{phase.name}: unexpected statuses {sorted(unexpected)}")
+        counted = "".join(f", {name} {count:.0f}" for name, count in phase.counters.items())
+        lines.append(
+            f"{'':24} server: CPU {phase.server_cpu_s / phase.duration_s:.0%}, rows run "
+            f"{phase.rows}{counted}"
+        )
     for load, phase in zip(LOADS, result["phases"], strict=True):
         goodput = phase.ok_per_s / capacity.ok_per_s
         if goodput < TARGETS[load]:
@@ -297,7 +358,8 @@ def main() -> int:
         log = Path(folder) / "server.log"
         with server_process(repository, log, args.max_inflight_rpcs) as server:
             assert server.process is not None
-            result = uvloop.run(drive(args, server.target, server.process.pid))
+            url = metrics_url(log)
+            result = uvloop.run(drive(args, server.target, url, server.process.pid))
     print("\n".join(report(args, result, load_before)))
     return 0
 

@@ -188,19 +188,40 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, Job* claimed) {
   if (stopped) {
     throw CoreError(StatusCode::kUnavailable, "batcher for model " + name_ + " is shut down");
   }
+  if (admission.verdict != Admission::Verdict::kAdmit) throw_deadline_refusal(admission);
+  throw CoreError(StatusCode::kUnavailable, "queue full: " + std::to_string(queued) +
+                                                " requests queued for model " + name_);
+}
+
+void Batcher::throw_deadline_refusal(const Admission& admission) const {
   if (admission.verdict == Admission::Verdict::kExpired) {
     throw CoreError(StatusCode::kDeadlineExceeded,
                     "deadline already passed when the request reached model " + name_);
   }
-  if (admission.verdict == Admission::Verdict::kCannotMeetDeadline) {
-    throw CoreError(StatusCode::kUnavailable,
-                    "model " + name_ + " cannot answer before the request's deadline: " +
-                        milliseconds(admission.left_ns) + " left, predicted " +
-                        milliseconds(admission.wait_ns) + " queued behind earlier requests + " +
-                        milliseconds(admission.run_ns) + " to run and answer; retry later or allow more time");
+  throw CoreError(StatusCode::kUnavailable,
+                  "model " + name_ + " cannot answer before the request's deadline: " +
+                      milliseconds(admission.left_ns) + " left, predicted " +
+                      milliseconds(admission.wait_ns) + " queued behind earlier requests + " +
+                      milliseconds(admission.run_ns) +
+                      " to run and answer; retry later or allow more time");
+}
+
+void Batcher::check_deadline(TimeNs deadline_ns, std::int64_t in_flight) {
+  if (deadline_ns == 0) return;
+  Admission admission;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return;  // submit says why
+    AdmissionView view;
+    view.rows = 1;
+    view.deadline_ns = deadline_ns;
+    view.rows_ahead = std::max(queue_.rows_at_or_above(0), in_flight);
+    view.cost = cost_.estimate();
+    admission = policy_.admit(view, monotonic_ns());
+    if (admission.verdict == Admission::Verdict::kAdmit) return;
+    ++stats_.deadline_refused_count;
   }
-  throw CoreError(StatusCode::kUnavailable, "queue full: " + std::to_string(queued) +
-                                                " requests queued for model " + name_);
+  throw_deadline_refusal(admission);
 }
 
 bool Batcher::cancel(std::uint64_t ticket) {

@@ -61,6 +61,22 @@ class Batcher {
   std::uint64_t submit(std::unique_ptr<Request> request, Job* claimed);
   void run_claimed(Job job) { run_batch(std::move(job)); }
 
+  // Before a request is even parsed (its rows, bytes and priority unknown): throws what submit
+  // would throw for the least demanding request it could be -- one row, no input bytes, the
+  // highest priority -- so that a caller whose remaining time not even that could use is turned
+  // away before it costs anything more. kDeadlineExceeded when deadline_ns has passed,
+  // kUnavailable with the prediction when the work ahead and a batch of one row end after it;
+  // counted in deadline_refused_count. Returns when it may be admitted (or without a deadline,
+  // or with the cost not fitted yet).
+  //
+  // `in_flight` is the caller's count of this model's requests admitted and not yet answered:
+  // besides the queue, they include requests on their way to it (parsed, routed) and batches
+  // running. Each counts as at least one row ahead, so the work ahead is at least
+  // max(queued rows, in_flight): requests piling up before the queue (a swamped intake) count
+  // too. A running batch is counted as just starting, the rest with the lower bounds of the
+  // costs, so the refusal stays certain by the cost model.
+  void check_deadline(TimeNs deadline_ns, std::int64_t in_flight = 0);
+
   // Removes a queued request and answers it CANCELLED -- or, when its deadline already left it
   // no time (BatchingPolicy::overdue), DEADLINE_EXCEEDED, counted as expired: gRPC cancels a
   // call at its deadline, racing the scheduler for the same event. False when it is not queued
@@ -68,6 +84,7 @@ class Batcher {
   bool cancel(std::uint64_t ticket);
 
   BatcherStats stats() const;
+
 
   // drain: run everything queued, then stop. Otherwise queued requests are answered UNAVAILABLE
   // "shutting down". Batches already running finish either way. Joins the threads; idempotent.
@@ -80,6 +97,8 @@ class Batcher {
   void scheduler_loop();
   void worker_loop();
   void run_batch(Job job);
+  // Throws the error for a deadline refusal (admission.verdict is not kAdmit).
+  [[noreturn]] void throw_deadline_refusal(const Admission& admission) const;
   // Answers requests that never ran; called without the mutex.
   void answer(std::vector<std::unique_ptr<Request>>& requests, StatusCode code,
               const std::string& message);

@@ -35,9 +35,16 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
   const CostEstimate& cost = state.cost;
   const TimeNs target_ns = config_.latency_target_us * 1000;
   const bool predict = cost.samples >= min_samples_;
-  // Predicted time from starting a batch of `rows` to its answers leaving the server.
+  // Time from starting a batch of `rows` to its answers leaving the server: at the least (the
+  // cost's lower bound), which dropping a request as doomed must be sure of; and typically (the
+  // fitted cost), which deciding what a batch holds goes by -- a member kept on the lower
+  // bound's optimism would most likely be answered late, its share of the batch wasted, while
+  // one left out still runs in a later batch or is dropped once it is certainly late.
   const auto answered_after = [&cost, margin_ns = margin_ns_](std::int64_t rows) {
     return to_ns(cost.least_batch_ns(rows)) + margin_ns;
+  };
+  const auto typically_answered_after = [&cost, margin_ns = margin_ns_](std::int64_t rows) {
+    return to_ns(cost.batch_ns(rows)) + margin_ns;
   };
   const auto has_deadline_before = [](const QueuedRequest& request, TimeNs t) {
     return request.deadline_ns != 0 && request.deadline_ns < t;
@@ -133,7 +140,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
   // instead of shrinking them for requests about to be late, which would lower throughput just
   // when every request is nearing its deadline (the collapse of earliest-deadline-first).
   if (predict) {
-    const TimeNs finish = now + answered_after(pending_rows);
+    const TimeNs finish = now + typically_answered_after(pending_rows);
     std::size_t on_time_prefix = 0;
     std::int64_t prefix_rows = 0;
     TimeNs prefix_deadline = Decision::kNever;
@@ -142,7 +149,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
       if (requests[i].deadline_ns != 0) {
         prefix_deadline = std::min(prefix_deadline, requests[i].deadline_ns);
       }
-      if (now + answered_after(prefix_rows) > prefix_deadline) break;
+      if (now + typically_answered_after(prefix_rows) > prefix_deadline) break;
       ++on_time_prefix;
     }
     if (on_time_prefix < batch.size()) {
@@ -171,7 +178,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
         batch = std::move(kept);
         pending_rows = kept_rows;
       } else {
-        // The head is never doomed here (overdue() used the same estimate): keep it at least.
+        // The head is not doomed (overdue() found it could still make it): keep it at least.
         batch.resize(std::max<std::size_t>(on_time_prefix, 1));
         pending_rows = 0;
         for (const std::size_t i : batch) pending_rows += requests[i].rows;
@@ -211,7 +218,8 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
     // A wait for companions ends in time for the most urgent member.
     for (const std::size_t i : batch) {
       if (requests[i].deadline_ns == 0) continue;
-      send_by = std::min(send_by, requests[i].deadline_ns - answered_after(pending_rows));
+      send_by =
+          std::min(send_by, requests[i].deadline_ns - typically_answered_after(pending_rows));
     }
   }
 
@@ -320,10 +328,10 @@ Admission BatchingPolicy::admit(const AdmissionView& request, TimeNs now) const 
   const std::int64_t waves = rows_ahead / cap_rows_ / config_.instances;
   const std::int64_t own_batch_rows =
       std::max(request.rows, std::min(cap_rows_, rows_ahead % cap_rows_ + request.rows));
-  const double wait_ns = static_cast<double>(waves) * cost.batch_ns(cap_rows_);
+  const double wait_ns = static_cast<double>(waves) * cost.least_batch_ns(cap_rows_);
   // Its own size counts through both fits: a request of one huge row is as slow as its bytes.
   const double run_ns = std::max(cost.least_batch_ns(own_batch_rows),
-                                 cost.bytes_batch_ns(request.input_bytes)) +
+                                 cost.least_bytes_batch_ns(request.input_bytes)) +
                         static_cast<double>(margin_ns_);
   const TimeNs left_ns = request.deadline_ns - now;
   if (wait_ns + run_ns > static_cast<double>(left_ns)) {

@@ -111,6 +111,28 @@ void CostModel::refit() noexcept {
   estimate_.samples = count_;
   estimate_.rows_spread = by_rows.spread;
   estimate_.proportional_ns_per_row = by_rows.through_origin;
+  std::int64_t largest = 0;
+  double quickest = 0.0;
+  for (std::size_t i = 0; i < count_; ++i) {
+    const auto rows = static_cast<std::int64_t>(rows_[i]);
+    if (rows > largest || (rows == largest && compute_ns_[i] < quickest)) {
+      largest = rows;
+      quickest = compute_ns_[i];
+    }
+  }
+  estimate_.largest_rows = largest;
+  estimate_.largest_quickest_ns = quickest;
+  std::uint64_t largest_bytes = 0;
+  double bytes_quickest = 0.0;
+  for (std::size_t i = 0; i < count_; ++i) {
+    const auto bytes = static_cast<std::uint64_t>(bytes_[i]);
+    if (bytes > largest_bytes || (bytes == largest_bytes && compute_ns_[i] < bytes_quickest)) {
+      largest_bytes = bytes;
+      bytes_quickest = compute_ns_[i];
+    }
+  }
+  estimate_.largest_bytes = largest_bytes;
+  estimate_.largest_bytes_quickest_ns = bytes_quickest;
 }
 
 }  // namespace headrace::batching

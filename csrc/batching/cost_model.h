@@ -54,13 +54,23 @@ struct CostEstimate {
   // cheaper reading when the fit cannot tell fixed cost from per-row cost: when every sampled
   // batch had the same rows, the cost may as well be proportional to rows (mean cost over mean
   // rows, a row at a time) as fixed (the prior slope, the rest in the intercept).
+  // And a batch never takes longer than the quickest sampled batch of more rows: a line fitted
+  // to batches timed while the CPU was contended can put a small batch above a large one (the
+  // small ones ran while the server was busiest), and deadline decisions taken on that would
+  // refuse every request while no batch runs to correct it.
   bool rows_spread = false;  // the samples hold batches of different sizes
   double proportional_ns_per_row = 0.0;
+  std::int64_t largest_rows = 0;       // the most rows of a sampled batch
+  double largest_quickest_ns = 0.0;    // the quickest sampled batch of largest_rows rows
   double least_batch_ns(std::int64_t rows) const noexcept {
-    const double fitted = batch_ns(rows);
-    if (rows_spread || samples == 0) return fitted;
-    const double proportional = proportional_ns_per_row * static_cast<double>(rows);
-    return proportional < fitted ? proportional : fitted;
+    double least = batch_ns(rows);
+    if (samples == 0) return least;
+    if (!rows_spread) {
+      const double proportional = proportional_ns_per_row * static_cast<double>(rows);
+      if (proportional < least) least = proportional;
+    }
+    if (rows <= largest_rows && largest_quickest_ns < least) least = largest_quickest_ns;
+    return least;
   }
   // Predicted run time of a batch of `rows` rows holding `bytes` input bytes: the larger of the
   // two fits, so that neither a wide request nor a long one passes for cheap.
@@ -72,6 +82,18 @@ struct CostEstimate {
   // The bytes fit alone.
   double bytes_batch_ns(std::uint64_t bytes) const noexcept {
     return a_ns_per_byte * static_cast<double>(bytes) + b_bytes_ns;
+  }
+  // The bytes fit for deadline decisions: never more than the quickest sampled batch of more
+  // bytes (as least_batch_ns), and nothing for no bytes.
+  std::uint64_t largest_bytes = 0;            // the most input bytes of a sampled batch
+  double largest_bytes_quickest_ns = 0.0;     // the quickest sampled batch of that many bytes
+  double least_bytes_batch_ns(std::uint64_t bytes) const noexcept {
+    if (bytes == 0) return 0.0;
+    const double fitted = bytes_batch_ns(bytes);
+    if (samples > 0 && bytes <= largest_bytes && largest_bytes_quickest_ns < fitted) {
+      return largest_bytes_quickest_ns;
+    }
+    return fitted;
   }
 };
 

@@ -188,6 +188,13 @@ class PyBatcher {
     return py::make_tuple(ticket, true);
   }
 
+  // Keeps the GIL, as submit does (a brief mutex on every request's path).
+  void check_deadline(std::int64_t deadline_ns, std::int64_t in_flight) {
+    if (deadline_ns < 0) throw_invalid_argument("deadline_ns must be >= 0 (0 = none)");
+    if (in_flight < 0) throw_invalid_argument("in_flight must be >= 0");
+    batcher_->check_deadline(deadline_ns, in_flight);
+  }
+
   bool cancel(std::uint64_t ticket) {
     py::gil_scoped_release nogil;
     return batcher_->cancel(ticket);
@@ -372,6 +379,13 @@ void register_batching(py::module_& m) {
            "As submit; a cheap batch on an idle batcher with a NativeRunner runs in this thread "
            "(GIL released) and is queued as completed before returning: (ticket, ran_here). "
            "BatcherConfig.inline_max_batch_us and inline_min_cost_samples say when.")
+      .def("check_deadline", &PyBatcher::check_deadline, py::arg("deadline_ns"),
+           py::arg("in_flight") = 0,
+           "Before a request is parsed: raise what submit would for the least demanding request "
+           "(one row, highest priority) with this deadline -- DeadlineExceededError when it has "
+           "passed, UnavailableError with the prediction when the work ahead (at least "
+           "max(queued rows, in_flight)) and one row cannot end before it (counted in "
+           "deadline_refused_count) -- else return.")
       .def("cancel", &PyBatcher::cancel, py::arg("ticket"),
            "Remove a queued request (answered CANCELLED, or DEADLINE_EXCEEDED when its deadline "
            "already left it no time); False when it is not queued.")

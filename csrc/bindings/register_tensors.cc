@@ -299,13 +299,26 @@ void register_tensors(py::module_& m) {
       .def_property_readonly("size", [](const WireBytesTensor& t) { return t.count; })
       .def_property_readonly("nbytes", [](const WireBytesTensor& t) { return t.size_bytes; })
       .def("to_numpy", &WireBytesTensor::to_numpy,
-           "Check the length prefixes and expand the elements into an object array of bytes.");
+           "Check the length prefixes and expand the elements into an object array of bytes.")
+      .def("first_non_utf8_element", &WireBytesTensor::first_non_utf8_element,
+           "Check the length prefixes; the index of the first element that is not well-formed "
+           "UTF-8, or None. No object is made per element.");
   m.def("parse_infer_request", &parse_infer_request, py::arg("message"), py::arg("max_elements"),
         py::arg("expand_bytes") = true,
         "Parse and validate a serialized ModelInferRequest: (model_name, model_version, id, "
         "parameters, [(name, datatype, array or None)], output_names, has_typed_contents). "
         "Raw inputs are read-only numpy views of `message`; BYTES inputs are object arrays, or "
         "with expand_bytes=False BytesTensor objects whose layout is checked when expanded.");
+  m.def(
+      "peek_infer_target",
+      [](const py::bytes& message) -> py::object {
+        const auto target = tensors::peek_infer_target(message_bytes(message));
+        if (!target) return py::none();
+        return py::make_tuple(utf8_str(target->model_name), utf8_str(target->model_version));
+      },
+      py::arg("message"),
+      "(model_name, model_version) of a serialized ModelInferRequest, read without parsing the "
+      "rest; None when its top level is malformed (parse_infer_request says why).");
   m.def("serialize_infer_response", &serialize_infer_response, py::arg("model_name"),
         py::arg("model_version"), py::arg("id"), py::arg("outputs"),
         py::arg("parameters") = py::none(),

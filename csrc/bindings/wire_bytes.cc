@@ -37,6 +37,10 @@ py::array WireBytesTensor::to_numpy() const {
   return out;
 }
 
+std::optional<std::uint64_t> WireBytesTensor::first_non_utf8_element() const {
+  return tensors::first_non_utf8_element(blob(), count, name);
+}
+
 Tensor WireBytesTensor::tensor() const {
   // The message stays alive as long as the tensor (or a batch view of it) does; dropping the
   // last reference may happen on a worker thread, hence the GIL in the deleter.

@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -35,6 +36,10 @@ struct WireBytesTensor {
   // The elements as a numpy object array of bytes shaped `shape`, after checking the layout
   // (CoreError(kInvalidArgument) naming the input). Allocates per element: call it late.
   pybind11::array to_numpy() const;
+  // Checks the layout as to_numpy does, then returns the index of the first element that is not
+  // well-formed UTF-8, or nullopt: the check a model of string tensors needs, without making an
+  // object per element.
+  std::optional<std::uint64_t> first_non_utf8_element() const;
   // The elements as a batcher tensor viewing the message (no copy); its owner takes the GIL
   // when dropped, so the tensor may be freed on any thread.
   Tensor tensor() const;

@@ -30,44 +30,9 @@ constexpr int kMaxGroupDepth = 100;
 }
 
 // proto3 requires string fields to be valid UTF-8 (the protobuf runtime refuses others, and
-// Python could not make a str of them): strict check, no overlongs, surrogates or > U+10FFFF.
-bool valid_utf8(std::span<const std::uint8_t> text) {
-  std::size_t i = 0;
-  const std::size_t n = text.size();
-  while (i < n) {
-    const std::uint8_t lead = text[i];
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t extra = 0;
-    std::uint8_t low = 0x80;
-    std::uint8_t high = 0xBF;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-      extra = 1;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-      extra = 2;
-      if (lead == 0xE0) low = 0xA0;
-      if (lead == 0xED) high = 0x9F;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-      extra = 3;
-      if (lead == 0xF0) low = 0x90;
-      if (lead == 0xF4) high = 0x8F;
-    } else {
-      return false;
-    }
-    if (n - i - 1 < extra) return false;
-    if (text[i + 1] < low || text[i + 1] > high) return false;
-    for (std::size_t k = 2; k <= extra; ++k) {
-      if (text[i + k] < 0x80 || text[i + k] > 0xBF) return false;
-    }
-    i += extra + 1;
-  }
-  return true;
-}
-
+// Python could not make a str of them).
 std::string_view as_string(std::span<const std::uint8_t> bytes, const char* field) {
-  if (!valid_utf8(bytes)) malformed(std::string("string field ") + field + " is not valid UTF-8");
+  if (!is_utf8(bytes)) malformed(std::string("string field ") + field + " is not valid UTF-8");
   return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
 }
 
@@ -403,6 +368,30 @@ class WireWriter {
 };
 
 }  // namespace
+
+std::optional<InferTarget> peek_infer_target(std::span<const std::uint8_t> message) {
+  try {
+    InferTarget target;
+    std::uint64_t work = 0;
+    WireReader reader(message, work);
+    while (!reader.done()) {
+      const auto [field, wire] = reader.read_tag();
+      if (wire != kLengthDelimited || (field != 1 && field != 2)) {
+        reader.skip(field, wire);
+        continue;
+      }
+      const auto payload = reader.read_length_delimited();
+      if (field == 1) {
+        target.model_name = as_string(payload, "model_name");
+      } else {
+        target.model_version = as_string(payload, "model_version");
+      }
+    }
+    return target;
+  } catch (const CoreError&) {
+    return std::nullopt;  // the full parse says what is wrong
+  }
+}
 
 ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
                                        std::uint64_t max_elements, bool validate_bytes,

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -87,6 +88,20 @@ struct ParsedInferRequest {
 ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
                                        std::uint64_t max_elements, bool validate_bytes = true,
                                        std::uint64_t* work_steps = nullptr);
+
+// What a ModelInferRequest asks for, before it is parsed. Views into the message.
+struct InferTarget {
+  std::string_view model_name;
+  std::string_view model_version;
+};
+
+// The model and version a serialized ModelInferRequest names, read without parsing the rest:
+// the top-level fields are walked (each length-delimited one skipped by its length, so the work
+// is linear in the number of top-level fields, not in their size) and nothing is allocated. For
+// the server to decide about a request (its model cannot meet the caller's deadline) before
+// paying for the parse. nullopt for bytes that are not a well-formed message at the top level:
+// parse_infer_request then says why. As for any proto3 string, the last occurrence wins.
+std::optional<InferTarget> peek_infer_target(std::span<const std::uint8_t> message);
 
 // One output tensor: its raw bytes are caller memory (BYTES already length-prefixed).
 struct InferOutputView {

@@ -129,6 +129,63 @@ void validate_bytes_elements(std::span<const std::uint8_t> blob, std::uint64_t e
   walk_bytes_elements(blob, expected_count, tensor_name, [](std::size_t, std::uint32_t) {});
 }
 
+bool is_utf8(std::span<const std::uint8_t> bytes) noexcept {
+  // Unicode's table of well-formed byte sequences (3-7): the first byte sets the length and
+  // the range of the second; the others are plain continuation bytes.
+  const std::size_t size = bytes.size();
+  std::size_t i = 0;
+  while (i < size) {
+    const std::uint8_t lead = bytes[i];
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t length = 0;
+    std::uint8_t low = 0x80;
+    std::uint8_t high = 0xBF;
+    if (lead >= 0xC2 && lead <= 0xDF) {
+      length = 2;
+    } else if (lead == 0xE0) {
+      length = 3;
+      low = 0xA0;  // shorter forms are overlong
+    } else if ((lead >= 0xE1 && lead <= 0xEC) || lead == 0xEE || lead == 0xEF) {
+      length = 3;
+    } else if (lead == 0xED) {
+      length = 3;
+      high = 0x9F;  // above are the surrogates
+    } else if (lead == 0xF0) {
+      length = 4;
+      low = 0x90;  // shorter forms are overlong
+    } else if (lead >= 0xF1 && lead <= 0xF3) {
+      length = 4;
+    } else if (lead == 0xF4) {
+      length = 4;
+      high = 0x8F;  // above is past U+10FFFF
+    } else {
+      return false;  // a continuation byte, an overlong 2-byte lead, or past U+10FFFF
+    }
+    if (size - i < length || bytes[i + 1] < low || bytes[i + 1] > high) return false;
+    for (std::size_t k = 2; k < length; ++k) {
+      if (bytes[i + k] < 0x80 || bytes[i + k] > 0xBF) return false;
+    }
+    i += length;
+  }
+  return true;
+}
+
+std::optional<std::uint64_t> first_non_utf8_element(std::span<const std::uint8_t> blob,
+                                                    std::uint64_t expected_count,
+                                                    std::string_view tensor_name) {
+  std::optional<std::uint64_t> found;
+  std::uint64_t index = 0;
+  walk_bytes_elements(blob, expected_count, tensor_name,
+                      [&](std::size_t offset, std::uint32_t length) {
+                        if (!found && !is_utf8(blob.subspan(offset, length))) found = index;
+                        ++index;
+                      });
+  return found;
+}
+
 std::vector<std::uint64_t> bytes_element_spans(std::span<const std::uint8_t> blob,
                                                std::uint64_t expected_count,
                                                std::string_view tensor_name) {

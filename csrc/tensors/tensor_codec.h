@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -51,6 +52,17 @@ std::uint64_t validate_raw_tensor(std::string_view datatype, std::span<const std
 // allocation at all. Work is linear in `expected_count`, itself at most blob.size() / 4.
 void validate_bytes_elements(std::span<const std::uint8_t> blob, std::uint64_t expected_count,
                              std::string_view tensor_name);
+
+// Whether `bytes` is well-formed UTF-8 exactly as a strict decoder (Python's) accepts it: no
+// overlong forms, no surrogates (U+D800..U+DFFF), nothing past U+10FFFF, no truncated sequence.
+bool is_utf8(std::span<const std::uint8_t> bytes) noexcept;
+
+// Checks a serialized BYTES blob as validate_bytes_elements does, then returns the index of the
+// first element that is not well-formed UTF-8 (is_utf8), or nullopt when all are. No allocation;
+// work linear in the blob's size.
+std::optional<std::uint64_t> first_non_utf8_element(std::span<const std::uint8_t> blob,
+                                                    std::uint64_t expected_count,
+                                                    std::string_view tensor_name);
 
 // Byte offsets of each BYTES element's payload in a serialized blob: element i's payload is
 // blob[offsets[2*i], offsets[2*i] + offsets[2*i+1]). Validates that every 4-byte little-endian

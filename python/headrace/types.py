@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
+import numpy as np
 import numpy.typing as npt
 
 # gRPC's default message limit is 4 MiB; models with large tensors need more, on both sides.
@@ -22,16 +23,43 @@ class TensorSpec:
     shape: tuple[int, ...]
 
 
+class WireBytes(Protocol):
+    """A BYTES input still in its wire form inside the request message (the core's
+    ``BytesTensor``, which the server's parser hands out): shape and sizes are known, and no
+    Python object exists per element until ``to_numpy()``. The engine checks it against the
+    model like an array and hands it to the batcher as it is; only code that needs Python
+    objects expands it, so a request refused before that never pays for its elements."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def to_numpy(self) -> npt.NDArray[Any]: ...
+    def first_non_utf8_element(self) -> int | None: ...
+
+
+# What a request's input may be: an array, or (from the wire) BYTES not yet expanded.
+InputTensor: TypeAlias = npt.NDArray[Any] | WireBytes
+
+
+def as_array(tensor: InputTensor) -> npt.NDArray[Any]:
+    """The input as a numpy array: wire BYTES are expanded (their layout checked) here."""
+    return tensor if isinstance(tensor, np.ndarray) else tensor.to_numpy()
+
+
 @dataclass(slots=True)
 class InferRequest:
     """One inference request in domain terms (what the server decodes and the engine runs).
 
     ``declared_datatypes`` holds the wire datatype of each input when it came over the wire
     (BF16 travels as uint16, so the numpy dtype alone cannot tell); ``timeout_us`` is Triton's
-    ``timeout`` parameter and ``timeout_s`` the caller's remaining gRPC deadline."""
+    ``timeout`` parameter and ``timeout_s`` the caller's remaining gRPC deadline. BYTES inputs
+    from the wire are :class:`WireBytes` until something needs their elements."""
 
     model: str
-    inputs: Mapping[str, npt.NDArray[Any]]
+    inputs: Mapping[str, InputTensor]
     version: str | int | None = None
     outputs: Sequence[str] | None = None
     request_id: str = ""
@@ -98,7 +126,13 @@ class VersionStatistics:
     compute_ns: int = 0
     pending_requests: int = 0
     shed_count: int = 0
+    # expired_count includes doomed_count: queued requests answered DEADLINE_EXCEEDED without
+    # running because no batch could end before their deadline.
     expired_count: int = 0
+    doomed_count: int = 0
     cancelled_count: int = 0
     rejected_count: int = 0
+    # Refused on arrival because their deadline had passed or could not be met behind the queue
+    # (never queued, so not in fail_count).
+    deadline_refused_count: int = 0
     batches: dict[int, BatchStatistics] = field(default_factory=dict)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -262,52 +261,73 @@ def _dispatched_since(client: Client, model: str, running) -> bool:  # type: ign
     )
 
 
-def _priority_attempt(server: RunningServer, client: Client) -> list[str] | None:
-    """Three priority-2 requests and then one priority-1 request behind a blocker: the order
-    they ran in, or None when the blocker ended before all four were seen queued together."""
-    x = np.ones((3000, SIZE), np.float32)  # more rows than max_batch_size: each runs alone
-    order: list[str] = []
-    lock = threading.Lock()
+LOW_ROWS = 3000  # more rows than max_batch_size: each request runs alone
+HIGH_ROWS = 3001  # tells the high-priority request's batch apart in the batch statistics
+
+
+def _priority_attempt(server: RunningServer, client: Client) -> str | None:
+    """Three priority-2 requests and then one priority-1 request behind a blocker: which ran
+    first after the blocker ("high" or "low"), read from the server's batch statistics while
+    exactly one of them has run; None when the attempt proves nothing (the blocker ended before
+    all four were seen queued together, or two had run before the statistics were read)."""
     before = stats(client, "prioritised")
     blocker = _hold_the_instance(server.address, "prioritised")
     _wait_until_running(client, "prioritised", before)
     running = stats(client, "prioritised")
+    high_batches = _batches_of(running, HIGH_ROWS)
+    seen: dict[str, str] = {}
 
-    def call(tag: str, priority: int) -> None:
+    def call(rows: int, priority: int) -> None:
+        x = np.ones((rows, SIZE), np.float32)
         client.infer("prioritised", {"x": x}, parameters={"priority": priority})
-        with lock:
-            order.append(tag)
 
     def queued(count: int) -> bool:
-        return scheduler(server, "prioritised")["pending"] == count
+        if scheduler(server, "prioritised")["pending"] == count:
+            seen["together"] = "yes"
+            return True
+        return False
 
     def blocker_ended() -> bool:
         return _dispatched_since(client, "prioritised", running)
 
+    def first_run_known() -> bool:
+        now = stats(client, "prioritised")  # one snapshot: counts and batch sizes agree
+        ran = now.execution_count - running.execution_count  # the blocker, then the others
+        if ran == 2:
+            seen["first"] = "high" if _batches_of(now, HIGH_ROWS) > high_batches else "low"
+        return ran >= 2
+
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        calls = [pool.submit(call, f"low{i}", 2) for i in range(3)]
+        calls = [pool.submit(call, LOW_ROWS, 2) for _ in range(3)]
         wait_for("the low-priority requests are queued", lambda: queued(3) or blocker_ended())
-        calls.append(pool.submit(call, "high", 1))
+        seen.clear()
+        calls.append(pool.submit(call, HIGH_ROWS, 1))
         wait_for("all four are queued", lambda: queued(4) or blocker_ended())
-        together = queued(4) or not blocker_ended()
+        if "together" in seen:
+            wait_for("the first request after the blocker has run", first_run_known)
         for future in calls:
             future.result(30)
     blocker.result(30)
-    return order if together else None
+    return seen.get("first") if "together" in seen else None
+
+
+def _batches_of(model_stats, rows: int) -> int:  # type: ignore[no-untyped-def]
+    return sum(b.compute_infer.count for b in model_stats.batch_stats if b.batch_size == rows)
 
 
 def test_priority_one_runs_before_queued_priority_two(batching_server: RunningServer) -> None:
     # Decided by state: once all four requests are seen queued at one instant behind the
-    # blocker, the scheduler must run the priority-1 one first, whatever the timing. An attempt
-    # whose blocker ended before that state was reached proves nothing and is repeated.
+    # blocker, the scheduler must run the priority-1 one first, whatever the timing; the server's
+    # own batch statistics say which ran first (not the order answers reached client threads).
+    # An attempt that cannot tell is repeated.
     with Client(batching_server.address) as client:
-        for _attempt in range(3):
-            order = _priority_attempt(batching_server, client)
-            if order is not None:
-                assert order[0] == "high", order
+        for _attempt in range(5):
+            first = _priority_attempt(batching_server, client)
+            if first is not None:
+                assert first == "high"
                 break
         else:
-            raise AssertionError("the blocker never outlasted queueing four requests")
+            raise AssertionError("no attempt saw the four requests queued together")
         with pytest.raises(InvalidArgumentError, match="priority 3 is outside"):
             client.infer(
                 "prioritised", {"x": np.ones((1, SIZE), np.float32)}, parameters={"priority": 3}

@@ -40,6 +40,9 @@ class BytesTensor:
     def nbytes(self) -> int: ...
     def to_numpy(self) -> npt.NDArray[np.object_]:
         """Check the length prefixes (InvalidArgumentError) and expand the elements."""
+    def first_non_utf8_element(self) -> int | None:
+        """Check the length prefixes (InvalidArgumentError); the index of the first element
+        that is not well-formed UTF-8, or None. No object is made per element."""
 
 @overload
 def parse_infer_request(
@@ -73,6 +76,10 @@ def parse_infer_request(
     whose layout is checked only when expanded), or None when the request carries typed
     contents, which the caller decodes with the protobuf runtime.
     """
+
+def peek_infer_target(message: bytes) -> tuple[str, str] | None:
+    """(model_name, model_version) of a serialized ModelInferRequest, read without parsing the
+    rest; None when its top level is malformed (parse_infer_request says why)."""
 
 def serialize_infer_response(
     model_name: str,
@@ -194,6 +201,13 @@ class Batcher:
         priority: int = 0,
         deadline_ns: int = 0,
     ) -> tuple[int, bool]: ...
+    def check_deadline(self, deadline_ns: int, in_flight: int = 0) -> None:
+        """Before a request is parsed: raise what submit would for the least demanding request
+        (one row, highest priority) with this deadline: DeadlineExceededError when it has
+        passed, UnavailableError with the prediction when the work ahead (at least
+        max(queued rows, in_flight), in_flight being the caller's count of the model's
+        requests admitted and not yet answered) and one row cannot end before it (counted in
+        deadline_refused_count)."""
     def cancel(self, ticket: int) -> bool:
         """Remove a queued request: answered CANCELLED, or DEADLINE_EXCEEDED (counted as
         expired) when its deadline already left it no time; False when it is not queued."""
@@ -203,8 +217,8 @@ class Batcher:
         {"count", "compute_ns"}}), pending_requests, busy_instances, shed_count, expired_count
         (doomed_count included), doomed_count, cancelled_count, rejected_count,
         deadline_refused_count, last_inference_ms, cost_a_ns_per_row, cost_b_ns,
-        cost_a_ns_per_byte, cost_b_bytes_ns, cost_samples, arrival_interval_ns, wait_yield,
-        busy_fraction, saturated."""
+        cost_a_ns_per_byte, cost_b_bytes_ns, cost_samples,
+        arrival_interval_ns, wait_yield, busy_fraction, saturated."""
     def shutdown(self, drain: bool = True) -> None: ...
 
 # --- quant (csrc/quant) ---

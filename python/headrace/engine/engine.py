@@ -42,6 +42,7 @@ from headrace.routing.config import ModelSignature
 from headrace.types import (
     InferRequest,
     InferResult,
+    InputTensor,
     ModelIndexEntry,
     ModelMetadata,
     VersionStatistics,
@@ -274,7 +275,7 @@ class Engine:
         route: Route,
         served: ModelVersion,
         request_id: str,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, InputTensor],
         outputs: dict[str, npt.NDArray[Any]],
         start_ns: int,
     ) -> InferResult:
@@ -334,7 +335,7 @@ class Engine:
     async def infer_async(
         self,
         model: str,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        inputs: Mapping[str, InputTensor],
         version: str | int | None = None,
         outputs: Sequence[str] | None = None,
         *,
@@ -346,7 +347,9 @@ class Engine:
         timeout_s: float | None = None,
     ) -> InferResult:
         """As :meth:`infer`, awaitable; the model runs off the event loop. ``timeout_s`` is the
-        caller's remaining time (a gRPC deadline); the earlier of it and ``timeout_us`` wins."""
+        caller's remaining time (a gRPC deadline); the earlier of it and ``timeout_us`` wins.
+        Inputs may be wire BYTES (``WireBytes``, from the server's parser): they are checked
+        against the model without being expanded."""
         route = self._route(model, version, parameters, inputs)
         request_id = request_id or self._ids.next()
         start_ns = time.perf_counter_ns()
@@ -380,8 +383,27 @@ class Engine:
             timeout_s=request.timeout_s,
         )
 
+    def check_deadline(
+        self, model: str, version: str, timeout_s: float, in_flight: int = 0
+    ) -> None:
+        """Before a request to ``model`` is parsed: raise DeadlineExceededError when the
+        caller's remaining ``timeout_s`` is spent, UnavailableError (with the prediction) when
+        the work ahead -- the model's queue, or ``in_flight`` requests the caller has admitted
+        to it and not yet answered, whichever is more -- and one row of its batches cannot end
+        within it. The server calls it with the gRPC deadline so that work which would be
+        answered too late is turned away for the least it can cost. Names it cannot judge
+        without the request (declared endpoints, whose variant depends on it; unknown models)
+        pass: their own path says what happens."""
+        if self._declared_route(model) is not None:
+            return
+        try:
+            served = self._served(model, version or None)
+        except NotFoundError:
+            return
+        served.version.check_deadline(deadline_ns(0, timeout_s), in_flight)
+
     async def _shadow_infer(
-        self, model: str, version: str, inputs: Mapping[str, npt.NDArray[Any]]
+        self, model: str, version: str, inputs: Mapping[str, InputTensor]
     ) -> dict[str, npt.NDArray[Any]]:
         """A shadow copy: the model itself, unrouted and uncounted as a client request."""
         leased = self._lease(model, version or None)

@@ -3,7 +3,8 @@
 ``BatchedExecution`` hands requests to the native batcher (queue, deadlines, priorities, one
 copy into the batch buffer; finished requests come back through the engine's completion queue).
 ``DirectExecution`` runs each request on its own call through a pool of ``instances`` threads,
-for models without a batch dimension. Either way the event loop only awaits.
+for models without a batch dimension. Either way the event loop only awaits. Wire BYTES inputs
+(``WireBytes``) go to the batcher as they are; direct execution expands them on its thread.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import numpy.typing as npt
 from headrace.engine.completions import CompletionRouter, Outputs
 from headrace.errors import DeadlineExceededError, runner_failure
 from headrace.native import core as _core
-from headrace.types import BatchStatistics, VersionStatistics
+from headrace.types import BatchStatistics, InputTensor, VersionStatistics, as_array
 
 Arrays = dict[str, npt.NDArray[Any]]
+Inputs = Mapping[str, InputTensor]
 
 
 class Execution(Protocol):
@@ -30,7 +32,7 @@ class Execution(Protocol):
 
     def infer(
         self,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        inputs: Inputs,
         output_names: Sequence[str],
         priority: int,
         deadline_ns: int,
@@ -40,12 +42,18 @@ class Execution(Protocol):
 
     async def infer_async(
         self,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        inputs: Inputs,
         output_names: Sequence[str],
         priority: int,
         deadline_ns: int,
     ) -> Arrays:
         """Run one request; the event loop only awaits."""
+        ...
+
+    def check_deadline(self, deadline_ns: int, in_flight: int = 0) -> None:
+        """Before a request is parsed: raise DeadlineExceededError / UnavailableError when even
+        the least demanding request (one row) could not be answered before ``deadline_ns``,
+        behind ``in_flight`` requests of the model admitted and not yet answered."""
         ...
 
     def fill_statistics(self, stats: VersionStatistics) -> None:
@@ -76,11 +84,12 @@ class BatchedExecution:
         self._output_names = list(output_names)
 
     def _submit(
-        self, inputs: Mapping[str, npt.NDArray[Any]], priority: int, deadline_ns: int
+        self, inputs: Inputs, priority: int, deadline_ns: int
     ) -> tuple[int, Outputs | None]:
         """Queue a request: (ticket, None), or (ticket, outputs) when its batch was cheap enough
         to run right here (its completion is then taken at once: no wake-up, no future)."""
-        arrays = [inputs[name] for name in self._input_names]
+        # Arrays, and wire BYTES: the core's own BytesTensor, which the batcher takes as it is.
+        arrays: list[Any] = [inputs[name] for name in self._input_names]
         ticket, ran_here = self._batcher.submit_or_run(arrays, priority, deadline_ns)
         if ran_here:
             return ticket, self._completions.take_now(ticket)
@@ -94,7 +103,7 @@ class BatchedExecution:
 
     def infer(
         self,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        inputs: Inputs,
         output_names: Sequence[str],
         priority: int,
         deadline_ns: int,
@@ -106,7 +115,7 @@ class BatchedExecution:
 
     async def infer_async(
         self,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        inputs: Inputs,
         output_names: Sequence[str],
         priority: int,
         deadline_ns: int,
@@ -123,6 +132,9 @@ class BatchedExecution:
                 raise
         return self._pick(done, output_names)
 
+    def check_deadline(self, deadline_ns: int, in_flight: int = 0) -> None:
+        self._batcher.check_deadline(deadline_ns, in_flight)
+
     def fill_statistics(self, stats: VersionStatistics) -> None:
         # Execution-side numbers are kept by the scheduler itself.
         core = self._batcher.stats()
@@ -136,8 +148,10 @@ class BatchedExecution:
         stats.pending_requests = int(core["pending_requests"])
         stats.shed_count = int(core["shed_count"])
         stats.expired_count = int(core["expired_count"])
+        stats.doomed_count = int(core["doomed_count"])
         stats.cancelled_count = int(core["cancelled_count"])
         stats.rejected_count = int(core["rejected_count"])
+        stats.deadline_refused_count = int(core["deadline_refused_count"])
         stats.batches = {
             int(rows): BatchStatistics(int(entry["count"]), int(entry["compute_ns"]))
             for rows, entry in core["batch_sizes"].items()
@@ -166,16 +180,16 @@ class DirectExecution:
         self._lock = threading.Lock()
         self._stats = VersionStatistics(name, "")
 
-    def _execute(
-        self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str], enqueue_ns: int
-    ) -> Arrays:
+    def _execute(self, inputs: Inputs, output_names: Sequence[str], enqueue_ns: int) -> Arrays:
         start_ns = time.perf_counter_ns()
+        # Wire BYTES are expanded here, on the instance's thread, where the runner needs them.
+        expanded = {name: as_array(tensor) for name, tensor in inputs.items()}
         try:
-            arrays = self._run(inputs, output_names)
+            arrays = self._run(expanded, output_names)
         except Exception as error:  # one rule for how a runner's failure reads (errors.py)
             raise runner_failure(error) from error
         end_ns = time.perf_counter_ns()
-        self._record(self._rows(inputs), start_ns - enqueue_ns, end_ns - start_ns)
+        self._record(self._rows(expanded), start_ns - enqueue_ns, end_ns - start_ns)
         return dict(zip(output_names, arrays, strict=True))
 
     def _record(self, rows: int, queue_ns: int, compute_ns: int) -> None:
@@ -194,7 +208,7 @@ class DirectExecution:
 
     def infer(
         self,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        inputs: Inputs,
         output_names: Sequence[str],
         priority: int,
         deadline_ns: int,
@@ -203,18 +217,22 @@ class DirectExecution:
 
     async def infer_async(
         self,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        inputs: Inputs,
         output_names: Sequence[str],
         priority: int,
         deadline_ns: int,
     ) -> Arrays:
         start_ns = time.perf_counter_ns()
-        if deadline_ns and _core.monotonic_ns() >= deadline_ns:
-            raise DeadlineExceededError(f"model '{self._name}': deadline passed")
+        self.check_deadline(deadline_ns)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._executor, self._execute, inputs, output_names, start_ns
         )
+
+    def check_deadline(self, deadline_ns: int, in_flight: int = 0) -> None:
+        # No cost model here: only a deadline already passed is certain.
+        if deadline_ns and _core.monotonic_ns() >= deadline_ns:
+            raise DeadlineExceededError(f"model '{self._name}': deadline passed")
 
     def fill_statistics(self, stats: VersionStatistics) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from headrace.config import ModelConfig, TensorConfig
 from headrace.datatypes import DATATYPE_TO_NUMPY
 from headrace.errors import ConfigError, InvalidArgumentError
-from headrace.types import TensorSpec
+from headrace.types import InputTensor, TensorSpec
 
 # Without a model.toml, a model whose inputs all have a dynamic first dim is batched this wide.
 DEFAULT_MAX_BATCH_SIZE = 64
@@ -66,7 +66,20 @@ def apply_declared(
     return tuple(result)
 
 
-def check_utf8(name: str, array: npt.NDArray[Any]) -> None:
+def _not_utf8(name: str, index: int) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"input '{name}': BYTES element {index} is not valid UTF-8 "
+        "(ONNX Runtime string tensors hold UTF-8 text)"
+    )
+
+
+def check_utf8(name: str, array: InputTensor) -> None:
+    if not isinstance(array, np.ndarray):
+        # Wire BYTES: the core walks them (layout, then UTF-8) without making objects.
+        index = array.first_non_utf8_element()
+        if index is not None:
+            raise _not_utf8(name, index)
+        return
     if array.dtype.kind != "O":
         return
     for index, value in enumerate(array.reshape(-1)):
@@ -74,10 +87,7 @@ def check_utf8(name: str, array: npt.NDArray[Any]) -> None:
             try:
                 value.decode("utf-8")
             except UnicodeDecodeError:
-                raise InvalidArgumentError(
-                    f"input '{name}': BYTES element {index} is not valid UTF-8 "
-                    "(ONNX Runtime string tensors hold UTF-8 text)"
-                ) from None
+                raise _not_utf8(name, index) from None
 
 
 def utf8_texts(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -107,11 +117,13 @@ class RequestValidator:
 
     def check(
         self,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        inputs: Mapping[str, InputTensor],
         requested_outputs: Sequence[str] | None,
         declared_datatypes: Mapping[str, str] | None = None,
     ) -> list[str]:
-        """Validate names, datatypes and shapes; returns the output names to compute."""
+        """Validate names, datatypes and shapes; returns the output names to compute. Wire
+        BYTES (``WireBytes``) are checked by their shape and, for UTF-8, by the core: they stay
+        unexpanded."""
         for name in inputs:
             if name not in self._input_by_name:
                 raise InvalidArgumentError(
@@ -147,10 +159,12 @@ class RequestValidator:
     def _check_datatype(
         self,
         spec: TensorSpec,
-        array: npt.NDArray[Any],
+        array: InputTensor,
         declared_datatypes: Mapping[str, str] | None,
     ) -> None:
         declared = declared_datatypes.get(spec.name) if declared_datatypes else None
+        if not isinstance(array, np.ndarray):
+            declared = "BYTES"  # wire BYTES are BYTES, whoever passes them
         if declared is not None:
             if declared != spec.datatype:
                 raise InvalidArgumentError(
@@ -158,6 +172,7 @@ class RequestValidator:
                     f"expects {spec.datatype}"
                 )
             return
+        assert isinstance(array, np.ndarray)  # narrowed above: only arrays reach here
         expected = DATATYPE_TO_NUMPY[spec.datatype]
         ok = array.dtype == expected or (
             spec.datatype == "BYTES" and array.dtype.kind in ("O", "U", "S")

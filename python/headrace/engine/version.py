@@ -32,7 +32,7 @@ from headrace.errors import ConfigError, HeadraceError, UnavailableError
 from headrace.monitoring.drift.served import ServedDrift, load_served_drift, reference_stamp
 from headrace.monitoring.metrics import Metrics
 from headrace.native import core as _core
-from headrace.types import TensorSpec, VersionStatistics
+from headrace.types import InputTensor, TensorSpec, VersionStatistics
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class ModelVersion:
 
     def check_inputs(
         self,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        inputs: Mapping[str, InputTensor],
         requested_outputs: Sequence[str] | None,
         declared_datatypes: Mapping[str, str] | None = None,
     ) -> list[str]:
@@ -310,7 +310,7 @@ class ModelVersion:
 
     def infer(
         self,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        inputs: Mapping[str, InputTensor],
         output_names: Sequence[str],
         priority: int = 0,
         deadline_ns: int = 0,
@@ -328,7 +328,7 @@ class ModelVersion:
 
     async def infer_async(
         self,
-        inputs: Mapping[str, npt.NDArray[Any]],
+        inputs: Mapping[str, InputTensor],
         output_names: Sequence[str],
         priority: int = 0,
         deadline_ns: int = 0,
@@ -344,6 +344,13 @@ class ModelVersion:
             raise
         self._record_request(True, time.perf_counter_ns() - start_ns, None)
         return outputs
+
+    def check_deadline(self, deadline_ns: int, in_flight: int = 0) -> None:
+        """Before a request is parsed: raise when even one row could not be answered before
+        ``deadline_ns`` behind ``in_flight`` admitted requests (``Execution.check_deadline``);
+        counted by the batcher, not here."""
+        if self.execution is not None:
+            self.execution.check_deadline(deadline_ns, in_flight)
 
     def statistics(self) -> VersionStatistics:
         result = VersionStatistics(self.name, self.version_str)

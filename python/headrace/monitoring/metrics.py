@@ -188,7 +188,17 @@ class _VersionCollector:
         )
         expired = CounterMetricFamily(
             "headrace_inference_expired_requests",
-            "Requests whose deadline passed in the queue",
+            "Requests answered DEADLINE_EXCEEDED from the queue without running (doomed included)",
+            labels=labels,
+        )
+        doomed = CounterMetricFamily(
+            "headrace_inference_doomed_requests",
+            "Queued requests dropped before their deadline: no batch could end before it",
+            labels=labels,
+        )
+        deadline_refused = CounterMetricFamily(
+            "headrace_inference_deadline_refused_requests",
+            "Requests refused on arrival: deadline passed, or out of reach behind the queue",
             labels=labels,
         )
         cancelled = CounterMetricFamily(
@@ -214,6 +224,8 @@ class _VersionCollector:
             pending.add_metric(values, s.pending_requests)
             shed.add_metric(values, s.shed_count)
             expired.add_metric(values, s.expired_count)
+            doomed.add_metric(values, s.doomed_count)
+            deadline_refused.add_metric(values, s.deadline_refused_count)
             cancelled.add_metric(values, s.cancelled_count)
             rejected.add_metric(values, s.rejected_count)
             buckets = []
@@ -232,6 +244,8 @@ class _VersionCollector:
             pending,
             shed,
             expired,
+            doomed,
+            deadline_refused,
             cancelled,
             rejected,
             batch_size,

@@ -99,6 +99,11 @@ def key_bytes(value: object) -> bytes | None:
         return value
     if isinstance(value, bool | int | float):
         return repr(value).encode()
+    to_numpy = getattr(value, "to_numpy", None)
+    if to_numpy is not None and not hasattr(value, "tobytes"):
+        # BYTES still in wire form (the server's parser leaves them so): the same key as the
+        # object array it expands to, whichever way the request came.
+        value = to_numpy()
     tobytes = getattr(value, "tobytes", None)
     if tobytes is None:
         return None

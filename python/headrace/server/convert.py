@@ -1,7 +1,8 @@
 """Wire <-> domain conversion for the v2 protocol; no policy lives here.
 
 The hot path: ``parse_request`` hands the request bytes to the core, which checks every length
-and shape and returns tensors as numpy views of those bytes (no protobuf objects), and
+and shape and returns tensors as numpy views of those bytes (no protobuf objects; BYTES inputs
+stay in wire form, ``BytesTensor``, until the engine has checked them against the model), and
 ``serialize_response`` has the core write the response bytes. Requests with typed contents (the
 repeated fields of ``InferTensorContents``) take the protobuf path (``decode_infer_request``).
 """
@@ -24,8 +25,10 @@ from headrace.wire import inference as pb
 
 def parse_request(message: bytes, max_elements: int) -> InferRequest | None:
     """A ModelInferRequest's bytes as a domain request, or None when it carries typed contents
-    (then decode it with ``decode_infer_request``)."""
-    parsed = _core.parse_infer_request(message, max_elements)
+    (then decode it with ``decode_infer_request``). BYTES inputs are ``BytesTensor``: nothing is
+    made per element (nor their length prefixes walked) before the model is known to take them,
+    so a request for a missing model costs no more than its bytes."""
+    parsed = _core.parse_infer_request(message, max_elements, expand_bytes=False)
     name, version, request_id, parameters, tensors, output_names, typed = parsed
     if typed:
         return None
@@ -41,6 +44,12 @@ def parse_request(message: bytes, max_elements: int) -> InferRequest | None:
         timeout_us=int_parameter(parameters, "timeout") if parameters else 0,
         parameters=parameters or {},
     )
+
+
+def request_target(message: bytes) -> tuple[str, str] | None:
+    """(model_name, model_version) of a ModelInferRequest's bytes, read without parsing the rest
+    (None when its top level is malformed: ``parse_request`` then says why)."""
+    return _core.peek_infer_target(message)
 
 
 def serialize_response(result: InferResult) -> bytes:

@@ -16,9 +16,9 @@ import grpc
 
 import headrace
 from headrace.engine import Engine
-from headrace.errors import InvalidArgumentError, UnimplementedError
+from headrace.errors import HeadraceError, InvalidArgumentError, UnimplementedError
 from headrace.server import convert
-from headrace.server.status import describe, unary_errors
+from headrace.server.status import describe, grpc_code, unary_errors
 from headrace.wire import inference as pb
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,10 @@ class InferenceServicer:
         self._engine = engine
         self._max_elements = engine.settings.max_request_elements
         self.ready = True
+        # Inference requests admitted per model name and not yet answered (event loop only):
+        # the intake's view of the work ahead of a new request, which the batcher's queue
+        # alone understates when requests pile up before it (being parsed, routed) or run.
+        self._in_flight: dict[str, int] = {}
 
     # -- health and metadata -----------------------------------------------------------------
 
@@ -116,9 +120,35 @@ class InferenceServicer:
 
     # -- inference ---------------------------------------------------------------------------
 
+    def _admit(self, message: bytes, timeout_s: float | None) -> str:
+        """The model a request names, counted in flight until ``_done``; before that, raise
+        when the caller's remaining time cannot cover even the cheapest answer of that model
+        behind the requests already in flight to it (Engine.check_deadline). Decided before the
+        request is parsed: under overload, work that would be answered too late is turned away
+        for the least it can cost."""
+        target = convert.request_target(message)
+        model = target[0] if target is not None else ""
+        if timeout_s is not None and target is not None:
+            in_flight = self._in_flight.get(model, 0)
+            self._engine.check_deadline(model, target[1], timeout_s, in_flight)
+        self._in_flight[model] = self._in_flight.get(model, 0) + 1
+        return model
+
+    def _done(self, model: str) -> None:
+        left = self._in_flight[model] - 1
+        if left:
+            self._in_flight[model] = left
+        else:
+            del self._in_flight[model]  # names do not accumulate
+
     async def _infer_raw(self, message: bytes, timeout_s: float | None) -> bytes:
         """bytes -> domain request -> engine -> bytes. The core parses the request (tensors
         become numpy views of it) and writes the response; typed contents take protobuf."""
+        if self._engine.completions.deliver_ready():
+            # Finished requests leave before this one's work starts: under overload the loop has
+            # more arrivals ready than it can take, and an answer computed in time but written
+            # after them would be wasted work.
+            await asyncio.sleep(0)
         request = convert.parse_request(message, self._max_elements)
         if request is None:
             decoded = convert.decode_infer_request(
@@ -131,13 +161,25 @@ class InferenceServicer:
 
     async def ModelInfer(self, message: bytes, context: Context) -> bytes:
         # The client's gRPC deadline bounds the time in the queue: a request that can no longer
-        # be answered in time leaves the queue at its deadline instead of running.
+        # be answered in time is refused on arrival, or leaves the queue without running.
+        timeout_s = context.time_remaining()
         try:
-            return await self._infer_raw(message, context.time_remaining())
+            model = self._admit(message, timeout_s)
+        except HeadraceError as error:
+            # The overload path, taken for most requests when offered load is a multiple of
+            # capacity: the status is set and an empty message returned (the client sees only
+            # the status), which spares abort()'s exception through gRPC's handler machinery.
+            context.set_code(grpc_code(error.code))
+            context.set_details(error.message)
+            return b""
+        try:
+            return await self._infer_raw(message, timeout_s)
         except Exception as error:
             code, text = describe(error)
             await context.abort(code, text)
             raise AssertionError("unreachable: context.abort raises") from None
+        finally:
+            self._done(model)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[bytes], context: Context
@@ -155,7 +197,12 @@ class InferenceServicer:
 
         async def answer(message: bytes) -> None:
             try:
-                inner = await self._infer_raw(message, context.time_remaining())
+                timeout_s = context.time_remaining()
+                model = self._admit(message, timeout_s)
+                try:
+                    inner = await self._infer_raw(message, timeout_s)
+                finally:
+                    self._done(model)
                 # ModelStreamInferResponse{infer_response = 2}: a length-delimited field
                 # wrapping the response bytes we already have.
                 response = _STREAM_RESPONSE_FIELD + _varint(len(inner)) + inner
