@@ -95,6 +95,25 @@ def slow_matmul(size: int = 384, repeats: int = 12) -> onnx.ModelProto:
     return _model(graph)
 
 
+def sin_chain(repeats: int) -> onnx.ModelProto:
+    """y = sin(sin(...sin(x))) over FP32 [batch, width], both dims dynamic: a model whose run
+    time is proportional to the elements of the request (``repeats`` passes over them)."""
+    nodes = []
+    previous = "x"
+    for i in range(repeats):
+        out = "y" if i == repeats - 1 else f"t{i}"
+        nodes.append(helper.make_node("Sin", [previous], [out]))
+        previous = out
+    dims: list[int | str] = ["batch", "width"]
+    graph = helper.make_graph(
+        nodes,
+        "sin_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+    )
+    return _model(graph)
+
+
 def mlp(sizes: list[int], seed: int = 0) -> onnx.ModelProto:
     """A ReLU MLP over FP32 ``x [batch, sizes[0]] -> y [batch, sizes[-1]]``."""
     rng = np.random.default_rng(seed)

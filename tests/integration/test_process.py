@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -20,44 +19,9 @@ import pytest
 
 from headrace.client import Client
 from helpers import onnx_models
+from helpers.serve_process import ServeProcess
 
 HERE = Path(__file__).resolve().parent
-SERVING_LINE = re.compile(r"serving gRPC on ([\d.]+):(\d+)")
-METRICS_URL = re.compile(r"metrics on (http://\S+/metrics)")
-
-
-class ServeProcess:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "headrace", "serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 60
-        self.address = ""
-        self.metrics_url = ""
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            match = SERVING_LINE.search(line)
-            if match:
-                self.address = f"{match.group(1)}:{match.group(2)}"
-                metrics = METRICS_URL.search(line)
-                self.metrics_url = metrics.group(1) if metrics else ""
-                break
-        if not self.address:
-            self.process.kill()
-            _, err = self.process.communicate()
-            raise AssertionError(f"headrace serve did not start:\n{err}")
-
-    def terminate(self) -> tuple[int, str, str]:
-        self.process.send_signal(signal.SIGTERM)
-        out, err = self.process.communicate(timeout=60)
-        return self.process.returncode, out, err
 
 
 @pytest.fixture()
