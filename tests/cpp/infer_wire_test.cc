@@ -313,6 +313,35 @@ int main() {
   }
   expect(refused, "too-small buffer for parameters refused");
 
+  // The target is read without parsing: a request the parse refuses still names its model.
+  {
+    Message hostile;
+    Message zero_dim;
+    zero_dim.str(1, "x").str(2, "FP32").integer(3, std::int64_t{1} << 31).integer(3, 0);
+    hostile.str(1, "m").sub(5, zero_dim).str(7, "").str(2, "4").str(1, "n");
+    const auto target = headrace::tensors::peek_infer_target(hostile.span());
+    expect(target.has_value() && target->model_name == "n" && target->model_version == "4",
+           "peek: the last model_name wins, other fields skipped");
+    bool parse_refused = false;
+    try {
+      parse_infer_request(hostile.span(), 1000);
+    } catch (const headrace::CoreError&) {
+      parse_refused = true;
+    }
+    expect(parse_refused, "peek: the same request is refused by the parse");
+    const std::string& bytes = hostile.bytes;
+    for (std::size_t cut = 1; cut < bytes.size(); ++cut) {
+      // Truncated anywhere: either a whole prefix of fields (read) or malformed (nullopt);
+      // never a read past the end (ASan).
+      (void)headrace::tensors::peek_infer_target(
+          {reinterpret_cast<const std::uint8_t*>(bytes.data()), cut});
+    }
+    Message not_utf8;
+    not_utf8.str(1, "\xff");
+    expect(!headrace::tensors::peek_infer_target(not_utf8.span()).has_value(),
+           "peek: a model_name that is not UTF-8 is malformed");
+  }
+
   if (failures != 0) {
     std::fprintf(stderr, "%d failures\n", failures);
     return 1;

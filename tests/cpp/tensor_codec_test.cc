@@ -2,6 +2,7 @@
 // shapes whose products overflow. Built and run under AddressSanitizer/UBSan by `make test`.
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -86,6 +87,30 @@ int main() {
            "truncated blob refused without spans");
   }
   validate_bytes_elements(bytes, elements.size(), "x");
+  // UTF-8: well-formed sequences of every length; overlong forms, surrogates, code points past
+  // U+10FFFF, truncated sequences and lone continuation bytes refused.
+  const auto utf8 = [](std::string_view text) {
+    return is_utf8({reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+  };
+  expect(utf8("") && utf8("abc") && utf8("\xc3\xa9") && utf8("\xe2\x82\xac") &&
+             utf8("\xf0\x9f\x98\x80") && utf8("\xf4\x8f\xbf\xbf") &&
+             utf8(std::string_view("a\0b", 3)),
+         "well-formed UTF-8 accepted");
+  for (const std::string_view bad : {"\xc0\xaf", "\xc1\xbf", "\xe0\x80\xaf", "\xed\xa0\x80",
+                                     "\xf0\x80\x80\xaf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80",
+                                     "\xe2\x82", "\x80", "\xff"}) {
+    expect(!utf8(bad), "ill-formed UTF-8 refused");
+  }
+  expect(!first_non_utf8_element(bytes, elements.size(), "x").has_value(),
+         "every element UTF-8");
+  const std::vector<std::string_view> with_bad{"ok", "\xed\xa0\x80", "\xff"};
+  const std::string bad_blob = encode_bytes_elements(with_bad, "x");
+  const std::span<const std::uint8_t> bad_bytes(
+      reinterpret_cast<const std::uint8_t*>(bad_blob.data()), bad_blob.size());
+  expect(first_non_utf8_element(bad_bytes, with_bad.size(), "x") == std::optional<std::uint64_t>(1),
+         "first ill-formed element found");
+  expect(throws_invalid([&] { first_non_utf8_element(bad_bytes.first(5), 3, "x"); }),
+         "layout checked before UTF-8");
   if (failures == 0) std::puts("tensor_codec_test: ok");
   return failures == 0 ? 0 : 1;
 }

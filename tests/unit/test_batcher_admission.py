@@ -157,3 +157,23 @@ def test_an_admitted_request_that_can_no_longer_finish_leaves_without_running(
     h.runner.opened.set()
     assert h.wait(held)[0] == OK
     assert 42 not in h.runner.seen
+
+
+def test_before_parsing_a_deadline_out_of_reach_behind_the_work_in_flight_is_refused(
+    harness: Make,
+) -> None:
+    h = harness(max_batch_size=2, instances=1)
+    h.calibrate()
+    # Nothing queued, nothing in flight: one row fits a 1 s deadline, not an expired one.
+    h.batcher.check_deadline(_core.monotonic_ns() + 10**9)
+    with pytest.raises(DeadlineExceededError):
+        h.batcher.check_deadline(_core.monotonic_ns() - 1)
+    # Six requests in flight to the model (being parsed, routed, run) count as at least six
+    # rows ahead: three batches of >= 10 ms before one of its own cannot fit 15 ms.
+    with pytest.raises(UnavailableError, match="cannot answer before the request's deadline"):
+        h.batcher.check_deadline(_core.monotonic_ns() + 15 * MS, in_flight=6)
+    h.batcher.check_deadline(_core.monotonic_ns() + 60 * 10**9, in_flight=6)
+    h.batcher.check_deadline(0, in_flight=6)  # no deadline: nothing to judge
+    stats = h.batcher.stats()
+    assert stats["deadline_refused_count"] == 2
+    assert stats["pending_requests"] == 0 and stats["request_failure"] == 0

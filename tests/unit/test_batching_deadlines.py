@@ -84,6 +84,26 @@ def test_the_deadline_knobs_move_when_predictions_start_and_the_margin() -> None
         assert policy.decide(last_ok_ns + 1)["doomed"] == [1]
 
 
+def test_a_batch_never_costs_more_than_the_quickest_larger_one_seen() -> None:
+    # Timed while the CPU was contended, the one-row batches came out slower than the eight-row
+    # ones: the line fitted to them prices a row above a whole batch.
+    policy = _core.testing.PolicyHarness(_core.BatcherConfig(max_batch_size=8))
+    for _ in range(4):
+        policy.observe_batch(1, 30 * MS)
+        policy.observe_batch(8, 20 * MS)
+    policy.observe_batch(8, 12 * MS)
+    cost = policy.cost()
+    assert cost["b_ns"] + cost["a_ns_per_row"] > 20 * MS  # the fit: ~24 ms for one row
+    # Deadline decisions go by what a larger batch was seen to take: 12 ms.
+    assert policy.admit(1, deadline_ns=12 * MS + MARGIN_NS, now_ns=0)["verdict"] == "admit"
+    late = policy.admit(1, deadline_ns=12 * MS + MARGIN_NS - 1, now_ns=0)
+    assert late["verdict"] == "late" and late["run_ns"] == 12 * MS + MARGIN_NS
+    policy.set_instances(0, 1)
+    policy.add(1, 1, enqueue_ns=0, deadline_ns=12 * MS + MARGIN_NS)
+    assert policy.decide(0)["doomed"] == []
+    assert policy.decide(1)["doomed"] == [1]
+
+
 # --- batches whose members all finish in time ---
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from headrace import _core
 from headrace.backends.onnx import native_library
@@ -349,3 +351,73 @@ def test_a_wide_single_row_never_runs_in_the_submitting_thread(tmp_path: Path) -
         assert not run(np.ones((1, 1 << 22), np.float32))
     finally:
         batcher.shutdown(drain=False)
+
+
+# --- UTF-8 of wire BYTES, checked by the core without objects ---
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(max_size=12), max_size=8))
+def test_the_core_utf8_check_agrees_with_python(elements: list[bytes]) -> None:
+    message = request_bytes([("s", "BYTES", [len(elements)], bytes_blob(elements))])
+    lazy = _core.parse_infer_request(message, 64, expand_bytes=False)[4][0][2]
+    assert isinstance(lazy, _core.BytesTensor)
+    expected = None
+    for index, element in enumerate(elements):
+        try:
+            element.decode("utf-8")
+        except UnicodeDecodeError:
+            expected = index
+            break
+    assert lazy.first_non_utf8_element() == expected
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        b"\xc0\xaf",  # overlong '/'
+        b"\xe0\x80\xaf",  # overlong, 3 bytes
+        b"\xed\xa0\x80",  # a surrogate
+        b"\xf4\x90\x80\x80",  # past U+10FFFF
+        b"\xe2\x82",  # truncated
+        b"\x80",  # a lone continuation byte
+    ],
+)
+def test_the_core_utf8_check_refuses_what_python_refuses(element: bytes) -> None:
+    message = request_bytes([("s", "BYTES", [2], bytes_blob(["ok €".encode(), element]))])
+    lazy = _core.parse_infer_request(message, 64, expand_bytes=False)[4][0][2]
+    assert isinstance(lazy, _core.BytesTensor)
+    assert lazy.first_non_utf8_element() == 1
+    with pytest.raises(UnicodeDecodeError):
+        element.decode("utf-8")
+
+
+def test_the_utf8_check_validates_the_layout_first() -> None:
+    blob = bytes_blob([b"abc", b"de"])[:-1]
+    lazy = _core.parse_infer_request(
+        request_bytes([("s", "BYTES", [2], blob)]), 16, expand_bytes=False
+    )[4][0][2]
+    assert isinstance(lazy, _core.BytesTensor)
+    with pytest.raises(InvalidArgumentError, match="BYTES element 1 declares 2 bytes"):
+        lazy.first_non_utf8_element()
+
+
+# --- the model a request names, read before anything else ---
+
+
+def test_the_target_is_peeked_without_parsing() -> None:
+    message = pb.ModelInferRequest(model_name="m", model_version="3", id="r")
+    message.inputs.add(name="x", datatype="FP32", shape=[2**31, 0])  # refused by a parse
+    message.raw_input_contents.append(b"")
+    for i in range(300):  # past the parameter cap: refused by a parse
+        message.parameters[f"p{i}"].int64_param = i
+    data = message.SerializeToString()
+    assert _core.peek_infer_target(data) == ("m", "3")
+    with pytest.raises(InvalidArgumentError):
+        _core.parse_infer_request(data, MAX_ELEMENTS)
+    # As for any proto3 string field, the last occurrence wins.
+    repeated = data + pb.ModelInferRequest(model_name="n").SerializeToString()
+    assert _core.peek_infer_target(repeated) == ("n", "3")
+    assert _core.peek_infer_target(b"") == ("", "")
+    assert _core.peek_infer_target(b"\x0a\x05ab") is None  # truncated
+    assert _core.peek_infer_target(b"\x0a\x02\xff\xfe") is None  # model_name not UTF-8
