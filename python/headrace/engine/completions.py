@@ -121,14 +121,6 @@ class CompletionRouter:
             raise error_for_code(code, message)
         return outputs
 
-    def deliver_ready(self) -> bool:
-        """Resolve now the callers whose requests have finished, instead of when the loop next
-        polls the queue's fd (behind whatever else is ready); True when there were any."""
-        if not self.queue.pending:
-            return False
-        self._drain()
-        return True
-
     # -- dispatch ----------------------------------------------------------------------------
 
     def _drain(self) -> None:

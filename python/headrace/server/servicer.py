@@ -144,11 +144,6 @@ class InferenceServicer:
     async def _infer_raw(self, message: bytes, timeout_s: float | None) -> bytes:
         """bytes -> domain request -> engine -> bytes. The core parses the request (tensors
         become numpy views of it) and writes the response; typed contents take protobuf."""
-        if self._engine.completions.deliver_ready():
-            # Finished requests leave before this one's work starts: under overload the loop has
-            # more arrivals ready than it can take, and an answer computed in time but written
-            # after them would be wasted work.
-            await asyncio.sleep(0)
         request = convert.parse_request(message, self._max_elements)
         if request is None:
             decoded = convert.decode_infer_request(
