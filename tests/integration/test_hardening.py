@@ -181,9 +181,10 @@ def test_a_huge_bytes_tensor_for_a_missing_model_is_refused_unexpanded(
             f"{received / MIB:.0f} MiB for numbers of the same size"
         )
         resident.append(served.rss_bytes())
-    # What stays resident (gRPC's and the allocator's caches) does not grow with each request:
-    # a refused request's bytes are freed when it is answered, not when a collector runs.
-    assert resident[-1] - resident[0] < len(hostile), [r // MIB for r in resident]
+    # What stays resident does not grow with each request (a refused request's bytes are freed
+    # when it is answered, not when a collector runs): gRPC's and the allocator's caches may keep
+    # about one request's buffers, not one per request.
+    assert resident[-1] - resident[0] <= len(hostile) + SLACK_BYTES, [r // MIB for r in resident]
 
 
 # --- the inline decision weighs the request's size, not its rows ---
