@@ -470,8 +470,9 @@ def test_serialize_string_parameters_match_protobuf_runtime(
     parameters: dict[str, str],
 ) -> None:
     """Response parameters (headrace_variant and the like) as map entries of string_param, in
-    the runtime's deterministic order (keys sorted by their bytes) when given sorted."""
-    ordered = sorted(parameters.items())
+    the runtime's deterministic order when given in that order: keys by their bytes, a key
+    before any it is a prefix of ("00" before "0": upb's order, not Python's)."""
+    ordered = sorted(parameters.items(), key=lambda item: item[0].encode() + b"\xff")
     result = InferResult(
         model_name="endpoint",
         model_version=model_version,
