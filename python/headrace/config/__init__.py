@@ -3,6 +3,7 @@ model from its ``model.toml`` (``model.py``). Part of the base: imports nothing 
 
 from __future__ import annotations
 
+from headrace.config.features import FeaturesConfig, ViewConfig
 from headrace.config.model import (
     BatchingConfig,
     DriftSettings,
@@ -19,10 +20,12 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "BatchingConfig",
     "DriftSettings",
+    "FeaturesConfig",
     "ModelConfig",
     "OnnxRuntimeConfig",
     "ServerSettings",
     "TensorConfig",
     "VersionPolicy",
+    "ViewConfig",
     "load_model_config",
 ]

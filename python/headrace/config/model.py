@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic import model_validator as _model_validator
 
+from headrace.config.features import FeaturesConfig, ViewConfig
 from headrace.datatypes import DATATYPE_TO_NUMPY
 from headrace.errors import ConfigError
 
@@ -284,6 +285,9 @@ class ModelToml(ConfigModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    # Online features joined into one input (``into``) before the batcher; clients send the
+    # entity and request inputs instead (headrace.features).
+    features: FeaturesConfig | None = None
     # Alias -> version number (``champion = 3``): labels a request may name as model_version.
     # Read by the registry's filesystem source; a moved alias is not a config change.
     aliases: dict[Annotated[str, Field(min_length=1)], Annotated[Int, Field(ge=1)]] = Field(
@@ -317,6 +321,8 @@ _TABLES: dict[str, type[BaseModel]] = {
     "drift": DriftSettings,
     "inputs": TensorConfig,
     "outputs": TensorConfig,
+    "features": FeaturesConfig,
+    "features.views": ViewConfig,
 }
 
 
@@ -326,6 +332,7 @@ def known_keys() -> dict[str, list[str]]:
     for index in range(64):
         keys[f"inputs[{index}]"] = keys["inputs"]
         keys[f"outputs[{index}]"] = keys["outputs"]
+        keys[f"features.views[{index}]"] = keys["features.views"]
     return keys
 
 

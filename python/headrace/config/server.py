@@ -66,6 +66,10 @@ class ServerSettings(BaseSettings):
     # endpoint of one variant) only when this is on: remembering costs about a microsecond per
     # request, which a model nobody sends feedback for should not pay.
     feedback_plain_models: bool = False
+    # -- online features (features/) --
+    # Where every row served by a model with [features] is logged (Parquet, rotated; read back
+    # with headrace.features.read_served_log); None: no log.
+    served_log: Path | None = None
     # -- load --
     # RPCs in flight at once, streams counted once each; beyond it RESOURCE_EXHAUSTED.
     # 0: from the machine's memory (see server/app.py).
