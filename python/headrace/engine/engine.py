@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from headrace.config import ServerSettings
 from headrace.engine.completions import CompletionRouter
+from headrace.engine.features import EngineFeatures
 from headrace.engine.lookup import lease_route, lease_version, served_version
 from headrace.engine.routed import EngineRouting, signature_of_version
 from headrace.engine.version import ModelVersion
@@ -74,7 +75,11 @@ class Engine:
             else None
         )
         self.completions = CompletionRouter()
-        self.models = ModelManager(repository, self.settings, self.metrics, self.completions)
+        # Feature joiners' metrics, the served log and a loop for blocking lookups.
+        self.features = EngineFeatures(self.settings.served_log, self.metrics.registry)
+        self.models = ModelManager(
+            repository, self.settings, self.metrics, self.completions, features=self.features
+        )
         self._routing: EngineRouting | None = None
         self._routing_lock = threading.Lock()
         self._ids = RequestIds()  # ids for requests sent without one (feedback refers to them)
@@ -323,7 +328,15 @@ class Engine:
             served = leased.version
             try:
                 names = served.validator.check(arrays, outputs)
-                result = served.infer(arrays, names, priority, deadline_ns(timeout_us, None))
+                result = served.infer(
+                    arrays,
+                    names,
+                    priority,
+                    deadline_ns(timeout_us, None),
+                    request_id=request_id,
+                    endpoint=route.endpoint,
+                    variant=route.variant,
+                )
             finally:
                 leased.lease.release()
         except HeadraceError as error:
@@ -357,7 +370,15 @@ class Engine:
             try:
                 names = served.validator.check(inputs, outputs, declared_datatypes)
                 deadline = deadline_ns(timeout_us, timeout_s)
-                result = await served.infer_async(inputs, names, priority, deadline)
+                result = await served.infer_async(
+                    inputs,
+                    names,
+                    priority,
+                    deadline,
+                    request_id=request_id,
+                    endpoint=route.endpoint,
+                    variant=route.variant,
+                )
             finally:
                 leased.lease.release()
         except HeadraceError as error:
@@ -397,3 +418,4 @@ class Engine:
         if self._routing is not None:
             self._routing.close()
         self.models.close()
+        self.features.close()

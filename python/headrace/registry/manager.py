@@ -21,6 +21,7 @@ from pathlib import Path
 
 from headrace.config import ModelConfig, ServerSettings
 from headrace.engine.completions import CompletionRouter
+from headrace.engine.features import EngineFeatures
 from headrace.engine.version import ModelVersion
 from headrace.errors import (
     HeadraceError,
@@ -131,11 +132,13 @@ class ModelManager:
         settings: ServerSettings,
         metrics: Metrics,
         completions: CompletionRouter,
+        features: EngineFeatures | None = None,
     ) -> None:
         self.repository = repository
         self._settings = settings
         self._metrics = metrics
         self._completions = completions
+        self._features = features
         # Replaced, never mutated in place: readers take it without a lock.
         self._models: dict[str, ServedModel] = {}
         self._publish_lock = threading.Lock()  # serialises snapshot replacement only
@@ -267,6 +270,7 @@ class ModelManager:
                     source.config,
                     self._settings,
                     self._metrics,
+                    features=self._features,
                 )
                 version.start(self._completions)
             except HeadraceError as error:
