@@ -53,6 +53,11 @@ def add_parser(commands: Any) -> None:
         default=None,
         help="remember plain models' answers for feedback too (endpoints always do)",
     )
+    serve.add_argument(
+        "--served-log",
+        type=Path,
+        help="log every row served by a model with [features] here (Parquet)",
+    )
     load = serve.add_argument_group("load")
     load.add_argument("--max-inflight-rpcs", type=int, help="cap (default: from memory)")
     load.add_argument("--stream-stall-timeout-s", type=float, help="cancel a stalled reader (30)")
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             "feedback_max_entries": args.feedback_max_entries,
             "feedback_ttl_s": args.feedback_ttl_s,
             "feedback_plain_models": args.feedback_plain_models,
+            "served_log": args.served_log,
             "log_level": args.log_level,
         }.items()
         if value is not None
