@@ -55,6 +55,15 @@ snapshot = "items.parquet"
 """
 
 
+# A declared endpoint over the redis model, shadowed by the embedded one (same client inputs).
+ENDPOINTS = """
+[[endpoint]]
+name = "ranking"
+variants = [{ name = "main", model = "scored" }]
+shadows = [{ name = "copy", model = "scored_embedded", sample = 1.0 }]
+"""
+
+
 def write_snapshots(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     snapshots.write(folder / "users.parquet", USERS)
@@ -73,8 +82,8 @@ def push(folder: Path, redis_url: str) -> None:
 def write_repository(
     root: Path, redis_url: str, extra: dict[str, tuple[str, int]] | None = None
 ) -> Path:
-    """``bare``, ``scored`` (redis) and ``scored_embedded``; ``extra`` adds redis models: name
-    -> (on_store_error, timeout_ms)."""
+    """``bare``, ``scored`` (redis) and ``scored_embedded``, the endpoint ``ranking``; ``extra``
+    adds redis models: name -> (on_store_error, timeout_ms)."""
     repo = root / "models"
     mlp = onnx_models.mlp(SIZES, seed=3)
     onnx_models.write_model(repo, "bare", mlp, toml="max_batch_size = 64\n")
@@ -85,6 +94,7 @@ def write_repository(
         repo, "scored_embedded", mlp, toml=features_toml("embedded", "", 5000, "default")
     )
     write_snapshots(repo / "scored_embedded")
+    (repo / "_endpoints.toml").write_text(ENDPOINTS)
     for name, (on_error, timeout_ms) in (extra or {}).items():
         onnx_models.write_model(
             repo, name, mlp, toml=features_toml("redis", redis_url, timeout_ms, on_error)

@@ -175,23 +175,36 @@ def test_missing_and_unknown_inputs_are_invalid_argument(client: Any) -> None:
     assert "unknown input 'x'" in raised.value.message()
 
 
+def served_rows(log_dir: Path, model: str) -> dict[str, list[Any]]:
+    rows: dict[str, list[Any]] = read_served_log(log_dir, model).to_pydict()
+    return rows
+
+
 def test_the_served_log_holds_one_row_per_served_row_as_the_model_received_it(
     served: tuple[RunningServer, Path, Path], client: Any
 ) -> None:
     running, _, log_dir = served
-    sent: dict[str, tuple[dict[str, Any], Any, str]] = {}
-    for index, rows in enumerate((1, 4, 9, 2)):
+    engine = engine_of(running)
+    log = engine.features.served_log
+    assert log is not None
+    shadow = engine.get_version("scored_embedded")
+    shadow_runs = shadow.statistics().success_count
+    sent: dict[str, tuple[dict[str, Any], Any, str, str]] = {}
+    for index, (rows, endpoint) in enumerate(((1, "scored"), (4, "ranking"), (9, "scored"),
+                                              (2, "ranking"))):  # fmt: skip
         inputs = served_repo.request(rows, 500 + index)
         request_id = f"logged-{index}"
-        y, variant = infer(client, "scored", inputs, request_id=request_id)
-        sent[request_id] = (inputs, y, variant)
-    log = engine_of(running).features.served_log
-    assert log is not None and log.flush(60)
-    table = read_served_log(log_dir, "scored").to_pydict()
+        y, variant = infer(client, endpoint, inputs, request_id=request_id)
+        sent[request_id] = (inputs, y, endpoint, variant)
+    # The endpoint's shadow copies ran (they are not served, so not logged).
+    wait_for(lambda: shadow.statistics().success_count == shadow_runs + 2, "the shadow copies")
+    assert log.flush(60)
+    table = served_rows(log_dir, "scored")
     mine = [i for i, rid in enumerate(table["request_id"]) if rid in sent]
-    assert len(mine) == sum(len(inputs["user_id"]) for inputs, _, _ in sent.values())
+    assert len(mine) == sum(len(inputs["user_id"]) for inputs, *_ in sent.values())
+    assert not set(served_rows(log_dir, "scored_embedded")["request_id"]) & set(sent)
     columns = ["user_stats.age", "user_stats.spend_30d", "item_stats.ctr_7d", "amount"]
-    for request_id, (inputs, y, variant) in sent.items():
+    for request_id, (inputs, y, endpoint, variant) in sent.items():
         at = sorted((table["row"][i], i) for i in mine if table["request_id"][i] == request_id)
         assert [row for row, _ in at] == list(range(len(inputs["user_id"])))
         logged_x = np.array([[table[c][i] for c in columns] for _, i in at], np.float32)
@@ -202,9 +215,10 @@ def test_the_served_log_holds_one_row_per_served_row_as_the_model_received_it(
         assert np.array_equal(np.array([table["output.y"][i] for _, i in at], np.float32), y)
         assert [table["user_id"][i] for _, i in at] == inputs["user_id"].tolist()
         assert [table["item_id"][i] for _, i in at] == inputs["item_id"].tolist()
+        assert variant == ("main" if endpoint == "ranking" else "scored")
         for _, i in at:
             assert (table["model"][i], table["version"][i]) == ("scored", "1")
-            assert (table["endpoint"][i], table["variant"][i]) == ("scored", variant)
+            assert (table["endpoint"][i], table["variant"][i]) == (endpoint, variant)
 
 
 def test_blocking_infer_through_the_serving_loop(served: tuple[RunningServer, Path, Path]) -> None:
