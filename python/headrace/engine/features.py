@@ -10,12 +10,14 @@ request the version calls :meth:`VersionFeatures.assemble` on the event loop bef
 the assembled inputs, then :meth:`VersionFeatures.log_served`.
 
 Loops. A remote store's connections and the coalescer's waiting lookups belong to one event loop,
-the joiner's *home*: the first loop that asks (the server's), replaced when it is gone (closed or
-stopped, as successive ``asyncio.run`` calls leave it). A caller on another running loop, or a
-blocking caller, hands its lookup to the home loop (``run_coroutine_threadsafe``); a blocking
-caller with no home running makes the engine's own loop thread (:class:`EngineFeatures`) the
-home. The embedded store keeps no loop state: it is read in place, and a blocking caller drives
-its lookup to the end without a loop (an in-memory lookup never suspends).
+the joiner's *home*, which must outlive them (a connection left on a closed loop leaks): the
+server's loop (``EngineFeatures.serve_on``, called when the server starts) while it runs, else the
+engine's own loop thread (:class:`EngineFeatures`, started on first use, stopped when the engine
+closes). Requests on the server's loop read the store in place; any other caller, blocking or on
+a loop of its own (``asyncio.run``), hands its lookup to the home loop
+(``run_coroutine_threadsafe``). The embedded store keeps no loop state: it is read in place, and a
+blocking caller drives its lookup to the end without a loop (an in-memory lookup never
+suspends).
 
 Warm-up feeds the model's own inputs (``into`` included): zeros, or ``warmup.npz`` holding the
 model's inputs. The store is not asked, so a version loads and warms while its store is down; its
@@ -93,6 +95,19 @@ class EngineFeatures:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._serving: asyncio.AbstractEventLoop | None = None
+
+    def serve_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Remote stores are read on ``loop`` (the server's) from now on, while it runs. Call
+        before requests come; the engine must close while the loop still runs (Server.stop)."""
+        self._serving = loop
+
+    def home_loop(self) -> asyncio.AbstractEventLoop:
+        """Where remote stores are read: the server's loop while it runs, else our own."""
+        serving = self._serving
+        if serving is not None and serving.is_running():
+            return serving
+        return self.own_loop()
 
     @property
     def metrics(self) -> FeatureMetrics | None:
@@ -150,21 +165,14 @@ class VersionFeatures:
         self._shared = shared
         self._batched = batched
         self._hop_timeout_s = joiner.config.timeout_ms / 1e3 + HOP_GRACE_S
-        self._home: asyncio.AbstractEventLoop | None = None
-        self._home_lock = threading.Lock()
+        # Every loop the joiner's store was read on (its connections close there).
+        self._homes: set[asyncio.AbstractEventLoop] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
-    # -- the home loop ---------------------------------------------------------------------
-
-    def _home_for(self, running: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
-        with self._home_lock:
-            home = self._home
-            if home is not None and not home.is_closed() and (home is running or home.is_running()):
-                return home
-            # Gone (closed, stopped) or never set: the caller's loop, else the engine's own.
-            home = running if running is not None else self._shared.own_loop()
-            self._home = home
-            return home
+    def _home(self) -> asyncio.AbstractEventLoop:
+        home = self._shared.home_loop()
+        self._homes.add(home)
+        return home
 
     def _hop(self, home: asyncio.AbstractEventLoop, inputs: Mapping[str, Any]) -> Future[Arrays]:
         return asyncio.run_coroutine_threadsafe(self.joiner.assemble(inputs), home)
@@ -182,7 +190,7 @@ class VersionFeatures:
         if not self._remote:
             return self._checked(await self.joiner.assemble(inputs))
         running = asyncio.get_running_loop()
-        home = self._home_for(running)
+        home = self._home()
         if home is running:
             return self._checked(await self.joiner.assemble(inputs))
         future = self._hop(home, inputs)
@@ -199,7 +207,7 @@ class VersionFeatures:
         if not self._remote:
             return self._checked(_finish_now(self.joiner.assemble(inputs)))
         running = _running_loop()
-        home = self._home_for(None)
+        home = self._home()
         if home is running:
             raise RuntimeError(
                 f"model '{self.joiner.model}': a blocking infer on the event loop that reads its "
@@ -240,22 +248,22 @@ class VersionFeatures:
     # -- retiring --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the store's connections on their loop (blocking, from any thread)."""
-        home = self._home
-        if home is None or home.is_closed():
-            return  # never read remotely, or its connections went with their loop
-        if home is _running_loop():
-            task = home.create_task(self.joiner.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-            return
-        if not home.is_running():
-            return  # a stopped loop cannot close them; they go with it
-        future = asyncio.run_coroutine_threadsafe(self.joiner.close(), home)
-        try:
-            future.result(CLOSE_TIMEOUT_S)
-        except Exception as error:  # retiring goes on; the connections go with the process
-            log.warning("model %s: feature store not closed: %r", self.joiner.model, error)
+        """Close the store's connections on the loops they were opened on (blocking, from any
+        thread but those loops')."""
+        running = _running_loop()
+        for home in list(self._homes):
+            if home.is_closed() or not home.is_running():
+                continue  # a stopped loop cannot close them; they go with it
+            if home is running:
+                task = home.create_task(self.joiner.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+                continue
+            future = asyncio.run_coroutine_threadsafe(self.joiner.close(), home)
+            try:
+                future.result(CLOSE_TIMEOUT_S)
+            except Exception as error:  # retiring goes on; the connections go with the process
+                log.warning("model %s: feature store not closed: %r", self.joiner.model, error)
 
 
 def build_version_features(

@@ -171,8 +171,10 @@ class Server:
         if s.grpc_uds is not None:
             Path(s.grpc_uds).unlink(missing_ok=True)
             server.add_insecure_port(f"unix:{s.grpc_uds}")
-        # Shadow workers and the periodic routing state write run on this loop.
+        # Shadow workers and the periodic routing state write run on this loop, and feature
+        # stores are read on it.
         await self.engine.routing.start()
+        self.engine.features.serve_on(asyncio.get_running_loop())
         await server.start()
         self._server = server
         for service in ("", INFERENCE_SERVICE, ADMIN_SERVICE, wire.FEEDBACK_SERVICE.full_name):

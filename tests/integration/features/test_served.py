@@ -223,7 +223,8 @@ def test_the_served_log_holds_one_row_per_served_row_as_the_model_received_it(
 
 def test_blocking_infer_through_the_serving_loop(served: tuple[RunningServer, Path, Path]) -> None:
     # Engine.infer from a thread of its own: the redis lookup runs on the server's loop.
-    engine = engine_of(served[0])
+    running = served[0]
+    engine = engine_of(running)
     inputs = served_repo.request(6, 71)
     for model in ("scored", "scored_embedded"):
         result = engine.infer(model, inputs)
@@ -232,18 +233,24 @@ def test_blocking_infer_through_the_serving_loop(served: tuple[RunningServer, Pa
     with pytest.raises(InvalidArgumentError, match="user_id"):
         engine.infer("scored", {**inputs, "user_id": inputs["user_id"].astype(np.float32)})
 
+    async def blocking_on_the_serving_loop() -> None:
+        # It would wait for the loop it blocks: refused at once, not hung.
+        with pytest.raises(RuntimeError, match="use infer_async"):
+            engine.infer("scored", inputs)
+
+    asyncio.run_coroutine_threadsafe(blocking_on_the_serving_loop(), running.loop).result(60)
+
 
 def test_an_engine_without_a_server_serves_features_blocking_and_async(
     served: tuple[RunningServer, Path, Path], redis_server: RedisServer
 ) -> None:
+    # The engine's own loop thread reads redis, for blocking callers and for loops that come and
+    # go (each asyncio.run closes its own: connections there would leak).
     _, repo, _ = served
     engine = Engine.from_repository(repo, metrics_port=-1)
     try:
         inputs = served_repo.request(5, 81)
         want = engine.infer("bare", {"x": served_repo.expected_x(inputs)}).outputs["y"]
-        # No loop runs: the engine's own loop thread reads redis.
-        assert np.array_equal(engine.infer("scored", inputs).outputs["y"], want)
-        # Then loops that come and go (each asyncio.run closes its loop): rebound each time.
         for _ in range(2):
             result = asyncio.run(engine.infer_async("scored", inputs))
             assert np.array_equal(result.outputs["y"], want)
