@@ -134,7 +134,9 @@ class ModelVersion:
         # and ``validator`` become theirs at start); the batcher and warm-up take these.
         self.model_inputs = self.inputs
         self._model_validator = self.validator
-        self._features_shared = features
+        # A version built without an engine's (tests, tools) gets one of its own, closed with it.
+        self._features_shared = features if features is not None else EngineFeatures()
+        self._owns_features_shared = features is None
         self.features: VersionFeatures | None = None
         self._input_names = [s.name for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
@@ -185,7 +187,7 @@ class ModelVersion:
             source,
             source.parent if source is not None else self.directory.parent,
             self.model_inputs,
-            self._features_shared or EngineFeatures(),
+            self._features_shared,
             batched=self.max_batch_size > 0,
         )
         self.inputs = self.features.client_inputs
@@ -281,6 +283,8 @@ class ModelVersion:
             self.execution.close()
         if self.features is not None:
             self.features.close()
+        if self._owns_features_shared:
+            self._features_shared.close()
         self._metrics.untrack(self)
         if self.drift is not None:
             self._metrics.drift_watcher.unregister(self.drift)
