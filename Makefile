@@ -6,6 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 JOBS ?= 2
+# The test build compiles the CUDA kernels (when nvcc is found) for one architecture only: each
+# more is another full device compile. Release builds default to 80;90 (pyproject.toml).
+CUDA_ARCHITECTURES ?= 90
 # Tools the build itself needs, installed into the venv so builds run without isolation (fast,
 # and the same versions every time).
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.13" "grpcio-tools>=1.66" ninja "cmake>=3.24"
@@ -25,11 +28,12 @@ venv: $(BIN)/python
 
 install: venv
 	$(PIP) install --quiet $(BUILD_DEPS)
-	$(PIP) install --quiet --no-build-isolation .
+	$(PIP) install --quiet --no-build-isolation ".[cpu]"
 
 install-dev: venv
 	$(PIP) install --quiet $(BUILD_DEPS)
-	HEADRACE_WERROR=ON CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) \
+	HEADRACE_WERROR=ON HEADRACE_CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES) \
+		CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) \
 		$(PIP) install --quiet --no-build-isolation ".[test]"
 
 serve: install
@@ -48,7 +52,8 @@ cpp-sanitize: install-dev
 		dir=build/sanitize-$$(echo $$sanitizer | tr , -); \
 		$(BIN)/cmake -S . -B $$dir -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(BIN))/ninja \
 			-DHEADRACE_PYTHON=OFF -DHEADRACE_CPP_TESTS=ON -DHEADRACE_WERROR=ON \
-			-DHEADRACE_SANITIZE=$$sanitizer -DCMAKE_BUILD_TYPE=Debug >/dev/null || exit 1; \
+			-DHEADRACE_SANITIZE=$$sanitizer -DCMAKE_BUILD_TYPE=Debug \
+			-DHEADRACE_CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES) >/dev/null || exit 1; \
 		$(BIN)/cmake --build $$dir -j $(JOBS) || exit 1; \
 		(cd $$dir && TSAN_OPTIONS=halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 			$(abspath $(BIN))/ctest --output-on-failure) || exit 1; \

@@ -27,5 +27,6 @@ PYBIND11_MODULE(_core, m) {
   headrace::bindings::register_quant(m);
   headrace::bindings::register_drift(m);
   headrace::bindings::register_ort(m);
+  headrace::bindings::register_cuda(m);
   // A new csrc/ area adds its register_<area>(m) here.
 }

@@ -10,5 +10,6 @@ void register_batching(pybind11::module_& m);
 void register_quant(pybind11::module_& m);
 void register_drift(pybind11::module_& m);
 void register_ort(pybind11::module_& m);
+void register_cuda(pybind11::module_& m);
 
 }  // namespace headrace::bindings

@@ -32,6 +32,7 @@
 #include "batching/tensor.h"
 #include "bindings/array_tensors.h"
 #include "bindings/register.h"
+#include "cuda/cuda_mlp_runner.h"
 #include "drift/drift_accumulator.h"
 #include "drift/drift_counting_runner.h"
 #include "ort/ort_model.h"
@@ -112,6 +113,10 @@ class PyBatcher {
       // The int8 backend: batches run in C++ on the worker threads, never taking the GIL.
       native_runner = std::make_shared<quant::QuantizedMlpRunner>(
           runner.cast<std::shared_ptr<quant::QuantizedMlp>>());
+    } else if (py::isinstance<cuda::CudaMlp>(runner)) {
+      // The int8 backend on a GPU: the same C++ path, each batch on its own CUDA stream.
+      native_runner = std::make_shared<cuda::CudaMlpRunner>(
+          runner.cast<std::shared_ptr<cuda::CudaMlp>>());
     } else if (py::isinstance<ort::OrtRunner>(runner)) {
       // ONNX Runtime through its C API: no GIL on the worker threads either.
       native_runner = runner.cast<std::shared_ptr<ort::OrtRunner>>();
@@ -119,7 +124,7 @@ class PyBatcher {
       runs_native_ = false;
       native_runner = std::make_shared<PythonRunner>(std::move(runner));
     } else {
-      throw_invalid_argument("runner must be callable, a QuantizedMlp or an OrtRunner");
+      throw_invalid_argument("runner must be callable, a QuantizedMlp, a CudaMlp or an OrtRunner");
     }
     if (drift) {
       // Counted here, in C++ after each run and without the GIL, for native runners (their

@@ -96,6 +96,7 @@ class Batcher:
         config: BatcherConfig,
         runner: Callable[[list[npt.NDArray[Any]]], Sequence[npt.NDArray[Any]]]
         | QuantizedMlp
+        | CudaMlp
         | OrtRunner,
         completions: CompletionQueue,
         drift: DriftAccumulator | None = None,
@@ -277,3 +278,65 @@ class OrtModel:
         self, feed: dict[str, npt.NDArray[Any]], output_names: list[str]
     ) -> list[npt.NDArray[Any]]: ...
     def runner(self, input_names: list[str], output_names: list[str]) -> OrtRunner: ...
+
+# --- cuda (csrc/cuda) ---
+
+def cuda_discover() -> dict[str, Any]:
+    """{"built_with_cuda": bool, "devices": [dict], "reason": str ("" when usable)}."""
+
+def cuda_pack_mlp_weights(w: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]: ...
+def cuda_pack_gemm_weights(w: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]: ...
+def cuda_emulate_mma(
+    a: npt.NDArray[np.uint32], b: npt.NDArray[np.uint32], c: npt.NDArray[np.int32]
+) -> npt.NDArray[np.int32]: ...
+def cuda_emulate_mlp_layer(
+    a: npt.NDArray[np.int8], w: npt.NDArray[np.int8], cluster_size: int
+) -> npt.NDArray[np.int32]: ...
+def cuda_emulate_tiled_gemm(
+    a: npt.NDArray[np.int8], w: npt.NDArray[np.int8]
+) -> npt.NDArray[np.int32]: ...
+def cuda_gemm_s32(
+    a: npt.NDArray[np.int8], w: npt.NDArray[np.int8], device: int = 0
+) -> npt.NDArray[np.int32]: ...
+def cuda_gemm_epilogue(
+    a: npt.NDArray[np.int8],
+    w: npt.NDArray[np.int8],
+    row_scales: npt.NDArray[np.float32],
+    weight_scales: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    activation: int,
+    device: int = 0,
+) -> npt.NDArray[np.float32]: ...
+def cuda_time_gemm(
+    m: int, n: int, k: int, iterations: int, device: int = 0
+) -> dict[str, float]: ...
+
+class CudaMlp:
+    """An int8 MLP (.int8 file) on a CUDA device, every layer in one launch; run() is
+    thread-safe and releases the GIL."""
+
+    def __init__(
+        self, path: str, device: int = 0, cluster_size: int = 0, use_graphs: bool = True
+    ) -> None: ...
+    @staticmethod
+    def from_bytes(
+        data: bytes, device: int = 0, cluster_size: int = 0, use_graphs: bool = True
+    ) -> CudaMlp: ...
+    def run(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+    def time_launch_us(self, rows: int, iterations: int, graph: bool) -> float: ...
+    @property
+    def input_size(self) -> int: ...
+    @property
+    def output_size(self) -> int: ...
+    @property
+    def layer_count(self) -> int: ...
+    @property
+    def device(self) -> int: ...
+    @property
+    def cluster_size(self) -> int: ...
+    @property
+    def shared_memory_bytes(self) -> int: ...
+    @property
+    def input(self) -> dict[str, str | list[int]]: ...
+    @property
+    def output(self) -> dict[str, str | list[int]]: ...

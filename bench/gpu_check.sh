@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Every GPU check of issue 15 (the CUDA int8 path) in one call, on a machine with an NVIDIA GPU of
+# compute capability >= 8.0 and this workplace's CUDA image (python3 with torch, pybind11,
+# scikit-build-core, cmake, ninja, pytest, hypothesis; nvcc; no network). About 5-8 minutes:
+#   1. build headrace with HEADRACE_CUDA=ON, warnings as errors, sm_90 (~2 min on 16 cores)
+#   2. the CUDA tests: tests/unit/test_cuda_*.py (GPU tests: bit-exactness vs the CPU int32
+#      reference on random/extreme/odd shapes, whole-MLP vs QuantizedMlp, gRPC served from the GPU)
+#   3. bench/bench_cuda.py: GEMM TOPS vs torch._int_mm and fp16, the wide MLP at batch 1/8/32/64
+# Results go to $OUT (the device tool's folder), else ./gpu_check_out: gpu_check.log (everything),
+# pytest.xml, bench_cuda.json, ptxas.txt (registers/spills of each kernel).
+#
+# Before the call, on a machine with PyPI:   bash bench/gpu_wheels.sh      (fills .whl/)
+# The call (device tool, from the repository root):
+#   command: bash bench/gpu_check.sh      carry: [".whl"]      timeout_s: 600
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu_check_out}"
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+status=0
+step() { echo; echo "=== $(date +%T) $*"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
+nvcc --version | tail -2
+$PY --version
+
+step "wheels the image lacks (.whl, from bench/gpu_wheels.sh)"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+else
+  echo "no .whl/ carried: relying on the image (grpcio-tools and pydantic are usually missing)"
+fi
+
+step "build (HEADRACE_CUDA=ON, -Werror, sm_90)"
+build_start=$(date +%s)
+HEADRACE_CUDA=ON HEADRACE_WERROR=ON HEADRACE_CUDA_ARCHITECTURES=90 \
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+  $PY -m pip install --no-build-isolation --no-deps --no-cache-dir --target /tmp/headrace \
+    --config-settings=build-dir=/tmp/headrace-build . > "$OUT/build.log" 2>&1
+build_rc=$?
+echo "build rc=$build_rc in $(( $(date +%s) - build_start )) s (log: build.log)"
+if [ $build_rc -ne 0 ]; then tail -60 "$OUT/build.log"; exit 1; fi
+export PYTHONPATH="/tmp/headrace:$PYTHONPATH"
+# Registers, shared memory and spills of every kernel, for the record.
+nvcc -std=c++20 -arch=sm_90 -O3 -Icsrc --expt-relaxed-constexpr -Xptxas -v -c \
+  csrc/cuda/mlp_kernel.cu -o /tmp/mlp_kernel.o > "$OUT/ptxas.txt" 2>&1
+nvcc -std=c++20 -arch=sm_90 -O3 -Icsrc --expt-relaxed-constexpr -Xptxas -v -c \
+  csrc/cuda/gemm_kernel.cu -o /tmp/gemm_kernel.o >> "$OUT/ptxas.txt" 2>&1
+grep -E "registers|spill" "$OUT/ptxas.txt"
+cuobjdump --dump-sass /tmp/mlp_kernel.o 2>/dev/null | grep -cE "IMMA" | sed 's/^/IMMA instructions in the whole-MLP kernel: /'
+
+step "CUDA tests"
+$PY -c "from headrace import _core; print(_core.cuda_discover())"
+timeout 330 $PY -m pytest -p no:cacheprovider -q -rs --timeout=90 --maxfail=15 --junitxml="$OUT/pytest.xml" \
+  tests/unit/test_cuda_device.py tests/unit/test_cuda_packing.py tests/unit/test_cuda_gpu.py
+test_rc=$?
+echo "pytest rc=$test_rc"
+[ $test_rc -eq 0 ] || status=1
+
+step "bench/bench_cuda.py"
+timeout 240 $PY bench/bench_cuda.py --out "$OUT"
+bench_rc=$?
+echo "bench rc=$bench_rc"
+[ $bench_rc -eq 0 ] || status=1
+
+step "done: status=$status (tests rc=$test_rc, bench rc=$bench_rc)"
+exit $status
