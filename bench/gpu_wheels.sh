@@ -3,10 +3,9 @@
 # .whl/ the Python 3.12 x86-64 wheels that the GPU machine's image lacks (it has no network), at
 # the versions of this checkout's .venv, so the protocol stubs generated there match their
 # runtimes. grpcio and protobuf come along on purpose: generated stubs refuse older runtimes.
-# Carry .whl with the run (about 15 MB).
+# Carry .whl with the run (about 13 MB); .gitignore keeps it out of commits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> "$(git rev-parse --git-path info/exclude)"
 PIP="${PIP:-.venv/bin/python -m pip}"
 version() { $PIP show "$1" 2>/dev/null | sed -n 's/^Version: //p'; }
 rm -rf .whl && mkdir -p .whl
