@@ -1,4 +1,5 @@
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <string>
 
@@ -9,7 +10,15 @@ namespace headrace::cuda {
 namespace {
 
 std::string describe(cudaError_t status) {
-  return std::string(cudaGetErrorString(status)) + " (" + cudaGetErrorName(status) + ")";
+  std::string text =
+      std::string(cudaGetErrorString(status)) + " (" + cudaGetErrorName(status) + ")";
+  if (status == cudaErrorInsufficientDriver) {
+    // The runtime says "insufficient driver" also when there is no driver at all: say which.
+    void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+    if (driver == nullptr) return "no NVIDIA driver (libcuda.so.1 not found); " + text;
+    dlclose(driver);
+  }
+  return text;
 }
 
 }  // namespace

@@ -273,7 +273,9 @@ CudaMlp::CudaMlp(const quant::Int8ModelFile& model, CudaMlpOptions options)
       refusals += " cluster " + std::to_string(cluster) + ": " + std::to_string(shared) + " bytes;";
       continue;
     }
-    configure_mlp_kernel(shared, cluster);
+    // The limit is the device's maximum, not this model's need: the attribute belongs to the
+    // kernel, shared by every model in the process, and must never shrink under a wider one.
+    configure_mlp_kernel(info.shared_memory_per_block_bytes, cluster);
     if (mlp_max_active_clusters(shared, cluster) < 1) {
       refusals += " cluster " + std::to_string(cluster) + ": not launchable;";
       continue;

@@ -46,7 +46,8 @@ struct MlpParams {
   int cluster_size;
 };
 
-// Sets the kernel's shared-memory limit (and non-portable cluster sizes); once per device.
+// Raises the kernel's dynamic shared-memory limit to `shared_bytes` (and allows non-portable
+// cluster sizes above 8), on the current device.
 void configure_mlp_kernel(std::size_t shared_bytes, int cluster_size);
 
 // Most clusters of this size and shared memory that can be resident at once (0: not launchable).
