@@ -6,8 +6,9 @@
 #   2. the CUDA tests: tests/unit/test_cuda_*.py (GPU tests: bit-exactness vs the CPU int32
 #      reference on random/extreme/odd shapes, whole-MLP vs QuantizedMlp, gRPC served from the GPU)
 #   3. bench/bench_cuda.py: GEMM TOPS vs torch._int_mm and fp16, the wide MLP at batch 1/8/32/64
+#   4. compute-sanitizer memcheck and racecheck on small launches of both kernels
 # Results go to $OUT (the device tool's folder), else ./gpu_check_out: gpu_check.log (everything),
-# pytest.xml, bench_cuda.json, ptxas.txt (registers/spills of each kernel).
+# pytest.xml, bench_cuda.json, ptxas.txt (registers/spills of each kernel), sanitizer_*.txt.
 #
 # Before the call, on a machine with PyPI:   bash bench/gpu_wheels.sh      (fills .whl/)
 # The call (device tool, from the repository root):
@@ -68,5 +69,34 @@ bench_rc=$?
 echo "bench rc=$bench_rc"
 [ $bench_rc -eq 0 ] || status=1
 
-step "done: status=$status (tests rc=$test_rc, bench rc=$bench_rc)"
+step "compute-sanitizer: memcheck and racecheck on small launches of both kernels"
+cat > /tmp/sanitize_launches.py <<'PY'
+import numpy as np
+from headrace import _core
+from headrace import quantize as hq
+rng = np.random.default_rng(0)
+widths, layers = [70, 130, 33, 9], []
+for i, (k, n) in enumerate(zip(widths, widths[1:])):
+    layers.append(hq.QuantizedLayer(rng.integers(-127, 128, (k, n), dtype=np.int8),
+        np.full(n, 0.01, np.float32), np.zeros(n, np.float32),
+        hq.Activation.SOFTMAX if i == 2 else hq.Activation.RELU, None))
+data = hq.encode_int8_model(hq.TensorSpec("x", "FP32", (-1, 70)), hq.TensorSpec("y", "FP32", (-1, 9)), layers)
+x = rng.standard_normal((70, 70)).astype(np.float32)
+for cluster in (1, 2):
+    _core.CudaMlp.from_bytes(data, cluster_size=cluster).run(x)
+a = rng.integers(-128, 128, (130, 100), dtype=np.int8)
+_core.cuda_gemm_s32(a, rng.integers(-128, 128, (100, 70), dtype=np.int8))
+print("launches ran")
+PY
+sanitizer_rc=0
+for tool in memcheck racecheck; do
+  timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 $PY /tmp/sanitize_launches.py \
+    > "$OUT/sanitizer_$tool.txt" 2>&1
+  rc=$?
+  echo "compute-sanitizer $tool rc=$rc"; tail -5 "$OUT/sanitizer_$tool.txt"
+  [ $rc -eq 0 ] || sanitizer_rc=$rc
+done
+[ $sanitizer_rc -eq 0 ] || status=1
+
+step "done: status=$status (tests rc=$test_rc, bench rc=$bench_rc, sanitizer rc=$sanitizer_rc)"
 exit $status
