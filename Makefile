@@ -13,7 +13,7 @@ CUDA_ARCHITECTURES ?= 90
 # and the same versions every time).
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.13" "grpcio-tools>=1.66" ninja "cmake>=3.24"
 
-.PHONY: help venv install install-dev serve test lint typecheck cpp-sanitize pytest bench clean
+.PHONY: help venv install install-dev serve test lint typecheck cpp-sanitize pytest smoke bench clean
 
 help:
 	@echo "make serve   - set up and serve examples/models (gRPC :8001, metrics :8002)"
@@ -28,7 +28,7 @@ venv: $(BIN)/python
 
 install: venv
 	$(PIP) install --quiet $(BUILD_DEPS)
-	$(PIP) install --quiet --no-build-isolation ".[cpu]"
+	$(PIP) install --quiet --no-build-isolation .
 
 install-dev: venv
 	$(PIP) install --quiet $(BUILD_DEPS)
@@ -66,7 +66,19 @@ cpp-sanitize: install-dev
 pytest: install-dev
 	$(BIN)/python -m pytest
 
-test: lint typecheck cpp-sanitize pytest
+# A new user's install: the wheel alone (no extras) in a throwaway venv, then serve + one infer,
+# quantize and profile from there. Catches a runtime dependency that only the test extra brings.
+SMOKE_VENV := build/smoke-venv
+# The wheel takes install-dev's CUDA architectures, so it reuses that build (build/{wheel_tag}).
+smoke: install-dev
+	rm -rf dist $(SMOKE_VENV)
+	HEADRACE_WERROR=ON HEADRACE_CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES) \
+		CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) wheel --quiet --no-build-isolation --no-deps -w dist .
+	$(PYTHON) -m venv $(SMOKE_VENV)
+	$(SMOKE_VENV)/bin/python -m pip install --quiet dist/headrace-*.whl
+	$(SMOKE_VENV)/bin/python tests/smoke/fresh_install.py --with-tritonclient
+
+test: lint typecheck cpp-sanitize pytest smoke
 
 # The serving benchmark (minutes; needs CPUs 0 and 1): make bench BENCH_ARGS="--quick"
 BENCH_ARGS ?=

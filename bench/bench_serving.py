@@ -358,11 +358,11 @@ def free_port() -> int:
 def model_ready(target: str, model: str, timeout_s: float = 2.0) -> bool:
     import grpc
 
-    from headrace._proto.inference import grpc_service_pb2 as pb
-    from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+    from headrace import wire
+    from headrace.wire import inference as pb
 
     with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = wire.Stub(channel, wire.INFERENCE_SERVICE)
         try:
             response = stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=timeout_s)
         except grpc.RpcError:
@@ -374,11 +374,11 @@ def execution_counts(target: str, model: str) -> tuple[int, int] | None:
     """(rows inferred, model executions) from ModelStatistics, or None if unavailable."""
     import grpc
 
-    from headrace._proto.inference import grpc_service_pb2 as pb
-    from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+    from headrace import wire
+    from headrace.wire import inference as pb
 
     with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = wire.Stub(channel, wire.INFERENCE_SERVICE)
         try:
             response = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=5)
         except grpc.RpcError:

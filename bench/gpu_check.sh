@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU check of issue 15 (the CUDA int8 path) in one call, on a machine with an NVIDIA GPU of
-# compute capability >= 8.0 and this workplace's CUDA image (python3 with torch, pybind11,
-# scikit-build-core, cmake, ninja, pytest, hypothesis; nvcc; no network). About 5-8 minutes:
-#   1. build headrace with HEADRACE_CUDA=ON, warnings as errors, sm_90 (~2 min on 16 cores)
+# compute capability >= 8.0 and this workplace's CUDA image (python3 with torch, onnx,
+# onnxruntime (CPU), pybind11, scikit-build-core, cmake, ninja, pytest, pytest-timeout,
+# hypothesis, uvloop, prometheus-client; nvcc; no network). Within 9.5 minutes (each step gets at
+# most what is left of that, so a slow step never costs the results of the ones before it):
+#   1. build headrace with HEADRACE_CUDA=ON, warnings as errors, sm_90 (~1-2 min on 16 cores)
 #   2. the CUDA tests: tests/unit/test_cuda_*.py (GPU tests: bit-exactness vs the CPU int32
-#      reference on random/extreme/odd shapes, whole-MLP vs QuantizedMlp, gRPC served from the GPU)
+#      reference on random/extreme/odd shapes, whole-MLP vs QuantizedMlp; [int8] device "auto"
+#      and "cuda" through the engine; a model served over gRPC from the GPU, through the batcher's
+#      CudaMlpRunner)
 #   3. bench/bench_cuda.py: GEMM TOPS vs torch._int_mm and fp16, the wide MLP at batch 1/8/32/64
 #   4. compute-sanitizer memcheck and racecheck on small launches of both kernels
 # Results go to $OUT (the device tool's folder), else ./gpu_check_out: gpu_check.log (everything),
@@ -21,7 +25,12 @@ exec > >(tee "$OUT/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 status=0
+test_rc=skipped bench_rc=skipped sanitizer_rc=skipped
 step() { echo; echo "=== $(date +%T) $*"; }
+# Seconds a step may take: its own cap, or what is left before the deadline (570 s after the
+# start: the device call's 600 s limit, less the time to copy $OUT back).
+deadline=$(( $(date +%s) + 570 ))
+budget() { local left=$(( deadline - $(date +%s) )); echo $(( left < $1 ? (left > 1 ? left : 1) : $1 )); }
 
 step "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
@@ -37,10 +46,21 @@ else
   echo "no .whl/ carried: relying on the image (grpcio-tools and pydantic are usually missing)"
 fi
 
+step "Python modules the run needs (image or .whl)"
+$PY - <<'CHECK' || exit 1
+import importlib.util, sys
+needed = ["grpc", "grpc_tools", "google.protobuf", "numpy", "onnx", "onnxruntime", "pydantic",
+          "pydantic_settings", "uvloop", "prometheus_client", "pytest", "pytest_timeout",
+          "hypothesis", "torch", "pybind11", "scikit_build_core"]
+missing = [name for name in needed if importlib.util.find_spec(name) is None]
+print("missing:", ", ".join(missing) if missing else "none")
+sys.exit(1 if missing else 0)
+CHECK
+
 step "build (HEADRACE_CUDA=ON, -Werror, sm_90)"
 build_start=$(date +%s)
 HEADRACE_CUDA=ON HEADRACE_WERROR=ON HEADRACE_CUDA_ARCHITECTURES=90 \
-  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" timeout "$(budget 240)" \
   $PY -m pip install --no-build-isolation --no-deps --no-cache-dir --target /tmp/headrace \
     --config-settings=build-dir=/tmp/headrace-build . > "$OUT/build.log" 2>&1
 build_rc=$?
@@ -57,14 +77,14 @@ cuobjdump --dump-sass /tmp/mlp_kernel.o 2>/dev/null | grep -cE "IMMA" | sed 's/^
 
 step "CUDA tests"
 $PY -c "from headrace import _core; print(_core.cuda_discover())"
-timeout 330 $PY -m pytest -p no:cacheprovider -q -rs --timeout=90 --maxfail=15 --junitxml="$OUT/pytest.xml" \
+timeout "$(budget 240)" $PY -m pytest -p no:cacheprovider -q -rs --timeout=90 --maxfail=15 --junitxml="$OUT/pytest.xml" \
   tests/unit/test_cuda_device.py tests/unit/test_cuda_packing.py tests/unit/test_cuda_gpu.py
 test_rc=$?
 echo "pytest rc=$test_rc"
 [ $test_rc -eq 0 ] || status=1
 
 step "bench/bench_cuda.py"
-timeout 240 $PY bench/bench_cuda.py --out "$OUT"
+timeout "$(budget 180)" $PY bench/bench_cuda.py --out "$OUT"
 bench_rc=$?
 echo "bench rc=$bench_rc"
 [ $bench_rc -eq 0 ] || status=1
@@ -90,7 +110,7 @@ print("launches ran")
 PY
 sanitizer_rc=0
 for tool in memcheck racecheck; do
-  timeout 120 compute-sanitizer --tool $tool --error-exitcode 3 $PY /tmp/sanitize_launches.py \
+  timeout "$(budget 90)" compute-sanitizer --tool $tool --error-exitcode 3 $PY /tmp/sanitize_launches.py \
     > "$OUT/sanitizer_$tool.txt" 2>&1
   rc=$?
   echo "compute-sanitizer $tool rc=$rc"; tail -5 "$OUT/sanitizer_$tool.txt"

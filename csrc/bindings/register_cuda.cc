@@ -1,6 +1,8 @@
-// Bindings for csrc/cuda: device discovery, the host reference of the tensor-core weight packings
-// and the emulations of both kernels (run anywhere), the tiled GEMM and the whole-MLP model on a
-// device (refuse with "no CUDA device: ..." where none is usable). Device work releases the GIL.
+// Bindings for csrc/cuda: device discovery, the tiled GEMM and the whole-MLP model (CudaMlp) on a
+// device; both refuse with "no CUDA device: ..." where none is usable. CudaMlp's batcher runner,
+// CudaMlpRunner, is bound with the other runners (register_runners.cc); the packings and the CPU
+// emulations of the kernels are test-only (_core.testing, register_cuda_testing.cc). Device work
+// releases the GIL.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -12,57 +14,21 @@
 #include <string_view>
 #include <vector>
 
+#include "bindings/int8_matrix.h"
 #include "bindings/register.h"
 #include "cuda/cuda_device.h"
 #include "cuda/cuda_gemm.h"
 #include "cuda/cuda_mlp.h"
-#include "cuda/fragment_packing.h"
 #include "quant/epilogue.h"
 #include "quant/int8_model_file.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace py = pybind11;
 
 namespace headrace::bindings {
 namespace {
 
-using Int8Array = py::array_t<std::int8_t, py::array::c_style | py::array::forcecast>;
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using Uint32Array = py::array_t<std::uint32_t, py::array::c_style | py::array::forcecast>;
-
-// Refuses anything but an int8 matrix: forcecast would otherwise quietly wrap int16 values.
-Int8Array int8_matrix(const py::array& array, const char* what) {
-  if (array.dtype().num() != py::dtype::of<std::int8_t>().num() || array.ndim() != 2) {
-    throw_invalid_argument(std::string(what) + " must be a 2-D int8 array");
-  }
-  return Int8Array::ensure(array);
-}
-
-struct Matrix {
-  Int8Array array;
-  std::size_t rows;
-  std::size_t cols;
-};
-
-Matrix matrix(const py::array& array, const char* what) {
-  Int8Array checked = int8_matrix(array, what);
-  const auto rows = static_cast<std::size_t>(checked.shape(0));
-  const auto cols = static_cast<std::size_t>(checked.shape(1));
-  return {std::move(checked), rows, cols};
-}
-
-void require_matching(const Matrix& a, const Matrix& w) {
-  if (a.cols != w.rows || w.rows == 0 || w.cols == 0) {
-    throw_invalid_argument("a [m, k] and w [k, n] need matching k >= 1 and n >= 1");
-  }
-}
-
-template <typename T>
-py::array_t<T> to_array(const std::vector<T>& values, std::size_t rows, std::size_t cols) {
-  py::array_t<T> out({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
-  if (!values.empty()) std::copy(values.begin(), values.end(), out.mutable_data());
-  return out;
-}
 
 py::dict device_dict(const cuda::CudaDeviceInfo& info) {
   py::dict d;
@@ -135,79 +101,10 @@ void register_cuda(py::module_& m) {
       "CUDA devices and, when none can run the int8 kernels, why (never raises).");
 
   m.def(
-      "cuda_pack_mlp_weights",
-      [](const py::array& w) {
-        const Matrix weights = matrix(w, "w");
-        const std::vector<std::int8_t> packed =
-            cuda::pack_mlp_weights(weights.array.data(), weights.rows, weights.cols);
-        return to_array(packed, 1, packed.size()).attr("reshape")(-1);
-      },
-      py::arg("w"), "W [k, n] int8 -> the whole-MLP kernel's fragment slabs (1-D int8).");
-  m.def(
-      "cuda_pack_gemm_weights",
-      [](const py::array& w) {
-        const Matrix weights = matrix(w, "w");
-        return to_array(cuda::pack_gemm_weights(weights.array.data(), weights.rows, weights.cols),
-                        weights.cols, cuda::gemm_k_pad(weights.rows));
-      },
-      py::arg("w"), "W [k, n] int8 -> B^T [n, k rounded up to 16] for the tiled GEMM.");
-  m.def(
-      "cuda_emulate_mma",
-      [](const Uint32Array& a, const Uint32Array& b, const py::array_t<std::int32_t>& c) {
-        if (a.ndim() != 2 || a.shape(0) != 32 || a.shape(1) != 4 || b.ndim() != 2 ||
-            b.shape(0) != 32 || b.shape(1) != 2 || c.ndim() != 2 || c.shape(0) != 32 ||
-            c.shape(1) != 4) {
-          throw_invalid_argument("registers must be a [32, 4], b [32, 2], c [32, 4]");
-        }
-        std::uint32_t a_regs[32][4];
-        std::uint32_t b_regs[32][2];
-        std::int32_t c_regs[32][4];
-        std::int32_t d_regs[32][4];
-        for (int lane = 0; lane < 32; ++lane) {
-          for (int r = 0; r < 4; ++r) a_regs[lane][r] = a.at(lane, r);
-          for (int r = 0; r < 2; ++r) b_regs[lane][r] = b.at(lane, r);
-          for (int r = 0; r < 4; ++r) c_regs[lane][r] = c.at(lane, r);
-        }
-        cuda::emulate_mma_m16n8k32(a_regs, b_regs, c_regs, d_regs);
-        py::array_t<std::int32_t> d({32, 4});
-        for (int lane = 0; lane < 32; ++lane) {
-          for (int r = 0; r < 4; ++r) d.mutable_at(lane, r) = d_regs[lane][r];
-        }
-        return d;
-      },
-      py::arg("a"), py::arg("b"), py::arg("c"),
-      "One warp's mma.sync m16n8k32 s8 on registers [lane][reg], emulated on the CPU.");
-  m.def(
-      "cuda_emulate_mlp_layer",
-      [](const py::array& a_in, const py::array& w_in, int cluster_size) {
-        const Matrix a = matrix(a_in, "a");
-        const Matrix w = matrix(w_in, "w");
-        require_matching(a, w);
-        const std::vector<std::int8_t> packed =
-            cuda::pack_mlp_weights(w.array.data(), w.rows, w.cols);
-        return to_array(cuda::emulate_mlp_layer(a.array.data(), a.rows, a.cols, packed, w.cols,
-                                                cluster_size),
-                        a.rows, w.cols);
-      },
-      py::arg("a"), py::arg("w"), py::arg("cluster_size"),
-      "The whole-MLP kernel's GEMM phase (<= 64 rows, one cluster) emulated on the CPU: int32.");
-  m.def(
-      "cuda_emulate_tiled_gemm",
-      [](const py::array& a_in, const py::array& w_in) {
-        const Matrix a = matrix(a_in, "a");
-        const Matrix w = matrix(w_in, "w");
-        require_matching(a, w);
-        const std::vector<std::int8_t> bt = cuda::pack_gemm_weights(w.array.data(), w.rows, w.cols);
-        return to_array(cuda::emulate_tiled_gemm(a.array.data(), a.cols, a.rows, a.cols, bt, w.cols),
-                        a.rows, w.cols);
-      },
-      py::arg("a"), py::arg("w"), "The tiled GEMM kernel emulated on the CPU: int32 [m, n].");
-
-  m.def(
       "cuda_gemm_s32",
       [](const py::array& a_in, const py::array& w_in, int device) {
-        const Matrix a = matrix(a_in, "a");
-        const Matrix w = matrix(w_in, "w");
+        const Int8Matrix a = int8_matrix(a_in, "a");
+        const Int8Matrix w = int8_matrix(w_in, "w");
         require_matching(a, w);
         std::vector<std::int32_t> c;
         {
@@ -224,8 +121,8 @@ void register_cuda(py::module_& m) {
       [](const py::array& a_in, const py::array& w_in, const FloatArray& row_scales,
          const FloatArray& weight_scales, const std::optional<FloatArray>& bias, int activation,
          int device) {
-        const Matrix a = matrix(a_in, "a");
-        const Matrix w = matrix(w_in, "w");
+        const Int8Matrix a = int8_matrix(a_in, "a");
+        const Int8Matrix w = int8_matrix(w_in, "w");
         require_matching(a, w);
         const bool per_tensor = weight_scales.size() == 1;
         if (static_cast<std::size_t>(row_scales.size()) != a.rows ||

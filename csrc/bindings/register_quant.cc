@@ -1,5 +1,6 @@
 // Bindings for csrc/quant: ISA dispatch queries, the raw int8 GEMM (for tests and benchmarks),
-// the peak probe, and QuantizedMlp. Heavy calls release the GIL.
+// the peak probe, and QuantizedMlp (its batcher runner is in register_runners.cc, the VNNI
+// emulation in register_testing.cc). Heavy calls release the GIL.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -14,7 +15,7 @@
 #include "quant/isa.h"
 #include "quant/peak_probe.h"
 #include "quant/quantized_mlp.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace py = pybind11;
 
@@ -68,23 +69,6 @@ py::array_t<std::int32_t> gemm_s32(const py::array& a_in, const py::array& b_in,
   return c;
 }
 
-py::array_t<std::int32_t> gemm_vnni_emulated(const Int8Array& a, const Int8Array& b) {
-  if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(0) || a.shape(1) == 0) {
-    throw CoreError(StatusCode::kInvalidArgument,
-                    "quant_gemm_vnni_emulated takes a [m, k] and b [k, n] with matching k >= 1");
-  }
-  const auto m = static_cast<std::size_t>(a.shape(0));
-  const auto k = static_cast<std::size_t>(a.shape(1));
-  const auto n = static_cast<std::size_t>(b.shape(1));
-  std::vector<std::int8_t> quads;
-  std::vector<std::int32_t> compensation;
-  quant::pack_vnni_layout(b.data(), k, n, quads, compensation);
-  py::array_t<std::int32_t> c({a.shape(0), b.shape(1)});
-  quant::gemm_vnni_emulated(a.data(), k, m, quads.data(), compensation.data(), k, n,
-                            c.mutable_data(), n);
-  return c;
-}
-
 py::array_t<float> run_mlp(const quant::QuantizedMlp& mlp, const FloatArray& x) {
   if (x.ndim() != 2 || static_cast<std::size_t>(x.shape(1)) != mlp.input_size()) {
     throw CoreError(StatusCode::kInvalidArgument,
@@ -125,8 +109,6 @@ void register_quant(py::module_& m) {
       "The ISA a load picks: HEADRACE_QUANT_ISA if set, else the fastest supported.");
   m.def("quant_gemm_s32", &gemm_s32, py::arg("a"), py::arg("b"), py::arg("isa") = py::none(),
         "int8 [m, k] x int8 [k, n] -> exact int32 [m, n] on one ISA (packs b each call).");
-  m.def("quant_gemm_vnni_emulated", &gemm_vnni_emulated, py::arg("a"), py::arg("b"),
-        "The VNNI algorithm (u8 shift + compensation) with vpdpbusd emulated; runs on any CPU.");
   m.def(
       "quant_peak_gops",
       [](const std::string& isa, std::uint64_t iterations) {

@@ -13,7 +13,7 @@
 #include "bindings/bytes_objects.h"
 #include "bindings/register.h"
 #include "tensors/infer_wire.h"
-#include "tensors/status.h"
+#include "common/status.h"
 #include "tensors/tensor_codec.h"
 
 namespace py = pybind11;
@@ -88,8 +88,7 @@ py::object parameter_object(const tensors::InferParameterValue& value) {
 
 // numpy type numbers (stable numpy ABI values); BF16 travels as uint16 bit patterns. The 64-bit
 // integers go through pybind11 so that they are the platform's own np.int64/np.uint64.
-int numpy_typenum(tensors::DataType dtype) {
-  using tensors::DataType;
+int numpy_typenum(DataType dtype) {
   switch (dtype) {
     case DataType::kBool: return 0;     // NPY_BOOL
     case DataType::kInt8: return 1;     // NPY_BYTE
@@ -112,10 +111,10 @@ int numpy_typenum(tensors::DataType dtype) {
 // A raw input as a read-only numpy view of the message bytes; the array's base keeps them alive.
 py::object raw_input_array(const py::bytes& message, const std::uint8_t* message_data,
                            const tensors::ParsedInferInput& input) {
-  const tensors::DataType dtype = tensors::parse_datatype(input.datatype, input.name);
+  const DataType dtype = tensors::parse_datatype(input.datatype, input.name);
   std::vector<py::ssize_t> shape(input.shape.begin(), input.shape.end());
   const std::uint8_t* raw = message_data + input.raw_offset_bytes;
-  if (dtype == tensors::DataType::kBytes) {
+  if (dtype == DataType::kBytes) {
     py::array out(py::dtype(numpy_typenum(dtype)), shape);
     auto** slots = static_cast<PyObject**>(out.mutable_data());
     for (std::uint64_t i = 0; i < input.element_count; ++i) {

@@ -8,7 +8,7 @@
 #include "cuda/cuda_device.h"
 #include "cuda/cuda_gemm.h"
 #include "cuda/cuda_mlp.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::cuda {
 namespace {
@@ -51,6 +51,8 @@ struct CudaMlp::Impl {
 };
 
 CudaMlp::CudaMlp(const quant::Int8ModelFile&, CudaMlpOptions) { refuse(); }
+// Refuses before reading the file: "no CUDA device" is the answer whatever the file holds.
+std::shared_ptr<CudaMlp> CudaMlp::load(const std::string&, CudaMlpOptions) { refuse(); }
 CudaMlp::~CudaMlp() = default;
 void CudaMlp::run(const float*, std::size_t, float*) const { refuse(); }
 double CudaMlp::time_launch_us(std::size_t, int, bool) const { refuse(); }

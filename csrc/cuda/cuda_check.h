@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <string>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::cuda {
 

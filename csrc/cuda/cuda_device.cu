@@ -4,7 +4,7 @@
 #include <string>
 
 #include "cuda/cuda_device.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::cuda {
 namespace {

@@ -424,6 +424,10 @@ double CudaMlp::time_launch_us(std::size_t rows, int iterations, bool graph) con
   return per_launch_us[per_launch_us.size() / 2];
 }
 
+std::shared_ptr<CudaMlp> CudaMlp::load(const std::string& path, CudaMlpOptions options) {
+  return std::make_shared<CudaMlp>(quant::Int8ModelFile::read(path), options);
+}
+
 std::size_t CudaMlp::input_size() const noexcept { return impl_->input_size; }
 std::size_t CudaMlp::output_size() const noexcept { return impl_->output_size; }
 std::size_t CudaMlp::layer_count() const noexcept { return impl_->layer_count; }

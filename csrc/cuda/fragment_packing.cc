@@ -5,7 +5,7 @@
 #include <string>
 
 #include "cuda/fragment_layout.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::cuda {
 namespace {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::quant {
 namespace {

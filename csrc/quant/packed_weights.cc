@@ -3,7 +3,7 @@
 #include <string>
 
 #include "quant/int8_gemm.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::quant {
 namespace {

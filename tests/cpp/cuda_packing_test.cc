@@ -14,7 +14,7 @@
 #include "cuda/fragment_layout.h"
 #include "cuda/fragment_packing.h"
 #include "quant/int8_model_file.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace {
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "tensors/infer_wire.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace {
 

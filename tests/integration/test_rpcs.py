@@ -8,10 +8,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from headrace import wire
 from headrace.client import Client
 from headrace.errors import NotFoundError, UnimplementedError
+from headrace.wire import inference as pb
 
 
 @pytest.fixture()
@@ -23,7 +23,7 @@ def client(server):  # type: ignore[no-untyped-def]
 @pytest.fixture()
 def stub(server):  # type: ignore[no-untyped-def]
     with grpc.insecure_channel(server.address) as channel:
-        yield pb_grpc.GRPCInferenceServiceStub(channel)
+        yield wire.Stub(channel, wire.INFERENCE_SERVICE)
 
 
 def test_live_ready_and_model_ready(client: Client) -> None:

@@ -10,16 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headrace import _core
+from headrace import Engine, _core
 from headrace import quantize as hq
 from headrace.backends.int8 import Int8Backend
-from headrace.backends.int8_cuda import (
-    CudaInt8Backend,
-    cuda_unavailable_reason,
-    load_int8_backend,
-    parse_int8_device,
-)
-from headrace.errors import ConfigError, UnavailableError, from_core_error
+from headrace.backends.int8_cuda import CudaInt8Backend, cuda_unavailable_reason, load_int8_backend
+from headrace.config import Int8Config, load_model_config
+from headrace.config.model import parse_int8_device
+from headrace.errors import ConfigError, InvalidArgumentError, UnavailableError
 
 
 def write_model(path: Path) -> Path:
@@ -70,11 +67,14 @@ def test_device_work_without_a_device_is_unavailable_with_the_reason(tmp_path: P
         lambda: _core.cuda_time_gemm(64, 64, 64, 1),
     ]
     for call in calls:
-        with pytest.raises(_core.CoreError) as raised:
+        with pytest.raises(UnavailableError) as raised:
             call()
-        error = from_core_error(raised.value)
-        assert isinstance(error, UnavailableError)
-        assert str(error) == f"no CUDA device: {reason}"
+        assert str(raised.value) == f"no CUDA device: {reason}"
+    # The runner is made from a CudaMlp only: without a device there is none to make it from.
+    with pytest.raises(InvalidArgumentError, match="CudaMlpRunner needs a CudaMlp"):
+        _core.CudaMlpRunner(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _core.CudaMlpRunner(_core.QuantizedMlp(str(path)))  # type: ignore[arg-type]
 
 
 def test_int8_device_choice(tmp_path: Path) -> None:
@@ -102,6 +102,67 @@ def test_int8_device_values() -> None:
     assert parse_int8_device("auto") == ("auto", 0)
     assert parse_int8_device("cuda") == ("cuda", 0)
     assert parse_int8_device("cuda:3") == ("cuda", 3)
-    for bad in ("gpu", "cuda:", "cuda:-1", "CUDA", ""):
-        with pytest.raises(ConfigError, match="device must be one of"):
+    assert Int8Config().device == "cpu"
+    assert Int8Config(device="cuda:1").device == "cuda:1"
+    for bad in ("gpu", "cuda:", "cuda:-1", "cuda:1.5", "cuda:\u0661", "CUDA", ""):
+        with pytest.raises(ValueError, match="must be one of"):
             parse_int8_device(bad)
+        with pytest.raises(ConfigError, match="'device' must be one of"):
+            Int8Config(device=bad)
+        with pytest.raises(ConfigError, match=r"'int8\.device' must be one of"):
+            load_int8_backend(Path("unused.int8"), bad)
+    with pytest.raises(ConfigError, match="'device' must be a string"):
+        Int8Config(device=0)  # type: ignore[arg-type]
+
+
+def write_repository(root: Path, devices: dict[str, str]) -> Path:
+    """One int8 model per entry, each with ``[int8] device`` set to the entry's value."""
+    for name, device in devices.items():
+        (root / name / "1").mkdir(parents=True)
+        write_model(root / name / "1" / "model.int8")
+        (root / name / "model.toml").write_text(
+            f'backend = "int8"\nmax_batch_size = 8\n[int8]\ndevice = "{device}"\n'
+        )
+    return root
+
+
+def test_a_bad_int8_device_in_model_toml_is_a_config_error(tmp_path: Path) -> None:
+    repo = write_repository(tmp_path / "models", {"bad": "gpu", "typo": "cuda:one"})
+    toml = repo / "bad" / "model.toml"
+    with pytest.raises(ConfigError) as raised:
+        load_model_config("bad", toml)
+    assert str(raised.value) == (
+        f"{toml}: 'int8.device' must be one of 'cpu', 'auto', 'cuda', 'cuda:N', got 'gpu'"
+    )
+    (repo / "bad" / "model.toml").write_text('[int8]\ndevise = "cuda"\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'int8.devise' \(known: device\)"):
+        load_model_config("bad", toml)
+    engine = Engine.from_repository(repo)
+    try:
+        entry = next(e for e in engine.repository_index() if e.name == "typo")
+        assert entry.state == "UNAVAILABLE"
+        assert "'int8.device' must be one of" in entry.reason and "'cuda:one'" in entry.reason
+        with pytest.raises(ConfigError, match=r"'int8\.device'"):
+            engine.load_model("typo")
+    finally:
+        engine.close()
+
+
+def test_auto_serves_on_the_cpu_without_a_device(tmp_path: Path) -> None:
+    repo = write_repository(tmp_path / "models", {"auto": "auto", "cpu": "cpu"})
+    reason = cuda_unavailable_reason()
+    x = np.random.default_rng(4).standard_normal((3, 12)).astype(np.float32)
+    expected = _core.QuantizedMlp(str(repo / "cpu" / "1" / "model.int8")).run(x)
+    engine = Engine.from_repository(repo)
+    try:
+        auto = engine.infer("auto", {"x": x})
+        np.testing.assert_array_equal(auto.outputs["y"], expected)
+        np.testing.assert_array_equal(engine.infer("cpu", {"x": x}).outputs["y"], expected)
+        served = engine.get_version("auto").backend
+        assert isinstance(engine.get_version("cpu").backend, Int8Backend)
+        if reason is None:
+            assert isinstance(served, CudaInt8Backend), "auto takes the usable GPU"
+        else:
+            assert isinstance(served, Int8Backend), f"no CUDA device ({reason}): auto is the CPU"
+    finally:
+        engine.close()

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from conftest import start_server, stop_server
 from headrace import _core
 from headrace import quantize as hq
-from headrace.backends.int8_cuda import cuda_unavailable_reason
+from headrace.backends.int8_cuda import CudaInt8Backend, cuda_unavailable_reason
 from headrace.client import Client
-from headrace.errors import InvalidArgumentError, StatusCode, UnavailableError, from_core_error
+from headrace.errors import HeadraceError, InvalidArgumentError, StatusCode, UnavailableError
 
 REASON = cuda_unavailable_reason()
 pytestmark = [
@@ -105,9 +105,8 @@ def test_gemm_fused_epilogue_matches_the_cpu_arithmetic(activation: A, per_tenso
     else:
         expected = hq._apply_activation(activation, y.astype(np.float64))
         np.testing.assert_allclose(got, expected, rtol=2e-6, atol=2e-6)
-    with pytest.raises(_core.CoreError) as raised:
+    with pytest.raises(InvalidArgumentError):
         _core.cuda_gemm_epilogue(a, w, row_scales, weight_scales, bias, int(A.SOFTMAX))
-    assert isinstance(from_core_error(raised.value), InvalidArgumentError)
 
 
 def test_gemm_timing_reports_a_rate() -> None:
@@ -195,8 +194,8 @@ def test_mlp_transcendental_epilogues_match_closely(last: A, cluster: int, tmp_p
 def outcome(run: object, x: npt.NDArray[np.float32]) -> object:
     try:
         return run(x)  # type: ignore[operator]
-    except _core.CoreError as error:
-        return type(from_core_error(error))
+    except HeadraceError as error:
+        return type(error)
 
 
 def test_mlp_extreme_inputs_match_the_cpu(tmp_path: Path) -> None:
@@ -257,12 +256,11 @@ def test_mlp_without_graphs_and_launch_timing(tmp_path: Path) -> None:
 
 def test_a_model_too_wide_for_shared_memory_is_refused(tmp_path: Path) -> None:
     path = write_mlp(tmp_path / "m.int8", [60000, 4], [A.NONE], seed=1)
-    with pytest.raises(_core.CoreError, match="too wide") as raised:
+    with pytest.raises(HeadraceError, match="too wide") as raised:
         _core.CudaMlp(str(path))
-    assert from_core_error(raised.value).code == StatusCode.FAILED_PRECONDITION
-    with pytest.raises(_core.CoreError, match="no CUDA device: there is no device") as missing:
+    assert raised.value.code == StatusCode.FAILED_PRECONDITION
+    with pytest.raises(UnavailableError, match="no CUDA device: there is no device"):
         _core.CudaMlp(str(path), device=len(DEVICES))
-    assert isinstance(from_core_error(missing.value), UnavailableError)
 
 
 # ---- served from the GPU over gRPC ----
@@ -281,6 +279,11 @@ def test_int8_model_served_over_grpc_from_the_gpu(tmp_path: Path) -> None:
     inputs = [rng.standard_normal((1 + i % 5, 64)).astype(np.float32) for i in range(30)]
     running, thread = start_server(repo)
     try:
+        # Served from the GPU: the version's backend is the CUDA one, its batches run through a
+        # CudaMlpRunner on the batcher's workers.
+        version = running.server.engine.get_version("mlp_gpu")  # type: ignore[attr-defined]
+        assert isinstance(version.backend, CudaInt8Backend)
+        assert isinstance(version.backend.batch_runner(["x"], ["y"]), _core.CudaMlpRunner)
         with Client(running.address) as client:
             assert client.model_metadata("mlp_gpu").platform == "headrace_int8"
             for x in inputs:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headrace import _core
-from headrace.errors import InvalidArgumentError, from_core_error
+from headrace._core import testing
+from headrace.errors import InvalidArgumentError
 
 dims = st.integers(min_value=1, max_value=300)
 odd_dims = dims.filter(lambda d: d % 16 != 0)
@@ -70,7 +70,7 @@ def test_emulated_mma_follows_the_ptx_layout() -> None:
         c_regs = np.array(
             [[c[c_position(lane, r)] for r in range(4)] for lane in range(32)], dtype=np.int32
         )
-        d_regs = _core.cuda_emulate_mma(
+        d_regs = testing.cuda_emulate_mma(
             registers(a, 4, a_position), registers(b, 2, b_position), c_regs
         )
         expected = reference(a, b) + c
@@ -102,7 +102,7 @@ def test_mlp_packing_holds_every_weight_at_its_fragment_position(
     k: int, n: int, fill: str, seed: int
 ) -> None:
     w = operand(np.random.default_rng(seed), (k, n), fill)
-    packed = _core.cuda_pack_mlp_weights(w)
+    packed = testing.cuda_pack_mlp_weights(w)
     assert packed.dtype == np.int8 and packed.ndim == 1
     np.testing.assert_array_equal(unpack_mlp_slabs(packed, k, n), w)
 
@@ -111,7 +111,7 @@ def test_mlp_packing_holds_every_weight_at_its_fragment_position(
 @given(k=dims, n=dims, seed=st.integers(0, 2**32 - 1))
 def test_gemm_packing_is_the_padded_transpose(k: int, n: int, seed: int) -> None:
     w = operand(np.random.default_rng(seed), (k, n), "random")
-    bt = _core.cuda_pack_gemm_weights(w)
+    bt = testing.cuda_pack_gemm_weights(w)
     assert bt.shape == (n, -(-k // 16) * 16)
     np.testing.assert_array_equal(bt[:, :k], w.T)
     assert not bt[:, k:].any()
@@ -133,7 +133,7 @@ def test_whole_mlp_kernel_emulation_is_bit_exact(
     rng = np.random.default_rng(seed)
     a = operand(rng, (m, k), fill_a)
     w = operand(rng, (k, n), fill_w)
-    np.testing.assert_array_equal(_core.cuda_emulate_mlp_layer(a, w, cluster), reference(a, w))
+    np.testing.assert_array_equal(testing.cuda_emulate_mlp_layer(a, w, cluster), reference(a, w))
 
 
 @settings(max_examples=12, deadline=None)
@@ -151,20 +151,19 @@ def test_tiled_gemm_kernel_emulation_is_bit_exact(
     rng = np.random.default_rng(seed)
     a = operand(rng, (m, k), fill_a)
     w = operand(rng, (k, n), fill_w)
-    np.testing.assert_array_equal(_core.cuda_emulate_tiled_gemm(a, w), reference(a, w))
+    np.testing.assert_array_equal(testing.cuda_emulate_tiled_gemm(a, w), reference(a, w))
 
 
 def test_bad_operands_are_invalid_arguments() -> None:
     w = np.ones((4, 4), dtype=np.int8)
     calls = [
-        lambda: _core.cuda_pack_mlp_weights(np.ones((4, 4), dtype=np.int16)),  # type: ignore[arg-type]
-        lambda: _core.cuda_pack_mlp_weights(np.ones(4, dtype=np.int8)),
-        lambda: _core.cuda_emulate_mlp_layer(np.ones((65, 4), dtype=np.int8), w, 1),
-        lambda: _core.cuda_emulate_mlp_layer(np.ones((2, 3), dtype=np.int8), w, 1),
-        lambda: _core.cuda_emulate_mlp_layer(np.ones((2, 4), dtype=np.int8), w, 0),
-        lambda: _core.cuda_emulate_tiled_gemm(np.ones((2, 5), dtype=np.int8), w),
+        lambda: testing.cuda_pack_mlp_weights(np.ones((4, 4), dtype=np.int16)),  # type: ignore[arg-type]
+        lambda: testing.cuda_pack_mlp_weights(np.ones(4, dtype=np.int8)),
+        lambda: testing.cuda_emulate_mlp_layer(np.ones((65, 4), dtype=np.int8), w, 1),
+        lambda: testing.cuda_emulate_mlp_layer(np.ones((2, 3), dtype=np.int8), w, 1),
+        lambda: testing.cuda_emulate_mlp_layer(np.ones((2, 4), dtype=np.int8), w, 0),
+        lambda: testing.cuda_emulate_tiled_gemm(np.ones((2, 5), dtype=np.int8), w),
     ]
     for call in calls:
-        with pytest.raises(_core.CoreError) as raised:
+        with pytest.raises(InvalidArgumentError):
             call()
-        assert isinstance(from_core_error(raised.value), InvalidArgumentError)

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headrace import _core
-from headrace._proto.inference import grpc_service_pb2 as pb
+from headrace.datatypes import DATATYPE_TO_NUMPY
 from headrace.engine import InferResult
 from headrace.errors import InvalidArgumentError
 from headrace.server.convert import decode_infer_request, encode_infer_response
-from headrace.tensors import DATATYPE_TO_NUMPY
+from headrace.wire import inference as pb
 
 INVALID_ARGUMENT = 3
 DATATYPES = list(DATATYPE_TO_NUMPY)
@@ -278,7 +278,7 @@ def test_errors_match_convert(case: str) -> None:
         reference(message, 1000)
     with pytest.raises(_core.CoreError) as info:
         _core.parse_infer_request(message, 1000)
-    code, text_ = info.value.args
+    code, text_ = info.value.code, info.value.message
     assert code == INVALID_ARGUMENT
     assert text_ == str(expected.value)
     assert fragment in text_
@@ -309,7 +309,7 @@ def test_structural_mutations_agree_with_convert(message: bytes, data: st.DataOb
     except InvalidArgumentError as error:
         with pytest.raises(_core.CoreError) as info:
             _core.parse_infer_request(message, 64)
-        assert info.value.args == (INVALID_ARGUMENT, str(error))
+        assert info.value.code == INVALID_ARGUMENT and info.value.message == str(error)
         return
     parsed = _core.parse_infer_request(message, 64)
     if request.inputs and request.inputs[0].HasField("contents"):
@@ -326,7 +326,7 @@ def _parse_or_refuse(message: bytes) -> None:
     try:
         parsed = _core.parse_infer_request(message, MAX_ELEMENTS)
     except _core.CoreError as error:
-        assert error.args[0] == INVALID_ARGUMENT
+        assert error.code == INVALID_ARGUMENT
         return
     try:
         request = pb.ModelInferRequest.FromString(message)
@@ -374,7 +374,7 @@ def test_malformed_messages_are_refused(message: bytes, fragment: str) -> None:
         pb.ModelInferRequest.FromString(message)
     with pytest.raises(_core.CoreError) as info:
         _core.parse_infer_request(message, 10)
-    code, text_ = info.value.args
+    code, text_ = info.value.code, info.value.message
     assert code == INVALID_ARGUMENT
     assert text_.startswith("malformed ModelInferRequest: ") and fragment in text_
 
@@ -438,7 +438,7 @@ def test_serialize_refuses_object_arrays_for_fixed_types() -> None:
     array = np.empty(2, dtype=object)
     with pytest.raises(_core.CoreError) as info:
         _core.serialize_infer_response("m", "", "", [("y", "FP32", array)])
-    assert info.value.args[0] == INVALID_ARGUMENT and "output 'y'" in info.value.args[1]
+    assert info.value.code == INVALID_ARGUMENT and "output 'y'" in info.value.message
 
 
 def test_parameter_entries_follow_the_runtime() -> None:

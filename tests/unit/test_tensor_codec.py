@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from headrace import _core
+from headrace.client.codec import decode_raw_output
 from headrace.errors import InvalidArgumentError
-from headrace.tensors import decode_raw, decode_raw_output, encode_raw
+from headrace.server.convert import decode_raw, encode_raw
 
 
 def reference_encode(elements: list[bytes]) -> bytes:
@@ -33,7 +34,7 @@ def test_every_truncation_is_refused(elements: list[bytes], data: st.DataObject)
     cut = data.draw(st.integers(0, len(blob) - 1))
     with pytest.raises(_core.CoreError) as info:
         _core.decode_bytes(blob[:cut], len(elements), "t")
-    code, message = info.value.args
+    code, message = info.value.code, info.value.message
     assert code == 3 and "input 't'" in message
 
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy.typing as npt
 
+from headrace.types import TensorSpec
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """A model input or output as the v2 protocol describes it (-1 marks a dynamic dim)."""
+if TYPE_CHECKING:
+    from headrace._core import NativeRunner
 
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
+__all__ = ["Backend", "TensorSpec"]
 
 
 class Backend(Protocol):
@@ -31,7 +28,9 @@ class Backend(Protocol):
         """Run one batch; returns the arrays of ``output_names`` in that order."""
         ...
 
-    def batch_runner(self, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
+    def batch_runner(
+        self, input_names: Sequence[str], output_names: Sequence[str]
+    ) -> NativeRunner | None:
         """A native runner for the core's batcher (batches then run without the GIL), taking
         inputs and giving outputs in the orders named; None to run batches through ``run``."""
         ...

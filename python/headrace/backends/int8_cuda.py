@@ -3,8 +3,9 @@
 A ``model.int8`` runs on the GPU through the core's ``CudaMlp``: every layer of a batch of up to
 64 rows in one kernel launch (tensor-core int8 GEMMs with int32 accumulation, the CPU path's
 epilogue, activations kept in shared memory), larger batches as several such clusters in the same
-launch. Like the CPU backend, ``batch_runner`` hands the core object itself to the batcher, so
-batches run on its worker threads in C++ without Python or the GIL, each on its own CUDA stream.
+launch. Like the CPU backend, ``batch_runner`` hands the batcher a NativeRunner
+(``CudaMlpRunner``), so batches run on its worker threads in C++ without Python or the GIL, each
+on its own CUDA stream.
 
 ``[int8] device`` in ``model.toml`` picks the executor (:func:`load_int8_backend`):
 ``"cpu"`` (the default), ``"cuda"`` / ``"cuda:N"`` (that GPU, or UnavailableError
@@ -20,30 +21,17 @@ from typing import Any
 
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.backends.base import TensorSpec
 from headrace.backends.int8 import PLATFORM, Int8Backend
-from headrace.errors import ConfigError, from_core_error
-
-INT8_DEVICES = ("cpu", "cuda", "cuda:N", "auto")
+from headrace.config.model import parse_int8_device
+from headrace.errors import ConfigError
+from headrace.native import core as _core
 
 
 def cuda_unavailable_reason() -> str | None:
     """None when a CUDA device can run the int8 kernels; otherwise why not (never raises)."""
-    discovery = _core.cuda_discover()
-    reason = str(discovery["reason"])
+    reason = str(_core.cuda_discover()["reason"])
     return reason or None
-
-
-def parse_int8_device(device: str) -> tuple[str, int]:
-    """``"cpu"`` / ``"auto"`` / ``"cuda"`` / ``"cuda:N"`` -> (kind, device index)."""
-    if device in ("cpu", "auto", "cuda"):
-        return device, 0
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return "cuda", int(device[5:])
-    raise ConfigError(
-        f"[int8] device must be one of {', '.join(repr(d) for d in INT8_DEVICES)}, got {device!r}"
-    )
 
 
 def _spec(metadata: Mapping[str, Any]) -> TensorSpec:
@@ -58,28 +46,24 @@ class CudaInt8Backend:
     platform = PLATFORM
 
     def __init__(self, path: Path, *, device_index: int = 0) -> None:
-        try:
-            self.native_runner = _core.CudaMlp(str(path), device_index)
-        except _core.CoreError as error:
-            raise from_core_error(error) from None
+        # Core errors arrive typed: UnavailableError "no CUDA device: ...", NotFoundError, ...
+        self.model = _core.CudaMlp(str(path), device_index)
         self.path = path
         self.device = f"cuda:{device_index}"
-        self.inputs: tuple[TensorSpec, ...] = (_spec(self.native_runner.input),)
-        self.outputs: tuple[TensorSpec, ...] = (_spec(self.native_runner.output),)
+        self.inputs: tuple[TensorSpec, ...] = (_spec(self.model.input),)
+        self.outputs: tuple[TensorSpec, ...] = (_spec(self.model.output),)
 
     def run(
         self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
     ) -> list[npt.NDArray[Any]]:
-        x = inputs[self.inputs[0].name]
-        try:
-            y = self.native_runner.run(x)
-        except _core.CoreError as error:
-            raise from_core_error(error) from None
+        y = self.model.run(inputs[self.inputs[0].name])
         return [y for _ in output_names]
 
-    def batch_runner(self, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
-        """The CudaMlp itself: the batcher runs it in C++ (one input, one output)."""
-        return self.native_runner
+    def batch_runner(
+        self, input_names: Sequence[str], output_names: Sequence[str]
+    ) -> _core.NativeRunner:
+        """A CudaMlpRunner: the batcher runs it in C++ (one input, one output)."""
+        return _core.CudaMlpRunner(self.model)
 
     def close(self) -> None:
         """The device memory is freed with the last batcher or backend holding the CudaMlp."""
@@ -87,7 +71,10 @@ class CudaInt8Backend:
 
 def load_int8_backend(path: Path, device: str = "cpu") -> Int8Backend | CudaInt8Backend:
     """The int8 backend that ``[int8] device`` asks for (see the module docstring)."""
-    kind, index = parse_int8_device(device)
+    try:
+        kind, index = parse_int8_device(device)
+    except ValueError as error:
+        raise ConfigError(f"'int8.device' {error}") from None
     if kind == "cpu":
         return Int8Backend(path)
     if kind == "auto":

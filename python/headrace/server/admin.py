@@ -8,19 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from headrace._proto.headrace.v1 import admin_pb2 as pb
-from headrace._proto.headrace.v1 import admin_pb2_grpc as pb_grpc
 from headrace.engine import Engine
 from headrace.monitoring.drift import DriftReport
-from headrace.monitoring.serving import ServedDrift
+from headrace.monitoring.drift.served import ServedDrift
 from headrace.server.status import unary_errors
+from headrace.wire import admin as pb
 
 if TYPE_CHECKING:  # ServicerContext is generic only in the type stubs
     Context = grpc.aio.ServicerContext[Any, Any]
 else:
     Context = grpc.aio.ServicerContext
-
-ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 def _number(value: float | None) -> float:
@@ -60,7 +57,9 @@ def drift_report_message(served: ServedDrift, report: DriftReport) -> Any:
     )
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
+class AdminServicer:
+    """headrace.v1.AdminService; methods not defined here answer UNIMPLEMENTED (app.py)."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
