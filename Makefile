@@ -13,7 +13,8 @@ CUDA_ARCHITECTURES ?= 90
 # and the same versions every time).
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.13" "grpcio-tools>=1.66" ninja "cmake>=3.24"
 
-.PHONY: help venv install install-dev serve test lint typecheck cpp-sanitize pytest smoke bench clean
+.PHONY: help venv system-deps install install-dev serve test lint typecheck cpp-sanitize pytest smoke \
+	bench bench-features feast-venv clean
 
 help:
 	@echo "make serve   - set up and serve examples/models (gRPC :8001, metrics :8002)"
@@ -26,11 +27,24 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 
+# Debian packages the tests need, installed when missing: redis-server (the feature-store tests
+# start their own, on a free port, without persistence).
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server (Debian package)"; \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+# The Feast SDK in a venv of its own (build/feast-venv): its pins would downgrade ours. The
+# feature tests make it on first use too; this target makes it ahead (for bench-features).
+feast-venv: install-dev
+	$(BIN)/python tests/integration/features/feast_env.py
+
 install: venv
 	$(PIP) install --quiet $(BUILD_DEPS)
 	$(PIP) install --quiet --no-build-isolation .
 
-install-dev: venv
+install-dev: venv system-deps
 	$(PIP) install --quiet $(BUILD_DEPS)
 	HEADRACE_WERROR=ON HEADRACE_CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES) \
 		CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) \
@@ -63,7 +77,7 @@ cpp-sanitize: install-dev
 			$(abspath $(BIN))/ctest --output-on-failure) || exit 1; \
 	done
 
-pytest: install-dev
+pytest: install-dev feast-venv
 	$(BIN)/python -m pytest
 
 # A new user's install: the wheel alone (no extras) in a throwaway venv, then serve + one infer,
@@ -85,6 +99,10 @@ BENCH_ARGS ?=
 bench: install-dev
 	$(PIP) install --quiet matplotlib
 	$(BIN)/python bench/bench_serving.py $(BENCH_ARGS)
+
+# Feature lookups: embedded / redis / feast stores vs Feast's own server (minutes; CPUs 0 and 1).
+bench-features: feast-venv
+	$(BIN)/python bench/bench_features.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

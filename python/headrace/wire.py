@@ -67,6 +67,7 @@ reflection_v1 = ProtoFile("grpc/reflection/v1/reflection.proto")
 
 INFERENCE_SERVICE = inference.service("GRPCInferenceService")
 ADMIN_SERVICE = admin.service("AdminService")
+FEEDBACK_SERVICE = admin.service("FeedbackService")
 HEALTH_SERVICE = health.service("Health")
 
 

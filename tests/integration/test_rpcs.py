@@ -209,7 +209,10 @@ def test_metrics_endpoint(server, client: Client) -> None:  # type: ignore[no-un
     client.infer("mlp", {"x": np.ones((1, 8), np.float32)})
     with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as response:
         text = response.read().decode()
-    assert 'headrace_inference_request_success_total{model="mlp",version="2"}' in text
+    assert (
+        'headrace_inference_request_success_total{endpoint="mlp",model="mlp",variant="mlp",'
+        'version="2"}' in text
+    )
     assert "headrace_inference_request_duration_seconds_bucket" in text
 
 

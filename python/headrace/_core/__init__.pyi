@@ -46,8 +46,10 @@ def serialize_infer_response(
     model_version: str,
     id: str,
     outputs: list[tuple[str, str, npt.NDArray[Any]]],
+    parameters: list[tuple[str, str]] | None = None,
 ) -> bytes:
-    """A serialized ModelInferResponse with one raw_output_contents entry per output."""
+    """A serialized ModelInferResponse with one raw_output_contents entry per output and one
+    string response parameter (InferParameter.string_param) per (key, value), in that order."""
 
 # --- batching (csrc/batching) ---
 def monotonic_ns() -> int:

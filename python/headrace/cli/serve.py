@@ -34,6 +34,25 @@ def add_parser(commands: Any) -> None:
         default=None,
         help="let model.toml [drift] triggers run commands / call webhooks",
     )
+    routing = serve.add_argument_group("endpoints (traffic strategies, feedback)")
+    routing.add_argument(
+        "--endpoints",
+        type=Path,
+        help="endpoints.toml (default: _endpoints.toml in the model repository, if present)",
+    )
+    routing.add_argument(
+        "--state-dir", type=Path, help="where endpoint changes persist (default: <repo>/.headrace)"
+    )
+    routing.add_argument(
+        "--feedback-max-entries", type=int, help="answered ids feedback can find (100000)"
+    )
+    routing.add_argument("--feedback-ttl-s", type=float, help="feedback window per answer (3600)")
+    routing.add_argument(
+        "--feedback-plain-models",
+        action="store_true",
+        default=None,
+        help="remember plain models' answers for feedback too (endpoints always do)",
+    )
     load = serve.add_argument_group("load")
     load.add_argument("--max-inflight-rpcs", type=int, help="cap (default: from memory)")
     load.add_argument("--stream-stall-timeout-s", type=float, help="cancel a stalled reader (30)")
@@ -65,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
             "trust_model_triggers": args.trust_model_triggers,
             "max_inflight_rpcs": args.max_inflight_rpcs,
             "stream_stall_timeout_s": args.stream_stall_timeout_s,
+            "endpoints_file": args.endpoints,
+            "state_dir": args.state_dir,
+            "feedback_max_entries": args.feedback_max_entries,
+            "feedback_ttl_s": args.feedback_ttl_s,
+            "feedback_plain_models": args.feedback_plain_models,
             "log_level": args.log_level,
         }.items()
         if value is not None

@@ -120,7 +120,15 @@ def decode_infer_response(response: Any) -> InferResult:
             outputs[tensor.name] = decode_raw_output(tensor.datatype, shape, raw[index])
         else:
             outputs[tensor.name] = decode_typed_output(tensor.datatype, tensor.contents, shape)
-    return InferResult(response.model_name, response.model_version, outputs, response.id, datatypes)
+    # Response parameters, e.g. headrace_variant: the variant of an endpoint that answered.
+    parameters: dict[str, Any] = {}
+    for key, parameter in response.parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            parameters[key] = getattr(parameter, choice)
+    return InferResult(
+        response.model_name, response.model_version, outputs, response.id, datatypes, parameters
+    )
 
 
 def _translate(error: grpc.RpcError) -> Exception:

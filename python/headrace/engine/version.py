@@ -133,9 +133,6 @@ class ModelVersion:
         self.output_datatypes = {s.name: s.datatype for s in self.outputs}
         self._bytes_inputs = [s.name for s in self.inputs if s.datatype == "BYTES"]
         self._metrics = metrics
-        self._labels = (self.name, self.version_str)
-        # Labelled children looked up once: labels() costs a dict lookup and a lock per call.
-        self._duration_histogram = metrics.request_duration.labels(*self._labels)
         self._stats_lock = threading.Lock()
         self._success_count = 0
         self._success_ns = 0
@@ -301,6 +298,8 @@ class ModelVersion:
         return outputs
 
     def _record_request(self, ok: bool, duration_ns: int, error: HeadraceError | None) -> None:
+        # Triton's statistics; the Prometheus request series (labelled by endpoint and variant
+        # too) are the engine's, which knows what the client called.
         with self._stats_lock:
             if ok:
                 self._success_count += 1
@@ -308,11 +307,6 @@ class ModelVersion:
             else:
                 self._fail_count += 1
                 self._fail_ns += duration_ns
-        if ok:  # the success count is exported from the statistics at scrape time
-            self._duration_histogram.observe(duration_ns / 1e9)
-        else:
-            code = error.code.name if error is not None else "INTERNAL"
-            self._metrics.request_failure.labels(*self._labels, code).inc()
 
     def infer(
         self,

@@ -1,4 +1,5 @@
-"""The ``headrace.v1.AdminService`` servicer: headrace's own operations over an Engine."""
+"""The ``headrace.v1.AdminService`` servicer: headrace's own operations over an Engine (drift
+reports here; the endpoint RPCs in ``admin_endpoints.py``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import grpc
 from headrace.engine import Engine
 from headrace.monitoring.drift import DriftReport
 from headrace.monitoring.drift.served import ServedDrift
+from headrace.server.admin_endpoints import EndpointAdmin
 from headrace.server.status import unary_errors
 from headrace.wire import admin as pb
 
@@ -57,7 +59,7 @@ def drift_report_message(served: ServedDrift, report: DriftReport) -> Any:
     )
 
 
-class AdminServicer:
+class AdminServicer(EndpointAdmin):
     """headrace.v1.AdminService; methods not defined here answer UNIMPLEMENTED (app.py)."""
 
     def __init__(self, engine: Engine) -> None:

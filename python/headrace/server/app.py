@@ -17,8 +17,10 @@ from google.protobuf.descriptor import ServiceDescriptor
 from headrace import wire
 from headrace.config import ServerSettings
 from headrace.engine import Engine
+from headrace.errors import HeadraceError
 from headrace.server.admin import AdminServicer
 from headrace.server.auth import AccessInterceptor, AccessPolicy
+from headrace.server.feedback import FeedbackServicer
 from headrace.server.health import SERVING, HealthServicer, ReflectionServicer
 from headrace.server.servicer import InferenceServicer
 
@@ -116,6 +118,7 @@ class Server:
         self._health = HealthServicer()
         self._servicer = InferenceServicer(engine)
         self._admin = AdminServicer(engine)
+        self._feedback = FeedbackServicer(engine)
         self._metrics_server: Any = None
 
     async def start(self) -> None:
@@ -128,14 +131,15 @@ class Server:
             interceptors=(AccessInterceptor(policy),),
             maximum_concurrent_rpcs=max_inflight_rpcs(s),
         )
-        reflection = ReflectionServicer(
-            wire.reflection_v1,
-            [wire.INFERENCE_SERVICE, wire.ADMIN_SERVICE, wire.HEALTH_SERVICE, *REFLECTION_SERVICES],
-        )
-        reflection_alpha = ReflectionServicer(
-            wire.reflection_v1alpha,
-            [wire.INFERENCE_SERVICE, wire.ADMIN_SERVICE, wire.HEALTH_SERVICE, *REFLECTION_SERVICES],
-        )
+        services = [
+            wire.INFERENCE_SERVICE,
+            wire.ADMIN_SERVICE,
+            wire.FEEDBACK_SERVICE,
+            wire.HEALTH_SERVICE,
+            *REFLECTION_SERVICES,
+        ]
+        reflection = ReflectionServicer(wire.reflection_v1, services)
+        reflection_alpha = ReflectionServicer(wire.reflection_v1alpha, services)
         server.add_generic_rpc_handlers(
             (
                 service_handlers(
@@ -144,6 +148,7 @@ class Server:
                     raw=frozenset({"ModelInfer", "ModelStreamInfer"}),
                 ),
                 service_handlers(wire.ADMIN_SERVICE, self._admin),
+                service_handlers(wire.FEEDBACK_SERVICE, self._feedback),
                 service_handlers(wire.HEALTH_SERVICE, self._health),
                 service_handlers(REFLECTION_SERVICES[0], reflection),
                 service_handlers(REFLECTION_SERVICES[1], reflection_alpha),
@@ -166,9 +171,11 @@ class Server:
         if s.grpc_uds is not None:
             Path(s.grpc_uds).unlink(missing_ok=True)
             server.add_insecure_port(f"unix:{s.grpc_uds}")
+        # Shadow workers and the periodic routing state write run on this loop.
+        await self.engine.routing.start()
         await server.start()
         self._server = server
-        for service in ("", INFERENCE_SERVICE, ADMIN_SERVICE):
+        for service in ("", INFERENCE_SERVICE, ADMIN_SERVICE, wire.FEEDBACK_SERVICE.full_name):
             await self._health.set(service, SERVING)
         if s.metrics_port >= 0:
             self._metrics_server, self.metrics_port = self.engine.metrics.serve(
@@ -184,6 +191,7 @@ class Server:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self._server.stop(grace)
         self._server = None
+        await self.engine.routing.stop()
         await asyncio.to_thread(self.engine.close)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -199,7 +207,12 @@ class Server:
 
 async def _serve(settings: ServerSettings) -> int:
     engine = Engine(settings)
-    await asyncio.to_thread(engine.load_repository)
+    try:
+        await asyncio.to_thread(engine.load_repository)
+    except HeadraceError as error:  # endpoints that do not fit the models, a bad file
+        await asyncio.to_thread(engine.close)
+        print(f"headrace serve: {error.message}", file=sys.stderr, flush=True)
+        return 2
     server = Server(engine, settings)
     await server.start()
     stop_requested = asyncio.Event()

@@ -11,8 +11,9 @@ is served. They are
     neither, they are off and say how to turn them on. To let certified callers infer but not
     control, set an admin token as well.
 Inference RPCs need ``--inference-token-file``'s token when one is set (off by default); the
-admin token is accepted there too. No token -> UNAUTHENTICATED; a wrong one -> PERMISSION_DENIED.
-Tokens are compared in constant time.
+admin token is accepted there too. ``headrace.v1.FeedbackService`` is such an RPC, not a control
+one: clients that infer send feedback on their answers. No token -> UNAUTHENTICATED; a wrong one
+-> PERMISSION_DENIED. Tokens are compared in constant time.
 """
 
 from __future__ import annotations

@@ -44,13 +44,15 @@ def parse_request(message: bytes, max_elements: int) -> InferRequest | None:
 
 
 def serialize_response(result: InferResult) -> bytes:
-    """A result as ModelInferResponse bytes (raw output contents), written by the core."""
+    """A result as ModelInferResponse bytes (raw output contents and the result's string
+    parameters, such as ``headrace_variant``), written by the core."""
     datatypes = result.datatypes
     response: bytes = _core.serialize_infer_response(
         result.model_name,
         result.model_version,
         result.id,
         [(out, datatypes[out], array) for out, array in result.outputs.items()],
+        list(result.parameters.items()) if result.parameters else None,
     )
     return response
 
@@ -206,6 +208,8 @@ def encode_infer_response(result: InferResult) -> Any:
     response = pb.ModelInferResponse(
         model_name=result.model_name, model_version=result.model_version, id=result.id
     )
+    for key, value in result.parameters.items():
+        response.parameters[key].string_param = value
     for name, array in result.outputs.items():
         datatype = result.datatypes[name]
         tensor = response.outputs.add()

@@ -103,8 +103,12 @@ class InferenceServicer:
 
     @unary_errors
     async def ModelConfig(self, request: Any, context: Context) -> Any:
-        version = self._engine.get_version(request.name, request.version)
-        return pb.ModelConfigResponse(config=convert.encode_model_config(version))
+        # An endpoint answers its first variant's config, under the endpoint's name.
+        config = convert.encode_model_config(
+            self._engine.model_config(request.name, request.version)
+        )
+        config.name = request.name
+        return pb.ModelConfigResponse(config=config)
 
     @unary_errors
     async def ModelStatistics(self, request: Any, context: Context) -> Any:
