@@ -64,6 +64,7 @@ admin = ProtoFile("headrace/v1/admin.proto")
 health = ProtoFile("grpc/health/v1/health.proto")
 reflection_v1alpha = ProtoFile("grpc/reflection/v1alpha/reflection.proto")
 reflection_v1 = ProtoFile("grpc/reflection/v1/reflection.proto")
+feast_value = ProtoFile("feast/types/Value.proto")  # the variants of Feast's Value we decode
 
 INFERENCE_SERVICE = inference.service("GRPCInferenceService")
 ADMIN_SERVICE = admin.service("AdminService")

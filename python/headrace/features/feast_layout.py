@@ -111,9 +111,9 @@ _MAX_VARINT = 10
 
 
 def _value_message() -> type:
-    from headrace._proto.feast.types import Value_pb2
+    from headrace import wire
 
-    message: type = Value_pb2.Value
+    message: type = wire.feast_value.Value
     return message
 
 

@@ -198,8 +198,8 @@ def test_a_text_feature_is_an_error_not_a_store_failure(
     feast_repo: FeastRepo, redis_server: RedisServer
 ) -> None:
     # Point a view at a field that holds a string: write one the way Feast does.
-    from headrace._proto.feast.types import Value_pb2
     from headrace.features.feast_layout import entity_keys, feature_field
+    from headrace.wire import feast_value as Value_pb2
 
     (key,) = entity_keys("user_id", "INT64", [1001], PROJECT)
     client = redis_server.client(db=FEAST_DB)

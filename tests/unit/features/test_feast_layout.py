@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headrace._proto.feast.types import Value_pb2
 from headrace.features.feast_layout import (
     ValueDecodeError,
     decode_timestamps,
@@ -21,6 +20,7 @@ from headrace.features.feast_layout import (
     murmur3_32,
     timestamp_field,
 )
+from headrace.wire import feast_value as Value_pb2
 
 
 @given(st.binary(max_size=64), st.integers(0, 2**32 - 1))
