@@ -62,9 +62,9 @@ def load_backend(
             ),
         )
     if backend == "int8":
-        from headrace.backends.int8 import Int8Backend
+        from headrace.backends.int8_cuda import load_int8_backend
 
-        return Int8Backend(path)
+        return load_int8_backend(path, config.int8.device)
     raise ConfigError(f"{path}: backend '{backend}' is not available in this build")
 
 
