@@ -29,6 +29,7 @@ from headrace.monitoring.drift.served import ServedDrift
 from headrace.monitoring.metrics import Metrics
 from headrace.native import core as _core
 from headrace.registry.filesystem import FilesystemRepository
+from headrace.registry.follow import RegistryFollower
 from headrace.registry.manager import ModelManager, ServedVersion
 from headrace.types import (
     InferRequest,
@@ -70,6 +71,9 @@ class Engine:
         )
         self.completions = CompletionRouter()
         self.models = ModelManager(repository, self.settings, self.metrics, self.completions)
+        # MLflow aliases and the watched repository; started by the server, or in-process by
+        # `await engine.registry.start()`.
+        self.registry = RegistryFollower(self.settings, self.models, self.metrics)
 
     @classmethod
     def from_repository(cls, path: str | Path, **settings: Any) -> Engine:
@@ -113,17 +117,7 @@ class Engine:
             latest = model.latest
             assert latest is not None  # versions is not empty
             return latest
-        try:
-            number = int(version)
-        except ValueError:
-            raise NotFoundError(f"model '{name}' has no version '{version}'") from None
-        found = model.versions.get(number)
-        if found is None:
-            raise NotFoundError(
-                f"model '{name}' has no version '{version}' "
-                f"(serving: {', '.join(str(v) for v in sorted(model.versions))})"
-            )
-        return found
+        return model.resolve(version)  # a number, or an alias of the model
 
     def _lease(self, name: str, version: str | int | None) -> ServedVersion:
         """The serving version, with one in-flight request counted on it (release after)."""

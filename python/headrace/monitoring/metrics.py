@@ -21,6 +21,7 @@ from prometheus_client.exposition import generate_latest
 
 from headrace.monitoring.drift.gauges import DriftMetrics
 from headrace.monitoring.drift.watcher import DriftWatcher
+from headrace.monitoring.lifecycle_metrics import LifecycleMetrics
 
 # 25 µs .. ~26 s, doubling: fine resolution where a small model's latency lives.
 LATENCY_BUCKETS_S = tuple(25e-6 * 2**i for i in range(21))
@@ -63,6 +64,8 @@ class Metrics:
         # Drift gauges are set as windows close, by the watcher thread (never on a request).
         self.drift = DriftMetrics(r)
         self.drift_watcher = DriftWatcher()
+        # Version transitions and the serving version per model, set as they happen.
+        self.lifecycle = LifecycleMetrics(r)
 
     def track(self, version: VersionStatisticsSource) -> None:
         """Export ``version.statistics()`` at every scrape (kept by the scheduler itself)."""

@@ -11,6 +11,7 @@ import grpc
 from headrace.engine import Engine
 from headrace.monitoring.drift import DriftReport
 from headrace.monitoring.drift.served import ServedDrift
+from headrace.server.admin_models import ModelAdmin
 from headrace.server.status import unary_errors
 from headrace.wire import admin as pb
 
@@ -57,8 +58,9 @@ def drift_report_message(served: ServedDrift, report: DriftReport) -> Any:
     )
 
 
-class AdminServicer:
-    """headrace.v1.AdminService; methods not defined here answer UNIMPLEMENTED (app.py)."""
+class AdminServicer(ModelAdmin):
+    """headrace.v1.AdminService (model versions in ``admin_models.py``); methods not defined
+    answer UNIMPLEMENTED (app.py)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

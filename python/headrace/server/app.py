@@ -17,6 +17,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from headrace import wire
 from headrace.config import ServerSettings
 from headrace.engine import Engine
+from headrace.errors import HeadraceError
 from headrace.server.admin import AdminServicer
 from headrace.server.auth import AccessInterceptor, AccessPolicy
 from headrace.server.health import SERVING, HealthServicer, ReflectionServicer
@@ -166,6 +167,8 @@ class Server:
         if s.grpc_uds is not None:
             Path(s.grpc_uds).unlink(missing_ok=True)
             server.add_insecure_port(f"unix:{s.grpc_uds}")
+        # MLflow models load (or are reported) before the port opens.
+        await self.engine.registry.start()
         await server.start()
         self._server = server
         for service in ("", INFERENCE_SERVICE, ADMIN_SERVICE):
@@ -184,6 +187,7 @@ class Server:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self._server.stop(grace)
         self._server = None
+        await self.engine.registry.stop()
         await asyncio.to_thread(self.engine.close)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -201,7 +205,13 @@ async def _serve(settings: ServerSettings) -> int:
     engine = Engine(settings)
     await asyncio.to_thread(engine.load_repository)
     server = Server(engine, settings)
-    await server.start()
+    try:
+        await server.start()
+    except HeadraceError as error:  # the registry settings do not fit (a model in two sources)
+        await server.engine.registry.stop()
+        await asyncio.to_thread(engine.close)
+        print(f"headrace serve: {error.message}", file=sys.stderr, flush=True)
+        return 2
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
 
