@@ -74,6 +74,9 @@ class ModelControl:
     # MLflow: the files of a version (from the cache, else downloaded); blocking.
     provider: Callable[[int], VersionInput] | None = None
     source_note: str = ""  # e.g. "MLflow unreachable since ...": shown with the model
+    # Versions that failed to load, by the fingerprint of their files then: not tried again by
+    # the watcher or a restart until their files change (an admin's load tries again).
+    failed_fingerprints: dict[int, str] = field(default_factory=dict)
 
     def served(self, version: int) -> None:
         """Remember that ``version`` serves now (moved to the end of the history)."""

@@ -131,6 +131,7 @@ class ModelStore:
         failures: dict[int, str] = {}
         order = sorted(choice.required) + sorted(choice.optional)
         for number in order:
+            wanted = None
             try:
                 wanted = get_input(number)
                 old = loaded.get(number)
@@ -140,6 +141,8 @@ class ModelStore:
                     )
             except (HeadraceError, OSError) as error:
                 message = error.message if isinstance(error, HeadraceError) else str(error)
+                if wanted is not None:
+                    control.failed_fingerprints[number] = wanted.fingerprint
                 if number in choice.optional:
                     failures[number] = message
                     if previous is None or previous.failed.get(number) != message:
@@ -153,6 +156,8 @@ class ModelStore:
                 ) from None
         answering = (choice.required | choice.optional) - failures.keys()
         versions = {v: built.get(v) or loaded[v] for v in sorted(answering)}
+        for number in versions:
+            control.failed_fingerprints.pop(number, None)
         standby = {v: loaded[v] for v in choice.standby if v in loaded and v not in versions}
         kept = {id(s) for s in (*versions.values(), *standby.values())}
         retired = [served for served in loaded.values() if id(served) not in kept]
@@ -175,11 +180,11 @@ class ModelStore:
                 previous, snapshot, built, cause, actor, control.origin, reason, announce
             ):
                 self.transitions.record(record)
-        except OSError as error:
+        except (OSError, HeadraceError) as error:
             for served in built.values():
                 served.version.close()
             raise UnavailableError(
-                f"model '{name}': the audit trail cannot be written: {error}"
+                f"model '{name}' not switched: the audit trail cannot be written: {error}"
             ) from None
         if not self._publish(snapshot):
             for served in built.values():
@@ -210,6 +215,8 @@ class ModelStore:
         complete = self.complete_versions(name) if self.complete_versions is not None else None
         if complete is not None:
             available = {v: s for v, s in available.items() if v in complete}
+        if cause != AuditCause.ADMIN_LOAD:
+            available = self._without_failed(name, control, available)
         if not available and gone:
             return None
         selected = config.version_policy.select(list(available))
@@ -235,6 +242,28 @@ class ModelStore:
             )
 
         return available, selected, get_input
+
+    @staticmethod
+    def _without_failed(
+        name: str, control: ModelControl, available: dict[int, VersionSource]
+    ) -> dict[int, VersionSource]:
+        """``available`` less the versions that failed to load and have not changed since."""
+        kept = dict(available)
+        for number, fingerprint in list(control.failed_fingerprints.items()):
+            source = kept.get(number)
+            if source is None:
+                del control.failed_fingerprints[number]  # gone
+                continue
+            try:
+                same = file_fingerprint(source.path) == fingerprint
+            except OSError:
+                same = False
+            if same:
+                log.debug("model %s: version %d failed to load and is unchanged", name, number)
+                del kept[number]
+            else:
+                del control.failed_fingerprints[number]
+        return kept
 
     def _unload_locked(self, name: str, cause: AuditCause, actor: str) -> Retirement:
         model = self._models.get(name)
@@ -304,7 +333,7 @@ class ModelStore:
                     control.origin if control is not None else "",
                 )
             )
-        except OSError as error:
+        except (OSError, HeadraceError) as error:
             log.error("model %s: the audit trail cannot be written: %s", name, error)
 
     def _drain(self, retirement: Retirement) -> None:
@@ -327,7 +356,7 @@ class ModelStore:
                     drain_ms=(time.perf_counter() - started) * 1000,
                 )
             )
-        except OSError as error:
+        except (OSError, HeadraceError) as error:
             log.error("model %s: the audit trail cannot be written: %s", retirement.name, error)
 
     def _retire(self, name: str, retired: list[ServedVersion]) -> None:

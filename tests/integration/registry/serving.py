@@ -176,3 +176,50 @@ def check_answers_against_moves(answers: list[Answer], moves: list[Move]) -> Non
         assert answer.answered_s >= moves[k].moved_s, (answer, moves[k])
         if k + 1 < len(moves):
             assert answer.sent_s <= moves[k + 1].confirmed_s, (answer, moves[k + 1])
+
+
+class ServeProcess:
+    """``headrace serve`` as a real process; the address read from its "serving" line."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        import os
+        import re
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "headrace", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        assert self.process.stdout is not None
+        self.output: list[str] = []
+        self.address = ""
+        pattern = re.compile(r"serving gRPC on ([\d.]+):(\d+)")
+        for line in self.process.stdout:  # ends when the process does
+            self.output.append(line)
+            match = pattern.search(line)
+            if match:
+                self.address = f"{match.group(1)}:{match.group(2)}"
+                break
+        if not self.address:
+            self.process.kill()
+            raise AssertionError("headrace serve did not start:\n" + "".join(self.output))
+        # Keep reading, so that the server never blocks on a full pipe.
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.process.kill()
+        self.process.wait(60)
+        self._reader.join(60)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
