@@ -28,7 +28,13 @@ from headrace.errors import (
     UnavailableError,
 )
 from headrace.registry.audit import AuditCause, AuditOutcome
-from headrace.registry.plan import ModelControl, Override, VersionInput, rollback_target
+from headrace.registry.plan import (
+    ModelControl,
+    Override,
+    VersionInput,
+    rollback_target,
+    served_aliases,
+)
 from headrace.registry.reconcile import ModelStore
 from headrace.registry.served import ServedModel, ServedVersion, VersionLease
 from headrace.registry.swap import Retirement, Transition, file_fingerprint
@@ -194,7 +200,10 @@ class ModelManager(ModelStore):
                 return Retirement(name)
             if self._settings.serve_aliases:
                 return self._reconcile(name, control, AuditCause.ALIAS_MOVED, actor)
-            self._publish(dataclasses.replace(model, aliases=dict(aliases)))
+            serving = model.serving_version
+            assert serving is not None
+            shown = served_aliases(control, serving, model.versions, model.aliases)
+            self._publish(dataclasses.replace(model, aliases=shown))
             return Retirement(name)
 
         return self._change(name, change)

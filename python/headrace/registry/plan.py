@@ -183,6 +183,26 @@ def rollback_target(history: Sequence[int], serving: int | None) -> int | None:
     return earlier[-1] if earlier else None
 
 
+def served_aliases(
+    control: ModelControl,
+    serving: int,
+    answering: Collection[int],
+    before: Mapping[str, int],
+) -> dict[str, int]:
+    """The alias map requests see: the followed alias names what serves (a pin overrides it
+    locally); an alias whose version is still loading keeps naming the version it named, so
+    that a request naming an alias never fails across a move."""
+    aliases: dict[str, int] = {}
+    for alias, version in control.aliases.items():
+        if alias == control.followed_alias:
+            aliases[alias] = serving
+        elif version in answering or before.get(alias) not in answering:
+            aliases[alias] = version
+        else:
+            aliases[alias] = before[alias]
+    return aliases
+
+
 def alias_map(aliases: Mapping[str, int]) -> dict[int, list[str]]:
     """version -> its aliases, sorted."""
     by_version: dict[int, list[str]] = {}

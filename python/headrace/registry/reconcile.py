@@ -25,7 +25,7 @@ from headrace.monitoring.metrics import Metrics
 from headrace.registry.audit import AuditCause, AuditOutcome, AuditRecord
 from headrace.registry.base import INPUT_EXAMPLE_FILE, VersionSource
 from headrace.registry.filesystem import FilesystemRepository
-from headrace.registry.plan import ModelControl, VersionInput, choose
+from headrace.registry.plan import ModelControl, VersionInput, choose, served_aliases
 from headrace.registry.served import ServedModel, ServedVersion
 from headrace.registry.swap import Retirement, effects, file_fingerprint, start_version, unchanged
 from headrace.registry.transitions import TransitionLog
@@ -173,7 +173,9 @@ class ModelStore:
             failed=dict(list(failed.items())[-MAX_FAILED_VERSIONS:]),
             serving=choice.serving,
             standby=standby,
-            aliases=dict(control.aliases),
+            aliases=served_aliases(
+                control, choice.serving, versions, previous.aliases if previous else {}
+            ),
         )
         try:  # the trail first: a transition nobody could audit does not happen
             for record in effects(

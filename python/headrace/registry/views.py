@@ -68,7 +68,8 @@ def describe_models(store: ModelStore, name: str = "") -> list[ModelView]:
         control = store.control(model_name)
         if model is None:
             continue
-        aliases = dict(model.aliases or (control.aliases if control is not None else {}))
+        # The source's map (a pin overrides an alias only for the requests that name it).
+        aliases = dict(control.aliases if control is not None else model.aliases)
         by_version = alias_map(aliases)
         serving = model.serving_version
         rows: dict[int, VersionView] = {}

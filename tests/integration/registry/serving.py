@@ -103,6 +103,8 @@ class Callers:
     model: str
     inputs: dict[str, np.ndarray[Any, Any]]
     output: str
+    version: str = ""  # what the requests name: empty (the default version), or an alias
+    count: int = CALLERS
     answers: list[Answer] = field(default_factory=list)
     failures: list[BaseException] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -114,7 +116,7 @@ class Callers:
             while not self._stop.is_set():
                 sent = time.monotonic()
                 try:
-                    result = client.infer(self.model, self.inputs)
+                    result = client.infer(self.model, self.inputs, version=self.version)
                 except BaseException as error:  # every failure is a finding
                     self.failures.append(error)
                     return
@@ -129,7 +131,7 @@ class Callers:
                     self._answered.notify_all()
 
     def start(self) -> Callers:
-        self._threads = [threading.Thread(target=self._call) for _ in range(CALLERS)]
+        self._threads = [threading.Thread(target=self._call) for _ in range(self.count)]
         for thread in self._threads:
             thread.start()
         return self

@@ -99,7 +99,9 @@ def test_ten_alias_moves_under_16_callers_fail_no_request(
     mlflow_server.set_alias(name, "champion", versions[0])
     settings = follow_settings(mlflow_server, tmp_path, f"{name}@champion")
     with serving(**settings) as running:
-        callers = Callers(running.address, name, X, "y").start()
+        # 12 callers name no version, 4 name the alias: neither kind may fail across a move.
+        callers = Callers(running.address, name, X, "y", count=12).start()
+        by_alias = Callers(running.address, name, X, "y", version="champion", count=4).start()
         try:
             start = time.monotonic()
             first = callers.wait_for(lambda a: a.version == str(versions[0]))
@@ -109,14 +111,18 @@ def test_ten_alias_moves_under_16_callers_fail_no_request(
                 mlflow_server.set_alias(name, "champion", version)
                 seen = callers.wait_for(lambda a, v=version: a.version == str(v), moved)
                 moves.append(Move(str(version), moved, seen.answered_s))
+            by_alias.wait_for(lambda a: a.version == str(versions[-1]))
         finally:
             callers.stop()
+            by_alias.stop()
         assert not callers.failures, callers.failures[:3]
+        assert not by_alias.failures, by_alias.failures[:3]
         answers = [a for a in callers.answers if a.sent_s >= start]
         assert len(answers) > len(versions) * 16
         check_answers_against_moves(answers, moves)
-        for answer in answers:  # the answer's values come from the version it names
+        for answer in [*answers, *by_alias.answers]:  # values come from the version named
             assert bias_of(answer.value) == bias[answer.version], answer
+        assert {a.version for a in by_alias.answers} >= {str(versions[0]), str(versions[-1])}
         records = audit(tmp_path / "audit.jsonl")
         switched = [r["to_version"] for r in records if r["outcome"] == "switched"]
         assert switched == versions
