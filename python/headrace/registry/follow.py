@@ -203,6 +203,10 @@ class RegistryFollower:
         )
 
     @staticmethod
+    def _fetch(source: MlflowSource, model: str, version: int) -> VersionInput:
+        return VersionInput.from_materialized(source.materialize(model, version))
+
+    @staticmethod
     def _provider(source: MlflowSource, model: str) -> Callable[[int], VersionInput]:
         def provide(version: int) -> VersionInput:
             return VersionInput.from_materialized(source.materialize(model, version))
@@ -252,7 +256,7 @@ class RegistryFollower:
         try:
             # The download (verified, into the cache) apart from the load: a failed download
             # may pass and is asked for again; the manager then finds it in the cache.
-            await asyncio.to_thread(source.materialize, model, version)
+            files = await asyncio.to_thread(self._fetch, source, model, version)
         except (UnavailableError, OSError) as error:
             message = error.message if isinstance(error, HeadraceError) else str(error)
             await asyncio.to_thread(
@@ -272,7 +276,7 @@ class RegistryFollower:
             return
         with contextlib.suppress(HeadraceError):  # reported by the manager
             await asyncio.to_thread(
-                self._manager.set_desired, model, version, cause=cause, actor=POLLER
+                self._manager.set_desired, model, version, cause=cause, actor=POLLER, files=files
             )
 
     # -- the repository ----------------------------------------------------------------------

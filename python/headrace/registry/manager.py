@@ -164,8 +164,17 @@ class ModelManager(ModelStore):
                     )
                 )
 
-    def set_desired(self, name: str, version: int, *, cause: AuditCause, actor: str) -> Transition:
-        """The source now points at ``version``: load, warm and switch to it (unless pinned)."""
+    def set_desired(
+        self,
+        name: str,
+        version: int,
+        *,
+        cause: AuditCause,
+        actor: str,
+        files: VersionInput | None = None,
+    ) -> Transition:
+        """The source now points at ``version``: load, warm and switch to it (unless pinned).
+        ``files``: the version as the caller just fetched it (its download time is audited)."""
 
         def change(control: ModelControl) -> Retirement:
             ended = control.desired_moved(version)
@@ -185,7 +194,8 @@ class ModelManager(ModelStore):
                     AuditOutcome.IGNORED,
                 )
                 return Retirement(name)
-            return self._reconcile(name, control, cause, actor, reason)
+            fetched = {version: files} if files is not None else None
+            return self._reconcile(name, control, cause, actor, reason, fetched=fetched)
 
         return self._change(name, change)
 

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 
 from headrace.config import ServerSettings
 from headrace.engine.completions import CompletionRouter
@@ -98,8 +98,10 @@ class ModelStore:
         actor: str,
         reason: str = "",
         announce: bool = False,
+        fetched: Mapping[int, VersionInput] | None = None,
     ) -> Retirement:
-        """Load what the model's state asks for and switch to it (lock held)."""
+        """Load what the model's state asks for and switch to it (lock held). ``fetched``:
+        versions the caller already has (else the source's provider is asked)."""
         previous = self._models.get(name)
         loaded = previous.loaded() if previous is not None else {}
         if control.kind == "repository":
@@ -112,7 +114,13 @@ class ModelStore:
                 reason = f"the {ended.kind} to version {ended.version} ended: a newer version"
         else:
             assert control.provider is not None
-            available, get_input = None, control.provider
+            provider, ready = control.provider, dict(fetched or {})
+
+            def get_input(number: int) -> VersionInput:
+                found = ready.get(number)
+                return found if found is not None else provider(number)
+
+            available = None
             desired = control.desired
             selected = [] if control.override is not None or desired is None else [desired]
         choice = choose(

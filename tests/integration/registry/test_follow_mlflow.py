@@ -15,6 +15,7 @@ import pytest
 
 from headrace.client import Client
 from headrace.errors import FailedPreconditionError, NotFoundError
+from helpers import onnx_models
 from integration.registry.serving import Callers, Move, check_answers_against_moves, serving
 
 X = {"x": np.ones((1, 3), np.float32)}
@@ -47,9 +48,15 @@ def test_alias_move_switches_after_one_poll_and_the_load(
     v1 = mlflow_server.create_version(name, logged.one)
     v2 = mlflow_server.create_version(name, logged.two)
     mlflow_server.set_alias(name, "champion", v1)
-    # The test polls by hand: the poller's own loop would wait an hour.
-    settings = follow_settings(mlflow_server, tmp_path, f"{name}@champion", registry_poll_s=3600)
+    # The test polls by hand: the poller's own loop would wait an hour. A model of the
+    # repository serves beside it (both sources in one server).
+    repo = tmp_path / "models"
+    onnx_models.write_model(repo, "local", onnx_models.mlp([3, 4, 2]))
+    settings = follow_settings(
+        mlflow_server, tmp_path, f"{name}@champion", registry_poll_s=3600, model_repository=repo
+    )
     with serving(**settings) as running, Client(running.address) as client:
+        assert client.infer("local", X).model_version == "1"
         first = client.infer(name, X)
         assert first.model_version == str(v1) and bias_of(first.outputs["y"][0, 0]) == 1.0
         assert client.infer(name, X, version="champion").model_version == str(v1)
@@ -62,13 +69,14 @@ def test_alias_move_switches_after_one_poll_and_the_load(
         assert moved.model_version == str(v2) and bias_of(moved.outputs["y"][0, 0]) == 2.0
         assert client.infer(name, X, version="champion").model_version == str(v2)
 
-        records = audit(tmp_path / "audit.jsonl")
+        records = [r for r in audit(tmp_path / "audit.jsonl") if r["model"] == name]
         switches = [(r["from_version"], r["to_version"], r["cause"], r["actor"]) for r in records]
         assert switches[0] == (None, v1, "startup", "poller")
         assert (v1, v2, "alias_moved", "poller") in switches
         switched = next(r for r in records if r["to_version"] == v2)
         assert switched["outcome"] == "switched"
         assert switched["load_ms"] is not None and switched["warm_ms"] is not None
+        assert switched["download_ms"] is not None
         # The input example served as the warm-up sample; the metric says what serves.
         (versions,) = client.list_model_versions(name)
         assert (versions.serving, versions.reference, versions.source) == (
