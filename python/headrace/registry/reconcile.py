@@ -170,8 +170,11 @@ class ModelStore:
         kept = {id(s) for s in (*versions.values(), *standby.values())}
         retired = [served for served in loaded.values() if id(served) not in kept]
         failed = {
-            v: why for v, why in (previous.failed.items() if previous else ()) if v not in versions
-        }
+            v: why
+            for v, why in (previous.failed.items() if previous else ())
+            if v not in versions
+            and (available is None or v in available or v in control.failed_fingerprints)
+        }  # a version gone from the repository is forgotten
         failed.update(failures)
         snapshot = ServedModel(
             name,

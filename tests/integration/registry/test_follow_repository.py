@@ -179,6 +179,8 @@ def test_failing_removed_and_changed_versions(repo: Path, tmp_path: Path) -> Non
         running.run(running.engine.registry.idle())
         answer = client.infer(MODEL, X)
         assert (answer.model_version, float(answer.outputs["y"][0, 0])) == ("1", 1.0)
+        rows = {(e.version, e.state) for e in client.repository_index()}
+        assert rows == {("1", "READY"), ("3", "UNAVAILABLE")}  # 3 still says why
         removed = [r for r in audit(tmp_path / "audit.jsonl") if r["cause"] == "version_removed"]
         assert [(r["from_version"], r["to_version"], r["outcome"]) for r in removed] == [
             (2, 1, "switched"),
