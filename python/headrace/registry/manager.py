@@ -177,6 +177,7 @@ class ModelManager(ModelStore):
         ``files``: the version as the caller just fetched it (its download time is audited)."""
 
         def change(control: ModelControl) -> Retirement:
+            saved = control.override
             ended = control.desired_moved(version)
             reason = (
                 f"the {ended.kind} to version {ended.version} ended: the source moved on"
@@ -195,7 +196,11 @@ class ModelManager(ModelStore):
                 )
                 return Retirement(name)
             fetched = {version: files} if files is not None else None
-            return self._reconcile(name, control, cause, actor, reason, fetched=fetched)
+            try:
+                return self._reconcile(name, control, cause, actor, reason, fetched=fetched)
+            except BaseException:
+                control.override = saved  # nothing switched: a rollback holds
+                raise
 
         return self._change(name, change)
 

@@ -101,7 +101,25 @@ class ModelStore:
         fetched: Mapping[int, VersionInput] | None = None,
     ) -> Retirement:
         """Load what the model's state asks for and switch to it (lock held). ``fetched``:
-        versions the caller already has (else the source's provider is asked)."""
+        versions the caller already has (else the source's provider is asked). When nothing
+        switches, an admin's override stays as it was (a rollback outlives a failed move)."""
+        override = control.override
+        try:
+            return self._reconcile_to(name, control, cause, actor, reason, announce, fetched)
+        except BaseException:
+            control.override = override
+            raise
+
+    def _reconcile_to(
+        self,
+        name: str,
+        control: ModelControl,
+        cause: AuditCause,
+        actor: str,
+        reason: str,
+        announce: bool,
+        fetched: Mapping[int, VersionInput] | None,
+    ) -> Retirement:
         previous = self._models.get(name)
         loaded = previous.loaded() if previous is not None else {}
         if control.kind == "repository":

@@ -100,8 +100,18 @@ def test_switches_keep_one_version_warm_and_close_the_rest(engine: Engine) -> No
     assert tracked(engine) == {"1", "3"}  # what the source wants stays warm meanwhile
     with pytest.raises(FailedPreconditionError, match="no earlier"):
         manager.rollback(MODEL, "alice")
-    manager.unpin(MODEL, "alice")
-    assert serving(engine) == ("3", 3.0)
+    # The source moves on to a version that cannot load: nothing switches, the rollback holds.
+    with pytest.raises(UnavailableError, match="input example"):
+        manager.set_desired(MODEL, 5, cause=AuditCause.ALIAS_MOVED, actor="poller")
+    control = manager.control(MODEL)
+    assert control is not None and control.override is not None
+    assert (control.override.kind, control.desired) == ("rollback", 5)
+    assert serving(engine) == ("1", 1.0)
+    manager.set_desired(MODEL, 3, cause=AuditCause.ALIAS_MOVED, actor="poller")
+    assert serving(engine) == ("1", 1.0)  # back to the version rolled back from: it holds
+    manager.set_desired(MODEL, 4, cause=AuditCause.ALIAS_MOVED, actor="poller")
+    assert serving(engine) == ("4", 4.0)  # a move to yet another version ends the rollback
+    assert manager.control(MODEL).override is None  # type: ignore[union-attr]
 
 
 def test_aliases_name_versions_and_pins_load_first(engine: Engine) -> None:
