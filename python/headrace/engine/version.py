@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from headrace.backends.base import Backend
 from headrace.config import DriftSettings, ModelConfig, ServerSettings
+from headrace.datatypes import DATATYPE_TO_NUMPY
 from headrace.engine.completions import CompletionRouter
 from headrace.engine.execution import BatchedExecution, DirectExecution, Execution
 from headrace.engine.validation import (
@@ -142,11 +143,14 @@ class ModelVersion:
         self.drift: ServedDrift | None = None
         self._native_drift: Any = None
         self.execution: Execution | None = None
+        self.input_example: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, completions: CompletionRouter) -> None:
-        """Build the execution and warm up through it; raises (and releases) if it cannot run."""
+    def start(self, completions: CompletionRouter, input_example: Path | None = None) -> None:
+        """Build the execution and warm up through it; raises (and releases) if it cannot run.
+        ``input_example``: a registry's sample request (MLflow's ``input_example.json``)."""
+        self.input_example = input_example
         try:
             self.drift = load_served_drift(
                 self.directory,
@@ -209,10 +213,13 @@ class ModelVersion:
         )
 
     def warm_up_inputs(self) -> dict[str, npt.NDArray[Any]]:
-        """The version's warm-up sample (``warmup.npz`` beside the model file, one array per
-        input), else zeros of each input's shape with dynamic dims as 1."""
+        """The version's warm-up sample: ``warmup.npz`` beside the model file (one array per
+        input), else the registry's input example, else zeros of each input's shape with
+        dynamic dims as 1."""
         sample = self.directory / WARMUP_FILE
         if not sample.is_file():
+            if self.input_example is not None:
+                return self._example_inputs(self.input_example)
             return zero_inputs(self.inputs)
         try:
             with np.load(sample, allow_pickle=False) as arrays:
@@ -223,6 +230,20 @@ class ModelVersion:
             self.validator.check(inputs, None)
         except HeadraceError as error:
             raise ConfigError(f"{sample}: {error.message}") from None
+        return inputs
+
+    def _example_inputs(self, path: Path) -> dict[str, npt.NDArray[Any]]:
+        from headrace.registry.example import read_input_example
+
+        try:
+            inputs = read_input_example(path).arrays(
+                {s.name: DATATYPE_TO_NUMPY[s.datatype] for s in self.inputs}
+            )
+            if self.max_batch_size > 0:  # an example longer than a batch: its first rows
+                inputs = {k: v[: self.max_batch_size] for k, v in inputs.items()}
+            self.validator.check(inputs, None)
+        except HeadraceError as error:
+            raise ConfigError(f"input example {path}: {error.message}") from None
         return inputs
 
     def _warm_up(self) -> None:
