@@ -4,7 +4,9 @@
 //   - quant_gemm_vnni_emulated: the AVX-512 VNNI algorithm with the instruction emulated, so its
 //     arithmetic is tested on any CPU;
 //   - kolmogorov_survival, gamma_q, chi_square_survival: the special functions behind the drift
-//     statistics' p-values, checked against SciPy.
+//     statistics' p-values, checked against SciPy;
+//   - cuda_*: the tensor-core weight packings and CPU emulations of the CUDA kernels
+//     (register_cuda_testing.cc).
 // headrace's own Python code never imports _core.testing.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -202,6 +204,7 @@ void register_testing(py::module_& m) {
   testing.def("gamma_q", &drift::gamma_q, py::arg("a"), py::arg("x"));
   testing.def("chi_square_survival", &drift::chi_square_survival, py::arg("statistic"),
               py::arg("dof"));
+  register_cuda_testing(testing);
 }
 
 }  // namespace headrace::bindings

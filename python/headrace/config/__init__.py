@@ -7,6 +7,7 @@ from headrace.config.features import FeaturesConfig, ViewConfig
 from headrace.config.model import (
     BatchingConfig,
     DriftSettings,
+    Int8Config,
     ModelConfig,
     OnnxRuntimeConfig,
     TensorConfig,
@@ -21,6 +22,7 @@ __all__ = [
     "BatchingConfig",
     "DriftSettings",
     "FeaturesConfig",
+    "Int8Config",
     "ModelConfig",
     "OnnxRuntimeConfig",
     "ServerSettings",

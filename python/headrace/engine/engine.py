@@ -37,6 +37,7 @@ from headrace.monitoring.drift.served import ServedDrift
 from headrace.monitoring.metrics import Metrics
 from headrace.native import core as _core
 from headrace.registry.filesystem import FilesystemRepository
+from headrace.registry.follow import RegistryFollower
 from headrace.registry.manager import ModelManager, ServedVersion
 from headrace.routing import PIN_PARAMETER, Endpoints, FeedbackReceipt, RequestIds, Route
 from headrace.routing.config import ModelSignature
@@ -83,6 +84,9 @@ class Engine:
         self._routing: EngineRouting | None = None
         self._routing_lock = threading.Lock()
         self._ids = RequestIds()  # ids for requests sent without one (feedback refers to them)
+        # MLflow aliases and the watched repository; started by the server, or in-process by
+        # `await engine.registry.start()`.
+        self.registry = RegistryFollower(self.settings, self.models, self.metrics)
 
     @classmethod
     def from_repository(cls, path: str | Path, **settings: Any) -> Engine:

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from headrace.backends.base import Backend
 from headrace.config import DriftSettings, ModelConfig, ServerSettings
+from headrace.datatypes import DATATYPE_TO_NUMPY
 from headrace.engine.completions import CompletionRouter
 from headrace.engine.execution import BatchedExecution, DirectExecution, Execution
 from headrace.engine.features import EngineFeatures, VersionFeatures, build_version_features
@@ -63,9 +64,9 @@ def load_backend(
             ),
         )
     if backend == "int8":
-        from headrace.backends.int8 import Int8Backend
+        from headrace.backends.int8_cuda import load_int8_backend
 
-        return Int8Backend(path)
+        return load_int8_backend(path, config.int8.device)
     raise ConfigError(f"{path}: backend '{backend}' is not available in this build")
 
 
@@ -152,11 +153,14 @@ class ModelVersion:
         self.drift: ServedDrift | None = None
         self._native_drift: Any = None
         self.execution: Execution | None = None
+        self.input_example: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, completions: CompletionRouter) -> None:
-        """Build the execution and warm up through it; raises (and releases) if it cannot run."""
+    def start(self, completions: CompletionRouter, input_example: Path | None = None) -> None:
+        """Build the execution and warm up through it; raises (and releases) if it cannot run.
+        ``input_example``: a registry's sample request (MLflow's ``input_example.json``)."""
+        self.input_example = input_example
         try:
             self._start_features()
             self.drift = load_served_drift(
@@ -244,12 +248,14 @@ class ModelVersion:
         )
 
     def warm_up_inputs(self) -> dict[str, npt.NDArray[Any]]:
-        """The version's warm-up sample (``warmup.npz`` beside the model file, one array per
-        input of the model itself), else zeros of each input's shape with dynamic dims as 1. A
-        features model warms up on its own inputs too (``into`` included): the store is not
-        asked, so a version loads while its store is down."""
+        """The version's warm-up sample: ``warmup.npz`` beside the model file (one array per
+        input), else the registry's input example, else zeros of each input's shape with
+        dynamic dims as 1. These are the model's own inputs, for a features model too (``into``
+        included): the store is not asked, so a version loads while its store is down."""
         sample = self.directory / WARMUP_FILE
         if not sample.is_file():
+            if self.input_example is not None:
+                return self._example_inputs(self.input_example)
             return zero_inputs(self.model_inputs)
         try:
             with np.load(sample, allow_pickle=False) as arrays:
@@ -260,6 +266,20 @@ class ModelVersion:
             self._model_validator.check(inputs, None)
         except HeadraceError as error:
             raise ConfigError(f"{sample}: {error.message}") from None
+        return inputs
+
+    def _example_inputs(self, path: Path) -> dict[str, npt.NDArray[Any]]:
+        from headrace.registry.example import read_input_example
+
+        try:
+            inputs = read_input_example(path).arrays(
+                {s.name: DATATYPE_TO_NUMPY[s.datatype] for s in self.model_inputs}
+            )
+            if self.max_batch_size > 0:  # an example longer than a batch: its first rows
+                inputs = {k: v[: self.max_batch_size] for k, v in inputs.items()}
+            self._model_validator.check(inputs, None)
+        except HeadraceError as error:
+            raise ConfigError(f"input example {path}: {error.message}") from None
         return inputs
 
     def _warm_up(self) -> None:

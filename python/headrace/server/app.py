@@ -175,6 +175,8 @@ class Server:
         # stores are read on it.
         await self.engine.routing.start()
         self.engine.features.serve_on(asyncio.get_running_loop())
+        # MLflow models load (or are reported) before the port opens.
+        await self.engine.registry.start()
         await server.start()
         self._server = server
         for service in ("", INFERENCE_SERVICE, ADMIN_SERVICE, wire.FEEDBACK_SERVICE.full_name):
@@ -194,6 +196,7 @@ class Server:
         await self._server.stop(grace)
         self._server = None
         await self.engine.routing.stop()
+        await self.engine.registry.stop()
         await asyncio.to_thread(self.engine.close)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -216,7 +219,13 @@ async def _serve(settings: ServerSettings) -> int:
         print(f"headrace serve: {error.message}", file=sys.stderr, flush=True)
         return 2
     server = Server(engine, settings)
-    await server.start()
+    try:
+        await server.start()
+    except HeadraceError as error:  # the registry settings do not fit (a model in two sources)
+        await server.engine.registry.stop()
+        await asyncio.to_thread(engine.close)
+        print(f"headrace serve: {error.message}", file=sys.stderr, flush=True)
+        return 2
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
 
