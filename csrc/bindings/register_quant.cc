@@ -37,59 +37,99 @@ std::vector<std::string> isa_names(const std::vector<Isa>& isas) {
 }
 
 using Int8Array = py::array_t<std::int8_t, py::array::c_style | py::array::forcecast>;
+using Uint8Array = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>;
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+struct GemmOperands {
+  std::size_t m, k, n;
+  std::vector<std::uint8_t> a_padded;  // rows of k_padded bytes, the kernels' contract
+  std::size_t lda;
+  std::vector<std::int8_t> b;
+};
+
+// a: uint8 codes [m, k]; b: int8 [k, n]. Copies a into rows of stride round_up(k, 4) (zero
+// padded), as the executor lays activations out.
+GemmOperands gemm_operands(const py::array& a_in, const py::array& b_in, const char* what,
+                           std::uint32_t max_code) {
+  if (a_in.dtype().num() != py::dtype::of<std::uint8_t>().num() ||
+      b_in.dtype().num() != py::dtype::of<std::int8_t>().num()) {
+    throw CoreError(StatusCode::kInvalidArgument,
+                    std::string(what) + " takes uint8 activation codes and int8 weights");
+  }
+  const Uint8Array a = Uint8Array::ensure(a_in);
+  const Int8Array b = Int8Array::ensure(b_in);
+  if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(0) || a.shape(1) == 0) {
+    throw CoreError(StatusCode::kInvalidArgument,
+                    std::string(what) + " takes a [m, k] and b [k, n] with matching k >= 1");
+  }
+  GemmOperands ops;
+  ops.m = static_cast<std::size_t>(a.shape(0));
+  ops.k = static_cast<std::size_t>(a.shape(1));
+  ops.n = static_cast<std::size_t>(b.shape(1));
+  ops.lda = (ops.k + 3) / 4 * 4;
+  ops.a_padded.assign(ops.m * ops.lda, 0);
+  const std::uint8_t* a_data = a.data();
+  for (std::size_t row = 0; row < ops.m; ++row) {
+    for (std::size_t col = 0; col < ops.k; ++col) {
+      const std::uint8_t code = a_data[row * ops.k + col];
+      if (code > max_code) {
+        throw CoreError(StatusCode::kInvalidArgument,
+                        std::string(what) + ": activation code " + std::to_string(code) +
+                            " is above " + std::to_string(max_code) +
+                            ", the largest this kernel multiplies exactly");
+      }
+      ops.a_padded[row * ops.lda + col] = code;
+    }
+  }
+  ops.b.assign(b.data(), b.data() + ops.k * ops.n);
+  return ops;
+}
 
 py::array_t<std::int32_t> gemm_s32(const py::array& a_in, const py::array& b_in,
                                    const std::optional<std::string>& isa_name) {
-  if (a_in.dtype().num() != py::dtype::of<std::int8_t>().num() ||
-      b_in.dtype().num() != py::dtype::of<std::int8_t>().num()) {
-    throw CoreError(StatusCode::kInvalidArgument, "quant_gemm_s32 takes int8 arrays");
-  }
-  const Int8Array a = Int8Array::ensure(a_in);
-  const Int8Array b = Int8Array::ensure(b_in);
-  if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(0)) {
-    throw CoreError(StatusCode::kInvalidArgument,
-                    "quant_gemm_s32 takes a [m, k] and b [k, n] with matching k");
-  }
   const Isa isa = resolve_isa(isa_name);
-  const auto m = static_cast<std::size_t>(a.shape(0));
-  const auto k = static_cast<std::size_t>(a.shape(1));
-  const auto n = static_cast<std::size_t>(b.shape(1));
-  py::array_t<std::int32_t> c({a.shape(0), b.shape(1)});
-  const std::int8_t* a_data = a.data();
-  const std::int8_t* b_data = b.data();
+  GemmOperands ops = gemm_operands(a_in, b_in, "quant_gemm_s32", quant::max_activation_code(isa));
+  py::array_t<std::int32_t> c({static_cast<py::ssize_t>(ops.m), static_cast<py::ssize_t>(ops.n)});
   std::int32_t* c_data = c.mutable_data();
   {
     py::gil_scoped_release release;
-    const quant::PackedWeights weights(isa, b_data, k, n);
-    quant::GemmScratch scratch;
-    quant::gemm_s8s8_s32(a_data, k, m, weights, c_data, n, scratch);
+    const quant::PackedWeights weights(isa, ops.b.data(), ops.k, ops.n);
+    quant::gemm_u8s8_s32(ops.a_padded.data(), ops.lda, ops.m, weights, c_data, ops.n);
   }
   return c;
 }
 
-py::array_t<std::int32_t> gemm_vnni_emulated(const Int8Array& a, const Int8Array& b) {
-  if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(0) || a.shape(1) == 0) {
-    throw CoreError(StatusCode::kInvalidArgument,
-                    "quant_gemm_vnni_emulated takes a [m, k] and b [k, n] with matching k >= 1");
-  }
-  const auto m = static_cast<std::size_t>(a.shape(0));
-  const auto k = static_cast<std::size_t>(a.shape(1));
-  const auto n = static_cast<std::size_t>(b.shape(1));
-  std::vector<std::int8_t> quads;
-  std::vector<std::int32_t> compensation;
-  quant::pack_vnni_layout(b.data(), k, n, quads, compensation);
-  py::array_t<std::int32_t> c({a.shape(0), b.shape(1)});
-  quant::gemm_vnni_emulated(a.data(), k, m, quads.data(), compensation.data(), k, n,
-                            c.mutable_data(), n);
+py::array_t<std::int32_t> gemm_quads_emulated(const py::array& a_in, const py::array& b_in) {
+  GemmOperands ops = gemm_operands(a_in, b_in, "quant_gemm_quads_emulated", 255);
+  const std::vector<std::int8_t> packed = quant::pack_quad_panels(ops.b.data(), ops.k, ops.n);
+  py::array_t<std::int32_t> c({static_cast<py::ssize_t>(ops.m), static_cast<py::ssize_t>(ops.n)});
+  quant::gemm_quads_emulated(ops.a_padded.data(), ops.lda, ops.m, packed.data(), ops.k, ops.n,
+                             c.mutable_data(), ops.n);
   return c;
+}
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) text += ", ";
+    text += i == 0 ? std::string("rows") : std::to_string(shape[i]);
+  }
+  return text + "]";
 }
 
 py::array_t<float> run_mlp(const quant::QuantizedMlp& mlp, const FloatArray& x) {
-  if (x.ndim() != 2 || static_cast<std::size_t>(x.shape(1)) != mlp.input_size()) {
+  // The input's own shape, or its rows flattened to [rows, input_size].
+  const std::vector<std::int64_t>& declared = mlp.input().shape;
+  bool matches = x.ndim() == 2 && static_cast<std::size_t>(x.shape(1)) == mlp.input_size();
+  if (!matches && static_cast<std::size_t>(x.ndim()) == declared.size()) {
+    matches = true;
+    for (std::size_t i = 1; i < declared.size(); ++i) {
+      matches = matches && x.shape(static_cast<py::ssize_t>(i)) == declared[i];
+    }
+  }
+  if (!matches) {
     throw CoreError(StatusCode::kInvalidArgument,
-                    "input '" + mlp.input().name + "' must be float32 [rows, " +
-                        std::to_string(mlp.input_size()) + "]");
+                    "input '" + mlp.input().name + "' must be float32 " + shape_text(declared));
   }
   const auto rows = static_cast<std::size_t>(x.shape(0));
   py::array_t<float> y({x.shape(0), static_cast<py::ssize_t>(mlp.output_size())});
@@ -123,10 +163,14 @@ void register_quant(py::module_& m) {
   m.def(
       "quant_default_isa", [] { return std::string(quant::isa_name(quant::default_isa())); },
       "The ISA a load picks: HEADRACE_QUANT_ISA if set, else the fastest supported.");
+  m.def(
+      "quant_max_activation_code",
+      [](const std::string& isa) { return quant::max_activation_code(quant::parse_isa(isa)); },
+      py::arg("isa"), "Largest activation code the ISA's kernel multiplies exactly (127 or 255).");
   m.def("quant_gemm_s32", &gemm_s32, py::arg("a"), py::arg("b"), py::arg("isa") = py::none(),
-        "int8 [m, k] x int8 [k, n] -> exact int32 [m, n] on one ISA (packs b each call).");
-  m.def("quant_gemm_vnni_emulated", &gemm_vnni_emulated, py::arg("a"), py::arg("b"),
-        "The VNNI algorithm (u8 shift + compensation) with vpdpbusd emulated; runs on any CPU.");
+        "uint8 codes [m, k] x int8 [k, n] -> exact int32 [m, n] on one ISA (packs b each call).");
+  m.def("quant_gemm_quads_emulated", &gemm_quads_emulated, py::arg("a"), py::arg("b"),
+        "The quad-panel algorithm (vpdpbusd / vpmaddubsw + vpmaddwd) in portable code.");
   m.def(
       "quant_peak_gops",
       [](const std::string& isa, std::uint64_t iterations) {
@@ -139,25 +183,28 @@ void register_quant(py::module_& m) {
 
   py::class_<quant::QuantizedMlp, std::shared_ptr<quant::QuantizedMlp>>(m, "QuantizedMlp",
                                   "An int8 MLP loaded from a .int8 file; run() is thread-safe.")
-      .def(py::init([](const std::string& path, const std::optional<std::string>& isa) {
-             return quant::QuantizedMlp::load(path, resolve_isa(isa));
+      .def(py::init([](const std::string& path, const std::optional<std::string>& isa,
+                       std::optional<std::uint32_t> activation_bits) {
+             return quant::QuantizedMlp::load(path, resolve_isa(isa), activation_bits);
            }),
-           py::arg("path"), py::arg("isa") = py::none())
+           py::arg("path"), py::arg("isa") = py::none(), py::arg("activation_bits") = py::none())
       .def_static(
           "from_bytes",
-          [](const py::bytes& data, const std::optional<std::string>& isa) {
+          [](const py::bytes& data, const std::optional<std::string>& isa,
+             std::optional<std::uint32_t> activation_bits) {
             const std::string_view view = data;
             return quant::QuantizedMlp::from_bytes(
                 {reinterpret_cast<const std::uint8_t*>(view.data()), view.size()},
-                resolve_isa(isa));
+                resolve_isa(isa), activation_bits);
           },
-          py::arg("data"), py::arg("isa") = py::none())
+          py::arg("data"), py::arg("isa") = py::none(), py::arg("activation_bits") = py::none())
       .def("run", &run_mlp, py::arg("x"),
-           "float32 [rows, input_size] -> float32 [rows, output_size]; releases the GIL.")
+           "float32 [rows, ...input dims] -> float32 [rows, output_size]; releases the GIL.")
       .def_property_readonly("isa",
                              [](const quant::QuantizedMlp& mlp) {
                                return std::string(quant::isa_name(mlp.isa()));
                              })
+      .def_property_readonly("activation_bits", &quant::QuantizedMlp::activation_bits)
       .def_property_readonly("input_size", &quant::QuantizedMlp::input_size)
       .def_property_readonly("output_size", &quant::QuantizedMlp::output_size)
       .def_property_readonly("layer_count", &quant::QuantizedMlp::layer_count)

@@ -2,7 +2,6 @@
 
 #include <string>
 
-#include "quant/int8_gemm.h"
 #include "tensors/status.h"
 
 namespace headrace::quant {
@@ -11,6 +10,29 @@ namespace {
 std::size_t round_up(std::size_t value, std::size_t step) { return (value + step - 1) / step * step; }
 
 }  // namespace
+
+std::vector<std::int8_t> pack_quad_panels(const std::int8_t* w_kn, std::size_t k_size,
+                                          std::size_t n_size) {
+  constexpr std::size_t kPanel = PackedWeights::kPanelColumns;
+  constexpr std::size_t kDepth = PackedWeights::kQuadDepth;
+  const std::size_t panels = (n_size + kPanel - 1) / kPanel;
+  const std::size_t k_quads = (k_size + kDepth - 1) / kDepth;
+  std::vector<std::int8_t> packed(panels * k_quads * PackedWeights::kQuadBytes, 0);
+  for (std::size_t panel = 0; panel < panels; ++panel) {
+    for (std::size_t quad = 0; quad < k_quads; ++quad) {
+      std::int8_t* dst = &packed[(panel * k_quads + quad) * PackedWeights::kQuadBytes];
+      for (std::size_t column = 0; column < kPanel; ++column) {
+        const std::size_t n = panel * kPanel + column;
+        if (n >= n_size) break;
+        for (std::size_t j = 0; j < kDepth; ++j) {
+          const std::size_t k = quad * kDepth + j;
+          if (k < k_size) dst[column * kDepth + j] = w_kn[k * n_size + n];
+        }
+      }
+    }
+  }
+  return packed;
+}
 
 PackedWeights::PackedWeights(Isa isa, const std::int8_t* w_kn, std::size_t k_size,
                              std::size_t n_size)
@@ -21,43 +43,20 @@ PackedWeights::PackedWeights(Isa isa, const std::int8_t* w_kn, std::size_t k_siz
                         std::to_string(n_size) + "]: each dimension must be in [1, 65536]");
   }
   require_isa(isa);
-  constexpr std::size_t kPanel = kPanelColumns;
-  panel_count_ = (n_size + kPanel - 1) / kPanel;
-  switch (isa) {
-    case Isa::kScalar: {
-      k_padded_ = k_size;
-      bytes_.resize(n_size * k_size);
-      for (std::size_t k = 0; k < k_size; ++k) {
-        for (std::size_t n = 0; n < n_size; ++n) bytes_[n * k_size + k] = w_kn[k * n_size + n];
-      }
-      break;
-    }
-    case Isa::kAvx2: {
-      k_padded_ = round_up(k_size, 2);
-      const std::size_t k_pairs = k_padded_ / 2;
-      bytes_.assign(panel_count_ * k_pairs * kPanel * 2, 0);
-      for (std::size_t panel = 0; panel < panel_count_; ++panel) {
-        for (std::size_t pair = 0; pair < k_pairs; ++pair) {
-          std::int8_t* dst = &bytes_[(panel * k_pairs + pair) * kPanel * 2];
-          for (std::size_t column = 0; column < kPanel; ++column) {
-            const std::size_t n = panel * kPanel + column;
-            for (std::size_t j = 0; j < 2; ++j) {
-              const std::size_t k = pair * 2 + j;
-              if (n < n_size && k < k_size) dst[column * 2 + j] = w_kn[k * n_size + n];
-            }
-          }
-        }
-      }
-      break;
-    }
-    case Isa::kAvx512Vnni: {
-      // Shared with the portable emulation (int8_gemm.h), so the tests of that emulation on any
-      // CPU check this exact packing and compensation.
-      k_padded_ = round_up(k_size, 4);
-      pack_vnni_layout(w_kn, k_size, n_size, bytes_, compensation_);
-      break;
-    }
+  panel_count_ = (n_size + kPanelColumns - 1) / kPanelColumns;
+  k_padded_ = round_up(k_size, kQuadDepth);
+  column_sums_.assign(n_size, 0);
+  for (std::size_t k = 0; k < k_size; ++k) {
+    for (std::size_t n = 0; n < n_size; ++n) column_sums_[n] += w_kn[k * n_size + n];
   }
+  if (isa == Isa::kScalar) {
+    bytes_.resize(n_size * k_size);
+    for (std::size_t k = 0; k < k_size; ++k) {
+      for (std::size_t n = 0; n < n_size; ++n) bytes_[n * k_size + k] = w_kn[k * n_size + n];
+    }
+    return;
+  }
+  bytes_ = pack_quad_panels(w_kn, k_size, n_size);
 }
 
 }  // namespace headrace::quant

@@ -1,21 +1,18 @@
 // Int8 weights of one layer, packed once at load into the layout its kernel streams.
 //
 // Input is the ONNX MatMul layout: row-major int8 W[k][n] (k = input feature, n = output channel).
-//   kScalar:     W transposed, [n][k], so each output is one contiguous dot product.
-//   kAvx2:       int8 panels of 16 columns: [panel][k_pair][16 columns][2 k's]. One k_pair of a
-//                panel is 32 bytes; the kernel sign-extends each 16-byte half to int16 (vpmovsxbw)
-//                and vpmaddwd multiplies it by a broadcast pair of activations (a[2p], a[2p+1]).
-//                Working in int16 is what lets the kernel avoid vpmaddubsw and its int16
-//                saturation; keeping the packed weights int8 halves the bytes streamed per row.
-//   kAvx512Vnni: int8 panels of 16 columns: [panel][k_quad][16 columns][4 k's]. One k_quad of a
-//                panel is one zmm register for vpdpbusd.
-// Padding (k up to the kernel's step, n up to the panel width) is zero, so padded terms add 0.
+//   kScalar:              W transposed, [n][k], so each output is one contiguous dot product.
+//   kAvx2, kAvx512Vnni:   "quad panels": panels of 16 columns, [panel][k_quad][16 columns][4 k's].
+//                         One k_quad of a panel is 64 bytes: one zmm for vpdpbusd, two ymm for
+//                         vpmaddubsw + vpmaddwd. Both compute, per column, the sum of four
+//                         activation x weight products for a broadcast quad of activations
+//                         (a[4q], ..., a[4q+3]), so they share the layout.
+// k is padded to a multiple of 4 (k_padded) and n to whole panels with zero weights, so padded
+// terms add 0 whatever the activation bytes there hold.
 //
-// VNNI's vpdpbusd multiplies UNSIGNED 8-bit by signed 8-bit. Activations are int8 in [-128, 127];
-// the kernel adds 128 (a_u8 = a + 128, done as a ^ 0x80) so they fit u8, which adds
-// 128 * sum_k W[k][n] to every output of column n. column_compensation()[n] holds exactly that
-// term, computed here, and the kernel subtracts it. All of it is int32 wrap-around arithmetic, so
-// the result equals the true sum whenever the true sum fits int32 (guaranteed: k <= kMaxK).
+// column_sums()[n] = sum_k W[k][n] for every ISA: activations are unsigned codes with a zero point
+// (x ~= scale * (q - zero_point)), and the executor subtracts zero_point * column_sums[n] from the
+// raw GEMM result to get sum_k (q - zero_point) * W, in exact int32.
 //
 // Ownership/threading: owns its buffers; immutable after construction, so any number of threads
 // may read one PackedWeights at once.
@@ -31,10 +28,13 @@ namespace headrace::quant {
 
 class PackedWeights {
  public:
-  // |sum_k a*w| <= k * 128 * 128 and the VNNI intermediate <= k * 255 * 128 stay inside int32.
+  // |sum_k q * w| <= k * 255 * 128 < 2^31 for k <= kMaxK: every sum fits int32.
   static constexpr std::size_t kMaxK = 65536;
   static constexpr std::size_t kMaxN = 65536;
   static constexpr std::size_t kPanelColumns = 16;
+  static constexpr std::size_t kQuadDepth = 4;
+  // Bytes of one k_quad of one panel in the quad layout.
+  static constexpr std::size_t kQuadBytes = kPanelColumns * kQuadDepth;
 
   // w_kn: row-major [k_size][n_size]. Throws CoreError(kInvalidArgument) for sizes of 0 or over
   // the limits, CoreError(kFailedPrecondition) when this CPU cannot run `isa`.
@@ -44,13 +44,15 @@ class PackedWeights {
   std::size_t k_size() const noexcept { return k_size_; }
   std::size_t n_size() const noexcept { return n_size_; }
   std::size_t panel_count() const noexcept { return panel_count_; }
-  // k padded to the kernel's step: k for scalar, a multiple of 2 (AVX2) or 4 (VNNI).
+  // k rounded up to a multiple of 4 (every ISA: it is the row stride the executor gives A).
   std::size_t k_padded() const noexcept { return k_padded_; }
+  // Bytes between consecutive panels in the quad layout.
+  std::size_t panel_stride() const noexcept { return k_padded_ * kPanelColumns; }
 
   // The packed weights, in the layout of isa().
   const std::int8_t* bytes() const noexcept { return bytes_.data(); }
-  // kAvx512Vnni: 128 * sum_k W[k][n], padded to panel_count() * 16 entries.
-  const std::int32_t* column_compensation() const noexcept { return compensation_.data(); }
+  // sum_k W[k][n], n_size() entries.
+  const std::int32_t* column_sums() const noexcept { return column_sums_.data(); }
 
  private:
   Isa isa_;
@@ -59,7 +61,13 @@ class PackedWeights {
   std::size_t panel_count_ = 0;
   std::size_t k_padded_ = 0;
   std::vector<std::int8_t> bytes_;
-  std::vector<std::int32_t> compensation_;
+  std::vector<std::int32_t> column_sums_;
 };
+
+// The quad-panel packing of W[k][n] (see above), zero-padded. PackedWeights uses it for kAvx2 and
+// kAvx512Vnni; it has no CPU check so that gemm_quads_emulated (int8_gemm.h) can be tested on any
+// CPU.
+std::vector<std::int8_t> pack_quad_panels(const std::int8_t* w_kn, std::size_t k_size,
+                                          std::size_t n_size);
 
 }  // namespace headrace::quant
