@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     # Subcommands with parsers of their own get the rest of the line unchanged.
     if arguments and arguments[0] == "quantize":
-        from headrace.quantize import main as quantize_main
+        from headrace.quant import main as quantize_main
 
         return quantize_main(arguments[1:])
     if arguments and arguments[0] == "profile":
