@@ -10,7 +10,7 @@ JOBS ?= 2
 # and the same versions every time).
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.13" "grpcio-tools>=1.66" ninja "cmake>=3.24"
 
-.PHONY: help venv install install-dev serve test lint typecheck cpp-sanitize pytest bench clean
+.PHONY: help venv install install-dev serve test lint typecheck cpp-sanitize pytest smoke bench clean
 
 help:
 	@echo "make serve   - set up and serve examples/models (gRPC :8001, metrics :8002)"
@@ -57,7 +57,17 @@ cpp-sanitize: install-dev
 pytest: install-dev
 	$(BIN)/python -m pytest
 
-test: lint typecheck cpp-sanitize pytest
+# A new user's install: the wheel alone (no extras) in a throwaway venv, then serve + one infer,
+# quantize and profile from there. Catches a runtime dependency that only the test extra brings.
+SMOKE_VENV := build/smoke-venv
+smoke: install-dev
+	rm -rf dist $(SMOKE_VENV)
+	HEADRACE_WERROR=ON CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) wheel --quiet --no-build-isolation --no-deps -w dist .
+	$(PYTHON) -m venv $(SMOKE_VENV)
+	$(SMOKE_VENV)/bin/python -m pip install --quiet dist/headrace-*.whl
+	$(SMOKE_VENV)/bin/python tests/smoke/fresh_install.py
+
+test: lint typecheck cpp-sanitize pytest smoke
 
 # The serving benchmark (minutes; needs CPUs 0 and 1): make bench BENCH_ARGS="--quick"
 BENCH_ARGS ?=

@@ -37,7 +37,7 @@ from bench_common import cpu_model, save_mlp
 
 from headrace._proto.headrace.v1 import admin_pb2, admin_pb2_grpc
 from headrace.client import AsyncClient
-from headrace.monitoring.model_profile import profile_model
+from headrace.monitoring.drift.model_profile import profile_model
 
 SIZES = [32, 256, 256, 1]
 MODEL = "tabular"

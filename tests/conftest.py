@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import onnx_models
@@ -38,7 +39,12 @@ def build_repository(root: Path) -> Path:
             repo, f"identity_{datatype.lower()}", onnx_models.identity(datatype)
         )
     onnx_models.write_model(repo, "two_in_two_out", onnx_models.two_in_two_out())
-    onnx_models.write_model(repo, "reshaper", onnx_models.reshaper())
+    onnx_models.write_model(
+        repo,
+        "reshaper",
+        onnx_models.reshaper(),
+        warmup={"x": np.arange(6, dtype=np.float32), "shape": np.array([2, 3], np.int64)},
+    )
     onnx_models.write_model(repo, "mlp", onnx_models.mlp([8, 16, 2]), version=1)
     onnx_models.write_model(
         repo, "mlp", onnx_models.mlp([8, 16, 2], seed=5), version=2, toml='version_policy = "all"\n'

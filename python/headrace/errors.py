@@ -65,10 +65,8 @@ class InternalError(HeadraceError):
     code = StatusCode.INTERNAL
 
 
-class ConfigError(HeadraceError):
+class ConfigError(InvalidArgumentError):
     """A model.toml or server setting is wrong; the message names the key and the file."""
-
-    code = StatusCode.INVALID_ARGUMENT
 
 
 _BY_CODE: dict[StatusCode, type[HeadraceError]] = {

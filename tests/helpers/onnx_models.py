@@ -125,11 +125,18 @@ def mlp(sizes: list[int], seed: int = 0) -> onnx.ModelProto:
 
 
 def write_model(
-    repo: Path, name: str, model: onnx.ModelProto, version: int = 1, toml: str | None = None
+    repo: Path,
+    name: str,
+    model: onnx.ModelProto,
+    version: int = 1,
+    toml: str | None = None,
+    warmup: dict[str, np.ndarray] | None = None,
 ) -> Path:
     target = repo / name / str(version) / "model.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(target))
+    if warmup is not None:  # the version's warm-up request (zeros do not fit every model)
+        np.savez(target.parent / "warmup.npz", **warmup)
     if toml is not None:
         (repo / name / "model.toml").write_text(toml)
     return target

@@ -22,8 +22,8 @@ from conftest import RunningServer, start_server, stop_server
 from headrace._proto.headrace.v1 import admin_pb2, admin_pb2_grpc
 from headrace.cli import main as cli_main
 from headrace.client import AsyncClient, Client
-from headrace.monitoring import ReferenceProfile
-from headrace.monitoring.model_profile import profile_model
+from headrace.monitoring.drift import ReferenceProfile
+from headrace.monitoring.drift.model_profile import profile_model
 from helpers import onnx_models
 
 WINDOW_ROWS = 1000
@@ -190,7 +190,7 @@ def test_shifted_traffic_moves_gauges_and_report_calm_traffic_does_not(
     assert "y:0" in by_name
     if model == "tabular_int8":
         # counted in C++ by the batcher's DriftCountingRunner: no batch reached Python
-        batcher = drift_server.server.engine.get_version(model)._batcher  # type: ignore[attr-defined]
+        batcher = drift_server.server.engine.get_version(model).execution._batcher  # type: ignore[union-attr]
         assert batcher.drift_counted_batches > 0 and batcher.drift_skipped_batches == 0
     # two windows merged: the calm one and the shifted one
     both = drift_report(drift_server, model, windows=2)

@@ -14,7 +14,7 @@ from conftest import ALL_DATATYPES
 from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from headrace.client import Client
-from headrace.tensors import DATATYPE_TO_NUMPY, TYPED_FIELD
+from headrace.datatypes import DATATYPE_TO_NUMPY, TYPED_FIELD
 
 
 @pytest.fixture()
@@ -80,7 +80,7 @@ def test_identity_round_trip_typed(stub, datatype: str) -> None:  # type: ignore
     assert response.outputs[0].datatype == datatype
     raw = response.raw_output_contents[0]
     if datatype == "BYTES":
-        from headrace.tensors import decode_raw_output
+        from headrace.client.codec import decode_raw_output
 
         assert decode_raw_output("BYTES", list(x.shape), raw).tolist() == x.tolist()
     else:

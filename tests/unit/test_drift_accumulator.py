@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from headrace import _core
-from headrace.monitoring import DriftConfig, DriftMonitor, build_profile
+from headrace.monitoring.drift import DriftMonitor, DriftSettings, build_profile
 
 
 def _layout(features: int = 6, categorical: int = 2) -> _core.BinLayout:
@@ -201,7 +201,7 @@ def test_monitor_threads_with_a_python_clock_do_not_deadlock() -> None:
     rng = np.random.default_rng(12)
     profile = build_profile(rng.normal(size=(2_000, 4)))
     clock = FakeClock()
-    monitor = DriftMonitor(profile, DriftConfig(window_rows=300, window_s=1.0), clock=clock)
+    monitor = DriftMonitor(profile, DriftSettings(window_rows=300, window_s=1.0), clock=clock)
 
     def writer(seed: int) -> None:
         data = np.random.default_rng(seed).normal(size=(3_000, 4))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from headrace.errors import InvalidArgumentError
-from headrace.monitoring import DriftConfig, DriftMonitor, DriftReport, build_profile
+from headrace.monitoring.drift import DriftMonitor, DriftReport, DriftSettings, build_profile
 
 FEATURES = 20
 WINDOW_ROWS = 5_000
@@ -23,7 +23,7 @@ def reference() -> np.ndarray:
 def test_quarter_sigma_shift_in_one_of_twenty_features_is_flagged_in_one_window(
     reference: np.ndarray,
 ) -> None:
-    monitor = DriftMonitor(build_profile(reference), DriftConfig(window_rows=WINDOW_ROWS))
+    monitor = DriftMonitor(build_profile(reference), DriftSettings(window_rows=WINDOW_ROWS))
     rng = np.random.default_rng(7)
     for trial in range(5):
         window = rng.normal(size=(WINDOW_ROWS, FEATURES))
@@ -47,7 +47,7 @@ def test_no_feature_is_flagged_in_at_least_95_of_100_windows_without_drift(
     per 100 on average (91 to 99); over 10 fresh references: 97.3. So this fixed-seed check sits
     near its expectation; a failure after an RNG change is not by itself a regression."""
     monitor = DriftMonitor(
-        build_profile(reference), DriftConfig(window_rows=WINDOW_ROWS, windows_kept=100)
+        build_profile(reference), DriftSettings(window_rows=WINDOW_ROWS, windows_kept=100)
     )
     rng = np.random.default_rng(99)
     clean = 0
@@ -61,7 +61,7 @@ def test_no_feature_is_flagged_in_at_least_95_of_100_windows_without_drift(
 
 def test_benjamini_hochberg_also_finds_the_shift(reference: np.ndarray) -> None:
     monitor = DriftMonitor(
-        build_profile(reference), DriftConfig(window_rows=WINDOW_ROWS, correction="bh")
+        build_profile(reference), DriftSettings(window_rows=WINDOW_ROWS, correction="bh")
     )
     window = np.random.default_rng(8).normal(size=(WINDOW_ROWS, FEATURES))
     window[:, 2] += 0.25
@@ -74,7 +74,7 @@ def test_psi_bands_give_warn_and_alert() -> None:
     rng = np.random.default_rng(1)
     profile = build_profile(rng.normal(size=(20_000, 3)))
     # p_value tiny so that only PSI decides.
-    config = DriftConfig(window_rows=0, window_s=0, p_value=1e-300, correction="none")
+    config = DriftSettings(window_rows=0, window_s=0, p_value=1e-300, correction="none")
     monitor = DriftMonitor(profile, config)
     window = rng.normal(size=(20_000, 3))
     window[:, 1] += 0.4  # PSI about 0.16
@@ -93,7 +93,7 @@ def test_psi_bands_give_warn_and_alert() -> None:
 def test_report_is_json_and_windows_below_min_rows_are_not_flagged() -> None:
     rng = np.random.default_rng(2)
     profile = build_profile(rng.normal(size=(5_000, 2)))
-    monitor = DriftMonitor(profile, DriftConfig(window_rows=0, window_s=0, min_rows=200))
+    monitor = DriftMonitor(profile, DriftSettings(window_rows=0, window_s=0, min_rows=200))
     monitor.observe(rng.normal(5.0, size=(100, 2)))  # wildly shifted, but only 100 rows
     monitor.close_window()
     report = monitor.report()
@@ -112,7 +112,7 @@ def test_report_is_json_and_windows_below_min_rows_are_not_flagged() -> None:
 def test_report_with_open_window_and_several_windows() -> None:
     rng = np.random.default_rng(3)
     profile = build_profile(rng.normal(size=(5_000, 2)))
-    monitor = DriftMonitor(profile, DriftConfig(window_rows=1_000, window_s=0))
+    monitor = DriftMonitor(profile, DriftSettings(window_rows=1_000, window_s=0))
     for _ in range(6):  # batches are never split: 500-row batches fill 1,000-row windows
         monitor.observe(rng.normal(size=(500, 2)))
     monitor.observe(rng.normal(size=(400, 2)))
@@ -132,7 +132,7 @@ def test_categorical_strings_through_a_dict_batch() -> None:
     profile = build_profile(reference, top_k=3)
     assert [f.kind for f in profile.features] == ["numerical", "numerical", "categorical"]
     assert profile.feature("colour").categories == ("red", "green", "blue")
-    monitor = DriftMonitor(profile, DriftConfig(window_rows=0, window_s=0))
+    monitor = DriftMonitor(profile, DriftSettings(window_rows=0, window_s=0))
     drifted = colours[rng.choice(4, size=4_000, p=[0.1, 0.3, 0.2, 0.4])].copy()
     drifted[:10] = None
     drifted[10:20] = "magenta"  # unseen: counted as "other"
@@ -152,7 +152,7 @@ def test_numeric_categorical_columns_are_mapped_to_codes() -> None:
     rng = np.random.default_rng(5)
     reference = np.column_stack([rng.normal(size=5_000), rng.choice([3.0, 7.0, 11.0], size=5_000)])
     profile = build_profile(reference, categorical=[1])
-    monitor = DriftMonitor(profile, DriftConfig(window_rows=0, window_s=0))
+    monitor = DriftMonitor(profile, DriftSettings(window_rows=0, window_s=0))
     batch = np.array([[0.0, 7.0], [0.0, 3.0], [0.0, 5.0], [0.0, math.nan], [0.0, 11.0]])
     monitor.observe(batch)
     monitor.close_window()
@@ -179,11 +179,11 @@ def test_import_checks_the_profile_fingerprint() -> None:
 
 def test_config_is_validated() -> None:
     with pytest.raises(InvalidArgumentError):
-        DriftConfig(correction="holm")  # type: ignore[arg-type]
+        DriftSettings(correction="holm")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError):
-        DriftConfig(psi_warn=0.3, psi_alert=0.2)
+        DriftSettings(psi_warn=0.3, psi_alert=0.2)
     profile = build_profile(np.zeros((10, 1)), bins=10)
     with pytest.raises(InvalidArgumentError):
-        DriftMonitor(profile, DriftConfig(bins=50))
+        DriftMonitor(profile, DriftSettings(bins=50))
     with pytest.raises(InvalidArgumentError):
         DriftMonitor(profile).observe(np.zeros((3, 2)))

@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from headrace.cli.profile import data_main as main
 from headrace.errors import InvalidArgumentError
-from headrace.monitoring import (
+from headrace.monitoring.drift import (
     FORMAT_VERSION,
     ProfileFormatError,
     ReferenceProfile,
     build_profile,
     read_data,
 )
-from headrace.monitoring.profile import main
 
 
 def test_numerical_edges_are_reference_quantiles_and_counts_match() -> None:

@@ -3,7 +3,6 @@ the retraining trigger (command and webhook) with its cooldown, on a fake clock.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import threading
@@ -18,8 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from headrace.config import DriftSettings, load_model_config
 from headrace.errors import ConfigError
-from headrace.monitoring import build_profile
-from headrace.monitoring.serving import DriftMetrics, ServedDrift
+from headrace.monitoring.drift import build_profile
+from headrace.monitoring.drift.gauges import DriftMetrics
+from headrace.monitoring.drift.served import ServedDrift
 
 WINDOW_ROWS = 400
 
@@ -119,7 +119,7 @@ def _served(
     # 400-row window as drifted (0.12 + noise); small test windows need few bins.
     # p_value 0.001: under Bonferroni a calm window still alerts with probability p_value, and
     # these tests must not depend on the seed; a one-sigma shift gives p < 1e-20 at 400 rows.
-    settings = dataclasses.replace(settings, bins=10, p_value=0.001)
+    settings = settings.model_copy(update={"bins": 10, "p_value": 0.001})
     clock = FakeClock()
     profile = build_profile(_reference(), bins=settings.bins)
     metrics = DriftMetrics(registry if registry is not None else CollectorRegistry())

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from headrace import _core
 from headrace._proto.inference import grpc_service_pb2 as pb
+from headrace.datatypes import DATATYPE_TO_NUMPY
 from headrace.engine import InferResult
 from headrace.errors import InvalidArgumentError
 from headrace.server.convert import decode_infer_request, encode_infer_response
-from headrace.tensors import DATATYPE_TO_NUMPY
 
 INVALID_ARGUMENT = 3
 DATATYPES = list(DATATYPE_TO_NUMPY)

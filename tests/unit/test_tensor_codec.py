@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from headrace import _core
+from headrace.client.codec import decode_raw_output
 from headrace.errors import InvalidArgumentError
-from headrace.tensors import decode_raw, decode_raw_output, encode_raw
+from headrace.server.convert import decode_raw, encode_raw
 
 
 def reference_encode(elements: list[bytes]) -> bytes:

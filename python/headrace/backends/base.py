@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy.typing as npt
 
+from headrace.types import TensorSpec
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """A model input or output as the v2 protocol describes it (-1 marks a dynamic dim)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
+__all__ = ["Backend", "TensorSpec"]
 
 
 class Backend(Protocol):

@@ -19,7 +19,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import generate_latest
 
-from headrace.monitoring.serving import DriftMetrics, DriftWatcher
+from headrace.monitoring.drift.gauges import DriftMetrics
+from headrace.monitoring.drift.watcher import DriftWatcher
 
 # 25 µs .. ~26 s, doubling: fine resolution where a small model's latency lives.
 LATENCY_BUCKETS_S = tuple(25e-6 * 2**i for i in range(21))

@@ -12,7 +12,7 @@ from headrace._proto.headrace.v1 import admin_pb2 as pb
 from headrace._proto.headrace.v1 import admin_pb2_grpc as pb_grpc
 from headrace.engine import Engine
 from headrace.monitoring.drift import DriftReport
-from headrace.monitoring.serving import ServedDrift
+from headrace.monitoring.drift.served import ServedDrift
 from headrace.server.status import unary_errors
 
 if TYPE_CHECKING:  # ServicerContext is generic only in the type stubs

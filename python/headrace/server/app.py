@@ -34,7 +34,7 @@ def inference_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler[An
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         if method.name == "ModelInfer":
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(servicer.ModelInferRaw)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
         elif method.name == "ModelStreamInfer":
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer)
         else:

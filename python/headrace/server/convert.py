@@ -1,16 +1,129 @@
-"""Wire <-> domain conversion for the v2 protocol; no policy lives here."""
+"""Wire <-> domain conversion for the v2 protocol; no policy lives here.
+
+The hot path: ``parse_request`` hands the request bytes to the core, which checks every length
+and shape and returns tensors as numpy views of those bytes (no protobuf objects), and
+``serialize_response`` has the core write the response bytes. Requests with typed contents (the
+repeated fields of ``InferTensorContents``) take the protobuf path (``decode_infer_request``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
+from headrace import _core
 from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace.engine import InferResult, ModelMetadata, VersionStatistics
-from headrace.errors import InvalidArgumentError
-from headrace.tensors import decode_raw, decode_typed, encode_raw
+from headrace.datatypes import ALL_TYPED_FIELDS, DATATYPE_TO_NUMPY, TYPED_FIELD, numpy_dtype
+from headrace.errors import InvalidArgumentError, from_core_error
+from headrace.types import InferRequest, InferResult, ModelMetadata, VersionStatistics
+
+
+def parse_request(message: bytes, max_elements: int) -> InferRequest | None:
+    """A ModelInferRequest's bytes as a domain request, or None when it carries typed contents
+    (then decode it with ``decode_infer_request``)."""
+    try:
+        parsed = _core.parse_infer_request(message, max_elements)
+    except _core.CoreError as error:
+        raise from_core_error(error) from None
+    name, version, request_id, parameters, tensors, output_names, typed = parsed
+    if typed:
+        return None
+    # Arrays are None only for typed contents, handled above.
+    return InferRequest(
+        model=name,
+        inputs={tensor_name: array for tensor_name, _, array in tensors if array is not None},
+        version=version or None,
+        outputs=output_names or None,
+        request_id=request_id,
+        declared_datatypes={tensor_name: datatype for tensor_name, datatype, _ in tensors},
+        priority=int_parameter(parameters, "priority") if parameters else 0,
+        timeout_us=int_parameter(parameters, "timeout") if parameters else 0,
+        parameters=parameters or {},
+    )
+
+
+def serialize_response(result: InferResult) -> bytes:
+    """A result as ModelInferResponse bytes (raw output contents), written by the core."""
+    datatypes = result.datatypes
+    try:
+        response: bytes = _core.serialize_infer_response(
+            result.model_name,
+            result.model_version,
+            result.id,
+            [(out, datatypes[out], array) for out, array in result.outputs.items()],
+        )
+    except _core.CoreError as error:
+        raise from_core_error(error) from None
+    return response
+
+
+def decode_raw(
+    name: str, datatype: str, shape: Sequence[int], raw: bytes, max_elements: int
+) -> npt.NDArray[Any]:
+    """A raw input as a numpy array viewing ``raw`` (BYTES elements are split into objects)."""
+    try:
+        count = _core.validate_raw_tensor(datatype, shape, len(raw), max_elements, name)
+        if datatype == "BYTES":
+            return _core.decode_bytes(raw, count, name).reshape(tuple(shape))
+    except _core.CoreError as error:
+        raise from_core_error(error) from None
+    return np.frombuffer(raw, dtype=DATATYPE_TO_NUMPY[datatype]).reshape(tuple(shape))
+
+
+def decode_typed(
+    name: str, datatype: str, shape: Sequence[int], contents: Any, max_elements: int
+) -> npt.NDArray[Any]:
+    """A typed input (``InferTensorContents``) as a numpy array, checked for count and range."""
+    dtype = numpy_dtype(datatype, name)
+    try:
+        count = _core.checked_element_count(shape, max_elements, name)
+    except _core.CoreError as error:
+        raise from_core_error(error) from None
+    field = TYPED_FIELD.get(datatype)
+    if field is None:
+        raise InvalidArgumentError(
+            f"input '{name}': datatype {datatype} must be sent in raw_input_contents"
+        )
+    for other in ALL_TYPED_FIELDS:
+        if other != field and len(getattr(contents, other)):
+            raise InvalidArgumentError(
+                f"input '{name}': datatype {datatype} is carried in {field}, not {other}"
+            )
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidArgumentError(
+            f"input '{name}': {field} has {len(values)} elements but shape "
+            f"{list(shape)} needs {count}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(tuple(shape))
+    wide = np.asarray(values)
+    if dtype.kind in "iu" and wide.size:
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise InvalidArgumentError(
+                f"input '{name}': a value in {field} is out of range for {datatype}"
+            )
+    return wide.astype(dtype, copy=False).reshape(tuple(shape))
+
+
+def encode_raw(name: str, datatype: str, array: npt.NDArray[Any]) -> bytes:
+    """An output array as raw little-endian bytes (BYTES as 4-byte length + payload)."""
+    if datatype == "BYTES":
+        if array.dtype.kind in ("U", "S"):
+            array = array.astype(object)
+        try:
+            encoded: bytes = _core.encode_bytes(array, name)
+        except _core.CoreError as error:
+            raise from_core_error(error) from None
+        return encoded
+    return np.ascontiguousarray(array).tobytes()
 
 
 @dataclass(frozen=True)
@@ -73,6 +186,22 @@ def decode_infer_request(request: Any, max_elements: int) -> DecodedRequest:
         parameters=parameters,
         priority=int_parameter(parameters, "priority"),
         timeout_us=int_parameter(parameters, "timeout"),
+    )
+
+
+def to_request(decoded: DecodedRequest, timeout_s: float | None = None) -> InferRequest:
+    """A protobuf-decoded request in domain terms."""
+    return InferRequest(
+        model=decoded.model_name,
+        inputs=decoded.inputs,
+        version=decoded.model_version or None,
+        outputs=decoded.outputs or None,
+        request_id=decoded.request_id,
+        declared_datatypes=decoded.declared_datatypes,
+        priority=decoded.priority,
+        timeout_us=decoded.timeout_us,
+        timeout_s=timeout_s,
+        parameters=decoded.parameters,
     )
 
 

@@ -15,11 +15,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 import headrace
-from headrace import _core
 from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from headrace.engine import Engine
-from headrace.errors import InvalidArgumentError, UnimplementedError, from_core_error
+from headrace.errors import InvalidArgumentError, UnimplementedError
 from headrace.server import convert
 from headrace.server.status import describe, unary_errors
 
@@ -69,7 +67,10 @@ EXTENSIONS = ("model_repository", "model_configuration", "statistics", "schedule
 STREAM_MAX_IN_FLIGHT = 256
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class InferenceServicer:
+    """One method per RPC of ``inference.GRPCInferenceService`` (registered by ``app.py``);
+    ModelInfer and ModelStreamInfer take and return bytes."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._max_elements = engine.settings.max_request_elements
@@ -111,60 +112,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     # -- inference ---------------------------------------------------------------------------
 
-    async def _infer(self, request: Any, timeout_s: float | None) -> Any:
-        decoded = convert.decode_infer_request(request, self._max_elements)
-        result = await self._engine.infer_async(
-            decoded.model_name,
-            decoded.inputs,
-            decoded.model_version or None,
-            decoded.outputs or None,
-            request_id=decoded.request_id,
-            declared_datatypes=decoded.declared_datatypes,
-            priority=decoded.priority,
-            timeout_us=decoded.timeout_us,
-            timeout_s=timeout_s,
-        )
-        return convert.encode_infer_response(result)
-
     async def _infer_raw(self, message: bytes, timeout_s: float | None) -> bytes:
-        """The hot path: the core parses the request bytes (tensors become numpy views of them)
-        and writes the response bytes; no protobuf objects are built in Python. Requests with
-        typed contents take the protobuf path."""
-        try:
-            parsed = _core.parse_infer_request(message, self._max_elements)
-        except _core.CoreError as error:
-            raise from_core_error(error) from None
-        name, version, request_id, parameters, tensors, output_names, typed = parsed
-        if typed:
-            request = pb.ModelInferRequest.FromString(message)
-            response: bytes = (await self._infer(request, timeout_s)).SerializeToString()
-            return response
-        # Arrays are None only for typed contents, handled above.
-        inputs = {tensor_name: array for tensor_name, _, array in tensors if array is not None}
-        declared = {tensor_name: datatype for tensor_name, datatype, _ in tensors}
-        result = await self._engine.infer_async(
-            name,
-            inputs,
-            version or None,
-            output_names or None,
-            request_id=request_id,
-            declared_datatypes=declared,
-            priority=convert.int_parameter(parameters, "priority") if parameters else 0,
-            timeout_us=convert.int_parameter(parameters, "timeout") if parameters else 0,
-            timeout_s=timeout_s,
-        )
-        datatypes = result.datatypes
-        try:
-            return _core.serialize_infer_response(
-                result.model_name,
-                result.model_version,
-                result.id,
-                [(out, datatypes[out], array) for out, array in result.outputs.items()],
+        """bytes -> domain request -> engine -> bytes. The core parses the request (tensors
+        become numpy views of it) and writes the response; typed contents take protobuf."""
+        request = convert.parse_request(message, self._max_elements)
+        if request is None:
+            decoded = convert.decode_infer_request(
+                pb.ModelInferRequest.FromString(message), self._max_elements
             )
-        except _core.CoreError as error:
-            raise from_core_error(error) from None
+            request = convert.to_request(decoded)
+        request.timeout_s = timeout_s
+        result = await self._engine.infer_request(request)
+        return convert.serialize_response(result)
 
-    async def ModelInferRaw(self, message: bytes, context: Context) -> bytes:
+    async def ModelInfer(self, message: bytes, context: Context) -> bytes:
         # The client's gRPC deadline bounds the time in the queue: a request that can no longer
         # be answered in time leaves the queue at its deadline instead of running.
         try:

@@ -1,4 +1,5 @@
-"""The one place where domain errors become gRPC statuses."""
+"""The one place where domain errors become gRPC statuses: every servicer (inference, admin,
+stream answers) goes through ``describe``."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def describe(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """(status, message) for any exception; unknown ones are INTERNAL and logged."""
     if isinstance(error, HeadraceError):
         return grpc_code(error.code), error.message
-    log.exception("unexpected error while serving a request", exc_info=error)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+    # Unknown errors may carry paths or internals: the client gets a generic message, the log
+    # gets the traceback.
+    log.error("unexpected error while serving a request", exc_info=error)
+    return grpc.StatusCode.INTERNAL, "internal error (the server log has the details)"
 
 
 def unary_errors(

@@ -29,11 +29,9 @@ round-trip exactly. A reader refuses any other ``format`` or ``format_version``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -410,40 +408,3 @@ def read_data(path: str | Path) -> dict[str, npt.NDArray[Any]] | npt.NDArray[Any
     raise InvalidArgumentError(
         f"{path}: unsupported data file type {suffix!r} (use .npy, .npz, .csv or .parquet)"
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``headrace profile --data FILE --out FILE``: profile reference data (no model)."""
-    parser = argparse.ArgumentParser(
-        prog="headrace profile", description="Build a drift reference profile from data."
-    )
-    parser.add_argument("--data", required=True, help=".npy, .npz, .csv or .parquet file")
-    parser.add_argument("--out", required=True, help="where to write the profile (JSON)")
-    parser.add_argument("--bins", type=int, default=DEFAULT_BINS)
-    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
-    parser.add_argument("--feature-names", nargs="+", default=None)
-    parser.add_argument("--categorical", nargs="*", default=[])
-    args = parser.parse_args(argv)
-    try:
-        data = read_data(args.data)
-        profile = build_profile(
-            data,
-            feature_names=args.feature_names,
-            categorical=[int(c) if c.isdigit() else c for c in args.categorical],
-            bins=args.bins,
-            top_k=args.top_k,
-        )
-        profile.save(args.out)
-    except (InvalidArgumentError, OSError) as exc:
-        print(f"headrace profile: {exc}", file=sys.stderr)
-        return 2
-    kinds = Counter(f.kind for f in profile.features)
-    print(
-        f"profiled {profile.rows} rows: {kinds['numerical']} numerical and "
-        f"{kinds['categorical']} categorical features -> {args.out}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

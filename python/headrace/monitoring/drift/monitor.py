@@ -36,8 +36,9 @@ import numpy as np
 import numpy.typing as npt
 
 from headrace import _core
+from headrace.config import DriftSettings
 from headrace.errors import InvalidArgumentError, from_core_error
-from headrace.monitoring.profile import (
+from headrace.monitoring.drift.profile import (
     Category,
     Data,
     FeatureProfile,
@@ -48,36 +49,6 @@ from headrace.monitoring.profile import (
 
 Decision = Literal["ok", "warn", "alert"]
 CorrectionName = Literal["bonferroni", "bh", "none"]
-
-
-@dataclass(frozen=True)
-class DriftConfig:
-    """Per-model drift settings (the ``[drift]`` table of model.toml)."""
-
-    bins: int | None = None  # None: the profile's; otherwise it must match the profile
-    window_rows: int = 10_000  # 0: no row trigger
-    window_s: float = 60.0  # 0: no time trigger
-    windows_kept: int = 60
-    psi_warn: float = 0.1
-    psi_alert: float = 0.2
-    p_value: float = 0.05
-    correction: CorrectionName = "bonferroni"
-    min_rows: int = 200
-    shards: int = 0  # 0: twice the hardware threads, at least 4
-
-    def __post_init__(self) -> None:
-        if self.window_rows < 0 or self.window_s < 0 or not math.isfinite(self.window_s):
-            raise InvalidArgumentError("drift: window_rows and window_s must be >= 0")
-        if self.windows_kept < 1:
-            raise InvalidArgumentError("drift: windows_kept must be at least 1")
-        if not 0.0 < self.p_value < 1.0:
-            raise InvalidArgumentError("drift: p_value must be in (0, 1)")
-        if not 0.0 <= self.psi_warn <= self.psi_alert:
-            raise InvalidArgumentError("drift: need 0 <= psi_warn <= psi_alert")
-        if self.correction not in ("bonferroni", "bh", "none"):
-            raise InvalidArgumentError(
-                f"drift: correction must be 'bonferroni', 'bh' or 'none', got {self.correction!r}"
-            )
 
 
 @dataclass(frozen=True)
@@ -207,11 +178,11 @@ class DriftMonitor:
     def __init__(
         self,
         profile: ReferenceProfile,
-        config: DriftConfig | None = None,
+        config: DriftSettings | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.profile = profile
-        self.config = config if config is not None else DriftConfig()
+        self.config = config if config is not None else DriftSettings()
         if self.config.bins is not None and self.config.bins != profile.bins:
             raise InvalidArgumentError(
                 f"drift: config bins={self.config.bins} but the profile was built with "
@@ -451,7 +422,7 @@ class DriftMonitor:
         rejected = _core.reject_hypotheses(
             np.asarray(test_p, dtype=np.float64), self.config.p_value, self.config.correction
         )
-        enough = rows >= self.config.min_rows
+        enough = rows >= self.config.effective_min_rows
         features = []
         for (
             feature,

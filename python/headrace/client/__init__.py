@@ -1,4 +1,5 @@
-"""gRPC clients for any KServe v2 server: :class:`Client` (blocking) and :class:`AsyncClient`.
+"""gRPC clients for any KServe v2 server: :class:`Client` (blocking) and :class:`AsyncClient`,
+with the same methods. A light import: no server, no engine, no native core.
 
 Numpy in, numpy out; tensors travel as raw bytes (the fast path). Addresses are ``host:port`` or
 ``unix:/path/to.sock``; pass ``tls=TlsConfig(...)`` (or ``root_certificates`` bytes) for TLS.
@@ -17,10 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
-from headrace.config import DEFAULT_MAX_MESSAGE_BYTES
-from headrace.engine import InferResult
+from headrace.client.codec import decode_raw_output, decode_typed_output, encode_raw
+from headrace.datatypes import datatype_of
 from headrace.errors import error_for_code
-from headrace.tensors import datatype_of, decode_raw_output, encode_raw
+from headrace.types import DEFAULT_MAX_MESSAGE_BYTES, InferResult
 
 __all__ = ["AsyncClient", "Client", "TlsConfig"]
 
@@ -98,19 +99,8 @@ def decode_infer_response(response: Any) -> InferResult:
         if index < len(raw):
             outputs[tensor.name] = decode_raw_output(tensor.datatype, shape, raw[index])
         else:
-            outputs[tensor.name] = _decode_typed_output(tensor, shape)
+            outputs[tensor.name] = decode_typed_output(tensor.datatype, tensor.contents, shape)
     return InferResult(response.model_name, response.model_version, outputs, response.id, datatypes)
-
-
-def _decode_typed_output(tensor: Any, shape: list[int]) -> npt.NDArray[Any]:
-    from headrace.tensors import DATATYPE_TO_NUMPY, TYPED_FIELD
-
-    values = getattr(tensor.contents, TYPED_FIELD[tensor.datatype])
-    if tensor.datatype == "BYTES":
-        array = np.empty(len(values), dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
-    return np.asarray(values).astype(DATATYPE_TO_NUMPY[tensor.datatype]).reshape(shape)
 
 
 def _translate(error: grpc.RpcError) -> Exception:
@@ -271,10 +261,26 @@ class AsyncClient:
             "ModelMetadata", pb.ModelMetadataRequest(name=model, version=version)
         )
 
+    async def model_config(self, model: str, version: str = "") -> Any:
+        response = await self._call(
+            "ModelConfig", pb.ModelConfigRequest(name=model, version=version)
+        )
+        return response.config
+
     async def model_statistics(self, model: str = "", version: str = "") -> Any:
         return await self._call(
             "ModelStatistics", pb.ModelStatisticsRequest(name=model, version=version)
         )
+
+    async def repository_index(self, ready_only: bool = False) -> Any:
+        response = await self._call("RepositoryIndex", pb.RepositoryIndexRequest(ready=ready_only))
+        return response.models
+
+    async def load_model(self, model: str) -> None:
+        await self._call("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=model))
+
+    async def unload_model(self, model: str) -> None:
+        await self._call("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=model))
 
     async def health(self, service: str = "") -> str:
         try:

@@ -8,9 +8,7 @@ looks for it when the version loads.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +16,15 @@ import numpy as np
 import numpy.typing as npt
 
 from headrace.config import ServerSettings
-from headrace.errors import HeadraceError, InvalidArgumentError
-from headrace.monitoring.profile import ReferenceProfile, build_profile, read_data, split_columns
-from headrace.monitoring.serving import REFERENCE_FILE
-from headrace.tensors import DATATYPE_TO_NUMPY
+from headrace.datatypes import DATATYPE_TO_NUMPY
+from headrace.errors import InvalidArgumentError
+from headrace.monitoring.drift.profile import (
+    DEFAULT_BINS,
+    ReferenceProfile,
+    build_profile,
+    split_columns,
+)
+from headrace.monitoring.drift.served import REFERENCE_FILE
 
 
 def _model_inputs(
@@ -121,7 +124,7 @@ def profile_model(
             {**inputs, **outputs},
             feature_names=[*input_names, *output_names],
             categorical=settings.categorical,
-            bins=settings.bins,
+            bins=settings.bins or DEFAULT_BINS,
             top_k=settings.top_k,
         )
         profile.metadata.update(
@@ -134,44 +137,3 @@ def profile_model(
         return profile, target
     finally:
         engine.close()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``headrace profile --data FILE --model-repository DIR --model NAME [--version V]``."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    has_model = any(a == "--model" or a.startswith("--model=") for a in arguments)
-    has_out = any(a == "--out" or a.startswith("--out=") for a in arguments)
-    if has_out and not has_model:
-        # Without a model: profile the data alone into --out.
-        from headrace.monitoring.profile import main as data_main
-
-        return data_main(arguments)
-    parser = argparse.ArgumentParser(
-        prog="headrace profile",
-        description="Build a model version's drift reference profile (inputs and outputs) and "
-        "write it as <repo>/<model>/<version>/reference.json. Without --model, "
-        "`headrace profile --data FILE --out FILE` profiles the data alone.",
-    )
-    parser.add_argument("--data", required=True, type=Path, help=".npy, .npz, .csv, .parquet")
-    parser.add_argument("--model-repository", required=True, type=Path)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--version", default=None, help="default: the latest served version")
-    parser.add_argument("--out", type=Path, default=None, help="default: the version's folder")
-    parser.add_argument("--chunk-rows", type=int, default=0, help="rows per inference call")
-    args = parser.parse_args(arguments)
-    try:
-        data = read_data(args.data)
-        profile, target = profile_model(
-            args.model_repository, args.model, args.version, data, args.out, args.chunk_rows
-        )
-    except (HeadraceError, OSError) as exc:
-        message = exc.message if isinstance(exc, HeadraceError) else str(exc)
-        print(f"headrace profile: {message}", file=sys.stderr)
-        return 2
-    outputs = profile.metadata.get("outputs", "")
-    print(
-        f"profiled {profile.rows} rows of model {args.model} version "
-        f"{profile.metadata.get('version')}: {len(profile.features)} features (outputs: "
-        f"{outputs}) -> {target}"
-    )
-    return 0

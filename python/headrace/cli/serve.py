@@ -1,0 +1,59 @@
+"""``headrace serve``: serve a model repository over gRPC (KServe v2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="serve a model repository over gRPC (KServe v2)")
+    serve.add_argument("--model-repository", type=Path, help="folder of <model>/<version>/")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 picks one)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus port (default 8002; -1 off)")
+    serve.add_argument("--grpc-uds", type=Path, help="also listen on this Unix socket")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain for TLS")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key for TLS")
+    serve.add_argument("--max-message-bytes", type=int, help="gRPC message limit (256 MiB)")
+    serve.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per session")
+    serve.add_argument("--drain-timeout-s", type=float, help="drain of a swapped version (30)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    serve.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from headrace.config import ServerSettings
+    from headrace.server import serve
+
+    # Only flags the user gave override the environment (HEADRACE_*) and the defaults.
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "model_repository": args.model_repository,
+            "host": args.host,
+            "grpc_port": args.grpc_port,
+            "metrics_port": args.metrics_port,
+            "grpc_uds": args.grpc_uds,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
+            "max_message_bytes": args.max_message_bytes,
+            "intra_op_threads": args.intra_op_threads,
+            "drain_timeout_s": args.drain_timeout_s,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    settings = ServerSettings(**overrides)
+    if settings.model_repository is None:
+        print(
+            "headrace serve: --model-repository (or HEADRACE_MODEL_REPOSITORY) is required",
+            file=sys.stderr,
+        )
+        return 2
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        print("headrace serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    return serve(settings)

@@ -1,0 +1,46 @@
+"""The engine: the in-process API the server wraps.
+
+``engine.py`` the facade (model -> infer), ``version.py`` a loaded version, ``execution.py``
+batched and direct execution behind one interface, ``validation.py`` request and spec checks,
+``completions.py`` the completion router that wakes callers once per batch. Names load lazily,
+so ``registry.manager`` can import a submodule without a cycle through the facade.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from headrace.engine.engine import Engine, deadline_ns
+    from headrace.engine.version import ModelVersion
+    from headrace.types import InferResult, ModelIndexEntry, ModelMetadata, VersionStatistics
+
+__all__ = [
+    "Engine",
+    "InferResult",
+    "ModelIndexEntry",
+    "ModelMetadata",
+    "ModelVersion",
+    "VersionStatistics",
+    "deadline_ns",
+]
+
+_WHERE = {
+    "Engine": "headrace.engine.engine",
+    "deadline_ns": "headrace.engine.engine",
+    "ModelVersion": "headrace.engine.version",
+    "InferResult": "headrace.types",
+    "ModelIndexEntry": "headrace.types",
+    "ModelMetadata": "headrace.types",
+    "VersionStatistics": "headrace.types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'headrace.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
