@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -99,6 +100,26 @@ py::array_t<std::int32_t> gemm_s32(const py::array& a_in, const py::array& b_in,
   return c;
 }
 
+// Seconds per call of the GEMM alone (weights packed once, before the first call), `repeats`
+// calls: what a benchmark of the kernel wants, without the packing and copies of quant_gemm_s32.
+std::vector<double> gemm_timings(const py::array& a_in, const py::array& b_in,
+                                 const std::string& isa_name, std::size_t repeats) {
+  const Isa isa = quant::parse_isa(isa_name);
+  quant::require_isa(isa);
+  GemmOperands ops = gemm_operands(a_in, b_in, "quant_gemm_timings", quant::max_activation_code(isa));
+  std::vector<double> seconds;
+  py::gil_scoped_release release;
+  const quant::PackedWeights weights(isa, ops.b.data(), ops.k, ops.n);
+  std::vector<std::int32_t> c(ops.m * ops.n);
+  for (std::size_t i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    quant::gemm_u8s8_s32(ops.a_padded.data(), ops.lda, ops.m, weights, c.data(), ops.n);
+    seconds.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return seconds;
+}
+
 py::array_t<std::int32_t> gemm_quads_emulated(const py::array& a_in, const py::array& b_in) {
   GemmOperands ops = gemm_operands(a_in, b_in, "quant_gemm_quads_emulated", 255);
   const std::vector<std::int8_t> packed = quant::pack_quad_panels(ops.b.data(), ops.k, ops.n);
@@ -169,6 +190,8 @@ void register_quant(py::module_& m) {
       py::arg("isa"), "Largest activation code the ISA's kernel multiplies exactly (127 or 255).");
   m.def("quant_gemm_s32", &gemm_s32, py::arg("a"), py::arg("b"), py::arg("isa") = py::none(),
         "uint8 codes [m, k] x int8 [k, n] -> exact int32 [m, n] on one ISA (packs b each call).");
+  m.def("quant_gemm_timings", &gemm_timings, py::arg("a"), py::arg("b"), py::arg("isa"),
+        py::arg("repeats"), "Seconds of each of `repeats` GEMM calls (packing excluded).");
   m.def("quant_gemm_quads_emulated", &gemm_quads_emulated, py::arg("a"), py::arg("b"),
         "The quad-panel algorithm (vpdpbusd / vpmaddubsw + vpmaddwd) in portable code.");
   m.def(

@@ -219,9 +219,7 @@ def classifier_dynamo(
         _init(np.array([-1, features], dtype=np.int64), "val_13"),
     ]
     nodes = [
-        helper.make_node(
-            "Reshape", ["x", "val_13"], ["view"], name="node_Reshape_17", allowzero=1
-        ),
+        helper.make_node("Reshape", ["x", "val_13"], ["view"], name="node_Reshape_17", allowzero=1),
         # The first Linear comes through addmm's decomposition, which writes no beta.
         helper.make_node(
             "Gemm",
@@ -240,7 +238,9 @@ def classifier_dynamo(
             alpha=float(np.float32(leaky_slope)),
         ),
         _gemm("node_linear_1", "leaky_relu", "l2", "linear_1", dynamo=True),
-        helper.make_node("Clip", ["linear_1", "min_val_cast", "max_val_cast"], ["hardtanh"], name="n4"),
+        helper.make_node(
+            "Clip", ["linear_1", "min_val_cast", "max_val_cast"], ["hardtanh"], name="n4"
+        ),
         helper.make_node(
             "Gemm",
             ["hardtanh", "l3.weight"],
@@ -265,7 +265,9 @@ def classifier_dynamo(
     )
 
 
-def view_softmax_legacy(l1: Linear, l2: Linear, *, feature_dims: tuple[int, ...] = (2, 4)) -> onnx.ModelProto:
+def view_softmax_legacy(
+    l1: Linear, l2: Linear, *, feature_dims: tuple[int, ...] = (2, 4)
+) -> onnx.ModelProto:
     """``ViewSoftmax`` through the TorchScript exporter: the Reshape target is computed from
     Shape(x) at run time."""
 
@@ -350,12 +352,18 @@ def bn_sigmoid_legacy(l1: Linear, bn: BatchNorm, l2: Linear) -> onnx.ModelProto:
         _init(l2.bias, "l2.bias"),  # type: ignore[arg-type]
     ]
     return _model(
-        nodes, initializers, ["batch", l1.weight.shape[1]], l2.weight.shape[0], opset=20, ir_version=9
+        nodes,
+        initializers,
+        ["batch", l1.weight.shape[1]],
+        l2.weight.shape[0],
+        opset=20,
+        ir_version=9,
     )
 
 
 def cast_mlp_legacy(l1: Linear, l2: Linear) -> onnx.ModelProto:
-    """``CastMlp`` through the TorchScript exporter: Cast(to=FLOAT) first, the last Gemm writes y."""
+    """``CastMlp`` through the TorchScript exporter: Cast(to=FLOAT) first; the last Gemm writes
+    y."""
     nodes = [
         helper.make_node("Cast", ["x"], ["/Cast_output_0"], name="/Cast", to=TensorProto.FLOAT),
         _gemm("/l1/Gemm", "/Cast_output_0", "l1", "/l1/Gemm_output_0", dynamo=False),
@@ -369,7 +377,12 @@ def cast_mlp_legacy(l1: Linear, l2: Linear) -> onnx.ModelProto:
         _init(l2.bias, "l2.bias"),  # type: ignore[arg-type]
     ]
     return _model(
-        nodes, initializers, ["batch", l1.weight.shape[1]], l2.weight.shape[0], opset=20, ir_version=9
+        nodes,
+        initializers,
+        ["batch", l1.weight.shape[1]],
+        l2.weight.shape[0],
+        opset=20,
+        ir_version=9,
     )
 
 
@@ -429,7 +442,9 @@ def dropout_training_export(l1: Linear, l2: Linear, *, opset: int) -> onnx.Model
     )
 
 
-def random_linear(rng: np.random.Generator, fan_in: int, fan_out: int, *, bias: bool = True) -> Linear:
+def random_linear(
+    rng: np.random.Generator, fan_in: int, fan_out: int, *, bias: bool = True
+) -> Linear:
     bound = 1.0 / np.sqrt(fan_in)
     weight = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(np.float32)
     return Linear(weight, rng.uniform(-bound, bound, fan_out).astype(np.float32) if bias else None)

@@ -26,7 +26,7 @@ from onnx import helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers import torch_exports as te  # noqa: E402
+from helpers import torch_exports as te
 
 
 def _attribute(attr: onnx.AttributeProto) -> Any:
@@ -78,7 +78,9 @@ def _compare(name: str, exported: onnx.ModelProto, built: onnx.ModelProto, x: np
             names_got = [(n, d, t) for n, d, t, _ in got[key]]
             names_want = [(n, d, t) for n, d, t, _ in want[key]]
             if names_got != names_want:
-                raise SystemExit(f"{name}: initializers differ:\n  torch {names_want}\n  built {names_got}")
+                raise SystemExit(
+                    f"{name}: initializers differ:\n  torch {names_want}\n  built {names_got}"
+                )
             for (iname, _, _, a), (_, _, _, b) in zip(got[key], want[key], strict=True):
                 if not np.allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6):
                     raise SystemExit(f"{name}: initializer {iname} values differ")
@@ -87,7 +89,9 @@ def _compare(name: str, exported: onnx.ModelProto, built: onnx.ModelProto, x: np
             raise SystemExit(f"{name}: {key} differs:\n  torch {want[key]}\n  built {got[key]}")
     results = []
     for model in (exported, built):
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
         results.append(session.run(None, {"x": x})[0])
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-5)
     print(f"{name}: identical ({len(built.graph.node)} nodes)")
@@ -111,7 +115,9 @@ def main() -> int:
         module.running_mean.data = torch.from_numpy(bn.running_mean.copy())
         module.running_var.data = torch.from_numpy(bn.running_var.copy())
 
-    def export(module: nn.Module, x: np.ndarray, *, dynamo: bool, **options: Any) -> onnx.ModelProto:
+    def export(
+        module: nn.Module, x: np.ndarray, *, dynamo: bool, **options: Any
+    ) -> onnx.ModelProto:
         buffer = io.BytesIO()
         tensor = torch.from_numpy(x)
         if dynamo:
@@ -152,7 +158,10 @@ def main() -> int:
     x3 = rng.standard_normal((3, 2, 4)).astype(np.float32)
     for fresh in (False, True):
         l1, l2 = te.random_linear(rng, 8, 16), te.random_linear(rng, 16, 16)
-        l3, bn = te.random_linear(rng, 16, 4, bias=False), te.random_batch_norm(rng, 16, fresh=fresh)
+        l3, bn = (
+            te.random_linear(rng, 16, 4, bias=False),
+            te.random_batch_norm(rng, 16, fresh=fresh),
+        )
         module = Classifier()
         load_linear(module.l1, l1), load_linear(module.l2, l2), load_linear(module.l3, l3)
         load_bn(module.bn, bn)
@@ -183,22 +192,38 @@ def main() -> int:
     view = ViewSoftmax()
     load_linear(view.l1, l1), load_linear(view.l2, l2)
     view.eval()
-    _compare("view_softmax_legacy", export(view, x3, dynamo=False), te.view_softmax_legacy(l1, l2), x3)
+    _compare(
+        "view_softmax_legacy", export(view, x3, dynamo=False), te.view_softmax_legacy(l1, l2), x3
+    )
 
     class BnSigmoid(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.l1, self.bn, self.l2, self.s = nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 3), nn.Sigmoid()
+            self.l1, self.bn, self.l2, self.s = (
+                nn.Linear(8, 16),
+                nn.BatchNorm1d(16),
+                nn.Linear(16, 3),
+                nn.Sigmoid(),
+            )
 
         def forward(self, x: Any) -> Any:
             return self.s(self.l2(torch.relu(self.bn(self.l1(x)))))
 
     x2 = rng.standard_normal((4, 8)).astype(np.float32)
-    l1, l2, bn = te.random_linear(rng, 8, 16), te.random_linear(rng, 16, 3), te.random_batch_norm(rng, 16)
+    l1, l2, bn = (
+        te.random_linear(rng, 8, 16),
+        te.random_linear(rng, 16, 3),
+        te.random_batch_norm(rng, 16),
+    )
     module_bn = BnSigmoid()
     load_linear(module_bn.l1, l1), load_linear(module_bn.l2, l2), load_bn(module_bn.bn, bn)
     module_bn.eval()
-    _compare("bn_sigmoid_legacy", export(module_bn, x2, dynamo=False), te.bn_sigmoid_legacy(l1, bn, l2), x2)
+    _compare(
+        "bn_sigmoid_legacy",
+        export(module_bn, x2, dynamo=False),
+        te.bn_sigmoid_legacy(l1, bn, l2),
+        x2,
+    )
 
     class CastMlp(nn.Module):
         def __init__(self) -> None:
@@ -235,8 +260,12 @@ def main() -> int:
             got, want = _describe(built), _describe(exported)
             if got != want:
                 diff = [k for k in want if got[k] != want[k]]
-                raise SystemExit(f"dropout_training_export(opset={opset}) differs in {diff}:\n{want}\n{got}")
-            print(f"dropout_training_export(opset={opset}): identical ({len(built.graph.node)} nodes)")
+                raise SystemExit(
+                    f"dropout_training_export(opset={opset}) differs in {diff}:\n{want}\n{got}"
+                )
+            print(
+                f"dropout_training_export(opset={opset}): identical ({len(built.graph.node)} nodes)"
+            )
     return 0
 
 
