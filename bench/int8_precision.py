@@ -13,6 +13,11 @@ per-row zero point, per-channel symmetric weights), next to the 8 x 8 bit refere
 on classifiers (accuracy, in points, against fp32) and on the random wide MLP 512-1024-1024-16 and
 a 32-256-256-1 MLP (error relative to the fp32 output's standard deviation).
 
+With PyTorch installed (``pip install torch==2.13.0``), it also trains the torch ``Classifier``
+(Flatten, Linear, BatchNorm1d, LeakyReLU, Dropout, Linear, ReLU6, Linear, LogSoftmax) on digits,
+exports it with torch.onnx.export (TorchScript and dynamo exporters), quantizes the real exports
+with headrace.quant and reports the int8 accuracy on every ISA next to ONNX Runtime's fp32.
+
 Usage: python bench/int8_precision.py   (needs scikit-learn and skl2onnx; never run as a test)
 """
 
@@ -111,6 +116,78 @@ def random_mlp(sizes: list[int], seed: int) -> hq.MlpGraph:
     return hq.MlpGraph(spec, hq.TensorSpec("y", "FP32", (-1, sizes[-1])), layers)
 
 
+def torch_exported_classifier() -> None:
+    """Accuracy of real torch.onnx.export graphs, quantized, on every ISA (needs PyTorch)."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        print("torch not installed: no torch-exported classifier (pip install torch==2.13.0)")
+        return
+    import io
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from headrace import _core
+
+    data = load_digits()
+    images = (data.data / 16.0).astype(np.float32).reshape(-1, 8, 8)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, data.target, test_size=0.3, random_state=0, stratify=data.target
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 128), nn.BatchNorm1d(128), nn.LeakyReLU(0.1), nn.Dropout(0.2),
+        nn.Linear(128, 64), nn.ReLU6(), nn.Linear(64, 10, bias=False), nn.LogSoftmax(dim=1),
+    )  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    inputs, targets = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    model.train()
+    for _ in range(60):
+        for start in range(0, len(inputs), 64):
+            optimizer.zero_grad()
+            loss = nn.functional.nll_loss(
+                model(inputs[start : start + 64]), targets[start : start + 64]
+            )
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    example = torch.from_numpy(x_test[:3])
+    work = Path(tempfile.mkdtemp(prefix="torch_export_"))
+    for exporter in ("torchscript", "dynamo"):
+        buffer = io.BytesIO()
+        if exporter == "dynamo":
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, input_names=["x"], output_names=["y"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+            )  # fmt: skip
+            program.save(buffer)
+        else:
+            torch.onnx.export(
+                model, (example,), buffer, dynamo=False, input_names=["x"], output_names=["y"],
+                dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            )  # fmt: skip
+        path = work / f"{exporter}.onnx"
+        onnx.save(onnx.load_from_string(buffer.getvalue()), str(path))
+        ops = sorted({node.op_type for node in onnx.load(str(path)).graph.node})
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        fp32 = (session.run(None, {"x": x_test})[0].argmax(axis=1) == y_test).mean() * 100
+        target = hq.quantize_onnx(path, work / exporter)
+        cells = []
+        for isa in _core.quant_supported_isas():
+            predicted = _core.QuantizedMlp(str(target), isa).run(x_test).argmax(axis=1)
+            cells.append(f"{isa} {(predicted == y_test).mean() * 100 - fp32:+.2f}")
+        size = 100 * target.stat().st_size / path.stat().st_size
+        print(
+            f"torch {torch.__version__} {exporter} export ({', '.join(ops)}): fp32 {fp32:.2f}%, "
+            f"int8 {', '.join(cells)} points; model.int8 {size:.1f}% of the ONNX file"
+        )
+
+
 def main() -> int:
     import warnings
 
@@ -137,6 +214,7 @@ def main() -> int:
                 cells += f"{value:9.4f}"
             label = f"MLP {'-'.join(map(str, sizes))} {metric} |err|/std"
             print(f"{label:<44}{'':>8}{cells}")
+    torch_exported_classifier()
     return 0
 
 
