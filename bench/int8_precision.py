@@ -34,7 +34,7 @@ from headrace import quant as hq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-VARIANTS = {"A8W8": (255, 127), "A7W8": (127, 127), "A8W7": (255, 63)}
+VARIANTS = {"A8W8": (255, 127), "A7W8": (127, 127), "A8W7": (255, 63), "A7W7": (127, 63), "A6W8": (63, 127)}
 FloatArray = npt.NDArray[np.float32]
 
 

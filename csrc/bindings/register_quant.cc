@@ -190,6 +190,23 @@ void register_quant(py::module_& m) {
       py::arg("isa"), "Largest activation code the ISA's kernel multiplies exactly (127 or 255).");
   m.def("quant_gemm_s32", &gemm_s32, py::arg("a"), py::arg("b"), py::arg("isa") = py::none(),
         "uint8 codes [m, k] x int8 [k, n] -> exact int32 [m, n] on one ISA (packs b each call).");
+  m.def(
+      "quant_packing",
+      [](const Int8Array& b, const std::string& isa_name) {
+        if (b.ndim() != 2 || b.shape(0) == 0 || b.shape(1) == 0) {
+          throw CoreError(StatusCode::kInvalidArgument, "quant_packing takes int8 b [k, n]");
+        }
+        const Isa isa = quant::parse_isa(isa_name);
+        const quant::PackedWeights weights(isa, b.data(), static_cast<std::size_t>(b.shape(0)),
+                                           static_cast<std::size_t>(b.shape(1)));
+        py::dict info;
+        info["paired"] = weights.paired();
+        info["corrections"] = weights.corrections().size();
+        info["aligned"] = reinterpret_cast<std::uintptr_t>(weights.bytes()) % 64 == 0;
+        return info;
+      },
+      py::arg("b"), py::arg("isa"),
+      "How weights pack for an ISA: paired (avx2), number of corrections, 64-byte alignment.");
   m.def("quant_gemm_timings", &gemm_timings, py::arg("a"), py::arg("b"), py::arg("isa"),
         py::arg("repeats"), "Seconds of each of `repeats` GEMM calls (packing excluded).");
   m.def("quant_gemm_quads_emulated", &gemm_quads_emulated, py::arg("a"), py::arg("b"),

@@ -126,6 +126,7 @@ HEADRACE_AVX2_TARGET void affine(const DenseEpilogue& e, const std::int32_t* acc
   const float beta = e.activation.beta;
   const float tensor_scale = q.scale * e.weight_scales[0];
   const __m256i zero_point_v = _mm256_set1_epi32(q.zero_point);
+  const bool has_zero_point = q.zero_point != 0;
   const __m256 row_scale_v = _mm256_set1_ps(q.scale);
   const __m256 tensor_scale_v = _mm256_set1_ps(tensor_scale);
   const __m256 alpha_v = _mm256_set1_ps(alpha);
@@ -137,7 +138,11 @@ HEADRACE_AVX2_TARGET void affine(const DenseEpilogue& e, const std::int32_t* acc
     const __m256i sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + j));
     const __m256i column_sums =
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e.column_sums + j));
-    const __m256i d = _mm256_sub_epi32(sums, _mm256_mullo_epi32(zero_point_v, column_sums));
+    // Rows after Relu have zero point 0: skip vpmulld (two multiply-port uops) there; the loop
+    // is unswitched on this invariant.
+    const __m256i d = has_zero_point
+                          ? _mm256_sub_epi32(sums, _mm256_mullo_epi32(zero_point_v, column_sums))
+                          : sums;
     const __m256 scale =
         kPerTensor ? tensor_scale_v : _mm256_mul_ps(row_scale_v, _mm256_loadu_ps(e.weight_scales + j));
     __m256 value = _mm256_mul_ps(_mm256_cvtepi32_ps(d), scale);

@@ -10,6 +10,15 @@
 // k is padded to a multiple of 4 (k_padded) and n to whole panels with zero weights, so padded
 // terms add 0 whatever the activation bytes there hold.
 //
+// kAvx2 sums two quads in int16 before widening ("paired"), which needs every int16 lane of the
+// sum to stay exact: lane 0 of column n over quads (2b, 2b+1) adds the products of
+// k = 8b + {0, 1, 4, 5}, lane 1 those of 8b + {2, 3, 6, 7}; with 7-bit codes that is exact when the
+// four |w| sum to at most kPairedLaneLimit (127 * 258 = 32766). W is packed as W' + D: W' meets
+// the limit (the largest weights of a group that exceeds it are shrunk toward 0) and the few
+// entries of D = W - W' are kept as corrections, which the kernel adds as code * delta after the
+// tiles. A * W' + A * D = A * W exactly. When more than 1/kMaxCorrectionShare of the weights
+// would need one (uniform random weights, say), W is packed unchanged and not paired.
+//
 // column_sums()[n] = sum_k W[k][n] for every ISA: activations are unsigned codes with a zero point
 // (x ~= scale * (q - zero_point)), and the executor subtracts zero_point * column_sums[n] from the
 // raw GEMM result to get sum_k (q - zero_point) * W, in exact int32.
@@ -35,6 +44,15 @@ class PackedWeights {
   static constexpr std::size_t kQuadDepth = 4;
   // Bytes of one k_quad of one panel in the quad layout.
   static constexpr std::size_t kQuadBytes = kPanelColumns * kQuadDepth;
+  static constexpr std::int32_t kPairedLaneLimit = 258;
+  static constexpr std::size_t kMaxCorrectionShare = 64;
+
+  // One entry of D (kAvx2, paired): the product code[k] * delta belongs to column n.
+  struct Correction {
+    std::uint32_t k;
+    std::uint32_t n;
+    std::int32_t delta;
+  };
 
   // w_kn: row-major [k_size][n_size]. Throws CoreError(kInvalidArgument) for sizes of 0 or over
   // the limits, CoreError(kFailedPrecondition) when this CPU cannot run `isa`.
@@ -50,9 +68,13 @@ class PackedWeights {
   std::size_t panel_stride() const noexcept { return k_padded_ * kPanelColumns; }
 
   // The packed weights, in the layout of isa().
-  const std::int8_t* bytes() const noexcept { return bytes_.data(); }
+  // 64-byte aligned, so no 32- or 64-byte load of a panel straddles two cache lines.
+  const std::int8_t* bytes() const noexcept { return bytes_; }
   // sum_k W[k][n], n_size() entries.
   const std::int32_t* column_sums() const noexcept { return column_sums_.data(); }
+  // kAvx2: whether the packed bytes are W' (quads summed in pairs) plus corrections().
+  bool paired() const noexcept { return paired_; }
+  const std::vector<Correction>& corrections() const noexcept { return corrections_; }
 
  private:
   Isa isa_;
@@ -60,8 +82,13 @@ class PackedWeights {
   std::size_t n_size_;
   std::size_t panel_count_ = 0;
   std::size_t k_padded_ = 0;
-  std::vector<std::int8_t> bytes_;
+  void store(const std::vector<std::int8_t>& packed);
+
+  std::vector<std::int8_t> storage_;  // owns bytes_, with up to 63 bytes of slack in front
+  const std::int8_t* bytes_ = nullptr;
   std::vector<std::int32_t> column_sums_;
+  bool paired_ = false;
+  std::vector<Correction> corrections_;
 };
 
 // The quad-panel packing of W[k][n] (see above), zero-padded. PackedWeights uses it for kAvx2 and
@@ -69,5 +96,11 @@ class PackedWeights {
 // CPU.
 std::vector<std::int8_t> pack_quad_panels(const std::int8_t* w_kn, std::size_t k_size,
                                           std::size_t n_size);
+
+// Splits W (row-major [k][n], modified in place into W') so that every paired lane group of W'
+// meets kPairedLaneLimit; returns the corrections D = W - W', sorted by k. Only whole quad pairs
+// are constrained (an odd last quad is not paired).
+std::vector<PackedWeights::Correction> split_for_pairs(std::int8_t* w_kn, std::size_t k_size,
+                                                       std::size_t n_size);
 
 }  // namespace headrace::quant

@@ -31,6 +31,9 @@ shapes = st.one_of(
     st.tuples(st.just(1), st.integers(1, 600), st.integers(1, 300)),
 )
 fills = st.sampled_from(["random", "min", "max", "extremes"])
+# Weights as trained layers have them: mostly small, a few at the extremes. On avx2 these pack
+# "paired" with corrections (random uniform weights mostly do not).
+weight_fills = st.sampled_from(["random", "min", "max", "extremes", "trained", "trained"])
 
 
 def cpu_lacks(isa: str) -> list[str]:
@@ -53,6 +56,11 @@ def codes_for(
 def weights_for(
     rng: np.random.Generator, shape: tuple[int, int], fill: str
 ) -> npt.NDArray[np.int8]:
+    if fill == "trained":
+        weights = np.clip(np.rint(rng.normal(0, 40, size=shape)), -127, 127)
+        outliers = rng.random(size=shape) < 0.02
+        weights[outliers] = rng.choice(np.array([-128, 127]), size=int(outliers.sum()))
+        return weights.astype(np.int8)
     if fill == "min":
         return np.full(shape, -128, dtype=np.int8)
     if fill == "max":
@@ -68,7 +76,7 @@ def reference(a: npt.NDArray[np.uint8], b: npt.NDArray[np.int8]) -> npt.NDArray[
 
 @pytest.mark.parametrize("isa", ALL_ISAS)
 @settings(max_examples=80, deadline=None)
-@given(shape=shapes, fill_a=fills, fill_b=fills, seed=st.integers(0, 2**32 - 1))
+@given(shape=shapes, fill_a=fills, fill_b=weight_fills, seed=st.integers(0, 2**32 - 1))
 def test_gemm_matches_numpy_bit_exact(
     isa: str, shape: tuple[int, int, int], fill_a: str, fill_b: str, seed: int
 ) -> None:
@@ -97,6 +105,28 @@ def test_quad_panel_algorithm_emulated_matches_numpy(
     a = codes_for(rng, (m, k), fill_a, 255)
     b = weights_for(rng, (k, n), fill_b)
     np.testing.assert_array_equal(_core.quant_gemm_quads_emulated(a, b), reference(a, b))
+
+
+def test_avx2_pairs_trained_weights_with_corrections() -> None:
+    """The paired avx2 path (quads summed in int16, shrunk weights added back) is what trained
+    weights get, and it is exact, at several k blocks and with partial panels."""
+    if cpu_lacks("avx2"):
+        return
+    rng = np.random.default_rng(21)
+    for m, k, n in [(1, 1024, 200), (8, 1000, 77), (70, 333, 48)]:
+        b = weights_for(rng, (k, n), "trained")
+        packing = _core.quant_packing(b, "avx2")
+        assert packing["paired"] and packing["corrections"] > 0, packing
+        assert packing["aligned"]
+        a = codes_for(rng, (m, k), "extremes", 127)
+        np.testing.assert_array_equal(_core.quant_gemm_s32(a, b, "avx2"), reference(a, b))
+    # Weights that would need too many corrections are packed unpaired.
+    uniform = weights_for(rng, (256, 64), "extremes")
+    assert _core.quant_packing(uniform, "avx2") == {
+        "paired": False,
+        "corrections": 0,
+        "aligned": True,
+    }
 
 
 def test_every_kernel_this_cpu_runs_is_tested() -> None:
