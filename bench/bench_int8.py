@@ -14,7 +14,9 @@ headrace's speed-up over each.
 Then a 2048 x 2048 x 2048 int8 GEMM on each SIMD ISA headrace can run here, timed in C++ without
 the packing (quant_gemm_timings), in GOPS = 2*M*N*K / time, against the measured peak of the
 instruction sequence that ISA's kernel issues (csrc/quant/peak_probe.h: vpmaddubsw + vpmaddwd +
-vpaddd for avx2, vpdpbusd for avx512vnni), taken as the best of many short register-only runs.
+vpaddd for avx2, or its paired form when the weights pack paired; vpdpbusd for avx512vnni),
+taken as the best of many short register-only runs. avx2 runs twice: uniform random weights
+(packed unpaired) and trained-like ones (paired, csrc/quant/README.md).
 
 --cpu avx2 runs everything as on an AVX2-only CPU (Zen 2/3): AVX-512 is hidden from CPUID for the
 whole process (bench/cpu_mask.py), so ONNX Runtime uses its AVX2 kernels and headrace its avx2
@@ -128,27 +130,42 @@ def bench_model(name: str, sizes: list[int], rounds: int) -> dict[int, dict[str,
     return results
 
 
+def trained_like_weights(rng: np.random.Generator, shape: tuple[int, int]) -> Any:
+    """Mostly small int8 weights, 2 % at the extremes, as per-channel quantized layers have."""
+    weights = np.clip(np.rint(rng.normal(0, 40, size=shape)), -127, 127)
+    outliers = rng.random(size=shape) < 0.02
+    weights[outliers] = rng.choice(np.array([-128, 127]), size=int(outliers.sum()))
+    return weights.astype(np.int8)
+
+
 def bench_gemm(repeats: int) -> None:
     from headrace import _core
 
     print(f"\nint8 GEMM {GEMM_SIZE}^3, kernel only (GOPS = 2*M*N*K / t; peak = measured)")
     rng = np.random.default_rng(2)
-    b = rng.integers(-128, 128, size=(GEMM_SIZE, GEMM_SIZE), dtype=np.int8)
+    uniform = rng.integers(-128, 128, size=(GEMM_SIZE, GEMM_SIZE), dtype=np.int8)
+    trained = trained_like_weights(rng, (GEMM_SIZE, GEMM_SIZE))
     ops = 2.0 * GEMM_SIZE**3
     for isa in _core.quant_supported_isas():
         if isa == "scalar":
             continue
         top = _core.quant_max_activation_code(isa)
         a = rng.integers(0, top + 1, size=(GEMM_SIZE, GEMM_SIZE), dtype=np.uint8)
-        seconds = _core.quant_gemm_timings(a, b, isa, repeats)
-        # Short probes: a long one on a shared machine measures the other processes too.
-        peak = max(_core.quant_peak_gops(isa, 200_000) for _ in range(60))
-        median, best = statistics.median(seconds), min(seconds)
-        print(
-            f"  {isa:<11} median {median * 1e3:7.1f} ms = {ops / median / 1e9:6.1f} GOPS "
-            f"({100 * ops / median / 1e9 / peak:5.1f}% of peak); best {best * 1e3:7.1f} ms "
-            f"({100 * ops / best / 1e9 / peak:5.1f}%); peak {peak:6.1f} GOPS"
-        )
+        for label, b in (("uniform weights", uniform), ("trained-like weights", trained)):
+            paired = bool(_core.quant_packing(b, isa)["paired"])
+            seconds = _core.quant_gemm_timings(a, b, isa, repeats)
+            # Short probes: a long one on a shared machine measures the other processes too.
+            peak = max(_core.quant_peak_gops(isa, 200_000, paired) for _ in range(60))
+            step = "paired step" if paired else "step"
+            median, best = statistics.median(seconds), min(seconds)
+            print(
+                f"  {isa:<11} {label:<21} median {median * 1e3:7.1f} ms = "
+                f"{ops / median / 1e9:6.1f} GOPS ({100 * ops / median / 1e9 / peak:5.1f}% of the "
+                f"{step} peak {peak:6.1f}); best {best * 1e3:7.1f} ms "
+                f"({100 * ops / best / 1e9 / peak:5.1f}%)"
+            )
+            if isa != "avx2":
+                break  # only avx2 packs the two kinds differently
     missing = _core.quant_missing_features("avx512vnni")
     if missing:
         print(f"  avx512vnni  not run: this CPU lacks {', '.join(missing)}")

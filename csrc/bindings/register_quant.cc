@@ -213,13 +213,14 @@ void register_quant(py::module_& m) {
         "The quad-panel algorithm (vpdpbusd / vpmaddubsw + vpmaddwd) in portable code.");
   m.def(
       "quant_peak_gops",
-      [](const std::string& isa, std::uint64_t iterations) {
+      [](const std::string& isa, std::uint64_t iterations, bool paired) {
         const Isa parsed = quant::parse_isa(isa);
         py::gil_scoped_release release;
-        return quant::measure_peak_gops(parsed, iterations);
+        return quant::measure_peak_gops(parsed, iterations, paired);
       },
-      py::arg("isa"), py::arg("iterations"),
-      "Measured peak int8 GOPS of the ISA's dot-product instruction (register-only loop).");
+      py::arg("isa"), py::arg("iterations"), py::arg("paired") = false,
+      "Measured peak int8 GOPS of the ISA's dot-product step (register-only loop); paired: "
+      "the avx2 step that sums two quads in int16.");
 
   py::class_<quant::QuantizedMlp, std::shared_ptr<quant::QuantizedMlp>>(m, "QuantizedMlp",
                                   "An int8 MLP loaded from a .int8 file; run() is thread-safe.")

@@ -51,6 +51,43 @@ __attribute__((target("avx2"))) std::int64_t avx2_loop(std::uint64_t iterations)
   return _mm256_extract_epi32(total, 0);
 }
 
+__attribute__((target("avx2"))) inline __m256i paired_step(__m256i acc, __m256i codes, int chain,
+                                                           __m256i ones) {
+  const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(probe_weights[chain]));
+  const __m256i v =
+      _mm256_load_si256(reinterpret_cast<const __m256i*>(probe_weights[chain] + 32));
+  const __m256i pairs =
+      _mm256_add_epi16(_mm256_maddubs_epi16(codes, w), _mm256_maddubs_epi16(codes, v));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+}
+
+__attribute__((target("avx2"))) std::int64_t avx2_paired_loop(std::uint64_t iterations) {
+  const __m256i codes = _mm256_set1_epi8(3);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0,
+          c7 = c0, c8 = c0, c9 = c0, c10 = c0, c11 = c0;
+  for (std::uint64_t i = 0; i < iterations; ++i) {
+    c0 = paired_step(c0, codes, 0, ones);
+    c1 = paired_step(c1, codes, 1, ones);
+    c2 = paired_step(c2, codes, 2, ones);
+    c3 = paired_step(c3, codes, 3, ones);
+    c4 = paired_step(c4, codes, 4, ones);
+    c5 = paired_step(c5, codes, 5, ones);
+    c6 = paired_step(c6, codes, 6, ones);
+    c7 = paired_step(c7, codes, 7, ones);
+    c8 = paired_step(c8, codes, 8, ones);
+    c9 = paired_step(c9, codes, 9, ones);
+    c10 = paired_step(c10, codes, 10, ones);
+    c11 = paired_step(c11, codes, 11, ones);
+    __asm__ volatile("" ::: "memory");
+  }
+  const __m256i total = _mm256_add_epi32(
+      _mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
+      _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)),
+                       _mm256_add_epi32(_mm256_add_epi32(c8, c9), _mm256_add_epi32(c10, c11))));
+  return _mm256_extract_epi32(total, 0);
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) inline __m512i vnni_step(__m512i acc,
                                                                                 __m512i codes,
                                                                                 int chain) {
@@ -108,7 +145,7 @@ std::int64_t scalar_loop(std::uint64_t iterations) {
 
 }  // namespace
 
-double measure_peak_gops(Isa isa, std::uint64_t iterations) {
+double measure_peak_gops(Isa isa, std::uint64_t iterations, bool paired) {
   require_isa(isa);
   // Runtime data, so the compiler cannot fold the products of a never-written array.
   std::memset(probe_weights, static_cast<int>(iterations & 0x3F) - 32, sizeof probe_weights);
@@ -121,8 +158,8 @@ double measure_peak_gops(Isa isa, std::uint64_t iterations) {
       ops_per_instruction = 2.0;
       break;
     case Isa::kAvx2:
-      sink = avx2_loop(iterations);
-      ops_per_instruction = 64.0;
+      sink = paired ? avx2_paired_loop(iterations) : avx2_loop(iterations);
+      ops_per_instruction = paired ? 128.0 : 64.0;
       break;
     case Isa::kAvx512Vnni:
       sink = avx512vnni_loop(iterations);
