@@ -16,7 +16,7 @@ the packing (quant_gemm_timings), in GOPS = 2*M*N*K / time, against the measured
 instruction sequence that ISA's kernel issues (csrc/quant/peak_probe.h: vpmaddubsw + vpmaddwd +
 vpaddd for avx2, or its paired form when the weights pack paired; vpdpbusd for avx512vnni),
 taken as the best of many short register-only runs. avx2 runs twice: uniform random weights
-(packed unpaired) and trained-like ones (paired, csrc/quant/README.md).
+(packed unpaired) and narrow ones (paired, csrc/quant/README.md).
 
 --cpu avx2 runs everything as on an AVX2-only CPU (Zen 2/3): AVX-512 is hidden from CPUID for the
 whole process (bench/cpu_mask.py), so ONNX Runtime uses its AVX2 kernels and headrace its avx2
@@ -130,10 +130,10 @@ def bench_model(name: str, sizes: list[int], rounds: int) -> dict[int, dict[str,
     return results
 
 
-def trained_like_weights(rng: np.random.Generator, shape: tuple[int, int]) -> Any:
-    """Mostly small int8 weights, 2 % at the extremes, as per-channel quantized layers have."""
-    weights = np.clip(np.rint(rng.normal(0, 40, size=shape)), -127, 127)
-    outliers = rng.random(size=shape) < 0.02
+def narrow_weights(rng: np.random.Generator, shape: tuple[int, int]) -> Any:
+    """Mostly small int8 weights, 0.5 % at the extremes: they pack paired on avx2."""
+    weights = np.clip(np.rint(rng.normal(0, 30, size=shape)), -127, 127)
+    outliers = rng.random(size=shape) < 0.005
     weights[outliers] = rng.choice(np.array([-128, 127]), size=int(outliers.sum()))
     return weights.astype(np.int8)
 
@@ -144,14 +144,14 @@ def bench_gemm(repeats: int) -> None:
     print(f"\nint8 GEMM {GEMM_SIZE}^3, kernel only (GOPS = 2*M*N*K / t; peak = measured)")
     rng = np.random.default_rng(2)
     uniform = rng.integers(-128, 128, size=(GEMM_SIZE, GEMM_SIZE), dtype=np.int8)
-    trained = trained_like_weights(rng, (GEMM_SIZE, GEMM_SIZE))
+    narrow = narrow_weights(rng, (GEMM_SIZE, GEMM_SIZE))
     ops = 2.0 * GEMM_SIZE**3
     for isa in _core.quant_supported_isas():
         if isa == "scalar":
             continue
         top = _core.quant_max_activation_code(isa)
         a = rng.integers(0, top + 1, size=(GEMM_SIZE, GEMM_SIZE), dtype=np.uint8)
-        for label, b in (("uniform weights", uniform), ("trained-like weights", trained)):
+        for label, b in (("uniform weights", uniform), ("narrow weights", narrow)):
             paired = bool(_core.quant_packing(b, isa)["paired"])
             seconds = _core.quant_gemm_timings(a, b, isa, repeats)
             # Short probes: a long one on a shared machine measures the other processes too.

@@ -201,7 +201,7 @@ void register_quant(py::module_& m) {
                                            static_cast<std::size_t>(b.shape(1)));
         py::dict info;
         info["paired"] = weights.paired();
-        info["corrections"] = weights.corrections().size();
+        info["corrections"] = weights.correction_count();
         info["aligned"] = reinterpret_cast<std::uintptr_t>(weights.bytes()) % 64 == 0;
         return info;
       },

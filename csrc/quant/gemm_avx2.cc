@@ -170,11 +170,12 @@ __attribute__((target("avx2"))) void gemm_blocks(const std::uint8_t* a, std::siz
     }
     // A * W = A * W' + A * D: the shrunk weights' remainders, exact in int32 (every partial
     // sum is bounded by sum_k |a| * |w|). Row by row: the corrections are sorted by k, so the
-    // row of codes is read in order and the row of sums stays in L1.
+    // row of codes is read in order and the row of sums stays in L1; no branch per entry (a
+    // data-dependent one, such as skipping zero codes, measured slower).
     for (std::size_t r = 0; r < rows_here; ++r) {
       const std::uint8_t* codes = a_block + r * lda;
       std::int32_t* sums = c_block + r * ldc;
-      for (const PackedWeights::Correction& fix : w.corrections()) {
+      for (const PackedWeights::CorrectionEntry& fix : w.corrections()) {
         sums[fix.n] += std::int32_t{codes[fix.k]} * fix.delta;
       }
     }

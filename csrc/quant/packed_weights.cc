@@ -106,10 +106,14 @@ PackedWeights::PackedWeights(Isa isa, const std::int8_t* w_kn, std::size_t k_siz
   }
   if (isa == Isa::kAvx2) {
     std::vector<std::int8_t> split(w_kn, w_kn + k_size * n_size);
-    std::vector<Correction> corrections = split_for_pairs(split.data(), k_size, n_size);
+    const std::vector<Correction> corrections = split_for_pairs(split.data(), k_size, n_size);
     if (corrections.size() * kMaxCorrectionShare <= k_size * n_size) {
       paired_ = true;
-      corrections_ = std::move(corrections);
+      corrections_.reserve(corrections.size());
+      for (const Correction& fix : corrections) {
+        corrections_.push_back(
+            {fix.k, static_cast<std::uint16_t>(fix.n), static_cast<std::int16_t>(fix.delta)});
+      }
       store(pack_quad_panels(split.data(), k_size, n_size));
       return;
     }
