@@ -6,10 +6,10 @@ random He-initialised weights):
   - ONNX Runtime fp32, 1 intra-op thread, sequential
   - ONNX Runtime int8 from onnxruntime.quantization.quantize_dynamic with its default settings
   - headrace int8 (headrace.quant, then headrace._core.QuantizedMlp.run, 1 thread per call)
-at batch 1, 8 and 32. The engines take turns in blocks of 10 calls (so load from other processes
-hits all of them alike), each timed warm (the first call of a block is not counted: another
-engine's weights just went through the caches); the table gives median latency, rows/s and
-headrace's speed-up over each.
+at batch 1, 8 and 32. The engines take turns in blocks of 10 calls (3 at batch 32), so load from
+other processes hits all of them alike, each timed warm (the first call of a block is not
+counted: another engine's weights just went through the caches); the table gives median latency,
+rows/s and headrace's speed-up over each.
 
 Then a 2048 x 2048 x 2048 int8 GEMM on each SIMD ISA headrace can run here, timed in C++ without
 the packing (quant_gemm_timings), in GOPS = 2*M*N*K / time, against the measured peak of the
@@ -86,16 +86,16 @@ def build_engines(sizes: list[int], work: Path) -> tuple[dict[str, Engine], dict
 
 
 def measure(
-    engines: dict[str, Engine], x: npt.NDArray[np.float32], rounds: int
+    engines: dict[str, Engine], x: npt.NDArray[np.float32], rounds: int, block: int
 ) -> dict[str, float]:
-    """Median seconds per call. Engines take turns in blocks of BLOCK calls; the first call of a
-    block (caches still holding the previous engine's weights) is not counted, so each engine is
-    timed warm, as a served model is, while load from other processes hits all of them alike."""
+    """Median seconds per call. Engines take turns in blocks of `block` calls; the first call of
+    a block (caches still holding the previous engine's weights) is not counted, so each engine
+    is timed warm, as a served model is, while load from other processes hits all alike."""
     samples: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(max(rounds // BLOCK, 1)):
+    for _ in range(max(rounds // block, 1)):
         for name, engine in engines.items():
             engine(x)
-            for _ in range(BLOCK):
+            for _ in range(block):
                 start = time.perf_counter()
                 engine(x)
                 samples[name].append(time.perf_counter() - start)
@@ -116,7 +116,8 @@ def bench_model(name: str, sizes: list[int], rounds: int) -> dict[int, dict[str,
     ours = next(engine for engine in engines if engine.startswith("headrace"))
     for batch in BATCHES:
         x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
-        latency = measure(engines, x, rounds if batch < 32 else max(rounds // 3, 20))
+        # Short blocks at batch 32 (a call is ~1 ms): a burst of load then hits every engine.
+        latency = measure(engines, x, rounds, BLOCK if batch < 32 else 3)
         results[batch] = latency
         reference = engines["ORT fp32"](x)
         error = float(np.abs(engines[ours](x) - reference).max() / np.abs(reference).max())
