@@ -35,9 +35,10 @@ import grpc
 import numpy as np
 from bench_common import cpu_model, save_mlp
 
-from headrace._proto.headrace.v1 import admin_pb2, admin_pb2_grpc
+from headrace import wire
 from headrace.client import AsyncClient
 from headrace.monitoring.drift.model_profile import profile_model
+from headrace.wire import admin as admin_pb2
 
 SIZES = [32, 256, 256, 1]
 MODEL = "tabular"
@@ -88,7 +89,7 @@ async def load(address: str, seconds: float, concurrency: int, rows: int) -> int
 
 def counted_rows(address: str) -> int:
     with grpc.insecure_channel(address) as channel:
-        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        stub = wire.Stub(channel, wire.ADMIN_SERVICE)
         windows = admin_pb2.GetDriftReportRequest(model=MODEL, windows=1_000_000)
         open_window = admin_pb2.GetDriftReportRequest(model=MODEL, windows=0)
         closed = stub.GetDriftReport(windows, timeout=30).rows

@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 import uvloop
 
-from headrace._proto.inference import grpc_service_pb2 as pb
+from headrace.wire import inference as pb
 
 SERVICE = "inference.GRPCInferenceService"
 MAX_BATCH_SIZE = 64

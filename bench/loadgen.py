@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 import uvloop
 
-from headrace._proto.inference import grpc_service_pb2 as pb
+from headrace.wire import inference as pb
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"

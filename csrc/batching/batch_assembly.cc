@@ -4,9 +4,48 @@
 #include <numeric>
 #include <string>
 
-#include "tensors/status.h"
+#include "common/status.h"
+#include "tensors/tensor_codec.h"
 
 namespace headrace::batching {
+
+std::vector<std::size_t> row_byte_offsets(const Tensor& tensor, std::string_view what) {
+  if (tensor.shape.empty()) {
+    throw CoreError(StatusCode::kInvalidArgument,
+                    std::string(what) + ": a batched tensor needs at least one dimension");
+  }
+  for (const std::int64_t dim : tensor.shape) {
+    if (dim < 0) {
+      throw CoreError(StatusCode::kInvalidArgument, std::string(what) + ": negative dimension");
+    }
+  }
+  const auto rows = static_cast<std::size_t>(tensor.rows());
+  const std::uint64_t per_row = tensor.elements_per_row();
+  std::vector<std::size_t> offsets(rows + 1, 0);
+  const std::size_t item = element_size(tensor.dtype);
+  if (tensor.dtype != DataType::kBytes) {
+    const std::size_t row_bytes = static_cast<std::size_t>(per_row) * item;
+    if (row_bytes * rows != tensor.byte_size) {
+      throw CoreError(StatusCode::kInvalidArgument,
+                      std::string(what) + ": " + std::to_string(tensor.byte_size) +
+                          " bytes do not match its shape");
+    }
+    for (std::size_t r = 0; r <= rows; ++r) offsets[r] = r * row_bytes;
+    return offsets;
+  }
+  // BYTES: the spans validate every prefix; a row ends where its last element's payload ends.
+  const std::span<const std::uint8_t> blob(tensor.data.get(), tensor.byte_size);
+  const std::vector<std::uint64_t> spans =
+      tensors::bytes_element_spans(blob, per_row * rows, std::string(what));
+  for (std::size_t r = 1; r <= rows; ++r) {
+    if (per_row == 0) break;
+    const std::size_t last = r * static_cast<std::size_t>(per_row) - 1;
+    offsets[r] = static_cast<std::size_t>(spans[2 * last] + spans[2 * last + 1]);
+  }
+  if (per_row == 0) return offsets;
+  offsets[rows] = tensor.byte_size;
+  return offsets;
+}
 
 Batch assemble_batch(std::span<const std::unique_ptr<Request>> requests) {
   Batch batch;

@@ -9,12 +9,18 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "batching/request.h"
 #include "batching/runner.h"
 
 namespace headrace::batching {
+
+// Byte offset of the start of every row, plus the end: `rows + 1` entries. For fixed-size
+// datatypes it is arithmetic; for BYTES it walks the length prefixes, validating them. Throws
+// CoreError(kInvalidArgument) naming `what` when the bytes do not match the shape.
+std::vector<std::size_t> row_byte_offsets(const Tensor& tensor, std::string_view what);
 
 // One contiguous buffer per input, the requests' rows in order. The requests must share a shape
 // signature (the policy guarantees it). Fixed-size and BYTES (serialized) tensors are both

@@ -58,8 +58,9 @@ Batcher::Batcher(std::string name, BatcherConfig config, std::shared_ptr<Runner>
       runner_(std::move(runner)),
       completions_(std::move(completions)),
       instances_(policy_.config().instances),
+      runs_inline_(runner_ != nullptr && runner_->runs_on_submitting_thread()),
       queue_(policy_.config().level_count()),
-      cost_(policy_.config().latency_target_us) {
+      cost_(policy_.config()) {
   if (!runner_ || !completions_) {
     throw CoreError(StatusCode::kInvalidArgument, "batcher needs a runner and a completion queue");
   }
@@ -79,11 +80,10 @@ Batcher::Batcher(std::string name, BatcherConfig config, std::shared_ptr<Runner>
 Batcher::~Batcher() { shutdown(false); }
 
 std::uint64_t Batcher::submit(std::unique_ptr<Request> request) {
-  return submit(std::move(request), 0, nullptr);
+  return submit(std::move(request), nullptr);
 }
 
-std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inline_ns,
-                              Job* claimed) {
+std::uint64_t Batcher::submit(std::unique_ptr<Request> request, Job* claimed) {
   if (!request) throw CoreError(StatusCode::kInvalidArgument, "null request");
   const BatcherConfig& config = policy_.config();
   request->rows = validated_rows(*request);
@@ -128,8 +128,8 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
         state.requests = std::span<const QueuedRequest>(&alone, 1);
         state.free_instances = instances_ - busy_;
         state.busy_instances = busy_;
+        cost_.observe_load(LoadMonitor::process().busy_fraction(now));
         state.cost = cost_.estimate();
-        state.cost.saturated = LoadMonitor::process().load(now).saturated;
         const Decision decision = policy_.decide(state, now);
         if (decision.action == Decision::Action::kRun && decision.run.size() == 1 &&
             decision.expired.empty() && decision.shed.empty()) {
@@ -138,9 +138,10 @@ std::uint64_t Batcher::submit(std::unique_ptr<Request> request, TimeNs max_inlin
           Job job;
           job.push_back(std::move(request));
           ++busy_;
-          if (claimed != nullptr && max_inline_ns > 0 &&
-              cost_.samples() >= kInlineMinSamples &&
-              state.cost.batch_ns(alone.rows) <= static_cast<double>(max_inline_ns)) {
+          const TimeNs inline_max_ns = config.inline_max_batch_us * 1000;
+          if (claimed != nullptr && inline_max_ns > 0 && runs_inline_ &&
+              cost_.samples() >= static_cast<std::size_t>(config.inline_min_cost_samples) &&
+              state.cost.batch_ns(alone.rows) <= static_cast<double>(inline_max_ns)) {
             *claimed = std::move(job);
           } else {
             jobs_.push_back(std::move(job));
@@ -185,10 +186,9 @@ BatcherStats Batcher::stats() const {
   BatcherStats copy = stats_;
   copy.pending_requests = queue_.size();
   copy.busy_instances = busy_;
+  // saturated: as the last decision saw it; busy_fraction: now.
   copy.cost = cost_.estimate();
-  const LoadMonitor::Load load = LoadMonitor::process().load(monotonic_ns());
-  copy.cost.busy_fraction = load.busy_fraction;
-  copy.cost.saturated = load.saturated;
+  copy.cost.busy_fraction = LoadMonitor::process().busy_fraction(monotonic_ns());
   return copy;
 }
 
@@ -242,10 +242,10 @@ void Batcher::scheduler_loop() {
     state.requests = view;
     state.free_instances = instances_ - busy_;
     state.busy_instances = busy_;
-    state.cost = cost_.estimate();
     state.flush = stopping_;
     const TimeNs now = monotonic_ns();
-    state.cost.saturated = LoadMonitor::process().load(now).saturated;
+    cost_.observe_load(LoadMonitor::process().busy_fraction(now));
+    state.cost = cost_.estimate();
     Decision decision = policy_.decide(state, now);
 
     // One take() for everything leaving the queue: indices refer to this snapshot only.
@@ -343,14 +343,14 @@ void Batcher::run_batch(Job job) {
       message = error.message();
     } catch (const std::exception& error) {
       code = StatusCode::kInternal;
-      message = std::string("runner failed: ") + error.what();
+      message = std::string("model runner failed: ") + error.what();
 #if defined(__GLIBCXX__)
     } catch (abi::__forced_unwind&) {
       throw;  // thread cancellation (pthread_exit) must unwind through, not be reported
 #endif
     } catch (...) {
       code = StatusCode::kInternal;
-      message = "runner failed with an unknown exception";
+      message = "model runner failed with an unknown exception";
     }
     if (code != StatusCode::kOk) {
       if (ran && compute_ns == 0) compute_ns = monotonic_ns() - start;

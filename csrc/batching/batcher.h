@@ -47,16 +47,16 @@ class Batcher {
   std::uint64_t submit(std::unique_ptr<Request> request);
 
   using Job = std::vector<std::unique_ptr<Request>>;
-  // Cheap batches may run on the caller's thread: when the request would go straight to an idle
-  // instance and the fitted cost predicts the batch takes at most `max_inline_ns`, submit moves
-  // the job into *claimed (holding an instance for it) instead of waking a worker, and the caller
-  // must pass it to run_claimed() at once. That saves a worker wake-up and the completion's trip
-  // back to a sleeping event loop (context switches that cost more than a small model's run).
-  // Only for runners that need no lock the caller may hold (native runners, not the GIL).
-  std::uint64_t submit(std::unique_ptr<Request> request, TimeNs max_inline_ns, Job* claimed);
+  // As submit, but a cheap batch may run on the caller's thread: when the request would go
+  // straight to an idle instance, the runner allows it (Runner::runs_on_submitting_thread) and
+  // the fitted cost predicts the batch takes at most config().inline_max_batch_us (after
+  // inline_min_cost_samples fitted batches), the job moves into *claimed (holding an instance
+  // for it) instead of waking a worker, and the caller must pass it to run_claimed() at once.
+  // That saves a worker wake-up and the completion's trip back to a sleeping event loop (context
+  // switches that cost more than a small model's run). The caller must hold no lock that the
+  // runner takes. *claimed stays empty when the request was queued instead.
+  std::uint64_t submit(std::unique_ptr<Request> request, Job* claimed);
   void run_claimed(Job job) { run_batch(std::move(job)); }
-  // Fitted cost samples needed before a batch may run inline (the prior is a guess).
-  static constexpr std::size_t kInlineMinSamples = 16;
 
   // Removes a queued request and answers it CANCELLED. False when it is not queued (already
   // running, answered or unknown): a running batch is never interrupted.
@@ -84,6 +84,7 @@ class Batcher {
   const std::shared_ptr<Runner> runner_;
   const std::shared_ptr<CompletionQueue> completions_;
   const std::int64_t instances_;
+  const bool runs_inline_;  // runner_->runs_on_submitting_thread(), asked once
 
   mutable std::mutex mutex_;
   std::condition_variable scheduler_wake_;

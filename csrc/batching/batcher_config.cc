@@ -3,13 +3,19 @@
 #include <algorithm>
 #include <string>
 
-#include "tensors/status.h"
+#include "batching/cost_model.h"
+#include "common/status.h"
 
 namespace headrace::batching {
 namespace {
 
 [[noreturn]] void invalid(const std::string& message) {
   throw_invalid_argument("batcher config: " + message);
+}
+
+// Written so that NaN fails too.
+bool within(double value, double low, double high) noexcept {
+  return value >= low && value <= high;
 }
 
 }  // namespace
@@ -31,6 +37,36 @@ void BatcherConfig::validate() const {
   if (priority_levels > 0 && (default_priority_level < 1 || default_priority_level > priority_levels)) {
     invalid("default_priority_level must be in 1..priority_levels (" +
             std::to_string(priority_levels) + ")");
+  }
+  if (inline_max_batch_us < 0) invalid("inline_max_batch_us must be >= 0 (0 = never inline)");
+  if (inline_min_cost_samples < 0 ||
+      inline_min_cost_samples > static_cast<std::int64_t>(CostModel::kWindow)) {
+    invalid("inline_min_cost_samples must be in 0.." + std::to_string(CostModel::kWindow));
+  }
+  if (!within(saturated_enter_busy_fraction, 0.0, 1.0) || saturated_enter_busy_fraction == 0.0) {
+    invalid("saturated_enter_busy_fraction must be in (0, 1]");
+  }
+  if (!within(saturated_leave_busy_fraction, 0.0, saturated_enter_busy_fraction) ||
+      saturated_leave_busy_fraction == 0.0) {
+    invalid("saturated_leave_busy_fraction must be in (0, saturated_enter_busy_fraction]");
+  }
+  if (!within(saturated_batch_requests, 1.0, 1e6)) {
+    invalid("saturated_batch_requests must be in 1..1e6");
+  }
+  if (saturated_max_wait_us < 0) invalid("saturated_max_wait_us must be >= 0");
+  if (!within(lull_arrival_intervals, 0.0, 1e6) || lull_arrival_intervals == 0.0) {
+    invalid("lull_arrival_intervals must be in (0, 1e6]");
+  }
+  if (!within(keep_waiting_yield, 0.0, 1.0)) invalid("keep_waiting_yield must be in 0..1");
+  if (probe_every_arrivals < 1) invalid("probe_every_arrivals must be >= 1");
+  if (!within(yield_gain_weight, 0.0, 1.0) || yield_gain_weight == 0.0) {
+    invalid("yield_gain_weight must be in (0, 1]");
+  }
+  if (!within(yield_loss_weight, 0.0, 1.0) || yield_loss_weight == 0.0) {
+    invalid("yield_loss_weight must be in (0, 1]");
+  }
+  if (!within(arrival_interval_weight, 0.0, 1.0) || arrival_interval_weight == 0.0) {
+    invalid("arrival_interval_weight must be in (0, 1]");
   }
 }
 

@@ -140,21 +140,22 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
       //    companions pays. Whether one will (many callers, or a single closed-loop one whose
       //    next request only follows its answer) is learnt from the outcome of such waits
       //    (wait_yield), retried now and then (probe_due). A saturated wait lasts until about
-      //    kSaturatedBatchRequests arrival intervals from the oldest request, at most
-      //    kSaturatedMaxWaitNs (a quarter of the latency target if tighter), and ends early
-      //    when arrivals pause for kLullIntervals intervals (every caller may be waiting on it).
+      //    saturated_batch_requests arrival intervals from the oldest request, at most
+      //    saturated_max_wait_us (a quarter of the latency target if tighter), and ends early
+      //    when arrivals pause for lull_arrival_intervals (every caller may be waiting on it).
       //  - Otherwise a companion only shares the fixed cost b, so waiting up to b for one is
       //    worth it when the arrival rate predicts one within that time.
       // No arrival history or a slow rate means a lone request runs at once.
       const double interval = cost.arrival_interval_ns;
       const bool saturated = interval >= 0.0 && cost.saturated &&
-                             (cost.wait_yield >= kKeepWaitingYield || cost.probe_due);
+                             (cost.wait_yield >= config_.keep_waiting_yield || cost.probe_due);
       if (saturated) {
-        TimeNs cap_ns = kSaturatedMaxWaitNs;
+        TimeNs cap_ns = config_.saturated_max_wait_us * 1000;
         if (target_ns > 0) cap_ns = std::min(cap_ns, target_ns / 4);
-        const TimeNs fill_ns = std::min(cap_ns, to_ns(interval * kSaturatedBatchRequests));
-        const TimeNs lull_end =
-            std::max(oldest_ns, cost.last_arrival_ns) + to_ns(kLullIntervals * interval);
+        const TimeNs fill_ns =
+            std::min(cap_ns, to_ns(interval * config_.saturated_batch_requests));
+        const TimeNs lull_end = std::max(oldest_ns, cost.last_arrival_ns) +
+                                to_ns(config_.lull_arrival_intervals * interval);
         const TimeNs limit = std::min(oldest_ns + fill_ns, lull_end);
         decision.companion_wait = true;
         if (now >= limit) {
@@ -181,7 +182,7 @@ Decision BatchingPolicy::decide(const QueueView& state, TimeNs now) const {
       // companions (or on a periodic try). One closed-loop caller's request would otherwise wait
       // the whole delay every time for a companion that cannot come.
       const TimeNs limit = oldest_ns + config_.max_queue_delay_us * 1000;
-      const bool waits_pay = cost.wait_yield >= kKeepWaitingYield || cost.probe_due;
+      const bool waits_pay = cost.wait_yield >= config_.keep_waiting_yield || cost.probe_due;
       if (config_.max_queue_delay_us == 0 || now >= limit || !waits_pay) {
         delay_over = true;
       } else {

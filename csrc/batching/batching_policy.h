@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "batching/batcher_config.h"
-#include "batching/clock.h"
+#include "common/clock.h"
 #include "batching/cost_model.h"
 
 namespace headrace::batching {
@@ -72,21 +72,6 @@ struct Decision {
 
 class BatchingPolicy {
  public:
-  // The auto delay on a saturated server (see decide()). The fixed per-batch overhead measured
-  // ~0.4x a request's own cost on one shared core (thread and event-loop wake-ups plus the
-  // runner's fixed cost); ~6 requests a batch bring it under 7%. More would synchronize a few
-  // closed-loop callers on one batch and leave the server idle while they all wait (measured:
-  // batches of 8 cost 20% of throughput at 8 callers, batches of 6 gain 2% at 32 over 4). The
-  // wait is bounded so that latency stays within a small multiple of the protocol's own.
-  // CostEstimate::wait_yield at which waits for companions go on (fixed delay and saturated
-  // auto); below it they are only tried when CostEstimate::probe_due.
-  static constexpr double kKeepWaitingYield = 0.5;
-  static constexpr double kSaturatedBatchRequests = 6.0;
-  static constexpr TimeNs kSaturatedMaxWaitNs = 2'000'000;
-  // A saturated wait also ends after this many mean arrival intervals without an arrival: with
-  // fewer callers than a full batch, all of them may be waiting on this one.
-  static constexpr double kLullIntervals = 3.0;
-
   // Validates the config (CoreError(kInvalidArgument)).
   explicit BatchingPolicy(BatcherConfig config);
 

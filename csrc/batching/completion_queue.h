@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "batching/clock.h"
-#include "batching/tensor.h"
-#include "tensors/status.h"
+#include "common/clock.h"
+#include "common/tensor.h"
+#include "common/status.h"
 
 namespace headrace::batching {
 

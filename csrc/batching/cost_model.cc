@@ -4,13 +4,20 @@
 
 namespace headrace::batching {
 
-CostModel::CostModel(std::int64_t latency_target_us) {
-  prior_b_ns_ = 1'000'000.0;
-  prior_a_ns_per_row_ = 50'000.0;
-  if (latency_target_us > 0) {
-    const double target_ns = static_cast<double>(latency_target_us) * 1000.0;
-    prior_b_ns_ = std::min(prior_b_ns_, target_ns / 30.0);
-    prior_a_ns_per_row_ = std::min(prior_a_ns_per_row_, target_ns / 300.0);
+CostModel::CostModel(const BatcherConfig& config)
+    : prior_a_ns_per_row_(kPriorRowNs),
+      prior_b_ns_(kPriorBatchNs),
+      arrival_weight_(config.arrival_interval_weight),
+      yield_gain_weight_(config.yield_gain_weight),
+      yield_loss_weight_(config.yield_loss_weight),
+      probe_every_arrivals_(
+          static_cast<std::uint64_t>(std::max<std::int64_t>(1, config.probe_every_arrivals))),
+      saturated_enter_(config.saturated_enter_busy_fraction),
+      saturated_leave_(config.saturated_leave_busy_fraction) {
+  if (config.latency_target_us > 0) {
+    const double target_ns = static_cast<double>(config.latency_target_us) * 1000.0;
+    prior_b_ns_ = std::min(prior_b_ns_, target_ns / kPriorBatchTargetDivisor);
+    prior_a_ns_per_row_ = std::min(prior_a_ns_per_row_, target_ns / kPriorRowTargetDivisor);
   }
   estimate_.a_ns_per_row = prior_a_ns_per_row_;
   estimate_.b_ns = prior_b_ns_;
@@ -27,23 +34,29 @@ void CostModel::observe_batch(std::int64_t rows, TimeNs compute_ns) noexcept {
 
 void CostModel::observe_companion_wait(std::size_t requests) noexcept {
   const double outcome = requests > 1 ? 1.0 : 0.0;
-  const double weight = requests > 1 ? kYieldGainWeight : kYieldLossWeight;
+  const double weight = requests > 1 ? yield_gain_weight_ : yield_loss_weight_;
   estimate_.wait_yield = (1.0 - weight) * estimate_.wait_yield + weight * outcome;
   arrivals_since_probe_ = 0;
   estimate_.probe_due = false;
 }
 
 void CostModel::observe_arrival(TimeNs arrival_ns) noexcept {
-  if (++arrivals_since_probe_ >= kProbeArrivals) estimate_.probe_due = true;
+  if (++arrivals_since_probe_ >= probe_every_arrivals_) estimate_.probe_due = true;
   if (arrivals_ > 0) {
     const double interval = static_cast<double>(std::max<TimeNs>(0, arrival_ns - estimate_.last_arrival_ns));
     estimate_.arrival_interval_ns =
         estimate_.arrival_interval_ns < 0.0
             ? interval
-            : (1.0 - kArrivalWeight) * estimate_.arrival_interval_ns + kArrivalWeight * interval;
+            : (1.0 - arrival_weight_) * estimate_.arrival_interval_ns + arrival_weight_ * interval;
   }
   estimate_.last_arrival_ns = std::max(estimate_.last_arrival_ns, arrival_ns);
   ++arrivals_;
+}
+
+void CostModel::observe_load(double busy_fraction) noexcept {
+  estimate_.busy_fraction = busy_fraction;
+  if (busy_fraction >= saturated_enter_) estimate_.saturated = true;
+  if (busy_fraction < saturated_leave_) estimate_.saturated = false;
 }
 
 void CostModel::refit() noexcept {

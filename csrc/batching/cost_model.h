@@ -1,6 +1,8 @@
-// What the auto delay knows about a model: an online fit of batch cost `a*rows + b` and an
-// estimate of how often requests arrive. Observations come from the Batcher (completed batches,
-// admitted requests); the policy reads a CostEstimate snapshot, so the policy itself stays pure.
+// What the auto delay knows about a model: an online fit of batch cost `a*rows + b`, an estimate
+// of how often requests arrive, whether companion waits find company, and whether the server is
+// saturated. Observations come from the Batcher (completed batches, admitted requests, the load
+// it sampled); the policy reads a CostEstimate snapshot, so the policy itself stays pure. The
+// weights and thresholds are BatcherConfig fields.
 //
 // Threading: not synchronized. The Batcher mutates and reads it under its own mutex; tests use it
 // from one thread.
@@ -10,7 +12,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "batching/clock.h"
+#include "batching/batcher_config.h"
+#include "common/clock.h"
 
 namespace headrace::batching {
 
@@ -27,10 +30,11 @@ struct CostEstimate {
   // both can look alike (the process is busy either way, and gRPC holds the other callers'
   // requests until the event loop takes them in), so the policy finds out by trying.
   double wait_yield = 0.0;
-  // While waits do not pay, one is still tried every kProbeArrivals arrivals (and the first).
+  // While waits do not pay, one is still tried every probe_every_arrivals arrivals (and the
+  // first).
   bool probe_due = true;
   // How busy the server's CPU is (LoadMonitor::busy_fraction), and whether that counts as
-  // saturated (LoadMonitor::saturated, with hysteresis); set by the Batcher per decision.
+  // saturated (BatcherConfig's enter/leave thresholds, with hysteresis); observed per decision.
   double busy_fraction = 0.0;
   bool saturated = false;
 
@@ -43,29 +47,26 @@ struct CostEstimate {
 class CostModel {
  public:
   // Samples kept for the least-squares fit: enough to average out noise, few enough to follow a
-  // model whose cost drifts (warm-up, other load on the machine).
+  // model whose cost drifts (warm-up, other load on the machine). A storage size, so a constant.
   static constexpr std::size_t kWindow = 64;
-  // Weight of the newest inter-arrival time in the EWMA.
-  static constexpr double kArrivalWeight = 0.2;
-  // Weight of the newest saturated-wait outcome. Asymmetric: one success switches waiting on;
-  // switching it off takes ~7 lone batches in a row, because under many callers the intake is
-  // bursty (the loop answers a whole batch before it takes new requests in) and a wait now and
-  // then finds nobody.
-  static constexpr double kYieldGainWeight = 0.5;
-  static constexpr double kYieldLossWeight = 0.1;
-  // Arrivals between two tries while waiting does not pay: a lone caller pays the try's wait on
-  // 1 request in this many (under the 1% a p99 would see).
-  static constexpr std::uint64_t kProbeArrivals = 256;
+  // Priors used until the fit has data: 1 ms per batch plus 50 us per row, a guess on the slow
+  // side. A latency target tighter than that would allow caps
+  // them at the target divided by these, so the first requests are not shed on a guess.
+  static constexpr double kPriorBatchNs = 1'000'000.0;
+  static constexpr double kPriorRowNs = 50'000.0;
+  static constexpr double kPriorBatchTargetDivisor = 30.0;
+  static constexpr double kPriorRowTargetDivisor = 300.0;
 
-  // Priors used until the fit has data: 1 ms per batch plus 50 us per row, scaled down when a
-  // latency target is tighter than that would allow (so the first requests are not shed on a
-  // guess).
-  explicit CostModel(std::int64_t latency_target_us = 0);
+  // Reads latency_target_us and the weights from `config` (validated by the caller).
+  explicit CostModel(const BatcherConfig& config);
 
   void observe_batch(std::int64_t rows, TimeNs compute_ns) noexcept;
   void observe_arrival(TimeNs arrival_ns) noexcept;
   // A batch gathered by a wait for companions ran with `requests` requests.
   void observe_companion_wait(std::size_t requests) noexcept;
+  // The server's busy fraction now (LoadMonitor); updates busy_fraction and, with hysteresis,
+  // saturated.
+  void observe_load(double busy_fraction) noexcept;
 
   const CostEstimate& estimate() const noexcept { return estimate_; }
   std::size_t samples() const noexcept { return count_; }
@@ -75,6 +76,12 @@ class CostModel {
 
   double prior_a_ns_per_row_;
   double prior_b_ns_;
+  double arrival_weight_;
+  double yield_gain_weight_;
+  double yield_loss_weight_;
+  std::uint64_t probe_every_arrivals_;
+  double saturated_enter_;
+  double saturated_leave_;
   std::array<double, kWindow> rows_{};
   std::array<double, kWindow> compute_ns_{};
   std::size_t count_ = 0;  // valid samples, <= kWindow

@@ -43,10 +43,10 @@ void LoadMonitor::note_intake_thread() noexcept {
   has_intake_.store(true, std::memory_order_release);
 }
 
-LoadMonitor::Load LoadMonitor::load(TimeNs now) noexcept {
+double LoadMonitor::busy_fraction(TimeNs now) noexcept {
   std::lock_guard<std::mutex> lock(mutex_);
   sample_locked(now);
-  return Load{busy_, saturated_};
+  return busy_;
 }
 
 void LoadMonitor::sample_locked(TimeNs now) noexcept {
@@ -72,8 +72,6 @@ void LoadMonitor::sample_locked(TimeNs now) noexcept {
     }
     sample = std::clamp(sample, 0.0, 1.0);
     busy_ = (1.0 - kWeight) * busy_ + kWeight * sample;
-    if (busy_ >= kSaturatedEnter) saturated_ = true;
-    if (busy_ < kSaturatedLeave) saturated_ = false;
   }
   intake_changed_ = false;
   last_sample_ns_ = now;

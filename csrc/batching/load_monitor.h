@@ -2,11 +2,13 @@
 // costs the shared CPU its fixed overhead (worker and event-loop wake-ups, the runner's fixed
 // cost), so waiting for companions pays; on a server with CPU to spare it only adds latency.
 //
-// load().busy_fraction is the busier of two bottlenecks, each as a fraction of what it can use:
+// busy_fraction() is the busier of two bottlenecks, each as a fraction of what it can use:
 //   - the process's CPU time over the CPUs it may run on (sched_getaffinity), and
 //   - the intake thread's CPU time: the thread that drains completions (the asyncio event loop
 //     that also decodes every request), which is one thread and saturates alone.
 // Sampled at most every kSampleNs and smoothed, so calling it per decision costs a time check.
+// Whether that counts as saturated is each Batcher's call (BatcherConfig's thresholds,
+// CostModel::observe_load).
 //
 // Threading: one process-wide instance; every method is thread-safe.
 #pragma once
@@ -17,28 +19,22 @@
 #include <atomic>
 #include <mutex>
 
-#include "batching/clock.h"
+#include "common/clock.h"
 
 namespace headrace::batching {
 
 class LoadMonitor {
  public:
-  static constexpr TimeNs kSampleNs = 10'000'000;  // 10 ms between CPU-clock readings
-  static constexpr double kWeight = 0.3;           // of the newest sample in the average
-
-  // Load::saturated turns on at kSaturatedEnter and off only below kSaturatedLeave: waiting for
-  // companions itself leaves the CPU idle now and then, and a server hovering at one threshold
-  // would flip between waiting and not on every sample (and answer alike requests unalike).
-  static constexpr double kSaturatedEnter = 0.85;
-  static constexpr double kSaturatedLeave = 0.65;
+  // How the measurement is taken, process-wide (not per batcher): CPU clocks read at most every
+  // kSampleNs (shorter reacts sooner, and the readings get noisier), averaged with kWeight on the
+  // newest sample (higher follows load changes sooner).
+  static constexpr TimeNs kSampleNs = 10'000'000;
+  static constexpr double kWeight = 0.3;
 
   static LoadMonitor& process();
 
-  struct Load {
-    double busy_fraction = 0.0;
-    bool saturated = false;
-  };
-  Load load(TimeNs now) noexcept;
+  // The smoothed busy fraction in 0..1, sampled anew when the last sample is kSampleNs old.
+  double busy_fraction(TimeNs now) noexcept;
 
   // Records the calling thread as the intake thread (called by CompletionQueue::drain).
   void note_intake_thread() noexcept;
@@ -57,7 +53,6 @@ class LoadMonitor {
   TimeNs last_process_cpu_ns_ = 0;
   TimeNs last_intake_cpu_ns_ = -1;
   double busy_ = 0.0;
-  bool saturated_ = false;
 };
 
 }  // namespace headrace::batching

@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "batching/clock.h"
-#include "batching/tensor.h"
+#include "common/clock.h"
+#include "common/tensor.h"
 
 namespace headrace::batching {
 

@@ -1,8 +1,9 @@
 // What runs a batch: the interface between the Batcher and a model backend.
 //
-// Implementations: a Python callable (csrc/bindings/register_batching.cc; takes the GIL only to
-// call it) and native runners that never touch Python (the int8 backend; the C++ tests). The
-// Batcher knows only this interface.
+// Implementations: native runners that never touch Python (csrc/runners: ONNX Runtime, the int8
+// model, the drift-counting decorator; the C++ tests), bound to Python as one base class,
+// _core.NativeRunner; and a Python callable (csrc/bindings/register_batching.cc; takes the GIL
+// only to call it). The Batcher knows only this interface.
 //
 // Threading: run() is called from the Batcher's worker threads, up to `instances` at once, one
 // batch per call; an implementation shared by several instances must be safe for that. A throw
@@ -13,7 +14,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "batching/tensor.h"
+#include "common/tensor.h"
 
 namespace headrace::batching {
 
@@ -31,6 +32,11 @@ class Runner {
 
   // Returns one tensor per model output, each with dim 0 == batch.rows.
   virtual std::vector<Tensor> run(const Batch& batch) = 0;
+
+  // Whether run() may be called on the thread that submits the request (the Batcher's inline
+  // path for cheap batches). False for a runner that takes a lock the submitter may hold: a
+  // Python runner needs the GIL, which a Python caller holds while it submits.
+  virtual bool runs_on_submitting_thread() const noexcept { return true; }
 };
 
 }  // namespace headrace::batching

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "bindings/bytes_objects.h"
-#include "tensors/status.h"
+#include "common/status.h"
 #include "tensors/tensor_codec.h"
 
 namespace py = pybind11;
@@ -15,8 +15,6 @@ namespace py = pybind11;
 namespace headrace::bindings {
 namespace {
 
-using batching::DataType;
-using batching::Tensor;
 
 // Keeps a Python object alive for as long as C++ references `data`; the last reference may be
 // dropped on any thread, so the deleter takes the GIL.

@@ -12,16 +12,16 @@
 
 #include <string>
 
-#include "batching/tensor.h"
+#include "common/tensor.h"
 
 namespace headrace::bindings {
 
 // A numpy array as a tensor: fixed-size dtypes by reference (made C-contiguous if needed), object
 // arrays serialized as BYTES. Throws CoreError(kInvalidArgument) naming `what`.
-batching::Tensor tensor_from_array(pybind11::handle object, const std::string& what);
+Tensor tensor_from_array(pybind11::handle object, const std::string& what);
 
 // A tensor as a numpy array: fixed-size dtypes wrap the tensor's bytes, BYTES becomes an object
 // array of bytes.
-pybind11::array array_from_tensor(const batching::Tensor& tensor);
+pybind11::array array_from_tensor(const Tensor& tensor);
 
 }  // namespace headrace::bindings

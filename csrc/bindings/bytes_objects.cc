@@ -3,7 +3,7 @@
 #include <string_view>
 #include <vector>
 
-#include "tensors/status.h"
+#include "common/status.h"
 #include "tensors/tensor_codec.h"
 
 namespace py = pybind11;

@@ -1,5 +1,7 @@
-// Bindings for csrc/batching: the Batcher with a Python-callable runner, the shared
-// CompletionQueue, and a PolicyHarness that drives the pure policy with a fake clock.
+// Bindings for csrc/batching: BatcherConfig, the Batcher, the shared CompletionQueue, and
+// NativeRunner, the one Python face of every C++ runner (csrc/runners). A Batcher takes a
+// NativeRunner (run on the workers without the GIL) or a Python callable (PythonRunner below).
+// The policy's test harness is in register_testing.cc (_core.testing).
 //
 // GIL rules kept here (the core knows none of them):
 //   - No thread holds a Batcher's mutex while it waits for the GIL. submit keeps the GIL (it is
@@ -14,41 +16,33 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <set>
-#include <span>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "batching/batcher.h"
-#include "batching/batching_policy.h"
 #include "batching/completion_queue.h"
-#include "batching/cost_model.h"
 #include "batching/runner.h"
-#include "batching/tensor.h"
 #include "bindings/array_tensors.h"
+#include "bindings/errors.h"
 #include "bindings/register.h"
+#include "common/status.h"
+#include "common/tensor.h"
 #include "drift/drift_accumulator.h"
-#include "drift/drift_counting_runner.h"
-#include "ort/ort_model.h"
-#include "quant/quantized_mlp.h"
-#include "quant/quantized_mlp_runner.h"
-#include "tensors/status.h"
-#include "tensors/tensor_codec.h"
+#include "runners/drift_counting_runner.h"
 
 namespace py = pybind11;
 
 namespace headrace::bindings {
 namespace {
 
-using batching::DataType;
-using batching::Tensor;
-
-// Runs batches through a Python callable: list[np.ndarray] -> list[np.ndarray].
+// Runs batches through a Python callable: list[np.ndarray] -> list[np.ndarray]. Its failure reads
+// one way (headrace.errors.runner_failure): an exception the callable raises keeps its code and
+// message when it is a HeadraceError and is INTERNAL "model runner failed: <Type>: <message>"
+// otherwise; outputs that do not make tensors are INTERNAL "model runner failed: <why>".
 class PythonRunner final : public batching::Runner {
  public:
   explicit PythonRunner(py::object callable) : callable_(std::move(callable)) {}
@@ -59,30 +53,38 @@ class PythonRunner final : public batching::Runner {
 
   std::vector<Tensor> run(const batching::Batch& batch) override {
     py::gil_scoped_acquire gil;
-    std::string failure;
+    py::object result;
     try {
       py::list inputs;
       for (const Tensor& input : batch.inputs) inputs.append(array_from_tensor(input));
-      py::object result = callable_(inputs);
+      result = callable_(inputs);
+    } catch (const py::error_already_set& failure) {
+      throw runner_failure(failure);
+    } catch (const CoreError& error) {
+      throw CoreError(StatusCode::kInternal, "model runner failed: " + error.message());
+    }
+    try {
       if (!py::isinstance<py::list>(result) && !py::isinstance<py::tuple>(result)) {
         throw CoreError(StatusCode::kInternal,
-                        "runner must return a list of numpy arrays, got " +
+                        "it must return a list of numpy arrays, got " +
                             py::str(py::type::of(result)).cast<std::string>());
       }
       std::vector<Tensor> outputs;
       std::size_t k = 0;
       for (py::handle item : result) {
-        outputs.push_back(tensor_from_array(item, "runner output " + std::to_string(k)));
+        outputs.push_back(tensor_from_array(item, "output " + std::to_string(k)));
         ++k;
       }
       return outputs;
-    } catch (py::error_already_set& error) {
-      failure = error.what();
     } catch (const CoreError& error) {
-      failure = error.message();
+      throw CoreError(StatusCode::kInternal, "model runner failed: " + error.message());
+    } catch (const py::error_already_set& failure) {
+      throw runner_failure(failure);
     }
-    throw CoreError(StatusCode::kInternal, "runner failed: " + failure);
   }
+
+  // It needs the GIL, which the submitting Python thread holds.
+  bool runs_on_submitting_thread() const noexcept override { return false; }
 
  private:
   py::object callable_;
@@ -107,30 +109,25 @@ class PyBatcher {
     if (!completions) throw_invalid_argument("completions must be a CompletionQueue");
     std::shared_ptr<drift::DriftAccumulator> drift;
     if (!drift_counts.is_none()) drift = drift_counts.cast<std::shared_ptr<drift::DriftAccumulator>>();
-    std::shared_ptr<batching::Runner> native_runner;
-    if (py::isinstance<quant::QuantizedMlp>(runner)) {
-      // The int8 backend: batches run in C++ on the worker threads, never taking the GIL.
-      native_runner = std::make_shared<quant::QuantizedMlpRunner>(
-          runner.cast<std::shared_ptr<quant::QuantizedMlp>>());
-    } else if (py::isinstance<ort::OrtRunner>(runner)) {
-      // ONNX Runtime through its C API: no GIL on the worker threads either.
-      native_runner = runner.cast<std::shared_ptr<ort::OrtRunner>>();
+    std::shared_ptr<batching::Runner> core_runner;
+    if (py::isinstance<batching::Runner>(runner)) {
+      // Any C++ runner (ONNX Runtime, int8): batches run on the workers, never taking the GIL.
+      core_runner = runner.cast<std::shared_ptr<batching::Runner>>();
     } else if (PyCallable_Check(runner.ptr())) {
-      runs_native_ = false;
-      native_runner = std::make_shared<PythonRunner>(std::move(runner));
+      core_runner = std::make_shared<PythonRunner>(std::move(runner));
     } else {
-      throw_invalid_argument("runner must be callable, a QuantizedMlp or an OrtRunner");
+      throw_invalid_argument("runner must be a NativeRunner or a callable");
     }
     if (drift) {
       // Counted here, in C++ after each run and without the GIL, for native runners (their
       // batches never reach Python) and for Python runners whose profile needs no encoding
       // (numerical features only: the caller decides and passes no accumulator otherwise).
-      counting_ = std::make_shared<drift::DriftCountingRunner>(std::move(native_runner),
-                                                               std::move(drift));
-      native_runner = counting_;
+      counting_ = std::make_shared<runners::DriftCountingRunner>(std::move(core_runner),
+                                                                 std::move(drift));
+      core_runner = counting_;
     }
     batcher_ = std::make_unique<batching::Batcher>(std::move(name), std::move(config),
-                                                   std::move(native_runner), std::move(completions));
+                                                   std::move(core_runner), std::move(completions));
     live_batchers().insert(this);
   }
   ~PyBatcher() {
@@ -168,14 +165,14 @@ class PyBatcher {
     return batcher_->submit(make_request(inputs, priority, deadline_ns));
   }
 
-  // As submit, but a cheap batch for an idle batcher with a native runner runs right here (GIL
-  // released), its completion queued before this returns: (ticket, ran_here).
+  // As submit, but a batch the core decides to run inline (Batcher::submit with a claim: cheap,
+  // an idle instance, a runner that needs no GIL) runs right here with the GIL released, its
+  // completion queued before this returns: (ticket, ran_here).
   py::tuple submit_or_run(const py::object& inputs, std::int64_t priority,
                           std::int64_t deadline_ns) {
     batching::Batcher::Job claimed;
     const std::uint64_t ticket =
-        batcher_->submit(make_request(inputs, priority, deadline_ns),
-                         runs_native_ ? kInlineMaxNs : 0, &claimed);
+        batcher_->submit(make_request(inputs, priority, deadline_ns), &claimed);
     if (claimed.empty()) return py::make_tuple(ticket, false);
     {
       py::gil_scoped_release nogil;
@@ -243,13 +240,7 @@ class PyBatcher {
   }
 
  private:
-  // Longest predicted batch that runs on the submitting thread (the event loop, which is blocked
-  // meanwhile): about what one request's own gRPC handling costs, so a small model's run is
-  // cheaper inline than the two thread wake-ups it saves.
-  static constexpr batching::TimeNs kInlineMaxNs = 100'000;
-
-  bool runs_native_ = true;  // false for a Python runner (it needs the GIL: never inline)
-  std::shared_ptr<drift::DriftCountingRunner> counting_;
+  std::shared_ptr<runners::DriftCountingRunner> counting_;
   std::unique_ptr<batching::Batcher> batcher_;
 };
 
@@ -270,103 +261,6 @@ py::list drain_completions(batching::CompletionQueue& queue) {
   return out;
 }
 
-// The pure policy with a queue built by hand and a fake clock, for tests and for exploring
-// settings. Requests are listed in the order added (arrival order); the policy orders levels.
-class PolicyHarness {
- public:
-  explicit PolicyHarness(const batching::BatcherConfig& config)
-      : policy_(config), cost_(config.latency_target_us) {}
-
-  void add(std::uint64_t ticket, std::int64_t rows, std::int64_t priority, std::int64_t enqueue_ns,
-           std::int64_t deadline_ns, std::uint64_t shape_key) {
-    if (rows < 1) throw_invalid_argument("rows must be >= 1");
-    for (const auto& queued : queue_) {
-      if (queued.ticket == ticket) throw_invalid_argument("ticket " + std::to_string(ticket) + " already queued");
-    }
-    batching::QueuedRequest request;
-    request.ticket = ticket;
-    request.rows = rows;
-    request.level = policy_.config().level_index(priority);
-    request.enqueue_ns = enqueue_ns;
-    request.deadline_ns = deadline_ns;
-    request.shape_key = shape_key;
-    queue_.push_back(request);
-    cost_.observe_arrival(enqueue_ns);
-  }
-
-  void remove(const std::vector<std::uint64_t>& tickets) {
-    std::erase_if(queue_, [&](const batching::QueuedRequest& request) {
-      return std::find(tickets.begin(), tickets.end(), request.ticket) != tickets.end();
-    });
-  }
-
-  void set_instances(std::int64_t free, std::int64_t busy) {
-    if (free < 0 || busy < 0) throw_invalid_argument("instance counts must be >= 0");
-    free_ = free;
-    busy_ = busy;
-  }
-
-  void set_saturated(bool saturated) { saturated_ = saturated; }
-
-  py::dict decide(std::int64_t now_ns, bool flush) const {
-    batching::QueueView state;
-    state.requests = queue_;
-    state.free_instances = free_;
-    state.busy_instances = busy_;
-    state.cost = cost_.estimate();
-    state.cost.saturated = saturated_;
-    state.flush = flush;
-    const batching::Decision decision = policy_.decide(state, now_ns);
-    const auto tickets = [&](const std::vector<std::size_t>& indices) {
-      py::list out;
-      for (const std::size_t i : indices) out.append(queue_[i].ticket);
-      return out;
-    };
-    py::dict out;
-    switch (decision.action) {
-      case batching::Decision::Action::kRun: out["action"] = "run"; break;
-      case batching::Decision::Action::kWait: out["action"] = "wait"; break;
-      case batching::Decision::Action::kIdle: out["action"] = "idle"; break;
-    }
-    out["run"] = tickets(decision.run);
-    out["expired"] = tickets(decision.expired);
-    out["shed"] = tickets(decision.shed);
-    out["companion_wait"] = decision.companion_wait;
-    out["wait_until_ns"] = decision.action == batching::Decision::Action::kWait
-                               ? py::object(py::int_(decision.wait_until_ns))
-                               : py::object(py::none());
-    return out;
-  }
-
-  py::dict cost() const {
-    const batching::CostEstimate& estimate = cost_.estimate();
-    py::dict out;
-    out["a_ns_per_row"] = estimate.a_ns_per_row;
-    out["b_ns"] = estimate.b_ns;
-    out["arrival_interval_ns"] = estimate.arrival_interval_ns;
-    out["wait_yield"] = estimate.wait_yield;
-    out["probe_due"] = estimate.probe_due;
-    out["samples"] = cost_.samples();
-    return out;
-  }
-
-  std::vector<std::uint64_t> queued() const {
-    std::vector<std::uint64_t> tickets;
-    for (const auto& request : queue_) tickets.push_back(request.ticket);
-    return tickets;
-  }
-
-  batching::CostModel& cost_model() { return cost_; }
-
- private:
-  batching::BatchingPolicy policy_;
-  batching::CostModel cost_;
-  std::vector<batching::QueuedRequest> queue_;
-  std::int64_t free_ = 1;
-  std::int64_t busy_ = 0;
-  bool saturated_ = false;
-};
-
 void shutdown_live_batchers() {
   const std::vector<PyBatcher*> live(live_batchers().begin(), live_batchers().end());
   for (PyBatcher* batcher : live) batcher->shutdown(false);
@@ -378,47 +272,63 @@ void register_batching(py::module_& m) {
   py::module_::import("atexit").attr("register")(
       py::cpp_function(&shutdown_live_batchers, py::name("_shutdown_live_batchers")));
 
-  m.def("monotonic_ns", &batching::monotonic_ns,
+  m.def("monotonic_ns", &monotonic_ns,
         "The steady clock (ns) that Batcher deadlines (deadline_ns) are measured on.");
 
-  py::class_<batching::BatcherConfig>(m, "BatcherConfig",
-                                      "Settings of one Batcher (see csrc/batching/batcher_config.h).")
-      .def(py::init([](std::int64_t max_batch_size, std::int64_t instances,
-                       std::int64_t max_queue_delay_us, bool auto_delay,
-                       std::vector<std::int64_t> preferred_batch_sizes, std::int64_t max_queue_size,
-                       std::int64_t priority_levels, std::int64_t default_priority_level,
-                       std::int64_t default_timeout_us, std::int64_t latency_target_us) {
-             batching::BatcherConfig config;
-             config.max_batch_size = max_batch_size;
-             config.instances = instances;
-             config.max_queue_delay_us = max_queue_delay_us;
-             config.auto_delay = auto_delay;
-             config.preferred_batch_sizes = std::move(preferred_batch_sizes);
-             config.max_queue_size = max_queue_size;
-             config.priority_levels = priority_levels;
-             config.default_priority_level = default_priority_level;
-             config.default_timeout_us = default_timeout_us;
-             config.latency_target_us = latency_target_us;
-             return config;
-           }),
-           py::kw_only(), py::arg("max_batch_size") = 8, py::arg("instances") = 1,
-           py::arg("max_queue_delay_us") = 0, py::arg("auto_delay") = false,
-           py::arg("preferred_batch_sizes") = std::vector<std::int64_t>{},
-           py::arg("max_queue_size") = 0, py::arg("priority_levels") = 0,
-           py::arg("default_priority_level") = 0, py::arg("default_timeout_us") = 0,
-           py::arg("latency_target_us") = 0)
-      .def_readwrite("max_batch_size", &batching::BatcherConfig::max_batch_size)
-      .def_readwrite("instances", &batching::BatcherConfig::instances)
-      .def_readwrite("max_queue_delay_us", &batching::BatcherConfig::max_queue_delay_us)
-      .def_readwrite("auto_delay", &batching::BatcherConfig::auto_delay)
-      .def_readwrite("preferred_batch_sizes", &batching::BatcherConfig::preferred_batch_sizes)
-      .def_readwrite("max_queue_size", &batching::BatcherConfig::max_queue_size)
-      .def_readwrite("priority_levels", &batching::BatcherConfig::priority_levels)
-      .def_readwrite("default_priority_level", &batching::BatcherConfig::default_priority_level)
-      .def_readwrite("default_timeout_us", &batching::BatcherConfig::default_timeout_us)
-      .def_readwrite("latency_target_us", &batching::BatcherConfig::latency_target_us)
-      .def("validate", &batching::BatcherConfig::validate,
-           "Raise CoreError(INVALID_ARGUMENT) naming the first bad field.");
+  // Registered before any runner (register_runners.cc), which names it as its base.
+  py::class_<batching::Runner, std::shared_ptr<batching::Runner>>(
+      m, "NativeRunner",
+      "A C++ runner (ONNX Runtime, int8): a Batcher given one runs its batches on the worker "
+      "threads without the GIL, and may run a cheap batch inline in submit_or_run.");
+
+  using batching::BatcherConfig;
+  py::class_<BatcherConfig> config(
+      m, "BatcherConfig",
+      "Settings of one Batcher; every field is documented once, in "
+      "csrc/batching/batcher_config.h. Keyword-only: BatcherConfig(max_batch_size=8, ...); a "
+      "field not given keeps the core's default.");
+  config.def_readwrite("max_batch_size", &BatcherConfig::max_batch_size)
+      .def_readwrite("instances", &BatcherConfig::instances)
+      .def_readwrite("max_queue_delay_us", &BatcherConfig::max_queue_delay_us)
+      .def_readwrite("auto_delay", &BatcherConfig::auto_delay)
+      .def_readwrite("preferred_batch_sizes", &BatcherConfig::preferred_batch_sizes)
+      .def_readwrite("max_queue_size", &BatcherConfig::max_queue_size)
+      .def_readwrite("priority_levels", &BatcherConfig::priority_levels)
+      .def_readwrite("default_priority_level", &BatcherConfig::default_priority_level)
+      .def_readwrite("default_timeout_us", &BatcherConfig::default_timeout_us)
+      .def_readwrite("latency_target_us", &BatcherConfig::latency_target_us)
+      .def_readwrite("inline_max_batch_us", &BatcherConfig::inline_max_batch_us)
+      .def_readwrite("inline_min_cost_samples", &BatcherConfig::inline_min_cost_samples)
+      .def_readwrite("saturated_enter_busy_fraction",
+                     &BatcherConfig::saturated_enter_busy_fraction)
+      .def_readwrite("saturated_leave_busy_fraction",
+                     &BatcherConfig::saturated_leave_busy_fraction)
+      .def_readwrite("saturated_batch_requests", &BatcherConfig::saturated_batch_requests)
+      .def_readwrite("saturated_max_wait_us", &BatcherConfig::saturated_max_wait_us)
+      .def_readwrite("lull_arrival_intervals", &BatcherConfig::lull_arrival_intervals)
+      .def_readwrite("keep_waiting_yield", &BatcherConfig::keep_waiting_yield)
+      .def_readwrite("probe_every_arrivals", &BatcherConfig::probe_every_arrivals)
+      .def_readwrite("yield_gain_weight", &BatcherConfig::yield_gain_weight)
+      .def_readwrite("yield_loss_weight", &BatcherConfig::yield_loss_weight)
+      .def_readwrite("arrival_interval_weight", &BatcherConfig::arrival_interval_weight)
+      .def("validate", &BatcherConfig::validate,
+           "Raise InvalidArgumentError naming the first bad field.");
+  // The constructor sets the fields named above from keywords, so the defaults live only in the
+  // C++ struct and a new field needs only its def_readwrite line.
+  config.def(py::init([](const py::kwargs& settings) {
+    const py::object type = py::type::of<BatcherConfig>();
+    const py::object property = py::module_::import("builtins").attr("property");
+    py::object made = py::cast(BatcherConfig{});
+    for (const auto& [key, value] : settings) {
+      const std::string name = py::str(key);
+      if (!py::hasattr(type, name.c_str()) ||
+          !py::isinstance(type.attr(name.c_str()), property)) {
+        throw py::type_error("BatcherConfig has no setting '" + name + "'");
+      }
+      made.attr(name.c_str()) = value;
+    }
+    return made.cast<BatcherConfig>();
+  }));
 
   py::class_<batching::CompletionQueue, std::shared_ptr<batching::CompletionQueue>>(
       m, "CompletionQueue",
@@ -435,8 +345,9 @@ void register_batching(py::module_& m) {
                     std::shared_ptr<batching::CompletionQueue>, const py::object&>(),
            py::arg("name"), py::arg("config"), py::arg("runner"), py::arg("completions"),
            py::arg("drift") = py::none(),
-           "drift: a DriftAccumulator that the runner's batches (inputs, then outputs) are "
-           "counted into after each run.")
+           "runner: a NativeRunner, or a callable list[ndarray] -> list[ndarray] (called with the "
+           "GIL on a worker thread). drift: a DriftAccumulator that the runner's batches "
+           "(inputs, then outputs) are counted into after each run.")
       .def_property_readonly("drift_counted_batches", &PyBatcher::drift_counted_batches)
       .def_property_readonly("drift_skipped_batches", &PyBatcher::drift_skipped_batches)
       .def("submit", &PyBatcher::submit, py::arg("inputs"), py::arg("priority") = 0,
@@ -444,42 +355,14 @@ void register_batching(py::module_& m) {
            "Queue a request (one array per input, dim 0 = rows); returns its ticket.")
       .def("submit_or_run", &PyBatcher::submit_or_run, py::arg("inputs"), py::arg("priority") = 0,
            py::arg("deadline_ns") = 0,
-           "As submit; a cheap batch on an idle batcher with a native runner runs in this thread "
-           "(GIL released) and is queued as completed before returning: (ticket, ran_here).")
+           "As submit; a cheap batch on an idle batcher with a NativeRunner runs in this thread "
+           "(GIL released) and is queued as completed before returning: (ticket, ran_here). "
+           "BatcherConfig.inline_max_batch_us and inline_min_cost_samples say when.")
       .def("cancel", &PyBatcher::cancel, py::arg("ticket"),
            "Remove a queued request (answered CANCELLED); False when it is not queued.")
       .def("stats", &PyBatcher::stats)
       .def("shutdown", &PyBatcher::shutdown, py::arg("drain") = true)
       .def_property_readonly("name", &PyBatcher::name);
-
-  py::class_<PolicyHarness>(m, "PolicyHarness",
-                            "The pure batching policy over a hand-built queue and a fake clock.")
-      .def(py::init<const batching::BatcherConfig&>(), py::arg("config"))
-      .def("add", &PolicyHarness::add, py::arg("ticket"), py::arg("rows"), py::kw_only(),
-           py::arg("priority") = 0, py::arg("enqueue_ns"), py::arg("deadline_ns") = 0,
-           py::arg("shape_key") = 0)
-      .def("remove", &PolicyHarness::remove, py::arg("tickets"))
-      .def("set_instances", &PolicyHarness::set_instances, py::arg("free"), py::arg("busy"))
-      .def("observe_batch",
-           [](PolicyHarness& harness, std::int64_t rows, std::int64_t compute_ns) {
-             harness.cost_model().observe_batch(rows, compute_ns);
-           },
-           py::arg("rows"), py::arg("compute_ns"))
-      .def("observe_arrival",
-           [](PolicyHarness& harness, std::int64_t arrival_ns) {
-             harness.cost_model().observe_arrival(arrival_ns);
-           },
-           py::arg("arrival_ns"))
-      .def("set_saturated", &PolicyHarness::set_saturated, py::arg("saturated"),
-           "What LoadMonitor would report: whether the server's CPU is saturated.")
-      .def("observe_companion_wait",
-           [](PolicyHarness& harness, std::size_t requests) {
-             harness.cost_model().observe_companion_wait(requests);
-           },
-           py::arg("requests"))
-      .def("decide", &PolicyHarness::decide, py::arg("now_ns"), py::arg("flush") = false)
-      .def("cost", &PolicyHarness::cost)
-      .def_property_readonly("queued", &PolicyHarness::queued);
 }
 
 }  // namespace headrace::bindings

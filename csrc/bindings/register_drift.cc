@@ -17,7 +17,7 @@
 #include "drift/bin_layout.h"
 #include "drift/drift_accumulator.h"
 #include "drift/drift_statistics.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace py = pybind11;
 
@@ -224,9 +224,6 @@ void register_drift(py::module_& m) {
         return py::make_tuple(r.d_lower, r.d_upper, r.p_value, r.effective_n);
       },
       py::arg("reference"), py::arg("current"), "(d_lower, d_upper, p_value, effective_n)");
-  m.def("kolmogorov_survival", &drift::kolmogorov_survival, py::arg("lam"));
-  m.def("gamma_q", &drift::gamma_q, py::arg("a"), py::arg("x"));
-  m.def("chi_square_survival", &drift::chi_square_survival, py::arg("statistic"), py::arg("dof"));
   m.def(
       "reject_hypotheses",
       [](const DoubleArray& p_values, double alpha, const std::string& correction) {

@@ -1,5 +1,7 @@
-// Bindings for csrc/quant: ISA dispatch queries, the raw int8 GEMM (for tests and benchmarks),
-// the peak probe, and QuantizedMlp. Heavy calls release the GIL.
+// Bindings for csrc/quant: ISA dispatch queries, the raw int8 GEMM and its timing (for tests and
+// benchmarks), how weights pack, the peak probe, and QuantizedMlp (its batcher runner is in
+// register_runners.cc, the portable quad-panel emulation in register_testing.cc). Heavy calls
+// release the GIL.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -10,12 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "bindings/quant_operands.h"
 #include "bindings/register.h"
 #include "quant/int8_gemm.h"
 #include "quant/isa.h"
 #include "quant/peak_probe.h"
 #include "quant/quantized_mlp.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace py = pybind11;
 
@@ -38,53 +41,7 @@ std::vector<std::string> isa_names(const std::vector<Isa>& isas) {
 }
 
 using Int8Array = py::array_t<std::int8_t, py::array::c_style | py::array::forcecast>;
-using Uint8Array = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>;
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
-
-struct GemmOperands {
-  std::size_t m, k, n;
-  std::vector<std::uint8_t> a_padded;  // rows of k_padded bytes, the kernels' contract
-  std::size_t lda;
-  std::vector<std::int8_t> b;
-};
-
-// a: uint8 codes [m, k]; b: int8 [k, n]. Copies a into rows of stride round_up(k, 4) (zero
-// padded), as the executor lays activations out.
-GemmOperands gemm_operands(const py::array& a_in, const py::array& b_in, const char* what,
-                           std::uint32_t max_code) {
-  if (a_in.dtype().num() != py::dtype::of<std::uint8_t>().num() ||
-      b_in.dtype().num() != py::dtype::of<std::int8_t>().num()) {
-    throw CoreError(StatusCode::kInvalidArgument,
-                    std::string(what) + " takes uint8 activation codes and int8 weights");
-  }
-  const Uint8Array a = Uint8Array::ensure(a_in);
-  const Int8Array b = Int8Array::ensure(b_in);
-  if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(0) || a.shape(1) == 0) {
-    throw CoreError(StatusCode::kInvalidArgument,
-                    std::string(what) + " takes a [m, k] and b [k, n] with matching k >= 1");
-  }
-  GemmOperands ops;
-  ops.m = static_cast<std::size_t>(a.shape(0));
-  ops.k = static_cast<std::size_t>(a.shape(1));
-  ops.n = static_cast<std::size_t>(b.shape(1));
-  ops.lda = (ops.k + 3) / 4 * 4;
-  ops.a_padded.assign(ops.m * ops.lda, 0);
-  const std::uint8_t* a_data = a.data();
-  for (std::size_t row = 0; row < ops.m; ++row) {
-    for (std::size_t col = 0; col < ops.k; ++col) {
-      const std::uint8_t code = a_data[row * ops.k + col];
-      if (code > max_code) {
-        throw CoreError(StatusCode::kInvalidArgument,
-                        std::string(what) + ": activation code " + std::to_string(code) +
-                            " is above " + std::to_string(max_code) +
-                            ", the largest this kernel multiplies exactly");
-      }
-      ops.a_padded[row * ops.lda + col] = code;
-    }
-  }
-  ops.b.assign(b.data(), b.data() + ops.k * ops.n);
-  return ops;
-}
 
 py::array_t<std::int32_t> gemm_s32(const py::array& a_in, const py::array& b_in,
                                    const std::optional<std::string>& isa_name) {
@@ -118,15 +75,6 @@ std::vector<double> gemm_timings(const py::array& a_in, const py::array& b_in,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   return seconds;
-}
-
-py::array_t<std::int32_t> gemm_quads_emulated(const py::array& a_in, const py::array& b_in) {
-  GemmOperands ops = gemm_operands(a_in, b_in, "quant_gemm_quads_emulated", 255);
-  const std::vector<std::int8_t> packed = quant::pack_quad_panels(ops.b.data(), ops.k, ops.n);
-  py::array_t<std::int32_t> c({static_cast<py::ssize_t>(ops.m), static_cast<py::ssize_t>(ops.n)});
-  quant::gemm_quads_emulated(ops.a_padded.data(), ops.lda, ops.m, packed.data(), ops.k, ops.n,
-                             c.mutable_data(), ops.n);
-  return c;
 }
 
 std::string shape_text(const std::vector<std::int64_t>& shape) {
@@ -209,8 +157,6 @@ void register_quant(py::module_& m) {
       "How weights pack for an ISA: paired (avx2), number of corrections, 64-byte alignment.");
   m.def("quant_gemm_timings", &gemm_timings, py::arg("a"), py::arg("b"), py::arg("isa"),
         py::arg("repeats"), "Seconds of each of `repeats` GEMM calls (packing excluded).");
-  m.def("quant_gemm_quads_emulated", &gemm_quads_emulated, py::arg("a"), py::arg("b"),
-        "The quad-panel algorithm (vpdpbusd / vpmaddubsw + vpmaddwd) in portable code.");
   m.def(
       "quant_peak_gops",
       [](const std::string& isa, std::uint64_t iterations, bool paired) {

@@ -13,7 +13,7 @@
 #include "bindings/bytes_objects.h"
 #include "bindings/register.h"
 #include "tensors/infer_wire.h"
-#include "tensors/status.h"
+#include "common/status.h"
 #include "tensors/tensor_codec.h"
 
 namespace py = pybind11;
@@ -88,8 +88,7 @@ py::object parameter_object(const tensors::InferParameterValue& value) {
 
 // numpy type numbers (stable numpy ABI values); BF16 travels as uint16 bit patterns. The 64-bit
 // integers go through pybind11 so that they are the platform's own np.int64/np.uint64.
-int numpy_typenum(tensors::DataType dtype) {
-  using tensors::DataType;
+int numpy_typenum(DataType dtype) {
   switch (dtype) {
     case DataType::kBool: return 0;     // NPY_BOOL
     case DataType::kInt8: return 1;     // NPY_BYTE
@@ -112,10 +111,10 @@ int numpy_typenum(tensors::DataType dtype) {
 // A raw input as a read-only numpy view of the message bytes; the array's base keeps them alive.
 py::object raw_input_array(const py::bytes& message, const std::uint8_t* message_data,
                            const tensors::ParsedInferInput& input) {
-  const tensors::DataType dtype = tensors::parse_datatype(input.datatype, input.name);
+  const DataType dtype = tensors::parse_datatype(input.datatype, input.name);
   std::vector<py::ssize_t> shape(input.shape.begin(), input.shape.end());
   const std::uint8_t* raw = message_data + input.raw_offset_bytes;
-  if (dtype == tensors::DataType::kBytes) {
+  if (dtype == DataType::kBytes) {
     py::array out(py::dtype(numpy_typenum(dtype)), shape);
     auto** slots = static_cast<PyObject**>(out.mutable_data());
     for (std::uint64_t i = 0; i < input.element_count; ++i) {
@@ -168,8 +167,30 @@ std::string_view str_view(py::handle text, const char* what) {
   return {data, static_cast<std::size_t>(length)};
 }
 
+// Response parameters as (key, value) str pairs; None or empty: none. Views into the strs,
+// which the caller's list keeps alive for the call.
+std::vector<tensors::StringParameterView> string_parameters(const py::object& parameters) {
+  std::vector<tensors::StringParameterView> views;
+  if (parameters.is_none()) return views;
+  const auto items = py::reinterpret_borrow<py::list>(parameters);
+  views.reserve(items.size());
+  for (py::handle item : items) {
+    if (!PyTuple_Check(item.ptr()) || PyTuple_GET_SIZE(item.ptr()) != 2) {
+      throw py::type_error("each parameter must be a (key, value) tuple of str");
+    }
+    views.push_back({str_view(PyTuple_GET_ITEM(item.ptr(), 0), "parameter key"),
+                     str_view(PyTuple_GET_ITEM(item.ptr(), 1), "parameter value")});
+  }
+  return views;
+}
+
 py::bytes serialize_infer_response(const py::str& model_name, const py::str& model_version,
-                                   const py::str& id, const py::list& outputs) {
+                                   const py::str& id, const py::list& outputs,
+                                   const py::object& parameters) {
+  if (!parameters.is_none() && !PyList_Check(parameters.ptr())) {
+    throw py::type_error("parameters must be a list of (key, value) tuples or None");
+  }
+  const auto params = string_parameters(parameters);
   const std::size_t count = outputs.size();
   std::vector<tensors::InferOutputView> views(count);
   std::vector<py::array> arrays(count);    // keeps contiguous copies alive
@@ -220,13 +241,14 @@ py::bytes serialize_infer_response(const py::str& model_name, const py::str& mod
   const std::string_view model = str_view(model_name, "model_name");
   const std::string_view version = str_view(model_version, "model_version");
   const std::string_view request_id = str_view(id, "id");
-  const std::size_t size = tensors::infer_response_size_bytes(model, version, request_id, views);
+  const std::size_t size =
+      tensors::infer_response_size_bytes(model, version, request_id, views, params);
   PyObject* out = PyBytes_FromStringAndSize(nullptr, static_cast<py::ssize_t>(size));
   if (out == nullptr) throw py::error_already_set();
   auto result = py::reinterpret_steal<py::bytes>(out);
   tensors::write_infer_response(
       model, version, request_id, views,
-      {reinterpret_cast<std::uint8_t*>(PyBytes_AS_STRING(out)), size});
+      {reinterpret_cast<std::uint8_t*>(PyBytes_AS_STRING(out)), size}, params);
   return result;
 }
 
@@ -261,7 +283,9 @@ void register_tensors(py::module_& m) {
         "Raw inputs are read-only numpy views of `message`.");
   m.def("serialize_infer_response", &serialize_infer_response, py::arg("model_name"),
         py::arg("model_version"), py::arg("id"), py::arg("outputs"),
-        "Serialize a ModelInferResponse from [(name, datatype, array)] with raw output contents.");
+        py::arg("parameters") = py::none(),
+        "Serialize a ModelInferResponse from [(name, datatype, array)] with raw output contents "
+        "and [(key, value)] string response parameters.");
 }
 
 }  // namespace headrace::bindings

@@ -8,7 +8,7 @@
 #include <limits>
 #include <string>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::drift {
 namespace {

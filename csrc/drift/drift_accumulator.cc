@@ -6,7 +6,7 @@
 #include <thread>
 #include <utility>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::drift {
 namespace {

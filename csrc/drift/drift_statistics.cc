@@ -8,7 +8,7 @@
 #include <numeric>
 #include <string>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::drift {
 namespace {

@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "quant/epilogue_kernels.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::quant {
 namespace epilogue_detail {

@@ -8,7 +8,7 @@
 #include <filesystem>
 
 #include "quant/packed_weights.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::quant {
 namespace {

@@ -2,7 +2,7 @@
 
 #include <cstdlib>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::quant {
 namespace {

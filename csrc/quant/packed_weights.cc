@@ -6,7 +6,7 @@
 #include <string>
 #include <utility>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::quant {
 namespace {

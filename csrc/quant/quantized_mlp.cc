@@ -6,7 +6,7 @@
 #include <utility>
 
 #include "quant/int8_gemm.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::quant {
 namespace {

@@ -6,7 +6,7 @@
 #include <string>
 #include <utility>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::tensors {
 namespace {
@@ -291,6 +291,11 @@ std::size_t packed_shape_payload_bytes(std::span<const std::int64_t> shape) noex
   return size;
 }
 
+// A parameters map entry's payload: the key, and the InferParameter holding the string.
+std::size_t parameter_entry_bytes(const StringParameterView& parameter) noexcept {
+  return field_size(parameter.key.size()) + field_size(field_size(parameter.value.size()));
+}
+
 std::size_t output_tensor_payload_bytes(const InferOutputView& output) noexcept {
   std::size_t size = 0;
   if (!output.name.empty()) size += field_size(output.name.size());
@@ -429,11 +434,13 @@ ParsedInferRequest parse_infer_request(std::span<const std::uint8_t> message,
 
 std::size_t infer_response_size_bytes(std::string_view model_name, std::string_view model_version,
                                       std::string_view id,
-                                      std::span<const InferOutputView> outputs) {
+                                      std::span<const InferOutputView> outputs,
+                                      std::span<const StringParameterView> parameters) {
   std::size_t size = 0;
   if (!model_name.empty()) size += field_size(model_name.size());
   if (!model_version.empty()) size += field_size(model_version.size());
   if (!id.empty()) size += field_size(id.size());
+  for (const auto& parameter : parameters) size += field_size(parameter_entry_bytes(parameter));
   for (const auto& output : outputs) {
     size += field_size(output_tensor_payload_bytes(output)) + field_size(output.raw.size());
   }
@@ -442,11 +449,22 @@ std::size_t infer_response_size_bytes(std::string_view model_name, std::string_v
 
 void write_infer_response(std::string_view model_name, std::string_view model_version,
                           std::string_view id, std::span<const InferOutputView> outputs,
-                          std::span<std::uint8_t> out) {
+                          std::span<std::uint8_t> out,
+                          std::span<const StringParameterView> parameters) {
   WireWriter writer(out);
   writer.string_field_if_set(1, model_name);
   writer.string_field_if_set(2, model_version);
   writer.string_field_if_set(3, id);
+  for (const auto& parameter : parameters) {
+    // map<string, InferParameter> parameters = 4: an entry {key = 1, value = 2}, the value an
+    // InferParameter whose oneof holds string_param = 3 (written even when empty: a set oneof).
+    writer.tag(4, kLengthDelimited);
+    writer.varint(parameter_entry_bytes(parameter));
+    writer.bytes_field(1, parameter.key.data(), parameter.key.size());
+    writer.tag(2, kLengthDelimited);
+    writer.varint(field_size(parameter.value.size()));
+    writer.bytes_field(3, parameter.value.data(), parameter.value.size());
+  }
   for (const auto& output : outputs) {
     writer.tag(5, kLengthDelimited);
     writer.varint(output_tensor_payload_bytes(output));
@@ -468,11 +486,12 @@ void write_infer_response(std::string_view model_name, std::string_view model_ve
 
 std::string serialize_infer_response(std::string_view model_name, std::string_view model_version,
                                      std::string_view id,
-                                     std::span<const InferOutputView> outputs) {
+                                     std::span<const InferOutputView> outputs,
+                                     std::span<const StringParameterView> parameters) {
   std::string out;
-  out.resize(infer_response_size_bytes(model_name, model_version, id, outputs));
+  out.resize(infer_response_size_bytes(model_name, model_version, id, outputs, parameters));
   write_infer_response(model_name, model_version, id, outputs,
-                       {reinterpret_cast<std::uint8_t*>(out.data()), out.size()});
+                       {reinterpret_cast<std::uint8_t*>(out.data()), out.size()}, parameters);
   return out;
 }
 

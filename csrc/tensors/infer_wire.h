@@ -76,21 +76,33 @@ struct InferOutputView {
   std::span<const std::uint8_t> raw;
 };
 
+// One response parameter holding a string (InferParameter.string_param), such as the variant
+// that answered a request routed through an endpoint. Views into caller memory.
+struct StringParameterView {
+  std::string_view key;
+  std::string_view value;
+};
+
 // Exact size in bytes of the serialized ModelInferResponse.
 std::size_t infer_response_size_bytes(std::string_view model_name, std::string_view model_version,
                                       std::string_view id,
-                                      std::span<const InferOutputView> outputs);
+                                      std::span<const InferOutputView> outputs,
+                                      std::span<const StringParameterView> parameters = {});
 
 // Writes the ModelInferResponse into `out`, whose size must be infer_response_size_bytes(...) of
-// the same arguments. Fields in field-number order, empty strings omitted, shapes packed: the
-// bytes equal the protobuf runtime's own serialization of the same message.
+// the same arguments. Fields in field-number order, empty strings omitted, shapes packed, map
+// entries in the order given (each with its key and value, as the runtime writes them): the bytes
+// equal the protobuf runtime's own serialization of the same message (with more than one
+// parameter, its deterministic serialization when `parameters` are sorted by key).
 void write_infer_response(std::string_view model_name, std::string_view model_version,
                           std::string_view id, std::span<const InferOutputView> outputs,
-                          std::span<std::uint8_t> out);
+                          std::span<std::uint8_t> out,
+                          std::span<const StringParameterView> parameters = {});
 
 // The same as one owned string (one allocation of the exact size).
 std::string serialize_infer_response(std::string_view model_name, std::string_view model_version,
                                      std::string_view id,
-                                     std::span<const InferOutputView> outputs);
+                                     std::span<const InferOutputView> outputs,
+                                     std::span<const StringParameterView> parameters = {});
 
 }  // namespace headrace::tensors

@@ -6,25 +6,9 @@
 #include <limits>
 #include <utility>
 
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace headrace::tensors {
-namespace {
-
-struct DataTypeName {
-  std::string_view name;
-  DataType dtype;
-};
-
-constexpr std::array<DataTypeName, 14> kDataTypeNames{{
-    {"BOOL", DataType::kBool},     {"UINT8", DataType::kUint8}, {"UINT16", DataType::kUint16},
-    {"UINT32", DataType::kUint32}, {"UINT64", DataType::kUint64}, {"INT8", DataType::kInt8},
-    {"INT16", DataType::kInt16},   {"INT32", DataType::kInt32}, {"INT64", DataType::kInt64},
-    {"FP16", DataType::kFp16},     {"FP32", DataType::kFp32},   {"FP64", DataType::kFp64},
-    {"BF16", DataType::kBf16},     {"BYTES", DataType::kBytes},
-}};
-
-}  // namespace
 
 std::string quoted(std::string_view name) {
   std::string out;
@@ -36,35 +20,12 @@ std::string quoted(std::string_view name) {
 }
 
 DataType parse_datatype(std::string_view name, std::string_view tensor_name) {
-  for (const auto& entry : kDataTypeNames) {
-    if (entry.name == name) return entry.dtype;
+  // The names are datatype_name()'s: one table for both directions.
+  for (int value = 0; value <= static_cast<int>(DataType::kBytes); ++value) {
+    const auto dtype = static_cast<DataType>(value);
+    if (datatype_name(dtype) == name) return dtype;
   }
   throw_invalid_argument("input " + quoted(tensor_name) + ": unknown datatype " + quoted(name));
-}
-
-std::size_t element_size(DataType dtype) noexcept {
-  switch (dtype) {
-    case DataType::kBool:
-    case DataType::kUint8:
-    case DataType::kInt8:
-      return 1;
-    case DataType::kUint16:
-    case DataType::kInt16:
-    case DataType::kFp16:
-    case DataType::kBf16:
-      return 2;
-    case DataType::kUint32:
-    case DataType::kInt32:
-    case DataType::kFp32:
-      return 4;
-    case DataType::kUint64:
-    case DataType::kInt64:
-    case DataType::kFp64:
-      return 8;
-    case DataType::kBytes:
-      return 0;
-  }
-  return 0;
 }
 
 std::uint64_t checked_element_count(std::span<const std::int64_t> shape,

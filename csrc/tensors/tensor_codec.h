@@ -17,25 +17,9 @@
 #include <string_view>
 #include <vector>
 
-namespace headrace::tensors {
+#include "common/tensor.h"
 
-// The v2 protocol's datatypes. kBytes has no fixed element size.
-enum class DataType : int {
-  kBool,
-  kUint8,
-  kUint16,
-  kUint32,
-  kUint64,
-  kInt8,
-  kInt16,
-  kInt32,
-  kInt64,
-  kFp16,
-  kFp32,
-  kFp64,
-  kBf16,
-  kBytes,
-};
+namespace headrace::tensors {
 
 // `name` in single quotes, as error messages name tensors.
 std::string quoted(std::string_view name);
@@ -43,9 +27,6 @@ std::string quoted(std::string_view name);
 // Parses a v2 datatype name ("FP32", "BYTES", ...). Names are case-sensitive, as in the spec.
 // Throws CoreError(kInvalidArgument) naming `tensor_name` for an unknown datatype.
 DataType parse_datatype(std::string_view name, std::string_view tensor_name);
-
-// Bytes per element; 0 for BYTES.
-std::size_t element_size(DataType dtype) noexcept;
 
 // Product of `shape` after checking every dim is >= 0 and the product fits in
 // `max_elements`. Throws CoreError(kInvalidArgument) naming the tensor otherwise. Never

@@ -1,13 +1,19 @@
 """Exceptions with status codes, shared by the engine, the server and the clients.
 
 Every error that crosses a boundary carries a gRPC canonical status code in ``.code``. The core
-raises ``headrace._core.CoreError(code, message)``; :func:`from_core_error` turns it into one of
-these types, and one function in ``headrace.server`` maps ``.code`` to the gRPC status.
+raises these types itself: ``csrc/bindings/register_errors.cc`` translates a C++
+``CoreError(code, message)`` once, through :func:`error_for_code`, so a core call raises e.g.
+:class:`InvalidArgumentError` with ``.code`` and ``.message`` set (``headrace._core.CoreError`` is
+an alias of :class:`HeadraceError`). One function in ``headrace.server`` maps ``.code`` to the gRPC
+status. This module imports nothing from headrace: the native module imports it at load.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+
+log = logging.getLogger(__name__)
 
 
 class StatusCode(enum.IntEnum):
@@ -20,11 +26,13 @@ class StatusCode(enum.IntEnum):
     DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
     ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
     RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
     UNIMPLEMENTED = 12
     INTERNAL = 13
     UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
 class HeadraceError(Exception):
@@ -65,6 +73,18 @@ class InternalError(HeadraceError):
     code = StatusCode.INTERNAL
 
 
+class ResourceExhaustedError(HeadraceError):
+    code = StatusCode.RESOURCE_EXHAUSTED
+
+
+class PermissionDeniedError(HeadraceError):
+    code = StatusCode.PERMISSION_DENIED
+
+
+class UnauthenticatedError(HeadraceError):
+    code = StatusCode.UNAUTHENTICATED
+
+
 class ConfigError(InvalidArgumentError):
     """A model.toml or server setting is wrong; the message names the key and the file."""
 
@@ -77,6 +97,9 @@ _BY_CODE: dict[StatusCode, type[HeadraceError]] = {
     StatusCode.CANCELLED: CancelledError,
     StatusCode.UNIMPLEMENTED: UnimplementedError,
     StatusCode.INTERNAL: InternalError,
+    StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    StatusCode.UNAUTHENTICATED: UnauthenticatedError,
 }
 
 
@@ -95,8 +118,22 @@ def error_for_code(code: int, message: str) -> HeadraceError:
 
 
 def from_core_error(error: BaseException) -> HeadraceError:
-    """Translate ``headrace._core.CoreError(code, message)`` into a typed exception."""
+    """A typed exception for an error from the core. The core already raises typed errors, which
+    come back unchanged; a bare ``(code, message)`` exception is still translated."""
+    if isinstance(error, HeadraceError):
+        return error
     args = error.args
     if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
         return error_for_code(args[0], args[1])
     return InternalError(str(error))
+
+
+def runner_failure(error: BaseException) -> HeadraceError:
+    """How a model runner's failure reads, wherever the runner ran (a batch on a core worker
+    thread, or one request on an instance thread): a :class:`HeadraceError` keeps its code and
+    message; any other exception becomes ``InternalError("model runner failed: <Type>:
+    <message>")``, and its traceback is logged here (the caller sees no traceback)."""
+    if isinstance(error, HeadraceError):
+        return error
+    log.error("model runner failed", exc_info=(type(error), error, error.__traceback__))
+    return InternalError(f"model runner failed: {type(error).__name__}: {error}")

@@ -21,12 +21,16 @@
 
 #include "batching/batcher.h"
 #include "batching/completion_queue.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace {
 
 using namespace headrace::batching;
 using headrace::CoreError;
+using headrace::DataType;
+using headrace::monotonic_ns;
+using headrace::Tensor;
+using headrace::TimeNs;
 using headrace::StatusCode;
 
 std::atomic<int> failures{0};

@@ -10,21 +10,21 @@
 #include <vector>
 
 #include "batching/runner.h"
-#include "batching/tensor.h"
+#include "common/tensor.h"
 #include "drift/bin_layout.h"
 #include "drift/drift_accumulator.h"
-#include "drift/drift_counting_runner.h"
+#include "runners/drift_counting_runner.h"
 
 namespace {
 
 using headrace::batching::Batch;
 using headrace::batching::Runner;
-using headrace::batching::Tensor;
+using headrace::Tensor;
 using headrace::drift::BinLayout;
 using headrace::drift::DriftAccumulator;
 using headrace::drift::DriftAccumulatorOptions;
-using headrace::drift::DriftCountingRunner;
-using headrace::tensors::DataType;
+using headrace::runners::DriftCountingRunner;
+using headrace::DataType;
 
 int failures = 0;
 

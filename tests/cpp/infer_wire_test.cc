@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "tensors/infer_wire.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace {
 
@@ -227,6 +227,25 @@ int main() {
     refused = error.code() == headrace::StatusCode::kInternal;
   }
   expect(refused, "too-small response buffer refused");
+
+  // String response parameters: exact size, and a buffer one byte short is refused.
+  const std::string variant(200, 'v');  // a 2-byte length varint inside the entry
+  const std::vector<headrace::tensors::StringParameterView> parameters{
+      {"headrace_variant", variant}, {"", ""}};
+  const std::string with_parameters = headrace::tensors::serialize_infer_response(
+      "model", "", "id", outputs, parameters);
+  expect(with_parameters.size() == headrace::tensors::infer_response_size_bytes(
+                                       "model", "", "id", outputs, parameters),
+         "response with parameters: size exact");
+  expect(with_parameters.find(variant) != std::string::npos, "parameter value written");
+  std::vector<std::uint8_t> short_by_one(with_parameters.size() - 1);
+  refused = false;
+  try {
+    headrace::tensors::write_infer_response("model", "", "id", outputs, short_by_one, parameters);
+  } catch (const headrace::CoreError& error) {
+    refused = error.code() == headrace::StatusCode::kInternal;
+  }
+  expect(refused, "too-small buffer for parameters refused");
 
   if (failures != 0) {
     std::fprintf(stderr, "%d failures\n", failures);

@@ -17,7 +17,7 @@
 #include "quant/int8_model_file.h"
 #include "quant/isa.h"
 #include "quant/packed_weights.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace {
 

@@ -13,7 +13,7 @@
 #include "quant/int8_model_file.h"
 #include "quant/isa.h"
 #include "quant/quantized_mlp.h"
-#include "tensors/status.h"
+#include "common/status.h"
 
 namespace {
 

@@ -241,10 +241,10 @@ def test_cancelled_call_leaves_the_queue(batching_server: RunningServer) -> None
         blocker = _hold_the_instance(batching_server.address, "batched")
         _wait_until_running(client, "batched", before)
         with grpc.insecure_channel(batching_server.address) as channel:
-            from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+            from headrace import wire
             from headrace.client import build_infer_request
 
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            stub = wire.Stub(channel, wire.INFERENCE_SERVICE)
             call = stub.ModelInfer.future(
                 build_infer_request("batched", {"x": np.ones((1, SIZE), np.float32)})
             )

@@ -19,11 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import RunningServer, start_server, stop_server
-from headrace._proto.headrace.v1 import admin_pb2, admin_pb2_grpc
+from headrace import wire
 from headrace.cli import main as cli_main
 from headrace.client import AsyncClient, Client
 from headrace.monitoring.drift import ReferenceProfile
 from headrace.monitoring.drift.model_profile import profile_model
+from headrace.wire import admin as admin_pb2
 from helpers import onnx_models
 
 WINDOW_ROWS = 1000
@@ -145,7 +146,7 @@ def send(running: RunningServer, model: str, width: int, shift: float, seed: int
 
 def drift_report(running: RunningServer, model: str, windows: int = 1) -> Any:
     with grpc.insecure_channel(running.address) as channel:
-        stub = admin_pb2_grpc.AdminServiceStub(channel)
+        stub = wire.Stub(channel, wire.ADMIN_SERVICE)
         return stub.GetDriftReport(
             admin_pb2.GetDriftReportRequest(model=model, windows=windows), timeout=30
         )
@@ -263,5 +264,29 @@ def test_a_new_profile_takes_effect_when_the_model_reloads(tmp_path: Path) -> No
         assert engine.drift("m").profile.rows == 500
         engine.infer("m", {"x": data[:7]})
         assert engine.drift("m").report(0).rows == 7
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_model_toml_triggers_run_only_from_a_trusted_repository(
+    tmp_path: Path, trusted: bool
+) -> None:
+    from headrace import Engine
+
+    repo = tmp_path / "models"
+    onnx_models.write_model(
+        repo,
+        "m",
+        onnx_models.mlp([4, 8, 1]),
+        toml='[drift]\ntrigger_command = ["touch", "/tmp/planted"]\n',
+    )
+    data = np.random.default_rng(0).standard_normal((500, 4)).astype(np.float32)
+    profile_model(repo, "m", None, data)
+    engine = Engine.from_repository(repo, trust_model_triggers=trusted)
+    try:
+        trigger = engine.drift("m").trigger
+        assert trigger.configured is trusted
+        assert (trigger.command is not None) is trusted
     finally:
         engine.close()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import ALL_DATATYPES
-from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from headrace import wire
 from headrace.client import Client
 from headrace.datatypes import DATATYPE_TO_NUMPY, TYPED_FIELD
+from headrace.wire import inference as pb
 
 
 @pytest.fixture()
@@ -26,7 +26,7 @@ def client(server):  # type: ignore[no-untyped-def]
 @pytest.fixture()
 def stub(server):  # type: ignore[no-untyped-def]
     with grpc.insecure_channel(server.address) as channel:
-        yield pb_grpc.GRPCInferenceServiceStub(channel)
+        yield wire.Stub(channel, wire.INFERENCE_SERVICE)
 
 
 def sample(datatype: str, rows: int = 2) -> np.ndarray:

@@ -8,10 +8,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from headrace import wire
 from headrace.client import Client
 from headrace.errors import NotFoundError, UnimplementedError
+from headrace.wire import inference as pb
 
 
 @pytest.fixture()
@@ -23,7 +23,7 @@ def client(server):  # type: ignore[no-untyped-def]
 @pytest.fixture()
 def stub(server):  # type: ignore[no-untyped-def]
     with grpc.insecure_channel(server.address) as channel:
-        yield pb_grpc.GRPCInferenceServiceStub(channel)
+        yield wire.Stub(channel, wire.INFERENCE_SERVICE)
 
 
 def test_live_ready_and_model_ready(client: Client) -> None:
@@ -209,7 +209,10 @@ def test_metrics_endpoint(server, client: Client) -> None:  # type: ignore[no-un
     client.infer("mlp", {"x": np.ones((1, 8), np.float32)})
     with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as response:
         text = response.read().decode()
-    assert 'headrace_inference_request_success_total{model="mlp",version="2"}' in text
+    assert (
+        'headrace_inference_request_success_total{endpoint="mlp",model="mlp",variant="mlp",'
+        'version="2"}' in text
+    )
     assert "headrace_inference_request_duration_seconds_bucket" in text
 
 

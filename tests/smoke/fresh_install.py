@@ -27,7 +27,7 @@ def check(command: list[str]) -> str:
     return result.stdout
 
 
-def serve_and_infer() -> None:
+def serve_and_infer(with_tritonclient: bool = False) -> None:
     from headrace.client import Client
 
     server = subprocess.Popen(
@@ -59,6 +59,14 @@ def serve_and_infer() -> None:
             result = client.infer("tabular", {"x": np.ones((2, 32), np.float32)})
         assert result.outputs["y"].shape == (2, 1), result.outputs
         print(f"serve: tabular answered {result.outputs['y'].ravel().tolist()}")
+        if with_tritonclient:
+            import tritonclient.grpc as triton
+
+            x = triton.InferInput("x", [2, 32], "FP32")
+            x.set_data_from_numpy(np.ones((2, 32), np.float32))
+            theirs = triton.InferenceServerClient(f"127.0.0.1:{port}").infer("tabular", [x])
+            assert np.array_equal(theirs.as_numpy("y"), result.outputs["y"])
+            print("serve: tritonclient in the same process gets the same answer")
     finally:
         server.terminate()
         server.wait(60)
@@ -88,12 +96,30 @@ def profile(workdir: Path) -> None:
     print(f"profile: {out.strip()}")
 
 
+def serve_after_tritonclient() -> None:
+    """A user installs Triton's client after headrace (pip may move protobuf and grpcio to what
+    tritonclient wants); the server must still start, and both clients work in one process."""
+    check([sys.executable, "-m", "pip", "install", "--quiet", "tritonclient[grpc]"])
+    versions = check(
+        [
+            sys.executable,
+            "-c",
+            "import google.protobuf, grpc; print(google.protobuf.__version__, grpc.__version__)",
+        ]
+    )
+    print(f"after tritonclient: protobuf, grpcio = {versions.strip()}")
+    serve_and_infer(with_tritonclient=True)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         serve_and_infer()
         quantize(Path(tmp))
         profile(Path(tmp))
     print("fresh install: serve, quantize and profile work without extras")
+    if "--with-tritonclient" in sys.argv:
+        serve_after_tritonclient()
+        print("after installing tritonclient: the server starts and both clients agree")
 
 
 if __name__ == "__main__":

@@ -223,7 +223,10 @@ def test_overflow_is_refused_at_once_while_admitted_requests_succeed(
     with pytest.raises(_core.CoreError) as refused:
         batcher.submit(request(9, 1))
     assert time.monotonic() - started < 0.05
-    assert refused.value.args == (UNAVAILABLE, "queue full: 4 requests queued for model m")
+    assert (
+        refused.value.code == UNAVAILABLE
+        and refused.value.message == "queue full: 4 requests queued for model m"
+    )
     gate.opened.set()
     for ticket, completion in collector.wait(list(sent)).items():
         assert_own_rows(completion, sent[ticket])
@@ -302,7 +305,7 @@ def test_shutdown_with_drain_runs_the_queue(make_batcher: Factory) -> None:
         assert_own_rows(completion, sent[ticket])
     with pytest.raises(_core.CoreError) as refused:
         batcher.submit(request(11, 1))
-    assert refused.value.args[0] == UNAVAILABLE
+    assert refused.value.code == UNAVAILABLE
 
 
 def test_shutdown_without_drain_answers_the_queue_unavailable(make_batcher: Factory) -> None:
@@ -421,7 +424,7 @@ def test_bad_inputs_are_refused(make_batcher: Factory, inputs: Arrays, fragment:
     batcher, _ = make_batcher(lambda inputs: list(inputs))
     with pytest.raises(_core.CoreError) as refused:
         batcher.submit(inputs)
-    code, message = refused.value.args
+    code, message = refused.value.code, refused.value.message
     assert code == INVALID_ARGUMENT
     assert fragment in message
 

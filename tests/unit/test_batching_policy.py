@@ -19,11 +19,11 @@ MS = 1_000_000
 INVALID_ARGUMENT = 3
 
 
-def harness(**settings: Any) -> _core.PolicyHarness:
-    return _core.PolicyHarness(_core.BatcherConfig(**settings))
+def harness(**settings: Any) -> _core.testing.PolicyHarness:
+    return _core.testing.PolicyHarness(_core.BatcherConfig(**settings))
 
 
-def fitted(a_ns: int, b_ns: int, **settings: Any) -> _core.PolicyHarness:
+def fitted(a_ns: int, b_ns: int, **settings: Any) -> _core.testing.PolicyHarness:
     """A harness whose cost model has seen batches costing exactly a_ns*rows + b_ns."""
     policy = harness(**settings)
     for rows in (1, 2, 4, 8, 3):
@@ -182,14 +182,14 @@ def test_priority_outside_the_levels_is_refused() -> None:
     policy = harness(priority_levels=2, default_priority_level=1)
     with pytest.raises(_core.CoreError) as error:
         policy.add(1, 1, priority=3, enqueue_ns=0)
-    assert error.value.args[0] == INVALID_ARGUMENT
+    assert error.value.code == INVALID_ARGUMENT
 
 
 def test_bad_config_is_refused() -> None:
     with pytest.raises(_core.CoreError) as error:
         harness(max_batch_size=4, preferred_batch_sizes=[8])
-    assert error.value.args[0] == INVALID_ARGUMENT
-    assert "preferred" in error.value.args[1]
+    assert error.value.code == INVALID_ARGUMENT
+    assert "preferred" in error.value.message
     with pytest.raises(_core.CoreError):
         harness(priority_levels=2, default_priority_level=0)
     with pytest.raises(_core.CoreError):
@@ -276,7 +276,7 @@ def test_auto_waiting_is_bounded_by_the_saving() -> None:
     assert policy.decide(3 * MS)["run"] == [1]
 
 
-def saturated(interval_ns: int, until_ns: int, **settings: Any) -> _core.PolicyHarness:
+def saturated(interval_ns: int, until_ns: int, **settings: Any) -> _core.testing.PolicyHarness:
     """A harness on a busy server whose requests arrived every interval_ns before until_ns, with a
     cheap fitted batch cost (so the unsaturated rule would never wait)."""
     policy = fitted(10 * US, 10 * US, max_batch_size=64, auto_delay=True, **settings)

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from headrace import _core
-from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace.datatypes import DATATYPE_TO_NUMPY
 from headrace.engine import InferResult
 from headrace.errors import InvalidArgumentError
 from headrace.server.convert import decode_infer_request, encode_infer_response
+from headrace.wire import inference as pb
 
 INVALID_ARGUMENT = 3
 DATATYPES = list(DATATYPE_TO_NUMPY)
@@ -278,7 +278,7 @@ def test_errors_match_convert(case: str) -> None:
         reference(message, 1000)
     with pytest.raises(_core.CoreError) as info:
         _core.parse_infer_request(message, 1000)
-    code, text_ = info.value.args
+    code, text_ = info.value.code, info.value.message
     assert code == INVALID_ARGUMENT
     assert text_ == str(expected.value)
     assert fragment in text_
@@ -309,7 +309,7 @@ def test_structural_mutations_agree_with_convert(message: bytes, data: st.DataOb
     except InvalidArgumentError as error:
         with pytest.raises(_core.CoreError) as info:
             _core.parse_infer_request(message, 64)
-        assert info.value.args == (INVALID_ARGUMENT, str(error))
+        assert info.value.code == INVALID_ARGUMENT and info.value.message == str(error)
         return
     parsed = _core.parse_infer_request(message, 64)
     if request.inputs and request.inputs[0].HasField("contents"):
@@ -326,7 +326,7 @@ def _parse_or_refuse(message: bytes) -> None:
     try:
         parsed = _core.parse_infer_request(message, MAX_ELEMENTS)
     except _core.CoreError as error:
-        assert error.args[0] == INVALID_ARGUMENT
+        assert error.code == INVALID_ARGUMENT
         return
     try:
         request = pb.ModelInferRequest.FromString(message)
@@ -374,7 +374,7 @@ def test_malformed_messages_are_refused(message: bytes, fragment: str) -> None:
         pb.ModelInferRequest.FromString(message)
     with pytest.raises(_core.CoreError) as info:
         _core.parse_infer_request(message, 10)
-    code, text_ = info.value.args
+    code, text_ = info.value.code, info.value.message
     assert code == INVALID_ARGUMENT
     assert text_.startswith("malformed ModelInferRequest: ") and fragment in text_
 
@@ -438,7 +438,7 @@ def test_serialize_refuses_object_arrays_for_fixed_types() -> None:
     array = np.empty(2, dtype=object)
     with pytest.raises(_core.CoreError) as info:
         _core.serialize_infer_response("m", "", "", [("y", "FP32", array)])
-    assert info.value.args[0] == INVALID_ARGUMENT and "output 'y'" in info.value.args[1]
+    assert info.value.code == INVALID_ARGUMENT and "output 'y'" in info.value.message
 
 
 def test_parameter_entries_follow_the_runtime() -> None:
@@ -454,3 +454,67 @@ def test_parameter_entries_follow_the_runtime() -> None:
     expected = reference(message).parameters
     assert expected == {"k": True, "n": None}
     assert _comparable(_core.parse_infer_request(message, 10)[3]) == _comparable(expected)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    text,
+    text,
+    st.dictionaries(name, output_array(), max_size=3),
+    st.dictionaries(name, text, max_size=4),
+)
+def test_serialize_string_parameters_match_protobuf_runtime(
+    model_version: str,
+    request_id: str,
+    outputs: dict[str, tuple[str, Any]],
+    parameters: dict[str, str],
+) -> None:
+    """Response parameters (headrace_variant and the like) as map entries of string_param, in
+    the runtime's deterministic order (keys sorted by their bytes) when given sorted."""
+    ordered = sorted(parameters.items())
+    result = InferResult(
+        model_name="endpoint",
+        model_version=model_version,
+        outputs={k: v[1] for k, v in outputs.items()},
+        id=request_id,
+        datatypes={k: v[0] for k, v in outputs.items()},
+        parameters=dict(ordered),
+    )
+    expected = encode_infer_response(result)
+    ours = _core.serialize_infer_response(
+        "endpoint",
+        model_version,
+        request_id,
+        [(k, d, a) for k, (d, a) in outputs.items()],
+        ordered,
+    )
+    parsed = pb.ModelInferResponse.FromString(ours)
+    assert parsed == expected
+    assert {k: v.string_param for k, v in parsed.parameters.items()} == parameters
+    assert ours == expected.SerializeToString(deterministic=True)
+
+
+def test_serialize_an_empty_parameter_key_and_value_as_the_runtime() -> None:
+    """Map entries always carry key and value, even empty ones (as the runtime writes them)."""
+    expected = pb.ModelInferResponse(model_name="m")
+    expected.parameters[""].string_param = ""
+    ours = _core.serialize_infer_response("m", "", "", [], [("", "")])
+    assert ours == expected.SerializeToString()
+    # The runtime's deterministic order puts an empty key last; any order parses the same.
+    expected.parameters["k"].string_param = "v"
+    both = _core.serialize_infer_response("m", "", "", [], [("", ""), ("k", "v")])
+    assert pb.ModelInferResponse.FromString(both) == expected
+
+
+def test_serialize_parameters_none_or_empty_is_no_map() -> None:
+    array = np.zeros((1, 2), np.float32)
+    plain = _core.serialize_infer_response("m", "1", "i", [("y", "FP32", array)])
+    assert _core.serialize_infer_response("m", "1", "i", [("y", "FP32", array)], None) == plain
+    assert _core.serialize_infer_response("m", "1", "i", [("y", "FP32", array)], []) == plain
+
+
+def test_serialize_parameters_refuses_what_is_not_str_pairs() -> None:
+    array = np.zeros((1, 2), np.float32)
+    for bad in ([("k", 1)], [("k",)], [b"k"], ("k", "v")):
+        with pytest.raises(TypeError):
+            _core.serialize_infer_response("m", "1", "i", [("y", "FP32", array)], bad)  # type: ignore[arg-type]

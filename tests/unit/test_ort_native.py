@@ -1,6 +1,6 @@
-"""ONNX Runtime driven through its C API from the core (csrc/ort): results equal onnxruntime's
-Python API, errors are CoreErrors with the right codes, the batcher runs it without Python, and
-the ONNX backend picks it (or falls back) as documented."""
+"""ONNX Runtime driven through its C API from the core (csrc/runners/ort): results equal
+onnxruntime's Python API, errors are typed with the right codes, the batcher runs it without
+Python, and the ONNX backend picks it (or falls back) as documented."""
 
 from __future__ import annotations
 
@@ -97,16 +97,16 @@ def test_bad_inputs_are_refused_with_their_names(tmp_path: Path) -> None:
     model = native(save(tmp_path, mlp([32, 8, 1])))
     with pytest.raises(_core.CoreError) as unknown:
         model.run({"nope": np.ones((1, 32), np.float32)}, ["y"])
-    assert unknown.value.args[0] == INVALID_ARGUMENT and "'nope'" in unknown.value.args[1]
+    assert unknown.value.code == INVALID_ARGUMENT and "'nope'" in unknown.value.message
     with pytest.raises(_core.CoreError) as wrong_type:
         model.run({"x": np.ones((1, 32), np.float64)}, ["y"])
-    assert wrong_type.value.args[0] == INVALID_ARGUMENT and "FP64" in wrong_type.value.args[1]
+    assert wrong_type.value.code == INVALID_ARGUMENT and "FP64" in wrong_type.value.message
     with pytest.raises(_core.CoreError) as wrong_shape:
         model.run({"x": np.ones((1, 31), np.float32)}, ["y"])
-    assert wrong_shape.value.args[0] == INTERNAL and "dimensions" in wrong_shape.value.args[1]
+    assert wrong_shape.value.code == INTERNAL and "dimensions" in wrong_shape.value.message
     with pytest.raises(_core.CoreError) as no_output:
         model.run({"x": np.ones((1, 32), np.float32)}, ["z"])
-    assert no_output.value.args[0] == INVALID_ARGUMENT and "'z'" in no_output.value.args[1]
+    assert no_output.value.code == INVALID_ARGUMENT and "'z'" in no_output.value.message
     # The session is still good after every refusal.
     assert model.run({"x": np.ones((2, 32), np.float32)}, ["y"])[0].shape == (2, 1)
 
@@ -116,17 +116,17 @@ def test_unloadable_model_and_library_are_errors(tmp_path: Path) -> None:
     broken.write_bytes(b"not a model")
     with pytest.raises(_core.CoreError) as bad_model:
         native(str(broken))
-    assert bad_model.value.args[0] == INTERNAL and "broken.onnx" in bad_model.value.args[1]
+    assert bad_model.value.code == INTERNAL and "broken.onnx" in bad_model.value.message
     with pytest.raises(_core.CoreError) as bad_library:
         _core.OrtModel(str(tmp_path / "libmissing.so"), str(broken))
-    assert bad_library.value.args[0] == UNAVAILABLE
+    assert bad_library.value.code == UNAVAILABLE
 
 
 def test_string_tensors_stay_on_the_python_api(tmp_path: Path) -> None:
     path = save(tmp_path, identity("BYTES"))
     with pytest.raises(_core.CoreError) as refused:
         native(path)
-    assert refused.value.args[0] == INVALID_ARGUMENT and "'x'" in refused.value.args[1]
+    assert refused.value.code == INVALID_ARGUMENT and "'x'" in refused.value.message
     backend = OnnxBackend(Path(path))
     assert backend.batch_runner(["x"], ["y"]) is None
     (y,) = backend.run({"x": np.array([["a", "b", "c"]], dtype=object)}, ["y"])

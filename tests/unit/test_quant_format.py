@@ -75,7 +75,7 @@ def with_valid_checksum(blob: bytes) -> bytes:
 def load_error(blob: bytes) -> tuple[int, str]:
     with pytest.raises(_core.CoreError) as info:
         _core.QuantizedMlp.from_bytes(blob, "scalar")
-    code, message = info.value.args
+    code, message = info.value.code, info.value.message
     return int(code), str(message)
 
 
@@ -223,21 +223,21 @@ def test_random_payloads_with_valid_headers_never_crash() -> None:
         try:
             _core.QuantizedMlp.from_bytes(bytes(blob), "scalar")
         except _core.CoreError as error:
-            assert error.args[0] == INVALID_ARGUMENT
+            assert error.code == INVALID_ARGUMENT
 
 
 def test_missing_and_corrupt_files(tmp_path: Path) -> None:
     with pytest.raises(_core.CoreError) as info:
         _core.QuantizedMlp(str(tmp_path / "absent.int8"))
-    assert info.value.args[0] == NOT_FOUND
+    assert info.value.code == NOT_FOUND
     path = tmp_path / "model.int8"
     path.write_bytes(small_model_bytes()[:-10])
     with pytest.raises(_core.CoreError, match="truncated") as info:
         _core.QuantizedMlp(str(path))
-    assert str(path) in info.value.args[1]
+    assert str(path) in info.value.message
 
 
 def test_directory_instead_of_file(tmp_path: Path) -> None:
     with pytest.raises(_core.CoreError, match="not a regular file") as info:
         _core.QuantizedMlp(str(tmp_path))
-    assert info.value.args[0] == INVALID_ARGUMENT
+    assert info.value.code == INVALID_ARGUMENT

@@ -104,7 +104,7 @@ def test_quad_panel_algorithm_emulated_matches_numpy(
     rng = np.random.default_rng(seed)
     a = codes_for(rng, (m, k), fill_a, 255)
     b = weights_for(rng, (k, n), fill_b)
-    np.testing.assert_array_equal(_core.quant_gemm_quads_emulated(a, b), reference(a, b))
+    np.testing.assert_array_equal(_core.testing.quant_gemm_quads_emulated(a, b), reference(a, b))
 
 
 def test_avx2_pairs_narrow_weights_with_corrections() -> None:
@@ -165,8 +165,8 @@ def test_avx2_refuses_codes_it_cannot_multiply_exactly() -> None:
     b = np.ones((8, 3), dtype=np.int8)
     with pytest.raises(_core.CoreError) as info:
         _core.quant_gemm_s32(a, b, "avx2")
-    assert info.value.args[0] == 3  # INVALID_ARGUMENT
-    assert "128" in info.value.args[1]
+    assert info.value.code == 3  # INVALID_ARGUMENT
+    assert "128" in info.value.message
 
 
 @pytest.mark.parametrize("isa", ALL_ISAS)
@@ -190,8 +190,8 @@ def test_environment_variable_with_unknown_isa_is_refused(monkeypatch: pytest.Mo
     monkeypatch.setenv("HEADRACE_QUANT_ISA", "sse9")
     with pytest.raises(_core.CoreError) as info:
         _core.quant_default_isa()
-    assert info.value.args[0] == 3  # INVALID_ARGUMENT
-    assert "sse9" in info.value.args[1]
+    assert info.value.code == 3  # INVALID_ARGUMENT
+    assert "sse9" in info.value.message
 
 
 @pytest.mark.parametrize("isa", ALL_ISAS)
@@ -205,9 +205,9 @@ def test_forcing_an_unsupported_isa_names_the_missing_features(
         return
     with pytest.raises(_core.CoreError) as info:
         _core.quant_default_isa()
-    assert info.value.args[0] == 9  # FAILED_PRECONDITION
+    assert info.value.code == 9  # FAILED_PRECONDITION
     for feature in missing:
-        assert feature in info.value.args[1]
+        assert feature in info.value.message
 
 
 def test_bad_operands_are_errors() -> None:

@@ -260,7 +260,7 @@ def test_bad_inputs_are_errors(digits: Digits, tmp_path: Path) -> None:
     mlp = _core.QuantizedMlp(str(hq.quantize_onnx(digits.onnx_path, tmp_path / "1")))
     with pytest.raises(_core.CoreError) as info:
         mlp.run(np.zeros((3, 63), dtype=np.float32))
-    assert info.value.args[0] == 3
+    assert info.value.code == 3
     x = np.zeros((3, 64), dtype=np.float32)
     x[1, 5] = np.nan
     with pytest.raises(_core.CoreError, match="NaN"):

@@ -34,7 +34,7 @@ def test_every_truncation_is_refused(elements: list[bytes], data: st.DataObject)
     cut = data.draw(st.integers(0, len(blob) - 1))
     with pytest.raises(_core.CoreError) as info:
         _core.decode_bytes(blob[:cut], len(elements), "t")
-    code, message = info.value.args
+    code, message = info.value.code, info.value.message
     assert code == 3 and "input 't'" in message
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy.typing as npt
 
 from headrace.types import TensorSpec
+
+if TYPE_CHECKING:
+    from headrace._core import NativeRunner
 
 __all__ = ["Backend", "TensorSpec"]
 
@@ -25,7 +28,9 @@ class Backend(Protocol):
         """Run one batch; returns the arrays of ``output_names`` in that order."""
         ...
 
-    def batch_runner(self, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
+    def batch_runner(
+        self, input_names: Sequence[str], output_names: Sequence[str]
+    ) -> NativeRunner | None:
         """A native runner for the core's batcher (batches then run without the GIL), taking
         inputs and giving outputs in the orders named; None to run batches through ``run``."""
         ...

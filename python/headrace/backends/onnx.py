@@ -1,8 +1,15 @@
-"""ONNX Runtime backend: CPU provider by default, CUDA when onnxruntime-gpu and a GPU exist."""
+"""ONNX Runtime backend: CPU provider by default, CUDA when onnxruntime-gpu and a GPU exist.
+
+One session per model. On the CPU, a model runs through ONNX Runtime's C API from the core
+(``_core.OrtModel``, no GIL), which also answers its metadata; onnxruntime's Python session is
+built only where that path does not apply: string tensors, the CUDA provider, or
+``native=False`` (``HEADRACE_NATIVE_ONNXRUNTIME=0``).
+"""
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from headrace import _core
 from headrace.backends.base import TensorSpec
-from headrace.errors import InternalError, InvalidArgumentError, from_core_error
+from headrace.errors import HeadraceError, InternalError, InvalidArgumentError
+from headrace.native import core as _core
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +73,56 @@ def native_library() -> str | None:
     return str(found[0]) if found else None
 
 
+@functools.cache
+def native_library_version(library: str) -> str:
+    """The release of the ONNX Runtime library at ``library``, loaded by the core (once per
+    process; it requests the C API version its slot table was written against and refuses a
+    library without it). Logged on first use."""
+    version = _core.ort_library_version(library)
+    log.info(
+        "ONNX Runtime %s loaded from %s (C API version %d)",
+        version,
+        library,
+        _core.ORT_API_VERSION,
+    )
+    return version
+
+
+def _load_native(
+    library: str, path: Path, intra_op_threads: int, inter_op_threads: int
+) -> _core.OrtModel | None:
+    """The model as a native session, or None when it must run through the Python API."""
+    try:
+        native_library_version(library)
+        return _core.OrtModel(library, str(path), intra_op_threads, inter_op_threads)
+    except InvalidArgumentError as error:
+        # Tensors the native runner does not take (strings, non-tensor values).
+        log.debug("%s: runs through onnxruntime's Python API: %s", path, error)
+    except HeadraceError as error:
+        log.warning("%s: native ONNX Runtime unavailable, using Python: %s", path, error)
+    return None
+
+
+def _python_session(
+    path: Path, providers: list[str], intra_op_threads: int, inter_op_threads: int
+) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    # Errors reach the caller as exceptions; ONNX Runtime's own stderr logging would only
+    # duplicate them.
+    options.log_severity_level = 4
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
 class OnnxBackend:
     """One ONNX Runtime session. ``run`` is thread-safe (ONNX Runtime sessions are).
 
     With ``native`` (the default) and a model the core can run (CPU provider, no string tensors),
-    the session is created through ONNX Runtime's C API in the core: ``batch_runner`` then runs
-    the batcher's batches on its worker threads without the GIL, and ``run`` goes through it too.
-    Otherwise the session is onnxruntime's Python one.
+    the session is created through ONNX Runtime's C API in the core, and the model's metadata
+    comes from it: ``batch_runner`` then runs the batcher's batches on its worker threads without
+    the GIL, and ``run`` goes through it too. Otherwise the session is onnxruntime's Python one
+    (and the only one: no native session is kept for such a model).
     """
 
     platform = PLATFORM
@@ -85,36 +135,26 @@ class OnnxBackend:
         inter_op_threads: int = 1,
         native: bool = True,
     ) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        # Errors reach the caller as exceptions; ONNX Runtime's own stderr logging would only
-        # duplicate them.
-        options.log_severity_level = 4
         self.path = path
         providers = choose_providers()
-        self._session: Any = ort.InferenceSession(
-            str(path), sess_options=options, providers=providers
-        )
-        self.inputs = tuple(_spec(node, path) for node in self._session.get_inputs())
-        self.outputs = tuple(_spec(node, path) for node in self._session.get_outputs())
+        library = native_library()
+        self._native: _core.OrtModel | None = None
+        self._session: Any = None
+        if native and library is not None and providers == ["CPUExecutionProvider"]:
+            self._native = _load_native(library, path, intra_op_threads, inter_op_threads)
+        if self._native is not None:
+            self.inputs = tuple(TensorSpec(n, d, tuple(s)) for n, d, s in self._native.inputs)
+            self.outputs = tuple(TensorSpec(n, d, tuple(s)) for n, d, s in self._native.outputs)
+        else:
+            self._session = _python_session(path, providers, intra_op_threads, inter_op_threads)
+            self.inputs = tuple(_spec(node, path) for node in self._session.get_inputs())
+            self.outputs = tuple(_spec(node, path) for node in self._session.get_outputs())
         self._bf16_inputs = {s.name for s in self.inputs if s.datatype == "BF16"}
         self._bf16_outputs = {s.name for s in self.outputs if s.datatype == "BF16"}
-        self._native: Any = None
-        library = native_library()
-        strings = any(s.datatype == "BYTES" for s in (*self.inputs, *self.outputs))
-        if native and library is not None and providers == ["CPUExecutionProvider"] and not strings:
-            try:
-                self._native = _core.OrtModel(
-                    library, str(path), intra_op_threads, inter_op_threads
-                )
-            except _core.CoreError as error:
-                log.warning("%s: native ONNX Runtime unavailable, using Python: %s", path, error)
-            else:
-                # One session per model: the Python one was needed only for the metadata.
-                self._session = None
 
-    def batch_runner(self, input_names: Sequence[str], output_names: Sequence[str]) -> Any:
+    def batch_runner(
+        self, input_names: Sequence[str], output_names: Sequence[str]
+    ) -> _core.NativeRunner | None:
         """A native batcher runner (inputs and outputs in the engine's order), or None when this
         model runs through the Python API."""
         if self._native is None:
@@ -125,14 +165,9 @@ class OnnxBackend:
         self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
     ) -> list[npt.NDArray[Any]]:
         if self._native is not None:
-            try:
-                outputs: list[npt.NDArray[Any]] = self._native.run(
-                    {name: np.asarray(array) for name, array in inputs.items()},
-                    list(output_names),
-                )
-            except _core.CoreError as error:
-                raise from_core_error(error) from None
-            return outputs
+            return self._native.run(
+                {name: np.asarray(array) for name, array in inputs.items()}, list(output_names)
+            )
         try:
             if self._bf16_inputs or self._bf16_outputs:
                 return self._run_ort_values(inputs, output_names)

@@ -1,11 +1,12 @@
-"""The ``headrace`` command line: one module per subcommand (serve, quantize, profile)."""
+"""The ``headrace`` command line: one module per subcommand (serve, quantize, profile,
+endpoints)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from headrace.cli import profile, quantize, serve
+from headrace.cli import endpoints, profile, quantize, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(commands)
     quantize.add_parser(commands)
     profile.add_parser(commands)
+    endpoints.add_parser(commands)
     return parser
 
 

@@ -21,6 +21,41 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per session")
     serve.add_argument("--drain-timeout-s", type=float, help="drain of a swapped version (30)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    access = serve.add_argument_group("access (see README: Security)")
+    access.add_argument("--admin-token-file", type=Path, help="bearer token for control RPCs")
+    access.add_argument("--inference-token-file", type=Path, help="bearer token for inference")
+    access.add_argument("--tls-client-ca", type=Path, help="PEM CA: mutual TLS for every caller")
+    access.add_argument(
+        "--control-rpcs", choices=["auto", "on", "off"], help="model load/unload and admin RPCs"
+    )
+    access.add_argument(
+        "--trust-model-triggers",
+        action="store_true",
+        default=None,
+        help="let model.toml [drift] triggers run commands / call webhooks",
+    )
+    routing = serve.add_argument_group("endpoints (traffic strategies, feedback)")
+    routing.add_argument(
+        "--endpoints",
+        type=Path,
+        help="endpoints.toml (default: _endpoints.toml in the model repository, if present)",
+    )
+    routing.add_argument(
+        "--state-dir", type=Path, help="where endpoint changes persist (default: <repo>/.headrace)"
+    )
+    routing.add_argument(
+        "--feedback-max-entries", type=int, help="answered ids feedback can find (100000)"
+    )
+    routing.add_argument("--feedback-ttl-s", type=float, help="feedback window per answer (3600)")
+    routing.add_argument(
+        "--feedback-plain-models",
+        action="store_true",
+        default=None,
+        help="remember plain models' answers for feedback too (endpoints always do)",
+    )
+    load = serve.add_argument_group("load")
+    load.add_argument("--max-inflight-rpcs", type=int, help="cap (default: from memory)")
+    load.add_argument("--stream-stall-timeout-s", type=float, help="cancel a stalled reader (30)")
     serve.set_defaults(handler=run)
 
 
@@ -42,6 +77,18 @@ def run(args: argparse.Namespace) -> int:
             "max_message_bytes": args.max_message_bytes,
             "intra_op_threads": args.intra_op_threads,
             "drain_timeout_s": args.drain_timeout_s,
+            "admin_token_file": args.admin_token_file,
+            "inference_token_file": args.inference_token_file,
+            "tls_client_ca": args.tls_client_ca,
+            "control_rpcs": args.control_rpcs,
+            "trust_model_triggers": args.trust_model_triggers,
+            "max_inflight_rpcs": args.max_inflight_rpcs,
+            "stream_stall_timeout_s": args.stream_stall_timeout_s,
+            "endpoints_file": args.endpoints,
+            "state_dir": args.state_dir,
+            "feedback_max_entries": args.feedback_max_entries,
+            "feedback_ttl_s": args.feedback_ttl_s,
+            "feedback_plain_models": args.feedback_plain_models,
             "log_level": args.log_level,
         }.items()
         if value is not None

@@ -7,6 +7,7 @@ Numpy in, numpy out; tensors travel as raw bytes (the fast path). Addresses are 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,16 +15,22 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from headrace._proto.inference import grpc_service_pb2 as pb
-from headrace._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from headrace import wire
 from headrace.client.codec import decode_raw_output, decode_typed_output, encode_raw
 from headrace.datatypes import datatype_of
 from headrace.errors import error_for_code
 from headrace.types import DEFAULT_MAX_MESSAGE_BYTES, InferResult
 
 __all__ = ["AsyncClient", "Client", "TlsConfig"]
+
+pb = wire.inference
+_SERVING_STATUS = {
+    value.number: value.name
+    for value in wire.health.HealthCheckResponse.DESCRIPTOR.enum_types_by_name[
+        "ServingStatus"
+    ].values
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,19 @@ def _options(max_message_bytes: int, tls: TlsConfig | None) -> list[tuple[str, A
     if tls is not None and tls.server_name_override:
         options.append(("grpc.ssl_target_name_override", tls.server_name_override))
     return options
+
+
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """``authorization: Bearer`` from ``token``, else the HEADRACE_TOKEN environment variable."""
+    if token is None:
+        token = os.environ.get("HEADRACE_TOKEN") or None
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    """A token kept in a file (as ``--token-file`` takes it), without surrounding whitespace."""
+    with open(path, encoding="utf-8") as file:
+        return file.read().strip()
 
 
 def _credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
@@ -100,7 +120,15 @@ def decode_infer_response(response: Any) -> InferResult:
             outputs[tensor.name] = decode_raw_output(tensor.datatype, shape, raw[index])
         else:
             outputs[tensor.name] = decode_typed_output(tensor.datatype, tensor.contents, shape)
-    return InferResult(response.model_name, response.model_version, outputs, response.id, datatypes)
+    # Response parameters, e.g. headrace_variant: the variant of an endpoint that answered.
+    parameters: dict[str, Any] = {}
+    for key, parameter in response.parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            parameters[key] = getattr(parameter, choice)
+    return InferResult(
+        response.model_name, response.model_version, outputs, response.id, datatypes, parameters
+    )
 
 
 def _translate(error: grpc.RpcError) -> Exception:
@@ -122,14 +150,16 @@ class Client:
         *,
         tls: TlsConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
     ) -> None:
+        self._metadata = _auth_metadata(token)
         options = _options(max_message_bytes, tls)
         if tls is not None:
             self._channel = grpc.secure_channel(address, _credentials(tls), options=options)
         else:
             self._channel = grpc.insecure_channel(address, options=options)
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._stub = wire.Stub(self._channel, wire.INFERENCE_SERVICE)
+        self._health = wire.Stub(self._channel, wire.HEALTH_SERVICE)
 
     def __enter__(self) -> Client:
         return self
@@ -142,7 +172,7 @@ class Client:
 
     def _call(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
         try:
-            return getattr(self._stub, method)(request, timeout=timeout_s)
+            return getattr(self._stub, method)(request, timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             raise _translate(error) from None
 
@@ -181,10 +211,10 @@ class Client:
     def health(self, service: str = "") -> str:
         """grpc.health.v1 status name: SERVING, NOT_SERVING, ..."""
         try:
-            response = self._health.Check(health_pb2.HealthCheckRequest(service=service))
+            response = self._health.Check(wire.health.HealthCheckRequest(service=service))
         except grpc.RpcError as error:
             raise _translate(error) from None
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        return str(_SERVING_STATUS.get(response.status, response.status))
 
     def infer(
         self,
@@ -219,14 +249,16 @@ class AsyncClient:
         *,
         tls: TlsConfig | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
     ) -> None:
+        self._metadata = _auth_metadata(token)
         options = _options(max_message_bytes, tls)
         if tls is not None:
             self._channel = grpc.aio.secure_channel(address, _credentials(tls), options=options)
         else:
             self._channel = grpc.aio.insecure_channel(address, options=options)
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._stub = wire.Stub(self._channel, wire.INFERENCE_SERVICE)
+        self._health = wire.Stub(self._channel, wire.HEALTH_SERVICE)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -239,7 +271,9 @@ class AsyncClient:
 
     async def _call(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
         try:
-            return await getattr(self._stub, method)(request, timeout=timeout_s)
+            return await getattr(self._stub, method)(
+                request, timeout=timeout_s, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise _translate(error) from None
 
@@ -284,10 +318,10 @@ class AsyncClient:
 
     async def health(self, service: str = "") -> str:
         try:
-            response = await self._health.Check(health_pb2.HealthCheckRequest(service=service))
+            response = await self._health.Check(wire.health.HealthCheckRequest(service=service))
         except grpc.RpcError as error:
             raise _translate(error) from None
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        return str(_SERVING_STATUS.get(response.status, response.status))
 
     async def infer(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from headrace.config.model import (
     BatchingConfig,
     DriftSettings,
+    Int8Config,
     ModelConfig,
     OnnxRuntimeConfig,
     TensorConfig,
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "BatchingConfig",
     "DriftSettings",
+    "Int8Config",
     "ModelConfig",
     "OnnxRuntimeConfig",
     "ServerSettings",

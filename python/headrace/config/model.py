@@ -221,6 +221,35 @@ class OnnxRuntimeConfig(ConfigModel):
     inter_op_threads: Annotated[Int, Field(ge=0)] | None = None
 
 
+INT8_DEVICES = ("cpu", "auto", "cuda", "cuda:N")
+
+
+def parse_int8_device(device: str) -> tuple[str, int]:
+    """``"cpu"`` / ``"auto"`` / ``"cuda"`` / ``"cuda:N"`` -> (kind, CUDA device index);
+    ValueError("must be ...") for anything else."""
+    if device in ("cpu", "auto", "cuda"):
+        return device, 0
+    index = device.removeprefix("cuda:")
+    if index != device and index.isascii() and index.isdigit():
+        return "cuda", int(index)
+    raise ValueError(f"must be one of {', '.join(map(repr, INT8_DEVICES))}, got {device!r}")
+
+
+def _int8_device(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string ({', '.join(map(repr, INT8_DEVICES))}), got {value!r}")
+    parse_int8_device(value)
+    return value
+
+
+class Int8Config(ConfigModel):
+    """The ``[int8]`` table (``backend = "int8"`` models): where the kernels run. ``"cpu"``, the
+    default; ``"cuda"`` / ``"cuda:N"``, that GPU (a load fails with "no CUDA device: ..." where
+    none is usable); ``"auto"``, the GPU when one is usable, else the CPU."""
+
+    device: Annotated[str, BeforeValidator(_int8_device)] = "cpu"
+
+
 def _command(value: Any) -> Any:
     if isinstance(value, str):
         value = shlex.split(value)
@@ -283,7 +312,13 @@ class ModelToml(ConfigModel):
     outputs: tuple[TensorConfig, ...] = ()
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
+    int8: Int8Config = Field(default_factory=Int8Config)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    # Alias -> version number (``champion = 3``): labels a request may name as model_version.
+    # Read by the registry's filesystem source; a moved alias is not a config change.
+    aliases: dict[Annotated[str, Field(min_length=1)], Annotated[Int, Field(ge=1)]] = Field(
+        default_factory=dict
+    )
 
 
 class ModelConfig(ModelToml):
@@ -291,6 +326,10 @@ class ModelConfig(ModelToml):
 
     name: str
     source: Path | None = None
+
+    def serving_settings(self) -> dict[str, Any]:
+        """Everything that changes how versions are built and run (aliases do not)."""
+        return self.model_dump(exclude={"aliases", "source"})
 
     @property
     def intra_op_threads(self) -> int | None:
@@ -305,6 +344,7 @@ _TABLES: dict[str, type[BaseModel]] = {
     "": ModelToml,
     "batching": BatchingConfig,
     "onnxruntime": OnnxRuntimeConfig,
+    "int8": Int8Config,
     "drift": DriftSettings,
     "inputs": TensorConfig,
     "outputs": TensorConfig,

@@ -4,11 +4,16 @@ variables and explicit values (the CLI's flags), in rising priority."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from headrace.types import DEFAULT_MAX_MESSAGE_BYTES
+
+# Beside the model folders (a file, or a hidden folder: neither is read as a model).
+DEFAULT_ENDPOINTS_FILE = "_endpoints.toml"
+DEFAULT_STATE_DIR = ".headrace"
 
 
 class ServerSettings(BaseSettings):
@@ -37,3 +42,51 @@ class ServerSettings(BaseSettings):
     # closed anyway (what is left then answers UNAVAILABLE).
     drain_timeout_s: float = Field(default=30.0, ge=0)
     log_level: str = "INFO"
+    # -- access (server/auth.py) --
+    # Control RPCs (RepositoryModelLoad/Unload, AdminService): "auto" opens them on loopback or a
+    # Unix socket, needs credentials elsewhere; "on" opens them anywhere; "off" refuses them.
+    control_rpcs: Literal["auto", "on", "off"] = "auto"
+    admin_token_file: Path | None = None
+    inference_token_file: Path | None = None  # set: inference RPCs need a token too
+    tls_client_ca: Path | None = None  # PEM: a client certificate signed by it is an admin
+    # Drift retraining triggers (commands, webhooks) in model.toml run with the server's rights:
+    # honoured only when the repository is trusted with them.
+    trust_model_triggers: bool = False
+    # -- endpoints and traffic strategies (routing/) --
+    # endpoints.toml; None: `_endpoints.toml` at the model repository's root when it exists.
+    endpoints_file: Path | None = None
+    # Where endpoints changed at run time and the strategies' state persist; None: `.headrace`
+    # inside the model repository (none without a repository: nothing persists).
+    state_dir: Path | None = None
+    # Feedback finds an answer by its request id among the last `feedback_max_entries` answers
+    # no older than `feedback_ttl_s`; older or dropped ids answer NOT_FOUND.
+    feedback_max_entries: int = Field(default=100_000, ge=1)
+    feedback_ttl_s: float = Field(default=3600.0, gt=0)
+    # Declared endpoints always remember their answers' ids for feedback; plain models (an
+    # endpoint of one variant) only when this is on: remembering costs about a microsecond per
+    # request, which a model nobody sends feedback for should not pay.
+    feedback_plain_models: bool = False
+    # -- load --
+    # RPCs in flight at once, streams counted once each; beyond it RESOURCE_EXHAUSTED.
+    # 0: from the machine's memory (see server/app.py).
+    max_inflight_rpcs: int = Field(default=0, ge=0)
+    # A stream whose reader takes no answer for this long is cancelled.
+    stream_stall_timeout_s: float = Field(default=30.0, gt=0)
+
+    def resolved_endpoints_file(self) -> Path | None:
+        """The endpoints file to read: the setting, else the repository's `_endpoints.toml`."""
+        if self.endpoints_file is not None:
+            return self.endpoints_file
+        if self.model_repository is not None:
+            default = Path(self.model_repository) / DEFAULT_ENDPOINTS_FILE
+            if default.is_file():
+                return default
+        return None
+
+    def resolved_state_dir(self) -> Path | None:
+        """The routing state folder: the setting, else `.headrace` in the repository."""
+        if self.state_dir is not None:
+            return self.state_dir
+        if self.model_repository is not None:
+            return Path(self.model_repository) / DEFAULT_STATE_DIR
+        return None

@@ -1,8 +1,10 @@
 """The engine: the in-process API the server wraps.
 
-``engine.py`` the facade (model -> infer), ``version.py`` a loaded version, ``execution.py``
-batched and direct execution behind one interface, ``validation.py`` request and spec checks,
-``completions.py`` the completion router that wakes callers once per batch. Names load lazily,
+``engine.py`` the facade (endpoint -> variant -> infer), ``routed.py`` endpoints on the request
+path (routing, shadows, request series), ``lookup.py`` which loaded version serves,
+``version.py`` a loaded version, ``execution.py`` batched and direct execution behind one
+interface, ``validation.py`` request and spec checks, ``completions.py`` the completion router
+that wakes callers once per batch. Names load lazily,
 so ``registry.manager`` can import a submodule without a cycle through the facade.
 """
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.errors import InternalError, error_for_code
+from headrace.native import core as _core
 
 Outputs = list[npt.NDArray[Any]]
 _Waiter = asyncio.Future[Outputs] | concurrent.futures.Future[Outputs]

@@ -6,14 +6,19 @@ A Python user gets every capability of the gRPC server here without a socket::
     result = engine.infer("tabular", {"x": np.ones((1, 32), np.float32)})
     result.outputs["y"]
 
-``infer`` (blocking) and ``infer_async`` (asyncio) validate inputs against the model's metadata,
-run the model version that the version policy serves, and keep Triton-style statistics and
-Prometheus metrics. Model execution never happens on the event loop. Loading, swapping and
-draining versions is ``registry.manager.ModelManager``'s job.
+``infer`` (blocking) and ``infer_async`` (asyncio) take an endpoint's name (see ``routing/``; a
+plain model is an endpoint of one variant), let its strategy choose the variant, validate inputs
+against that model's metadata, run the version it names, and keep Triton-style statistics and
+Prometheus metrics. Each result says which variant answered (``parameters["headrace_variant"]``)
+and carries the request id (assigned when the caller gave none) that feedback refers to. Model
+execution never happens on the event loop. Loading, swapping and draining versions is
+``registry.manager.ModelManager``'s job; the routing glue is ``routed.EngineRouting``.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,15 +26,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.config import ServerSettings
 from headrace.engine.completions import CompletionRouter
+from headrace.engine.lookup import lease_route, lease_version, served_version
+from headrace.engine.routed import EngineRouting, signature_of_version
 from headrace.engine.version import ModelVersion
-from headrace.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from headrace.errors import HeadraceError, InvalidArgumentError, NotFoundError
 from headrace.monitoring.drift.served import ServedDrift
 from headrace.monitoring.metrics import Metrics
+from headrace.native import core as _core
 from headrace.registry.filesystem import FilesystemRepository
 from headrace.registry.manager import ModelManager, ServedVersion
+from headrace.routing import PIN_PARAMETER, Endpoints, FeedbackReceipt, RequestIds, Route
+from headrace.routing.config import ModelSignature
 from headrace.types import (
     InferRequest,
     InferResult,
@@ -37,10 +46,6 @@ from headrace.types import (
     ModelMetadata,
     VersionStatistics,
 )
-
-# How often a request retries the lookup when its version was retired between the lookup and
-# the lease (a swap in progress); the second lookup sees the new snapshot.
-_LEASE_ATTEMPTS = 3
 
 
 def deadline_ns(timeout_us: int, timeout_s: float | None) -> int:
@@ -70,6 +75,9 @@ class Engine:
         )
         self.completions = CompletionRouter()
         self.models = ModelManager(repository, self.settings, self.metrics, self.completions)
+        self._routing: EngineRouting | None = None
+        self._routing_lock = threading.Lock()
+        self._ids = RequestIds()  # ids for requests sent without one (feedback refers to them)
 
     @classmethod
     def from_repository(cls, path: str | Path, **settings: Any) -> Engine:
@@ -81,17 +89,70 @@ class Engine:
     # -- repository --------------------------------------------------------------------------
 
     def load_repository(self) -> None:
-        """Load every model of the repository; a model that fails is reported and skipped."""
+        """Load every model of the repository (a model that fails is reported and skipped),
+        then the endpoints (ConfigError / NotFoundError for one that does not fit the models)."""
         self.models.load_repository()
+        routing = self.routing
+        for name in self.model_names():
+            routing.endpoints.add_model(name)
 
     def load_model(self, name: str) -> None:
         """(Re)load a model from the repository: new versions load and warm up first, then
         replace the old ones, which drain. A failure leaves the old versions serving."""
         self.models.load(name)
+        self.routing.endpoints.add_model(name)
 
     def unload_model(self, name: str) -> None:
         """Stop serving a model; requests already running finish."""
         self.models.unload(name)
+        self.routing.endpoints.remove_model(name)
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    @property
+    def routing(self) -> EngineRouting:
+        """The routing glue, built on first use from the endpoints file and state folder."""
+        routing = self._routing
+        if routing is None:
+            with self._routing_lock:
+                routing = self._routing
+                if routing is None:
+                    routing = EngineRouting.build(
+                        self.settings, self.metrics, self._signature, self._shadow_infer
+                    )
+                    for name in self.model_names():
+                        routing.endpoints.add_model(name)
+                    self._routing = routing
+        return routing
+
+    @property
+    def endpoints(self) -> Endpoints:
+        """The endpoint table: ``create``, ``update``, ``delete``, ``switch``, ``rollback``,
+        ``report``, ``names`` (what AdminService offers; they write the state folder, so call
+        them off the event loop)."""
+        return self.routing.endpoints
+
+    def feedback(
+        self,
+        request_id: str,
+        *,
+        reward: float | None = None,
+        label: npt.NDArray[Any] | None = None,
+        endpoint: str | None = None,
+    ) -> FeedbackReceipt:
+        """A reward and/or a label for an answered request, by the id its result carried."""
+        return self.routing.feedback(request_id, reward=reward, label=label, endpoint=endpoint)
+
+    def _signature(self, model: str, version: str) -> ModelSignature:
+        return signature_of_version(self.get_version(model, version or None))
+
+    def _declared_route(self, name: str) -> Route | None:
+        """The first variant of a declared endpoint called ``name``; None for anything else."""
+        try:
+            runtime = self.routing.endpoints.get(name)
+        except NotFoundError:
+            return None
+        return None if runtime.implicit else runtime.routes[0]
 
     def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         return self.models.index(ready_only)
@@ -102,52 +163,59 @@ class Engine:
         return sorted(name for name, m in self.models.models().items() if m.versions)
 
     def _served(self, name: str, version: str | int | None) -> ServedVersion:
-        model = self.models.get(name)
-        if model is None or not model.versions:
-            raise NotFoundError(
-                f"unknown model '{name}'"
-                if model is None
-                else f"model '{name}' is not ready: {model.reason}"
-            )
-        if version is None or version == "":
-            latest = model.latest
-            assert latest is not None  # versions is not empty
-            return latest
-        try:
-            number = int(version)
-        except ValueError:
-            raise NotFoundError(f"model '{name}' has no version '{version}'") from None
-        found = model.versions.get(number)
-        if found is None:
-            raise NotFoundError(
-                f"model '{name}' has no version '{version}' "
-                f"(serving: {', '.join(str(v) for v in sorted(model.versions))})"
-            )
-        return found
+        return served_version(self.models, name, version)
 
     def _lease(self, name: str, version: str | int | None) -> ServedVersion:
-        """The serving version, with one in-flight request counted on it (release after)."""
-        for _ in range(_LEASE_ATTEMPTS):
-            served = self._served(name, version)
-            if served.lease.acquire():
-                return served
-        raise UnavailableError(f"model '{name}' is being swapped; retry")
+        return lease_version(self.models, name, version)
 
     def get_version(self, name: str, version: str | int | None = None) -> ModelVersion:
         """The version that serves ``name`` (latest loaded when ``version`` is empty)."""
         return self._served(name, version).version
 
     def is_model_ready(self, name: str, version: str | int | None = None) -> bool:
+        """A model version serves; an endpoint (no version) has every variant serving."""
+        route = self._declared_route(name)
         try:
-            self._served(name, version)
+            if route is None:
+                self._served(name, version)
+            elif version:
+                return False
+            else:
+                for variant in route.runtime.routes:
+                    self._served(variant.model, variant.version or None)
         except NotFoundError:
             return False
         return True
 
     def model_config(self, name: str, version: str | int | None = None) -> ModelVersion:
+        """A model version; for an endpoint, the version its first variant runs."""
+        route = self._declared_route(name)
+        if route is not None:
+            self._no_version_for_endpoint(name, version)
+            return self.get_version(route.model, route.version or None)
         return self.get_version(name, version)
 
+    @staticmethod
+    def _no_version_for_endpoint(name: str, version: str | int | None) -> None:
+        if version:
+            raise InvalidArgumentError(
+                f"'{name}' is an endpoint that chooses the version itself; ask without a version"
+            )
+
     def metadata(self, name: str, version: str | int | None = None) -> ModelMetadata:
+        """A model's metadata; an endpoint answers its first variant's (under its own name,
+        without versions: the endpoint chooses them)."""
+        route = self._declared_route(name)
+        if route is not None:
+            self._no_version_for_endpoint(name, version)
+            served = self.get_version(route.model, route.version or None)
+            return ModelMetadata(
+                name=name,
+                versions=(),
+                platform=served.backend.platform,
+                inputs=served.inputs,
+                outputs=served.outputs,
+            )
         served = self.get_version(name, version)
         model = self.models.get(name)
         versions = model.versions if model is not None else {}
@@ -186,6 +254,47 @@ class Engine:
 
     # -- inference ---------------------------------------------------------------------------
 
+    def _route(
+        self,
+        model: str,
+        version: str | int | None,
+        parameters: Mapping[str, Any] | None,
+        inputs: Mapping[str, Any],
+    ) -> Route:
+        try:
+            return self.routing.resolve(
+                model, "" if version is None else str(version), parameters, inputs
+            )
+        except NotFoundError:
+            self._served(model, version)  # a model known but not ready says why
+            raise
+
+    def _answer(
+        self,
+        route: Route,
+        served: ModelVersion,
+        request_id: str,
+        inputs: Mapping[str, Any],
+        outputs: dict[str, npt.NDArray[Any]],
+        start_ns: int,
+    ) -> InferResult:
+        latency_ns = time.perf_counter_ns() - start_ns
+        self.routing.answered(route, served.version_str, request_id, inputs, outputs, latency_ns)
+        return InferResult(
+            route.endpoint,
+            served.version_str,
+            outputs,
+            request_id,
+            served.output_datatypes,
+            {PIN_PARAMETER: route.variant},
+        )
+
+    def _failed(
+        self, route: Route, served: ModelVersion | None, error: HeadraceError, start_ns: int
+    ) -> None:
+        version = served.version_str if served is not None else ""
+        self.routing.failed(route, version, error, time.perf_counter_ns() - start_ns)
+
     def infer(
         self,
         model: str,
@@ -194,22 +303,33 @@ class Engine:
         outputs: Sequence[str] | None = None,
         *,
         request_id: str = "",
+        parameters: Mapping[str, Any] | None = None,
         priority: int = 0,
         timeout_us: int = 0,
     ) -> InferResult:
-        """Run ``model`` on numpy ``inputs`` in the calling thread; blocks until done.
+        """Run ``model`` (a model or an endpoint) on numpy ``inputs`` in the calling thread;
+        blocks until done.
 
-        ``priority`` (1 is highest, 0 the model's default) and ``timeout_us`` (time allowed in
-        the queue; 0 for the model's default) have Triton's meaning."""
-        leased = self._lease(model, version)
+        ``parameters`` are request parameters (an endpoint's sticky key, ``headrace_variant``
+        to pin a variant); ``priority`` (1 is highest, 0 the model's default) and ``timeout_us``
+        (time allowed in the queue; 0 for the model's default) have Triton's meaning."""
+        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        route = self._route(model, version, parameters, arrays)
+        request_id = request_id or self._ids.next()
+        start_ns = time.perf_counter_ns()
+        served: ModelVersion | None = None
         try:
+            leased = lease_route(self.models, route)
             served = leased.version
-            arrays = {k: np.asarray(v) for k, v in inputs.items()}
-            names = served.validator.check(arrays, outputs)
-            result = served.infer(arrays, names, priority, deadline_ns(timeout_us, None))
-        finally:
-            leased.lease.release()
-        return InferResult(model, served.version_str, result, request_id, served.output_datatypes)
+            try:
+                names = served.validator.check(arrays, outputs)
+                result = served.infer(arrays, names, priority, deadline_ns(timeout_us, None))
+            finally:
+                leased.lease.release()
+        except HeadraceError as error:
+            self._failed(route, served, error, start_ns)
+            raise
+        return self._answer(route, served, request_id, arrays, result, start_ns)
 
     async def infer_async(
         self,
@@ -219,6 +339,7 @@ class Engine:
         outputs: Sequence[str] | None = None,
         *,
         request_id: str = "",
+        parameters: Mapping[str, Any] | None = None,
         declared_datatypes: Mapping[str, str] | None = None,
         priority: int = 0,
         timeout_us: int = 0,
@@ -226,16 +347,23 @@ class Engine:
     ) -> InferResult:
         """As :meth:`infer`, awaitable; the model runs off the event loop. ``timeout_s`` is the
         caller's remaining time (a gRPC deadline); the earlier of it and ``timeout_us`` wins."""
-        leased = self._lease(model, version)
+        route = self._route(model, version, parameters, inputs)
+        request_id = request_id or self._ids.next()
+        start_ns = time.perf_counter_ns()
+        served: ModelVersion | None = None
         try:
+            leased = lease_route(self.models, route)
             served = leased.version
-            names = served.validator.check(inputs, outputs, declared_datatypes)
-            result = await served.infer_async(
-                inputs, names, priority, deadline_ns(timeout_us, timeout_s)
-            )
-        finally:
-            leased.lease.release()
-        return InferResult(model, served.version_str, result, request_id, served.output_datatypes)
+            try:
+                names = served.validator.check(inputs, outputs, declared_datatypes)
+                deadline = deadline_ns(timeout_us, timeout_s)
+                result = await served.infer_async(inputs, names, priority, deadline)
+            finally:
+                leased.lease.release()
+        except HeadraceError as error:
+            self._failed(route, served, error, start_ns)
+            raise
+        return self._answer(route, served, request_id, inputs, result, start_ns)
 
     async def infer_request(self, request: InferRequest) -> InferResult:
         """:meth:`infer_async` of a domain request (what the server decodes)."""
@@ -245,12 +373,27 @@ class Engine:
             request.version,
             request.outputs,
             request_id=request.request_id,
+            parameters=request.parameters,
             declared_datatypes=request.declared_datatypes,
             priority=request.priority,
             timeout_us=request.timeout_us,
             timeout_s=request.timeout_s,
         )
 
+    async def _shadow_infer(
+        self, model: str, version: str, inputs: Mapping[str, npt.NDArray[Any]]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """A shadow copy: the model itself, unrouted and uncounted as a client request."""
+        leased = self._lease(model, version or None)
+        try:
+            served = leased.version
+            names = served.validator.check(inputs, None)
+            return await served.infer_async(inputs, names)
+        finally:
+            leased.lease.release()
+
     def close(self) -> None:
-        """Drain and release every model."""
+        """Write the routing state, stop shadows, drain and release every model."""
+        if self._routing is not None:
+            self._routing.close()
         self.models.close()

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.engine.completions import CompletionRouter, Outputs
-from headrace.errors import DeadlineExceededError, HeadraceError, InternalError, from_core_error
+from headrace.errors import DeadlineExceededError, runner_failure
+from headrace.native import core as _core
 from headrace.types import BatchStatistics, VersionStatistics
 
 Arrays = dict[str, npt.NDArray[Any]]
@@ -81,10 +81,7 @@ class BatchedExecution:
         """Queue a request: (ticket, None), or (ticket, outputs) when its batch was cheap enough
         to run right here (its completion is then taken at once: no wake-up, no future)."""
         arrays = [inputs[name] for name in self._input_names]
-        try:
-            ticket, ran_here = self._batcher.submit_or_run(arrays, priority, deadline_ns)
-        except _core.CoreError as error:
-            raise from_core_error(error) from None
+        ticket, ran_here = self._batcher.submit_or_run(arrays, priority, deadline_ns)
         if ran_here:
             return ticket, self._completions.take_now(ticket)
         return ticket, None
@@ -175,10 +172,8 @@ class DirectExecution:
         start_ns = time.perf_counter_ns()
         try:
             arrays = self._run(inputs, output_names)
-        except HeadraceError:
-            raise
-        except Exception as error:  # a model's own failure: INTERNAL with its message
-            raise InternalError(f"model '{self._name}' failed: {error}") from error
+        except Exception as error:  # one rule for how a runner's failure reads (errors.py)
+            raise runner_failure(error) from error
         end_ns = time.perf_counter_ns()
         self._record(self._rows(inputs), start_ns - enqueue_ns, end_ns - start_ns)
         return dict(zip(output_names, arrays, strict=True))

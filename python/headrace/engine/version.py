@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.backends.base import Backend
-from headrace.config import ModelConfig, ServerSettings
+from headrace.config import DriftSettings, ModelConfig, ServerSettings
 from headrace.engine.completions import CompletionRouter
 from headrace.engine.execution import BatchedExecution, DirectExecution, Execution
 from headrace.engine.validation import (
@@ -32,6 +31,7 @@ from headrace.engine.validation import (
 from headrace.errors import ConfigError, HeadraceError, UnavailableError
 from headrace.monitoring.drift.served import ServedDrift, load_served_drift, reference_stamp
 from headrace.monitoring.metrics import Metrics
+from headrace.native import core as _core
 from headrace.types import TensorSpec, VersionStatistics
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,9 @@ def load_backend(
             ),
         )
     if backend == "int8":
-        from headrace.backends.int8 import Int8Backend
+        from headrace.backends.int8_cuda import load_int8_backend
 
-        return Int8Backend(path)
+        return load_int8_backend(path, config.int8.device)
     raise ConfigError(f"{path}: backend '{backend}' is not available in this build")
 
 
@@ -90,8 +90,6 @@ def batcher_config(config: ModelConfig, max_batch_size: int) -> Any:
         core_config.validate()
     except HeadraceError as error:
         raise ConfigError(f"{config.source}: {error.message}") from None
-    except _core.CoreError as error:
-        raise ConfigError(f"{config.source}: {error.args[-1]}") from None
     return core_config
 
 
@@ -114,6 +112,7 @@ class ModelVersion:
         self.directory = model_file.parent
         self.model_file = model_file
         self.config = config
+        self._trust_triggers = settings.trust_model_triggers
         self.backend = load_backend(model_file, backend_name, config, settings)
         try:
             self.inputs: tuple[TensorSpec, ...] = apply_declared(
@@ -134,9 +133,6 @@ class ModelVersion:
         self.output_datatypes = {s.name: s.datatype for s in self.outputs}
         self._bytes_inputs = [s.name for s in self.inputs if s.datatype == "BYTES"]
         self._metrics = metrics
-        self._labels = (self.name, self.version_str)
-        # Labelled children looked up once: labels() costs a dict lookup and a lock per call.
-        self._duration_histogram = metrics.request_duration.labels(*self._labels)
         self._stats_lock = threading.Lock()
         self._success_count = 0
         self._success_ns = 0
@@ -156,7 +152,7 @@ class ModelVersion:
                 self.directory,
                 self.name,
                 self.version_str,
-                self.config.drift,
+                self._drift_settings(),
                 self._metrics.drift,
             )
             self.execution = self._build_execution(completions)
@@ -167,6 +163,22 @@ class ModelVersion:
         self._metrics.track(self)
         if self.drift is not None:
             self._metrics.drift_watcher.register(self.drift)
+
+    def _drift_settings(self) -> DriftSettings:
+        """The [drift] table; its retraining trigger only when the repository is trusted with
+        commands (a trigger runs with the server's rights: whoever can write a model.toml could
+        otherwise run anything)."""
+        drift = self.config.drift
+        if self._trust_triggers or (
+            drift.trigger_command is None and drift.trigger_webhook is None
+        ):
+            return drift
+        log.warning(
+            "model %s: [drift] trigger ignored; start the server with --trust-model-triggers "
+            "to let model.toml files run retraining commands or call webhooks",
+            self.name,
+        )
+        return drift.model_copy(update={"trigger_command": None, "trigger_webhook": None})
 
     def _build_execution(self, completions: CompletionRouter) -> Execution:
         if self.max_batch_size <= 0:
@@ -286,6 +298,8 @@ class ModelVersion:
         return outputs
 
     def _record_request(self, ok: bool, duration_ns: int, error: HeadraceError | None) -> None:
+        # Triton's statistics; the Prometheus request series (labelled by endpoint and variant
+        # too) are the engine's, which knows what the client called.
         with self._stats_lock:
             if ok:
                 self._success_count += 1
@@ -293,11 +307,6 @@ class ModelVersion:
             else:
                 self._fail_count += 1
                 self._fail_ns += duration_ns
-        if ok:  # the success count is exported from the statistics at scrape time
-            self._duration_histogram.observe(duration_ns / 1e9)
-        else:
-            code = error.code.name if error is not None else "INTERNAL"
-            self._metrics.request_failure.labels(*self._labels, code).inc()
 
     def infer(
         self,

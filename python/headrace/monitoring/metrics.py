@@ -1,4 +1,6 @@
-"""Prometheus metrics, prefixed ``headrace_`` and labelled by ``model`` and ``version``.
+"""Prometheus metrics, prefixed ``headrace_`` and labelled by ``model`` and ``version``; the
+request series (successes, failures, latency) also by ``endpoint`` and ``variant``: what the
+client called and which of its variants answered (a plain model is its own endpoint and variant).
 
 Latencies are histograms (not summaries) so p50/p95/p99 can be computed across replicas. Each
 Engine owns its own registry, so several engines in one process (tests) never collide.
@@ -21,12 +23,14 @@ from prometheus_client.exposition import generate_latest
 
 from headrace.monitoring.drift.gauges import DriftMetrics
 from headrace.monitoring.drift.watcher import DriftWatcher
+from headrace.monitoring.routing_metrics import RoutingMetrics
 
 # 25 µs .. ~26 s, doubling: fine resolution where a small model's latency lives.
 LATENCY_BUCKETS_S = tuple(25e-6 * 2**i for i in range(21))
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 _LABELS = ("model", "version")
+REQUEST_LABELS = ("model", "version", "endpoint", "variant")
 
 
 class VersionStatisticsSource(Protocol):
@@ -34,6 +38,26 @@ class VersionStatisticsSource(Protocol):
     version_str: str
 
     def statistics(self) -> Any: ...
+
+
+class RequestSeries:
+    """The request series of one (model, version, endpoint, variant): the latency histogram's
+    child looked up once, a success count exported at scrape time (no Prometheus update per
+    success beyond the histogram), and failure counters per status code.
+
+    Written by the thread that answers the request (the event loop, or a blocking caller holding
+    the engine's routing lock)."""
+
+    __slots__ = ("_failure", "duration", "labels", "success")
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, str, str, str]) -> None:
+        self.labels = labels
+        self.duration = metrics.request_duration.labels(*labels)
+        self._failure = metrics.request_failure
+        self.success = 0
+
+    def failed(self, code: str) -> None:
+        self._failure.labels(*self.labels, code).inc()
 
 
 class Metrics:
@@ -45,16 +69,18 @@ class Metrics:
         self.request_failure = Counter(
             "headrace_inference_request_failure",
             "Failed inference requests",
-            (*_LABELS, "code"),
+            (*REQUEST_LABELS, "code"),
             registry=r,
         )
         self.request_duration = Histogram(
             "headrace_inference_request_duration_seconds",
             "End-to-end request time inside the server",
-            _LABELS,
+            REQUEST_LABELS,
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self._series: dict[tuple[str, str, str, str], RequestSeries] = {}
+        self._series_lock = threading.Lock()
         self._versions: dict[tuple[str, str], VersionStatisticsSource] = {}
         self._versions_lock = threading.Lock()
         r.register(_VersionCollector(self))
@@ -63,6 +89,22 @@ class Metrics:
         # Drift gauges are set as windows close, by the watcher thread (never on a request).
         self.drift = DriftMetrics(r)
         self.drift_watcher = DriftWatcher()
+        # Endpoint gauges are read from the routing state at scrape time; events count as they
+        # happen (canary rollbacks and promotions, switches).
+        self.routing = RoutingMetrics(r)
+
+    def series(self, model: str, version: str, endpoint: str, variant: str) -> RequestSeries:
+        """The request series of these labels (one object per label set; cache it)."""
+        labels = (model, version, endpoint, variant)
+        with self._series_lock:
+            found = self._series.get(labels)
+            if found is None:
+                found = self._series[labels] = RequestSeries(self, labels)
+            return found
+
+    def all_series(self) -> list[RequestSeries]:
+        with self._series_lock:
+            return list(self._series.values())
 
     def track(self, version: VersionStatisticsSource) -> None:
         """Export ``version.statistics()`` at every scrape (kept by the scheduler itself)."""
@@ -110,10 +152,14 @@ class _VersionCollector:
 
     def collect(self) -> Iterator[Metric]:
         labels = list(_LABELS)
-        # Read from the version's own count at scrape time: no metric update per request.
+        # Counted by each request series and read at scrape time: no metric update per request.
         success = CounterMetricFamily(
-            "headrace_inference_request_success", "Successful inference requests", labels=labels
+            "headrace_inference_request_success",
+            "Successful inference requests",
+            labels=list(REQUEST_LABELS),
         )
+        for series in self._metrics.all_series():
+            success.add_metric(list(series.labels), series.success)
         inference = CounterMetricFamily(
             "headrace_inference_count", "Rows inferred (batch dimension summed)", labels=labels
         )
@@ -161,7 +207,6 @@ class _VersionCollector:
         for version in self._metrics.tracked():
             s = version.statistics()
             values = [version.name, version.version_str]
-            success.add_metric(values, s.success_count)
             inference.add_metric(values, s.inference_count)
             executions.add_metric(values, s.execution_count)
             queue.add_metric(values, s.queue_ns / 1000)

@@ -251,7 +251,8 @@ class ModelManager:
             if (
                 old is not None
                 and previous is not None
-                and previous.config == source.config
+                and previous.config is not None
+                and previous.config.serving_settings() == source.config.serving_settings()
                 and old.fingerprint == fingerprint
                 and old.version.drift_reference == reference_stamp(old.version.directory)
             ):

@@ -1,4 +1,5 @@
-"""The ``headrace.v1.AdminService`` servicer: headrace's own operations over an Engine."""
+"""The ``headrace.v1.AdminService`` servicer: headrace's own operations over an Engine (drift
+reports here; the endpoint RPCs in ``admin_endpoints.py``)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from headrace._proto.headrace.v1 import admin_pb2 as pb
-from headrace._proto.headrace.v1 import admin_pb2_grpc as pb_grpc
 from headrace.engine import Engine
 from headrace.monitoring.drift import DriftReport
 from headrace.monitoring.drift.served import ServedDrift
+from headrace.server.admin_endpoints import EndpointAdmin
 from headrace.server.status import unary_errors
+from headrace.wire import admin as pb
 
 if TYPE_CHECKING:  # ServicerContext is generic only in the type stubs
     Context = grpc.aio.ServicerContext[Any, Any]
 else:
     Context = grpc.aio.ServicerContext
-
-ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 def _number(value: float | None) -> float:
@@ -60,7 +59,9 @@ def drift_report_message(served: ServedDrift, report: DriftReport) -> Any:
     )
 
 
-class AdminServicer(pb_grpc.AdminServiceServicer):  # type: ignore[misc]
+class AdminServicer(EndpointAdmin):
+    """headrace.v1.AdminService; methods not defined here answer UNIMPLEMENTED (app.py)."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 

@@ -5,47 +5,97 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
+from google.protobuf.descriptor import ServiceDescriptor
 
-from headrace._proto.headrace.v1 import admin_pb2_grpc
-from headrace._proto.inference import grpc_service_pb2 as pb
+from headrace import wire
 from headrace.config import ServerSettings
 from headrace.engine import Engine
-from headrace.server.admin import ADMIN_SERVICE, AdminServicer
+from headrace.errors import HeadraceError
+from headrace.server.admin import AdminServicer
+from headrace.server.auth import AccessInterceptor, AccessPolicy
+from headrace.server.feedback import FeedbackServicer
+from headrace.server.health import SERVING, HealthServicer, ReflectionServicer
 from headrace.server.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
 
-INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+INFERENCE_SERVICE = wire.INFERENCE_SERVICE.full_name
+ADMIN_SERVICE = wire.ADMIN_SERVICE.full_name
+REFLECTION_SERVICES = (
+    wire.reflection_v1.service("ServerReflection"),
+    wire.reflection_v1alpha.service("ServerReflection"),
+)
 
 
-def inference_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler[Any, Any]:
-    """The v2 service's handlers. ModelInfer and ModelStreamInfer take and return bytes (the
-    core parses and writes those messages); every other RPC uses the generated messages."""
-    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+def _unimplemented(name: str, streaming: bool) -> Any:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented")
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented")
+        yield  # pragma: no cover - abort raises
+
+    return stream if streaming else unary
+
+
+def service_handlers(
+    service: ServiceDescriptor, servicer: object, raw: frozenset[str] = frozenset()
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """One handler per method of ``service``, bound to the servicer's method of the same name.
+    Methods named in ``raw`` take and return bytes (the core parses and writes them)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
-        if method.name == "ModelInfer":
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(servicer.ModelInfer)
-        elif method.name == "ModelStreamInfer":
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(servicer.ModelStreamInfer)
-        else:
-            request_type = getattr(pb, method.input_type.name)
-            response_type = getattr(pb, method.output_type.name)
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                getattr(servicer, method.name),
-                request_deserializer=request_type.FromString,
-                response_serializer=response_type.SerializeToString,
+        behaviour = getattr(servicer, method.name, None)
+        if behaviour is None:
+            behaviour = _unimplemented(
+                f"{service.full_name}/{method.name}", method.server_streaming
             )
+        codec: dict[str, Any] = {}
+        if method.name not in raw:
+            codec = {
+                "request_deserializer": wire.message_class(method.input_type).FromString,
+                "response_serializer": wire.message_class(method.output_type).SerializeToString,
+            }
+        kind = (
+            ("stream" if method.client_streaming else "unary")
+            + "_"
+            + ("stream" if method.server_streaming else "unary")
+        )
+        factory = getattr(grpc, f"{kind}_rpc_method_handler")
+        handlers[method.name] = factory(behaviour, **codec)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+# Memory an RPC in flight may pin on average (request, response, batch share): sizes the default
+# cap on concurrent RPCs so that a flood is refused (RESOURCE_EXHAUSTED) before memory runs out.
+INFLIGHT_RPC_BUDGET_BYTES = 1 << 20
+# A quarter of the machine's memory for RPCs in flight; the rest is for models.
+INFLIGHT_MEMORY_SHARE = 0.25
+MAX_DEFAULT_INFLIGHT_RPCS = 16_384
+
+
+def max_inflight_rpcs(settings: ServerSettings) -> int:
+    """The cap on concurrent RPCs: the setting, or what a share of physical memory holds."""
+    if settings.max_inflight_rpcs > 0:
+        return settings.max_inflight_rpcs
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        memory = 4 << 30
+    return max(
+        64,
+        min(
+            MAX_DEFAULT_INFLIGHT_RPCS,
+            int(memory * INFLIGHT_MEMORY_SHARE) // INFLIGHT_RPC_BUDGET_BYTES,
+        ),
+    )
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -65,30 +115,55 @@ class Server:
         self.grpc_port = 0
         self.metrics_port = -1
         self._server: grpc.aio.Server | None = None
-        self._health = health_aio.HealthServicer()
+        self._health = HealthServicer()
         self._servicer = InferenceServicer(engine)
         self._admin = AdminServicer(engine)
+        self._feedback = FeedbackServicer(engine)
         self._metrics_server: Any = None
 
     async def start(self) -> None:
         s = self.settings
-        server = grpc.aio.server(options=channel_options(s.max_message_bytes))
-        server.add_generic_rpc_handlers((inference_handlers(self._servicer),))
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(self._admin, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
+        policy = AccessPolicy.from_settings(s)
+        if not policy.control_enabled:
+            log.warning("control RPCs are %s", policy.why_control_off)
+        server = grpc.aio.server(
+            options=channel_options(s.max_message_bytes),
+            interceptors=(AccessInterceptor(policy),),
+            maximum_concurrent_rpcs=max_inflight_rpcs(s),
+        )
+        services = [
+            wire.INFERENCE_SERVICE,
+            wire.ADMIN_SERVICE,
+            wire.FEEDBACK_SERVICE,
+            wire.HEALTH_SERVICE,
+            *REFLECTION_SERVICES,
+        ]
+        reflection = ReflectionServicer(wire.reflection_v1, services)
+        reflection_alpha = ReflectionServicer(wire.reflection_v1alpha, services)
+        server.add_generic_rpc_handlers(
             (
-                INFERENCE_SERVICE,
-                ADMIN_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+                service_handlers(
+                    wire.INFERENCE_SERVICE,
+                    self._servicer,
+                    raw=frozenset({"ModelInfer", "ModelStreamInfer"}),
+                ),
+                service_handlers(wire.ADMIN_SERVICE, self._admin),
+                service_handlers(wire.FEEDBACK_SERVICE, self._feedback),
+                service_handlers(wire.HEALTH_SERVICE, self._health),
+                service_handlers(REFLECTION_SERVICES[0], reflection),
+                service_handlers(REFLECTION_SERVICES[1], reflection_alpha),
+            )
         )
         address = f"{s.host}:{s.grpc_port}"
         if s.tls_cert is not None and s.tls_key is not None:
+            # With a client CA every caller needs a certificate it signed (mutual TLS; gRPC
+            # offers no optional client certificates); auth.py decides what it may call.
             credentials = grpc.ssl_server_credentials(
-                [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())]
+                [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())],
+                root_certificates=(
+                    Path(s.tls_client_ca).read_bytes() if s.tls_client_ca is not None else None
+                ),
+                require_client_auth=s.tls_client_ca is not None,
             )
             self.grpc_port = server.add_secure_port(address, credentials)
         else:
@@ -96,10 +171,12 @@ class Server:
         if s.grpc_uds is not None:
             Path(s.grpc_uds).unlink(missing_ok=True)
             server.add_insecure_port(f"unix:{s.grpc_uds}")
+        # Shadow workers and the periodic routing state write run on this loop.
+        await self.engine.routing.start()
         await server.start()
         self._server = server
-        for service in ("", INFERENCE_SERVICE, ADMIN_SERVICE):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        for service in ("", INFERENCE_SERVICE, ADMIN_SERVICE, wire.FEEDBACK_SERVICE.full_name):
+            await self._health.set(service, SERVING)
         if s.metrics_port >= 0:
             self._metrics_server, self.metrics_port = self.engine.metrics.serve(
                 s.host, s.metrics_port
@@ -114,6 +191,7 @@ class Server:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self._server.stop(grace)
         self._server = None
+        await self.engine.routing.stop()
         await asyncio.to_thread(self.engine.close)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -129,13 +207,26 @@ class Server:
 
 async def _serve(settings: ServerSettings) -> int:
     engine = Engine(settings)
-    await asyncio.to_thread(engine.load_repository)
+    try:
+        await asyncio.to_thread(engine.load_repository)
+    except HeadraceError as error:  # endpoints that do not fit the models, a bad file
+        await asyncio.to_thread(engine.close)
+        print(f"headrace serve: {error.message}", file=sys.stderr, flush=True)
+        return 2
     server = Server(engine, settings)
     await server.start()
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop_requested.is_set():
+            # A second SIGTERM/SIGINT: the operator does not want to wait for the drain.
+            print("headrace: second signal, exiting now", file=sys.stderr, flush=True)
+            os._exit(1)
+        stop_requested.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop_requested.set)
+        loop.add_signal_handler(signum, on_signal)
     uds = f" and unix:{settings.grpc_uds}" if settings.grpc_uds else ""
     metrics = (
         f"; metrics on http://{settings.host}:{server.metrics_port}/metrics"

@@ -15,20 +15,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from headrace import _core
-from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace.datatypes import ALL_TYPED_FIELDS, DATATYPE_TO_NUMPY, TYPED_FIELD, numpy_dtype
-from headrace.errors import InvalidArgumentError, from_core_error
+from headrace.errors import InvalidArgumentError
+from headrace.native import core as _core
 from headrace.types import InferRequest, InferResult, ModelMetadata, VersionStatistics
+from headrace.wire import inference as pb
 
 
 def parse_request(message: bytes, max_elements: int) -> InferRequest | None:
     """A ModelInferRequest's bytes as a domain request, or None when it carries typed contents
     (then decode it with ``decode_infer_request``)."""
-    try:
-        parsed = _core.parse_infer_request(message, max_elements)
-    except _core.CoreError as error:
-        raise from_core_error(error) from None
+    parsed = _core.parse_infer_request(message, max_elements)
     name, version, request_id, parameters, tensors, output_names, typed = parsed
     if typed:
         return None
@@ -47,17 +44,16 @@ def parse_request(message: bytes, max_elements: int) -> InferRequest | None:
 
 
 def serialize_response(result: InferResult) -> bytes:
-    """A result as ModelInferResponse bytes (raw output contents), written by the core."""
+    """A result as ModelInferResponse bytes (raw output contents and the result's string
+    parameters, such as ``headrace_variant``), written by the core."""
     datatypes = result.datatypes
-    try:
-        response: bytes = _core.serialize_infer_response(
-            result.model_name,
-            result.model_version,
-            result.id,
-            [(out, datatypes[out], array) for out, array in result.outputs.items()],
-        )
-    except _core.CoreError as error:
-        raise from_core_error(error) from None
+    response: bytes = _core.serialize_infer_response(
+        result.model_name,
+        result.model_version,
+        result.id,
+        [(out, datatypes[out], array) for out, array in result.outputs.items()],
+        list(result.parameters.items()) if result.parameters else None,
+    )
     return response
 
 
@@ -65,12 +61,9 @@ def decode_raw(
     name: str, datatype: str, shape: Sequence[int], raw: bytes, max_elements: int
 ) -> npt.NDArray[Any]:
     """A raw input as a numpy array viewing ``raw`` (BYTES elements are split into objects)."""
-    try:
-        count = _core.validate_raw_tensor(datatype, shape, len(raw), max_elements, name)
-        if datatype == "BYTES":
-            return _core.decode_bytes(raw, count, name).reshape(tuple(shape))
-    except _core.CoreError as error:
-        raise from_core_error(error) from None
+    count = _core.validate_raw_tensor(datatype, shape, len(raw), max_elements, name)
+    if datatype == "BYTES":
+        return _core.decode_bytes(raw, count, name).reshape(tuple(shape))
     return np.frombuffer(raw, dtype=DATATYPE_TO_NUMPY[datatype]).reshape(tuple(shape))
 
 
@@ -79,10 +72,7 @@ def decode_typed(
 ) -> npt.NDArray[Any]:
     """A typed input (``InferTensorContents``) as a numpy array, checked for count and range."""
     dtype = numpy_dtype(datatype, name)
-    try:
-        count = _core.checked_element_count(shape, max_elements, name)
-    except _core.CoreError as error:
-        raise from_core_error(error) from None
+    count = _core.checked_element_count(shape, max_elements, name)
     field = TYPED_FIELD.get(datatype)
     if field is None:
         raise InvalidArgumentError(
@@ -118,10 +108,7 @@ def encode_raw(name: str, datatype: str, array: npt.NDArray[Any]) -> bytes:
     if datatype == "BYTES":
         if array.dtype.kind in ("U", "S"):
             array = array.astype(object)
-        try:
-            encoded: bytes = _core.encode_bytes(array, name)
-        except _core.CoreError as error:
-            raise from_core_error(error) from None
+        encoded: bytes = _core.encode_bytes(array, name)
         return encoded
     return np.ascontiguousarray(array).tobytes()
 
@@ -221,6 +208,8 @@ def encode_infer_response(result: InferResult) -> Any:
     response = pb.ModelInferResponse(
         model_name=result.model_name, model_version=result.model_version, id=result.id
     )
+    for key, value in result.parameters.items():
+        response.parameters[key].string_param = value
     for name, array in result.outputs.items():
         datatype = result.datatypes[name]
         tensor = response.outputs.add()

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 import headrace
-from headrace._proto.inference import grpc_service_pb2 as pb
 from headrace.engine import Engine
 from headrace.errors import InvalidArgumentError, UnimplementedError
 from headrace.server import convert
 from headrace.server.status import describe, unary_errors
+from headrace.wire import inference as pb
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,12 @@ class InferenceServicer:
 
     @unary_errors
     async def ModelConfig(self, request: Any, context: Context) -> Any:
-        version = self._engine.get_version(request.name, request.version)
-        return pb.ModelConfigResponse(config=convert.encode_model_config(version))
+        # An endpoint answers its first variant's config, under the endpoint's name.
+        config = convert.encode_model_config(
+            self._engine.model_config(request.name, request.version)
+        )
+        config.name = request.name
+        return pb.ModelConfigResponse(config=config)
 
     @unary_errors
     async def ModelStatistics(self, request: Any, context: Context) -> Any:
@@ -137,14 +141,17 @@ class InferenceServicer:
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[bytes], context: Context
-    ) -> AsyncIterator[bytes]:
+    ) -> None:
         # Requests on one stream run concurrently (a stream is a pipeline, not a lock-step
         # conversation); answers go back as they finish, each carrying its request id. Messages
         # stay bytes both ways (registered without protobuf (de)serializers): the core parses
-        # and writes them, as for ModelInfer.
+        # and writes them, as for ModelInfer. An answer holds its request's slot until it is
+        # written, so a reader that stops reading stops the stream after STREAM_MAX_IN_FLIGHT
+        # answers (memory stays bounded), and is cancelled after stream_stall_timeout_s.
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
+        stall_timeout_s = self._engine.settings.stream_stall_timeout_s
 
         async def answer(message: bytes) -> None:
             try:
@@ -155,8 +162,6 @@ class InferenceServicer:
             except Exception as error:
                 _, text = describe(error)
                 response = _stream_error(message, text)
-            finally:
-                slots.release()
             await answers.put(response)
 
         async def read() -> None:
@@ -177,7 +182,16 @@ class InferenceServicer:
                 item = await answers.get()
                 if item is None:
                     break
-                yield item
+                try:
+                    await asyncio.wait_for(context.write(item), stall_timeout_s)
+                except TimeoutError:
+                    log.warning("stream reader took no answer for %g s: cancelled", stall_timeout_s)
+                    await context.abort(
+                        grpc.StatusCode.CANCELLED,
+                        f"the stream's reader took no answer for {stall_timeout_s:g} s",
+                    )
+                finally:
+                    slots.release()
         finally:
             reader.cancel()
             for task in list(tasks):

@@ -35,9 +35,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from headrace import _core
 from headrace.config import DriftSettings
-from headrace.errors import InvalidArgumentError, from_core_error
+from headrace.errors import InvalidArgumentError
 from headrace.monitoring.drift.profile import (
     Category,
     Data,
@@ -46,6 +45,7 @@ from headrace.monitoring.drift.profile import (
     category_value,
     is_missing,
 )
+from headrace.native import core as _core
 
 Decision = Literal["ok", "warn", "alert"]
 CorrectionName = Literal["bonferroni", "bh", "none"]
@@ -190,23 +190,20 @@ class DriftMonitor:
             )
         layout = _core.BinLayout()
         self._codes: dict[int, _CategoryCodes] = {}
-        try:
-            for i, feature in enumerate(profile.features):
-                if feature.kind == "numerical":
-                    layout.add_numerical(np.asarray(feature.edges, dtype=np.float64))
-                else:
-                    layout.add_categorical(len(feature.categories))
-                    self._codes[i] = _CategoryCodes(feature)
-            self._accumulator = _core.DriftAccumulator(
-                layout,
-                window_rows=self.config.window_rows,
-                window_s=self.config.window_s,
-                windows_kept=self.config.windows_kept,
-                shards=self.config.shards,
-                clock=clock,
-            )
-        except _core.CoreError as exc:
-            raise from_core_error(exc) from exc
+        for i, feature in enumerate(profile.features):
+            if feature.kind == "numerical":
+                layout.add_numerical(np.asarray(feature.edges, dtype=np.float64))
+            else:
+                layout.add_categorical(len(feature.categories))
+                self._codes[i] = _CategoryCodes(feature)
+        self._accumulator = _core.DriftAccumulator(
+            layout,
+            window_rows=self.config.window_rows,
+            window_s=self.config.window_s,
+            windows_kept=self.config.windows_kept,
+            shards=self.config.shards,
+            clock=clock,
+        )
         self._slices = [
             slice(layout.bin_offset(i), layout.bin_offset(i) + layout.bin_count(i))
             for i in range(layout.feature_count)
@@ -295,10 +292,7 @@ class DriftMonitor:
     def observe(self, batch: Data) -> None:
         """Count every value of a batch ([rows, features] array or dict of named inputs)."""
         matrix = self.encode(batch)
-        try:
-            self._accumulator.observe(matrix)
-        except _core.CoreError as exc:
-            raise from_core_error(exc) from exc
+        self._accumulator.observe(matrix)
 
     # ---- windows -------------------------------------------------------------------------
 
@@ -341,10 +335,7 @@ class DriftMonitor:
                 "drift: imported counts come from a different profile (fingerprint "
                 f"{exported.profile_fingerprint} vs {self.fingerprint})"
             )
-        try:
-            self._accumulator.import_counts(exported.counts, exported.rows)
-        except _core.CoreError as exc:
-            raise from_core_error(exc) from exc
+        self._accumulator.import_counts(exported.counts, exported.rows)
 
     # ---- statistics ----------------------------------------------------------------------
 

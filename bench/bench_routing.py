@@ -1,0 +1,352 @@
+"""Routing overhead: in-process per strategy and through the engine, and served at c=32.
+
+    python bench/bench_routing.py                 # everything (served rows: a few minutes)
+    python bench/bench_routing.py --quick         # fewer, shorter runs
+    python bench/bench_routing.py --no-served     # in-process only
+
+1. The routing package alone, per strategy: ``resolve`` (choose the variant) and ``resolve +
+   complete`` (also count the outcome and remember the request id for feedback, as a served
+   request does), ``feedback`` (a reward by request id) and ``offer`` (queue a shadow copy). The
+   first row is an empty loop calling a bound method, the floor of any per-request call.
+2. Through the engine (``Engine.routing``, an MLP loaded from a repository): what the engine does
+   per request beyond running the model, with routing (resolve, request id, answered: counters,
+   request series, feedback memory, the result's ``headrace_variant``) against what it did before
+   routing (the latency histogram and the result). The difference is what routing adds; the
+   target is <= 2 us for a plain model. Then whole ``Engine.infer`` calls, plain model vs a
+   split endpoint, for scale.
+3. Served (``headrace serve`` as a process on CPU 0, bench/loadgen.py on CPU 1, taskset): c=32
+   throughput and p99 of the bare model, a split endpoint of two such models, a one-variant
+   endpoint, and the same endpoint with one shadow (sample 1.0, then 0.1). Medians of
+   --repeats runs, rows interleaved so that machine noise spreads over all of them. A shadow
+   at sample 1.0 doubles the model work on the server's one core: its cost is that CPU (the
+   held-shadow test shows it never delays an answer it copies).
+
+Wall time and process CPU time are both shown in-process: on a shared machine CPU time is the
+steadier of the two. Writes bench/results/routing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_common import cpu_model  # type: ignore[import-not-found]
+
+from headrace.routing import Endpoints, RequestIds, ShadowMirror, parse_endpoints
+
+TWO = [{"name": "a", "model": "model_a"}, {"name": "b", "model": "model_b"}]
+ENDPOINTS: list[dict[str, Any]] = [
+    {"name": "split", "variants": [{**TWO[0], "weight": 70}, {**TWO[1], "weight": 30}]},
+    {
+        "name": "split_sticky",
+        "sticky_key": "user_id",
+        "variants": [{**TWO[0], "weight": 70}, {**TWO[1], "weight": 30}],
+    },
+    {"name": "canary", "strategy": "canary", "variants": TWO, "canary": {"step_s": 1e9}},
+    {"name": "blue_green", "strategy": "blue_green", "variants": TWO},
+    {"name": "thompson", "strategy": "bandit", "variants": TWO},
+    {"name": "epsilon_greedy", "strategy": "bandit", "variants": TWO,
+     "bandit": {"algorithm": "epsilon_greedy"}},
+    {"name": "ucb1", "strategy": "bandit", "variants": TWO, "bandit": {"algorithm": "ucb1"}},
+    {"name": "shadowed", "variants": TWO[:1], "shadows": [{"name": "s", "model": "model_s"}]},
+]  # fmt: skip
+
+
+def timed(function: Callable[[int], None], requests: int, runs: int) -> tuple[float, float]:
+    """(median wall ns, median CPU ns) per request over ``runs`` runs of ``requests``."""
+    walls, cpus = [], []
+    function(min(requests, 2_000))  # warm up
+    for _ in range(runs):
+        cpu0, wall0 = time.process_time_ns(), time.perf_counter_ns()
+        function(requests)
+        wall1, cpu1 = time.perf_counter_ns(), time.process_time_ns()
+        walls.append((wall1 - wall0) / requests)
+        cpus.append((cpu1 - cpu0) / requests)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def make_routing() -> Endpoints:
+    routing = Endpoints(parse_endpoints({"endpoint": ENDPOINTS}, "bench"), seed="bench")
+    routing.add_model("plain")
+    return routing
+
+
+def cases(routing: Endpoints) -> list[tuple[str, str, Callable[[int], None]]]:
+    outputs = {"y": np.zeros((1, 2), dtype=np.float32)}
+    ids = RequestIds()
+    users = [{"user_id": f"user-{i}"} for i in range(1024)]
+    resolve, complete, feedback = routing.resolve, routing.complete, routing.feedback
+
+    def floor(n: int) -> None:
+        get = {"plain": 1}.get
+        for _ in range(n):
+            get("plain")
+
+    def resolve_only(name: str, sticky: bool) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            if sticky:
+                for i in range(n):
+                    resolve(name, "", users[i & 1023])
+            else:
+                for _ in range(n):
+                    resolve(name)
+
+        return run
+
+    def resolve_complete(name: str, sticky: bool) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            for i in range(n):
+                route = resolve(name, "", users[i & 1023] if sticky else None)
+                complete(route, ok=True, latency_ns=1_000_000, request_id=ids.next(),
+                         outputs=outputs)  # fmt: skip
+
+        return run
+
+    def with_feedback(name: str) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            for i in range(n):
+                request_id = ids.next()
+                complete(resolve(name), ok=True, latency_ns=1_000_000, request_id=request_id)
+                feedback(request_id, reward=float(i % 16 == 0))
+
+        return run
+
+    def offer(n: int) -> None:
+        async def main() -> None:
+            async def never(model: str, version: str, inputs: Any) -> Any:
+                raise AssertionError("workers are not started")
+
+            mirror = ShadowMirror(never, queue_size=n + 1)
+            route, inputs = routing.resolve("shadowed"), {"x": outputs["y"]}
+            for _ in range(n):
+                mirror.offer(route, inputs, outputs)
+
+        asyncio.run(main())
+
+    rows: list[tuple[str, str, Callable[[int], None]]] = [("floor", "empty call", floor)]
+    for name, sticky in [
+        ("plain", False),
+        ("split", False),
+        ("split_sticky", True),
+        ("canary", False),
+        ("blue_green", False),
+        ("thompson", False),
+        ("epsilon_greedy", False),
+        ("ucb1", False),
+    ]:
+        rows.append((name, "resolve", resolve_only(name, sticky)))
+        rows.append((name, "resolve+complete", resolve_complete(name, sticky)))
+    for name in ("thompson", "epsilon_greedy"):
+        rows.append((name, "resolve+complete+feedback", with_feedback(name)))
+    rows.append(("shadowed", "offer (1 shadow)", offer))
+    return rows
+
+
+# -- 2. through the engine ------------------------------------------------------------------
+
+ENGINE_ENDPOINTS = """
+[[endpoint]]
+name = "split"
+variants = [{ name = "a", model = "tabular", weight = 50 }, { name = "b", model = "tabular_b" }]
+"""
+
+
+def engine_repository(folder: Path) -> Path:
+    from bench_common import save_mlp  # type: ignore[import-not-found]
+
+    repo = folder / "models"
+    for name, seed in (("tabular", 0), ("tabular_b", 7)):
+        (repo / name / "1").mkdir(parents=True, exist_ok=True)
+        save_mlp(repo / name / "1" / "model.onnx", (32, 256, 256, 1), seed, name)
+    (repo / "_endpoints.toml").write_text(ENGINE_ENDPOINTS)
+    return repo
+
+
+def engine_cases(engine: Any) -> list[tuple[str, str, Callable[[int], None]]]:
+    """What the engine does per request besides running the model, with and without routing."""
+    from headrace.routing import PIN_PARAMETER
+    from headrace.types import InferResult
+
+    routing = engine.routing
+    served = engine.get_version("tabular")
+    x = {"x": np.ones((1, 32), np.float32)}
+    outputs = engine.infer("tabular", x).outputs
+    histogram = engine.metrics.request_duration.labels("tabular", "1", "bench", "bench")
+
+    def before_routing(n: int) -> None:
+        # The per-request work the engine did before endpoints: the latency histogram (then in
+        # ModelVersion) and the result.
+        for _ in range(n):
+            start = time.perf_counter_ns()
+            histogram.observe((time.perf_counter_ns() - start) / 1e9)
+            InferResult("tabular", served.version_str, outputs, "", served.output_datatypes)
+
+    def with_routing(name: str) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            resolve, answered, ids = routing.resolve, routing.answered, RequestIds()
+            for _ in range(n):
+                route = resolve(name, "", None, x)
+                request_id = ids.next()
+                start = time.perf_counter_ns()
+                answered(route, "1", request_id, x, outputs, time.perf_counter_ns() - start)
+                InferResult(route.endpoint, "1", outputs, request_id, served.output_datatypes,
+                            {PIN_PARAMETER: route.variant})  # fmt: skip
+
+        return run
+
+    def whole(name: str) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            for _ in range(n):
+                engine.infer(name, x)
+
+        return run
+
+    return [
+        ("engine", "before routing (floor)", before_routing),
+        ("engine", "plain model, routed", with_routing("tabular")),
+        ("engine", "split endpoint, routed", with_routing("split")),
+        ("engine", "Engine.infer plain", whole("tabular")),
+        ("engine", "Engine.infer split", whole("split")),
+    ]
+
+
+# -- 3. served ---------------------------------------------------------------------------------
+
+SERVED_ENDPOINTS = """
+[[endpoint]]
+name = "split"
+variants = [{ name = "a", model = "tabular", weight = 50 }, { name = "b", model = "tabular_b" }]
+
+[[endpoint]]
+name = "single"
+variants = [{ name = "a", model = "tabular" }]
+
+[[endpoint]]
+name = "shadowed"
+variants = [{ name = "a", model = "tabular" }]
+shadows = [{ name = "s", model = "tabular_b", sample = 1.0 }]
+
+[[endpoint]]
+name = "sampled"
+variants = [{ name = "a", model = "tabular" }]
+shadows = [{ name = "s", model = "tabular_b", sample = 0.1 }]
+"""
+SERVED_ROWS = (
+    ("tabular", "bare model"),
+    ("split", "split endpoint (2 variants, 50/50)"),
+    ("single", "endpoint, 1 variant, no shadow"),
+    ("shadowed", "endpoint, 1 variant + 1 shadow"),
+    ("sampled", "endpoint, 1 variant + 1 shadow at 10 %"),
+)
+CONCURRENCY = 32
+
+
+def served(work: Path, duration_s: float, repeats: int) -> list[dict[str, Any]]:
+    import bench_serving as serving  # type: ignore[import-not-found]
+
+    spec = serving.MODELS["tabular"]
+    other = serving.ModelSpec("tabular_b", spec.sizes, seed=7)
+    paths = serving.write_models([spec, other], work / "onnx")
+    repo = serving.headrace_repository(work / "repo", "auto", paths)
+    (repo / "_endpoints.toml").write_text(SERVED_ENDPOINTS)
+    runs: dict[str, list[Any]] = {name: [] for name, _ in SERVED_ROWS}
+    server = serving.headrace_server(
+        repo, work / "headrace.log", serving.SERVER_CPUS, [name for name, _ in SERVED_ROWS]
+    )
+    with server:
+        for repeat in range(repeats):
+            for name, _ in SERVED_ROWS:
+                cell = serving.Cell(serving.ModelSpec(name, spec.sizes, 0), "loadgen", CONCURRENCY)
+                measured = serving.run_loadgen(server.target, cell, duration_s, serving.CLIENT_CPUS)
+                runs[name].append(measured)
+                print(f"#   run {repeat + 1}: {name:<9} {measured.rows_per_s:>8.0f} req/s "
+                      f"p99 {measured.p99_us:>7.0f} us", flush=True)  # fmt: skip
+    rows = []
+    for name, what in SERVED_ROWS:
+        rows.append(
+            {
+                "model_name": name,
+                "what": what,
+                "requests_per_s": statistics.median(m.rows_per_s for m in runs[name]),
+                "p50_us": statistics.median(m.p50_us for m in runs[name]),
+                "p99_us": statistics.median(m.p99_us for m in runs[name]),
+            }
+        )
+    return rows
+
+
+def print_served(rows: list[dict[str, Any]]) -> None:
+    bare, single = rows[0], rows[2]
+    print(f"{'model_name':<10} {'what':<36} {'req/s':>8} {'p50 us':>8} {'p99 us':>8} {'vs':>14}")
+    for row in rows:
+        reference = single if row["model_name"] in ("shadowed", "sampled") else bare
+        versus = (
+            f"p99 x{row['p99_us'] / reference['p99_us']:.2f}"
+            if row is not reference and row is not bare
+            else ""
+        )
+        print(
+            f"{row['model_name']:<10} {row['what']:<36} {row['requests_per_s']:>8.0f} "
+            f"{row['p50_us']:>8.0f} {row['p99_us']:>8.0f} {versus:>14}"
+        )
+
+
+def main() -> None:
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--no-served", action="store_true", help="skip the served rows")
+    parser.add_argument("--duration-s", type=float, default=5.0, help="per served run")
+    parser.add_argument("--repeats", type=int, default=3, help="served runs per row")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/routing.json"))
+    args = parser.parse_args()
+    requests, runs = (20_000, 3) if args.quick else (args.requests, args.runs)
+    print(f"# routing overhead: {cpu_model()}, Python {sys.version.split()[0]}")
+    print(f"# {runs} runs x {requests} requests per row; medians; ns per request")
+    print(f"{'strategy':<16} {'what':<27} {'wall ns':>9} {'cpu ns':>9}")
+    results = []
+
+    def measure(rows: list[tuple[str, str, Callable[[int], None]]], count: int) -> None:
+        for strategy, what, function in rows:
+            wall, cpu = timed(function, count, runs)
+            results.append({"strategy": strategy, "what": what, "wall_ns": wall, "cpu_ns": cpu})
+            print(f"{strategy:<16} {what:<27} {wall:>9.0f} {cpu:>9.0f}", flush=True)
+
+    measure(cases(make_routing()), requests)
+    from headrace.engine import Engine
+
+    with tempfile.TemporaryDirectory() as folder:
+        engine = Engine.from_repository(engine_repository(Path(folder)), metrics_port=-1)
+        try:
+            rows = engine_cases(engine)
+            measure(rows[:3], requests)
+            measure(rows[3:], max(1_000, requests // 20))  # each runs the model
+        finally:
+            engine.close()
+        floor = results[-5]["cpu_ns"]
+        print(f"# routing adds {results[-4]['cpu_ns'] - floor:.0f} ns CPU per request to a plain "
+              f"model, {results[-3]['cpu_ns'] - floor:.0f} ns to a split endpoint")  # fmt: skip
+        report: dict[str, Any] = {"cpu": cpu_model(), "results": results}
+        if not args.no_served:
+            duration, repeats = (2.0, 1) if args.quick else (args.duration_s, args.repeats)
+            print(f"# served: c={CONCURRENCY}, server on CPU 0, loadgen on CPU 1, "
+                  f"{repeats} x {duration:g} s per row, medians")  # fmt: skip
+            report["served"] = served(Path(folder), duration, repeats)
+            print_served(report["served"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

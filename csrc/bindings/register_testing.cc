@@ -1,0 +1,202 @@
+// _core.testing: bindings that exist only for tests, kept out of the module the server uses.
+//   - PolicyHarness: the pure batching policy and its cost model over a hand-built queue and a
+//     fake clock (every time is a number handed to it);
+//   - quant_gemm_quads_emulated: the quad-panel algorithm of the int8 SIMD kernels in portable
+//     code, so their packing is tested on any CPU;
+//   - kolmogorov_survival, gamma_q, chi_square_survival: the special functions behind the drift
+//     statistics' p-values, checked against SciPy;
+//   - cuda_*: the tensor-core weight packings and CPU emulations of the CUDA kernels
+//     (register_cuda_testing.cc).
+// headrace's own Python code never imports _core.testing.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "batching/batcher_config.h"
+#include "batching/batching_policy.h"
+#include "batching/cost_model.h"
+#include "bindings/quant_operands.h"
+#include "bindings/register.h"
+#include "common/status.h"
+#include "drift/drift_statistics.h"
+#include "quant/int8_gemm.h"
+#include "quant/packed_weights.h"
+
+namespace py = pybind11;
+
+namespace headrace::bindings {
+namespace {
+
+// The pure policy with a queue built by hand and a fake clock, for tests and for exploring
+// settings. Requests are listed in the order added (arrival order); the policy orders levels.
+class PolicyHarness {
+ public:
+  explicit PolicyHarness(const batching::BatcherConfig& config)
+      : policy_(config), cost_(policy_.config()) {}
+
+  void add(std::uint64_t ticket, std::int64_t rows, std::int64_t priority, std::int64_t enqueue_ns,
+           std::int64_t deadline_ns, std::uint64_t shape_key) {
+    if (rows < 1) throw_invalid_argument("rows must be >= 1");
+    for (const auto& queued : queue_) {
+      if (queued.ticket == ticket) throw_invalid_argument("ticket " + std::to_string(ticket) + " already queued");
+    }
+    batching::QueuedRequest request;
+    request.ticket = ticket;
+    request.rows = rows;
+    request.level = policy_.config().level_index(priority);
+    request.enqueue_ns = enqueue_ns;
+    request.deadline_ns = deadline_ns;
+    request.shape_key = shape_key;
+    queue_.push_back(request);
+    cost_.observe_arrival(enqueue_ns);
+  }
+
+  void remove(const std::vector<std::uint64_t>& tickets) {
+    std::erase_if(queue_, [&](const batching::QueuedRequest& request) {
+      return std::find(tickets.begin(), tickets.end(), request.ticket) != tickets.end();
+    });
+  }
+
+  void set_instances(std::int64_t free, std::int64_t busy) {
+    if (free < 0 || busy < 0) throw_invalid_argument("instance counts must be >= 0");
+    free_ = free;
+    busy_ = busy;
+  }
+
+  void set_saturated(bool saturated) { saturated_ = saturated; }
+
+  // A LoadMonitor reading, through the cost model's hysteresis (the config's thresholds).
+  bool observe_load(double busy_fraction) {
+    cost_.observe_load(busy_fraction);
+    saturated_ = cost_.estimate().saturated;
+    return saturated_;
+  }
+
+  py::dict decide(std::int64_t now_ns, bool flush) const {
+    batching::QueueView state;
+    state.requests = queue_;
+    state.free_instances = free_;
+    state.busy_instances = busy_;
+    state.cost = cost_.estimate();
+    state.cost.saturated = saturated_;
+    state.flush = flush;
+    const batching::Decision decision = policy_.decide(state, now_ns);
+    const auto tickets = [&](const std::vector<std::size_t>& indices) {
+      py::list out;
+      for (const std::size_t i : indices) out.append(queue_[i].ticket);
+      return out;
+    };
+    py::dict out;
+    switch (decision.action) {
+      case batching::Decision::Action::kRun: out["action"] = "run"; break;
+      case batching::Decision::Action::kWait: out["action"] = "wait"; break;
+      case batching::Decision::Action::kIdle: out["action"] = "idle"; break;
+    }
+    out["run"] = tickets(decision.run);
+    out["expired"] = tickets(decision.expired);
+    out["shed"] = tickets(decision.shed);
+    out["companion_wait"] = decision.companion_wait;
+    out["wait_until_ns"] = decision.action == batching::Decision::Action::kWait
+                               ? py::object(py::int_(decision.wait_until_ns))
+                               : py::object(py::none());
+    return out;
+  }
+
+  py::dict cost() const {
+    const batching::CostEstimate& estimate = cost_.estimate();
+    py::dict out;
+    out["a_ns_per_row"] = estimate.a_ns_per_row;
+    out["b_ns"] = estimate.b_ns;
+    out["arrival_interval_ns"] = estimate.arrival_interval_ns;
+    out["wait_yield"] = estimate.wait_yield;
+    out["probe_due"] = estimate.probe_due;
+    out["busy_fraction"] = estimate.busy_fraction;
+    out["saturated"] = saturated_;
+    out["samples"] = cost_.samples();
+    return out;
+  }
+
+  std::vector<std::uint64_t> queued() const {
+    std::vector<std::uint64_t> tickets;
+    for (const auto& request : queue_) tickets.push_back(request.ticket);
+    return tickets;
+  }
+
+  batching::CostModel& cost_model() { return cost_; }
+
+ private:
+  batching::BatchingPolicy policy_;
+  batching::CostModel cost_;
+  std::vector<batching::QueuedRequest> queue_;
+  std::int64_t free_ = 1;
+  std::int64_t busy_ = 0;
+  bool saturated_ = false;
+};
+
+
+py::array_t<std::int32_t> gemm_quads_emulated(const py::array& a_in, const py::array& b_in) {
+  const GemmOperands ops = gemm_operands(a_in, b_in, "quant_gemm_quads_emulated", 255);
+  const std::vector<std::int8_t> packed = quant::pack_quad_panels(ops.b.data(), ops.k, ops.n);
+  py::array_t<std::int32_t> c({static_cast<py::ssize_t>(ops.m), static_cast<py::ssize_t>(ops.n)});
+  quant::gemm_quads_emulated(ops.a_padded.data(), ops.lda, ops.m, packed.data(), ops.k, ops.n,
+                             c.mutable_data(), ops.n);
+  return c;
+}
+
+}  // namespace
+
+void register_testing(py::module_& m) {
+  py::module_ testing = m.def_submodule(
+      "testing", "Bindings that exist only for tests: harnesses and emulations (never used by "
+                 "the server).");
+  // `import headrace._core.testing` works too, not only attribute access.
+  py::module_::import("sys").attr("modules")["headrace._core.testing"] = testing;
+
+  py::class_<PolicyHarness>(testing, "PolicyHarness",
+                            "The pure batching policy over a hand-built queue and a fake clock.")
+      .def(py::init<const batching::BatcherConfig&>(), py::arg("config"))
+      .def("add", &PolicyHarness::add, py::arg("ticket"), py::arg("rows"), py::kw_only(),
+           py::arg("priority") = 0, py::arg("enqueue_ns"), py::arg("deadline_ns") = 0,
+           py::arg("shape_key") = 0)
+      .def("remove", &PolicyHarness::remove, py::arg("tickets"))
+      .def("set_instances", &PolicyHarness::set_instances, py::arg("free"), py::arg("busy"))
+      .def("observe_batch",
+           [](PolicyHarness& harness, std::int64_t rows, std::int64_t compute_ns) {
+             harness.cost_model().observe_batch(rows, compute_ns);
+           },
+           py::arg("rows"), py::arg("compute_ns"))
+      .def("observe_arrival",
+           [](PolicyHarness& harness, std::int64_t arrival_ns) {
+             harness.cost_model().observe_arrival(arrival_ns);
+           },
+           py::arg("arrival_ns"))
+      .def("set_saturated", &PolicyHarness::set_saturated, py::arg("saturated"),
+           "Whether the server counts as saturated, as the batcher would have concluded.")
+      .def("observe_load", &PolicyHarness::observe_load, py::arg("busy_fraction"),
+           "A LoadMonitor busy fraction, through the config's saturation hysteresis; returns "
+           "whether the server now counts as saturated.")
+      .def("observe_companion_wait",
+           [](PolicyHarness& harness, std::size_t requests) {
+             harness.cost_model().observe_companion_wait(requests);
+           },
+           py::arg("requests"))
+      .def("decide", &PolicyHarness::decide, py::arg("now_ns"), py::arg("flush") = false)
+      .def("cost", &PolicyHarness::cost)
+      .def_property_readonly("queued", &PolicyHarness::queued);;
+
+  testing.def("quant_gemm_quads_emulated", &gemm_quads_emulated, py::arg("a"), py::arg("b"),
+              "The quad-panel algorithm of the SIMD kernels (vpdpbusd / vpmaddubsw + vpmaddwd) "
+              "in portable code; runs on any CPU.");
+  testing.def("kolmogorov_survival", &drift::kolmogorov_survival, py::arg("lam"));
+  testing.def("gamma_q", &drift::gamma_q, py::arg("a"), py::arg("x"));
+  testing.def("chi_square_survival", &drift::chi_square_survival, py::arg("statistic"),
+              py::arg("dof"));
+  register_cuda_testing(testing);
+}
+
+}  // namespace headrace::bindings

@@ -1,0 +1,338 @@
+"""Endpoints on the engine's request path: which variant serves a request, how its outcome is
+counted, and where its shadow copies go.
+
+:class:`EngineRouting` wraps the routing package's :class:`~headrace.routing.Endpoints` for one
+engine. Per request the engine calls :meth:`EngineRouting.resolve` (the variant), runs it, then
+:meth:`EngineRouting.answered` or :meth:`EngineRouting.failed`: those count the outcome for the
+strategy, the experiment report and Prometheus (``endpoint`` and ``variant`` labels), remember the
+request id for feedback, and offer the answer to the endpoint's shadows. A plain model is an
+endpoint of one variant, so every request takes the same path.
+
+Threads: routing state has one writer at a time. The event loop and blocking callers
+(``Engine.infer`` from any thread) both take :attr:`EngineRouting.lock` around the short routing
+calls (an uncontended lock costs tens of nanoseconds; nothing blocking runs under it). Admin
+operations run on any thread: ``Endpoints`` serializes them itself and swaps its table whole.
+
+Shadow copies go to a :class:`~headrace.routing.ShadowMirror` on an event loop: the server's, or
+the first running loop that answers a shadowed request, or, for blocking callers when none runs,
+a loop on a thread of its own. Copies cross threads with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from headrace.config import ServerSettings
+from headrace.engine.version import ModelVersion
+from headrace.errors import ConfigError, HeadraceError, StatusCode
+from headrace.monitoring.metrics import Metrics, RequestSeries
+from headrace.routing import Endpoints, FeedbackReceipt, Route, ShadowMirror
+from headrace.routing.config import ModelSignature
+
+log = logging.getLogger(__name__)
+
+ShadowCall = Callable[[str, str, Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
+SignatureOf = Callable[[str, str], ModelSignature]
+
+# Failures of the server or the model: they count against a variant (error rate, canary gates).
+# A client's bad input (INVALID_ARGUMENT, NOT_FOUND, ...) or its cancellation says nothing about
+# the variant and is left out of the strategy's statistics.
+VARIANT_FAILURES = frozenset(
+    {
+        StatusCode.INTERNAL,
+        StatusCode.UNAVAILABLE,
+        StatusCode.DEADLINE_EXCEEDED,
+        StatusCode.RESOURCE_EXHAUSTED,
+        StatusCode.UNKNOWN,
+    }
+)
+# How often the server writes changed strategy state (canary steps, bandit arms) to the state
+# folder: what a crash can lose, against a file write every few seconds while traffic flows.
+PERSIST_INTERVAL_S = 5.0
+# Cached request series, by version label and then variant; past this many labels the cache
+# starts over rather than grow.
+MAX_CACHED_SERIES = 4096
+
+
+def signature_of_version(version: ModelVersion) -> ModelSignature:
+    """What a loaded version takes and gives, as the variants' signature check compares it."""
+    return ModelSignature(
+        tuple((s.name, s.datatype, tuple(s.shape)) for s in version.inputs),
+        tuple((s.name, s.datatype, tuple(s.shape)) for s in version.outputs),
+    )
+
+
+def state_folder(settings: ServerSettings) -> Path | None:
+    """The routing state folder, created if needed. A folder the operator named must be usable
+    (ConfigError otherwise); the default inside the repository is skipped with a warning when
+    the repository is read-only (run-time endpoint changes then last until a restart)."""
+    folder = settings.resolved_state_dir()
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if settings.state_dir is not None:
+            raise ConfigError(
+                f"state_dir {folder}: cannot create the routing state folder: "
+                f"{error.strerror or error}"
+            ) from None
+        log.warning(
+            "routing state not persisted: cannot create %s (%s); set --state-dir",
+            folder,
+            error.strerror or error,
+        )
+        return None
+    return folder
+
+
+class EngineRouting:
+    """One engine's endpoints, shadow mirror and request series."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        metrics: Metrics,
+        shadow_call: ShadowCall,
+        feedback_plain_models: bool = False,
+    ) -> None:
+        self.endpoints = endpoints
+        self.feedback_plain_models = feedback_plain_models
+        self.lock = threading.Lock()
+        # What shadow copies run through (the engine's unrouted inference); replace it to
+        # observe or hold shadow runs.
+        self.mirror_call: ShadowCall = shadow_call
+        self._metrics = metrics
+        # version label -> variant statistics (one object per endpoint variant, so it stands
+        # for the endpoint, variant and model labels) -> series: two dict lookups per request.
+        self._series: dict[str, dict[object, RequestSeries]] = {}
+        self._mirror: ShadowMirror | None = None
+        self._mirror_loop: asyncio.AbstractEventLoop | None = None
+        self._mirror_lock = threading.Lock()
+        self._own_loop_thread: threading.Thread | None = None
+        self._persist_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        settings: ServerSettings,
+        metrics: Metrics,
+        signature_of: SignatureOf,
+        shadow_call: ShadowCall,
+    ) -> EngineRouting:
+        """Read the endpoints file and the state folder; every declared endpoint is checked
+        against the loaded models (a clear ConfigError / NotFoundError otherwise)."""
+        gauges = metrics.routing
+        endpoints = Endpoints.from_file(
+            settings.resolved_endpoints_file(),
+            state_dir=state_folder(settings),
+            signature_of=signature_of,
+            on_event=gauges.on_event,
+            feedback_max_entries=settings.feedback_max_entries,
+            feedback_ttl_s=settings.feedback_ttl_s,
+        )
+        gauges.watch(endpoints)
+        return cls(endpoints, metrics, shadow_call, settings.feedback_plain_models)
+
+    # -- the request path ----------------------------------------------------------------------
+
+    def resolve(
+        self,
+        name: str,
+        version: str,
+        parameters: Mapping[str, Any] | None,
+        inputs: Mapping[str, Any] | None,
+    ) -> Route:
+        with self.lock:
+            return self.endpoints.resolve(name, version, parameters, inputs)
+
+    def answered(
+        self,
+        route: Route,
+        version: str,
+        request_id: str,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        latency_ns: int,
+    ) -> None:
+        """Count a successful answer, remember its id for feedback (declared endpoints, and
+        plain models when ``feedback_plain_models``); offer it to the endpoint's shadows."""
+        with self.lock:
+            if route.runtime.implicit and not self.feedback_plain_models:
+                # A plain model: no strategy, no feedback memory; what complete() would do.
+                route.stats.observe(True, latency_ns)
+            else:
+                self.endpoints.complete(
+                    route, ok=True, latency_ns=latency_ns, request_id=request_id, outputs=outputs
+                )
+            by_variant = self._series.get(version)
+            series = by_variant.get(route.stats) if by_variant is not None else None
+            if series is None:
+                series = self._new_series(route, version)
+            series.success += 1
+        series.duration.observe(latency_ns / 1e9)  # thread-safe by itself: outside the lock
+        if route.shadows:
+            self._offer(route, inputs, outputs)
+
+    def failed(
+        self,
+        route: Route,
+        version: str,
+        error: HeadraceError,
+        latency_ns: int,
+    ) -> None:
+        """Count a failed request: for the strategy only when the server or model failed."""
+        with self.lock:
+            if error.code in VARIANT_FAILURES:
+                self.endpoints.complete(route, ok=False, latency_ns=latency_ns)
+            series = self._new_series(route, version)  # a cold path
+        series.failed(error.code.name)
+
+    def _new_series(self, route: Route, version: str) -> RequestSeries:
+        by_variant = self._series.get(version)
+        if by_variant is None:
+            if len(self._series) >= MAX_CACHED_SERIES:
+                self._series.clear()
+            by_variant = self._series[version] = {}
+        series = self._metrics.series(route.model, version, route.endpoint, route.variant)
+        by_variant[route.stats] = series
+        return series
+
+    # -- feedback ------------------------------------------------------------------------------
+
+    def feedback(
+        self,
+        request_id: str,
+        *,
+        reward: float | None = None,
+        label: Any = None,
+        endpoint: str | None = None,
+    ) -> FeedbackReceipt:
+        """A reward and/or label for an answered request (see ``Endpoints.feedback``)."""
+        with self.lock:
+            return self.endpoints.feedback(
+                request_id, reward=reward, label=label, endpoint=endpoint
+            )
+
+    # -- shadows -------------------------------------------------------------------------------
+
+    async def _call_shadow(self, model: str, version: str, inputs: Mapping[str, Any]) -> Any:
+        return await self.mirror_call(model, version, inputs)
+
+    def _offer(self, route: Route, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        mirror, loop = self._mirror, self._mirror_loop
+        if mirror is None or loop is None or loop.is_closed() or not loop.is_running():
+            mirror, loop = self._start_mirror(running)
+        if loop is running:
+            mirror.offer(route, inputs, outputs)
+        else:
+            loop.call_soon_threadsafe(mirror.offer, route, inputs, outputs)
+
+    def _start_mirror(
+        self, running: asyncio.AbstractEventLoop | None
+    ) -> tuple[ShadowMirror, asyncio.AbstractEventLoop]:
+        """A mirror on the running loop, else on a loop of its own thread."""
+        with self._mirror_lock:
+            mirror, loop = self._mirror, self._mirror_loop
+            if mirror is not None and loop is not None and loop.is_running():
+                return mirror, loop
+            mirror = ShadowMirror(self._call_shadow)
+            if running is not None:
+                loop = running
+                mirror.start()
+            else:
+                loop = self._own_loop()
+                loop.call_soon_threadsafe(mirror.start)
+            self._mirror, self._mirror_loop = mirror, loop
+            return mirror, loop
+
+    def _own_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(started.set)
+            loop.run_forever()
+            loop.close()
+
+        thread = threading.Thread(target=run, name="headrace-shadows", daemon=True)
+        thread.start()
+        started.wait()
+        self._own_loop_thread = thread
+        return loop
+
+    @property
+    def mirror(self) -> ShadowMirror | None:
+        """The shadow mirror, once a shadowed request (or the server) started it."""
+        return self._mirror
+
+    # -- server lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """On the server's loop: shadow workers there, and the periodic state write."""
+        running = asyncio.get_running_loop()
+        with self._mirror_lock:
+            if self._mirror_loop is not running:
+                mirror = ShadowMirror(self._call_shadow)
+                mirror.start()
+                previous, previous_loop = self._mirror, self._mirror_loop
+                self._mirror, self._mirror_loop = mirror, running
+            else:
+                previous = previous_loop = None
+        if previous is not None and previous_loop is not None and previous_loop.is_running():
+            asyncio.run_coroutine_threadsafe(previous.stop(), previous_loop)
+        if self._persist_task is None:
+            self._persist_task = running.create_task(self._persist_every(PERSIST_INTERVAL_S))
+
+    async def _persist_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(self.endpoints.persist)
+            except (OSError, HeadraceError) as error:
+                log.error("routing state not written: %s", error)
+
+    async def stop(self) -> None:
+        """Stop the shadow workers and the periodic write; write the state once more."""
+        task, self._persist_task = self._persist_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        running = asyncio.get_running_loop()
+        mirror, loop = self._mirror, self._mirror_loop
+        if mirror is not None and loop is running:
+            self._mirror = self._mirror_loop = None
+            await mirror.stop()
+        await asyncio.to_thread(self.persist)
+
+    def persist(self) -> None:
+        try:
+            self.endpoints.persist()
+        except (OSError, HeadraceError) as error:
+            log.error("routing state not written: %s", error)
+
+    def close(self) -> None:
+        """Write the state; stop a shadow loop of our own (blocking; not on the loop)."""
+        self.persist()
+        thread, loop = self._own_loop_thread, self._mirror_loop
+        if thread is not None and loop is not None and not loop.is_closed():
+            mirror = self._mirror
+            if mirror is not None:
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(mirror.stop(), loop).result(5)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+        self._own_loop_thread = None
+        self._mirror = self._mirror_loop = None

@@ -1,0 +1,185 @@
+"""Concurrent requests' lookups merged into one store round trip per batch.
+
+The decision is a pure function, :func:`requests_to_take`, over a snapshot (the key counts of
+the waiting lookups, the round trips in flight) — like the batcher's policy, tested without a
+store or a clock. :class:`LookupCoalescer` applies it on the event loop: a lookup that arrives
+while the store is busy waits for the round trip in flight to end and then goes out with every
+lookup that arrived meanwhile, keys deduplicated per entity input. There is no timer: an idle
+store is asked at once (after the current loop iteration, so that lookups arriving together go
+together), a busy one as soon as it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from headrace.features.breaker import Breaker
+from headrace.features.keys import Keys, MergedKeys, merge_keys
+from headrace.features.store import FeatureStore, StoreError, ViewRows
+
+
+@dataclass(frozen=True)
+class CoalescePolicy:
+    # Keys one round trip may carry (a bound on one reply's size and on the head-of-line wait
+    # of the lookups behind it); one lookup larger than this still goes, alone.
+    max_keys_per_round_trip: int = 4096
+    # Round trips in flight at once. One gives the most merging; more cut the wait of a lookup
+    # that arrives just after a round trip left, at the price of more round trips.
+    max_round_trips_in_flight: int = 1
+
+
+def requests_to_take(policy: CoalescePolicy, waiting_keys: Sequence[int], in_flight: int) -> int:
+    """How many waiting lookups (oldest first; ``waiting_keys[i]`` keys each) the next round
+    trip takes now; 0 means wait for a round trip in flight to end."""
+    if not waiting_keys or in_flight >= policy.max_round_trips_in_flight:
+        return 0
+    taken = 0
+    keys = 0
+    for count in waiting_keys:
+        if taken and keys + count > policy.max_keys_per_round_trip:
+            break
+        taken += 1
+        keys += count
+    return taken
+
+
+class BreakerOpenError(StoreError):
+    """The breaker is open: the store was not asked."""
+
+
+class StoreTimeoutError(StoreError):
+    """The round trip took longer than its timeout."""
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """What one round trip did, for metrics and tests."""
+
+    lookups: int
+    keys: int
+    duration_s: float
+    ok: bool
+
+
+@dataclass(eq=False)
+class _Waiting:
+    keys: Mapping[str, Keys]
+    size: int
+    future: asyncio.Future[list[ViewRows]]
+
+
+class LookupCoalescer:
+    """Merges concurrent :meth:`lookup` calls into store round trips. Event-loop only.
+
+    ``view_entities[i]`` is the entity input of view i (config order). The breaker is consulted
+    once per lookup; every round trip reports success or failure to it. ``timeout_s`` bounds a
+    round trip, so a hung store never holds the lookups behind it for longer."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        view_entities: Sequence[str],
+        *,
+        timeout_s: float,
+        breaker: Breaker,
+        policy: CoalescePolicy | None = None,
+        on_round_trip: Callable[[RoundTrip], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._view_entities = list(view_entities)
+        self._entities = list(dict.fromkeys(view_entities))
+        self._timeout_s = timeout_s
+        self.breaker = breaker
+        self.policy = policy or CoalescePolicy()
+        self._on_round_trip = on_round_trip
+        self._waiting: list[_Waiting] = []
+        self._in_flight = 0
+        self._scheduled = False
+        self.round_trips = 0
+
+    async def lookup(self, keys: Mapping[str, Keys]) -> list[ViewRows]:
+        """Every view's rows for ``keys`` (one normalised key array per entity input). Raises
+        StoreError (BreakerOpenError when the store was not asked). Cancelling the caller
+        leaves the round trip to the others."""
+        if not self.breaker.admit(time.monotonic()):
+            raise BreakerOpenError(f"feature store '{self._store.kind}' is failing; not asked")
+        loop = asyncio.get_running_loop()
+        size = sum(len(keys[e]) for e in self._entities)
+        waiting = _Waiting(keys, size, loop.create_future())
+        self._waiting.append(waiting)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._pump)
+        return await waiting.future
+
+    def _pump(self) -> None:
+        self._scheduled = False
+        self._waiting = [w for w in self._waiting if not w.future.done()]
+        while True:
+            take = requests_to_take(self.policy, [w.size for w in self._waiting], self._in_flight)
+            if take == 0:
+                return
+            batch, self._waiting = self._waiting[:take], self._waiting[take:]
+            self._in_flight += 1
+            asyncio.get_running_loop().create_task(self._round_trip(batch))
+
+    async def _round_trip(self, batch: list[_Waiting]) -> None:
+        start = time.monotonic()
+        keys = 0
+        ok = True
+        try:
+            merged = {e: merge_keys([w.keys[e] for w in batch]) for e in self._entities}
+            keys = sum(len(m.unique) for m in merged.values())
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    rows = await self._store.read({e: m.unique for e, m in merged.items()})
+            except TimeoutError:
+                raise StoreTimeoutError(
+                    f"feature store '{self._store.kind}' took over {self._timeout_s * 1e3:g} ms"
+                ) from None
+            results = [self._share(rows, merged, index) for index in range(len(batch))]
+        except StoreError as error:
+            ok = False
+            self.breaker.failure(time.monotonic())
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(type(error)(str(error)))
+        except Exception as error:
+            # Not the store's fault (unreadable data): the callers get it, the breaker does not.
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(error)
+        except asyncio.CancelledError:
+            for w in batch:
+                w.future.cancel()
+            raise
+        else:
+            self.breaker.success(time.monotonic())
+            for w, result in zip(batch, results, strict=True):
+                if not w.future.done():
+                    w.future.set_result(result)
+        finally:
+            self._finish(batch, start, keys, ok)
+
+    def _share(
+        self, rows: list[ViewRows], merged: dict[str, MergedKeys], index: int
+    ) -> list[ViewRows]:
+        """Lookup ``index``'s rows out of a round trip's (which has each key once)."""
+        mine = []
+        for view, entity in zip(rows, self._view_entities, strict=True):
+            at = merged[entity].positions[index]
+            times = None if view.event_time_s is None else view.event_time_s[at]
+            mine.append(ViewRows(view.values[at], view.present[at], view.found[at], times))
+        return mine
+
+    def _finish(self, batch: list[_Waiting], start: float, keys: int, ok: bool) -> None:
+        self.round_trips += 1
+        self._in_flight -= 1
+        if self._on_round_trip is not None:
+            self._on_round_trip(RoundTrip(len(batch), keys, time.monotonic() - start, ok))
+        if self._waiting and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)

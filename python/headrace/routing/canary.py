@@ -1,0 +1,222 @@
+"""Canary: a candidate's share ramps up step by step while it stays as good as the baseline.
+
+:func:`decide` is the whole policy, a pure function of what the current step has seen and the
+time; :class:`CanaryRamp` keeps the step's counts and applies the decisions. A failed gate sets
+the candidate to 0 % (rolled back) until an operator changes the endpoint; passing the step
+before 100 % promotes it. Sticky keys use a fixed ranking of the slots: the candidate holds the
+slots ranked below its share, so a key that reached the candidate stays there as the share grows.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from headrace.routing.config import CanaryConfig
+from headrace.routing.split import SLOTS
+from headrace.routing.stats import VariantStats
+
+BASELINE, CANDIDATE = 0, 1
+# Gates are judged every this many outcomes of the endpoint: reading two p99s costs tens of
+# microseconds, too much for every request, and a rollback a few dozen requests later (a few of
+# them on the candidate at a 5 % step) changes nothing that matters.
+CHECK_EVERY = 64
+
+
+class CanaryAction(enum.Enum):
+    HOLD = "hold"
+    ADVANCE = "advance"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+
+
+class CanaryState(enum.Enum):
+    RAMPING = "ramping"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+
+@dataclass(frozen=True)
+class ArmWindow:
+    """What the gates see of one variant during the current step."""
+
+    requests: int
+    errors: int
+    p99_ns: float
+    rewards: int
+    reward_mean: float
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class CanaryView:
+    step_index: int
+    step_started_ns: int
+    step_requests: int  # requests the endpoint served during the step
+    baseline: ArmWindow
+    candidate: ArmWindow
+
+
+@dataclass(frozen=True)
+class CanaryDecision:
+    action: CanaryAction
+    reason: str = ""
+
+
+def failed_gate(settings: CanaryConfig, view: CanaryView) -> str | None:
+    """Which gate the candidate fails in this step, or None (also while it has too few data)."""
+    base, cand = view.baseline, view.candidate
+    if cand.requests >= settings.min_requests:
+        delta = cand.error_rate - base.error_rate
+        if delta > settings.max_error_rate_delta:
+            return (
+                f"error rate {cand.error_rate:.4f} vs baseline {base.error_rate:.4f} "
+                f"(delta {delta:.4f} > max_error_rate_delta {settings.max_error_rate_delta})"
+            )
+        if (
+            settings.max_p99_ratio > 0
+            and base.requests >= settings.min_requests
+            and base.p99_ns > 0
+            and cand.p99_ns / base.p99_ns > settings.max_p99_ratio
+        ):
+            return (
+                f"p99 {cand.p99_ns / 1e6:.3f} ms vs baseline {base.p99_ns / 1e6:.3f} ms "
+                f"(ratio {cand.p99_ns / base.p99_ns:.2f} > max_p99_ratio {settings.max_p99_ratio})"
+            )
+    if (
+        settings.max_reward_drop is not None
+        and cand.rewards >= settings.min_rewards
+        and base.rewards >= settings.min_rewards
+        and base.reward_mean - cand.reward_mean > settings.max_reward_drop
+    ):
+        return (
+            f"mean reward {cand.reward_mean:.4f} vs baseline {base.reward_mean:.4f} "
+            f"(drop {base.reward_mean - cand.reward_mean:.4f} > max_reward_drop "
+            f"{settings.max_reward_drop})"
+        )
+    return None
+
+
+def decide(settings: CanaryConfig, view: CanaryView, now_ns: int) -> CanaryDecision:
+    """Hold, advance to the next step, promote (the next step is the last) or roll back."""
+    failure = failed_gate(settings, view)
+    if failure is not None:
+        return CanaryDecision(CanaryAction.ROLLBACK, failure)
+    if view.candidate.requests < settings.min_requests:
+        return CanaryDecision(CanaryAction.HOLD, "the candidate has too few requests this step")
+    elapsed_s = (now_ns - view.step_started_ns) / 1e9
+    due = (settings.step_s > 0 and elapsed_s >= settings.step_s) or (
+        settings.step_requests > 0 and view.step_requests >= settings.step_requests
+    )
+    if not due:
+        return CanaryDecision(CanaryAction.HOLD, "the step is not over")
+    if view.step_index + 1 >= len(settings.steps) - 1:
+        return CanaryDecision(CanaryAction.PROMOTE, "passed every step")
+    return CanaryDecision(CanaryAction.ADVANCE, f"passed step {settings.steps[view.step_index]} %")
+
+
+class _Window(VariantStats):
+    """One variant's counts during the current step."""
+
+    __slots__ = ()
+
+    def view(self) -> ArmWindow:
+        return ArmWindow(
+            self.requests,
+            self.errors,
+            self.latency_ns.quantile(0.99) if self.requests else math.nan,
+            self.rewards.count,
+            self.rewards.mean,
+        )
+
+
+class CanaryRamp:
+    """The mutable side of a canary endpoint; the event-loop thread is its only writer."""
+
+    def __init__(self, settings: CanaryConfig, seed: int, now_ns: int) -> None:
+        self.settings = settings
+        self.state = CanaryState.RAMPING
+        self.step_index = 0
+        ranks = list(range(SLOTS))
+        random.Random(seed).shuffle(ranks)
+        self.rank = ranks  # slot -> rank; the candidate owns ranks below its share
+        self._start_step(0, now_ns)
+        if settings.steps[0] >= 100:
+            self.state = CanaryState.PROMOTED
+        self._update_percent()
+
+    def _start_step(self, index: int, now_ns: int) -> None:
+        self.step_index = index
+        self.step_started_ns = now_ns
+        self.step_requests = 0
+        self._since_check = 0
+        self._windows = (_Window(), _Window())
+
+    def _update_percent(self) -> None:
+        if self.state is CanaryState.ROLLED_BACK:
+            percent = 0.0
+        elif self.state is CanaryState.PROMOTED:
+            percent = 100.0
+        else:
+            percent = float(self.settings.steps[self.step_index])
+        # Read per request by the runtime (one attribute, no property): the candidate's share in
+        # percent, and the ranks below which a sticky slot belongs to the candidate.
+        self.candidate_percent = percent
+        self.candidate_ranks = percent * (SLOTS / 100.0)
+
+    def view(self) -> CanaryView:
+        base, cand = self._windows
+        return CanaryView(
+            self.step_index, self.step_started_ns, self.step_requests, base.view(), cand.view()
+        )
+
+    def observe(self, index: int, ok: bool, latency_ns: int, now_ns: int) -> CanaryDecision | None:
+        """Count one outcome; returns the decision when it changed the ramp."""
+        if self.state is not CanaryState.RAMPING:
+            return None
+        self._windows[index].observe(ok, latency_ns)
+        self.step_requests += 1
+        return self._maybe_decide(now_ns)
+
+    def reward(self, index: int, reward: float, now_ns: int) -> CanaryDecision | None:
+        if self.state is not CanaryState.RAMPING:
+            return None
+        self._windows[index].rewards.add(reward)
+        return self._maybe_decide(now_ns)
+
+    def _maybe_decide(self, now_ns: int) -> CanaryDecision | None:
+        self._since_check += 1
+        if self._since_check < CHECK_EVERY:
+            return None
+        self._since_check = 0
+        decision = decide(self.settings, self.view(), now_ns)
+        return self.apply(decision, now_ns)
+
+    def apply(self, decision: CanaryDecision, now_ns: int) -> CanaryDecision | None:
+        if decision.action is CanaryAction.ROLLBACK:
+            self.state = CanaryState.ROLLED_BACK
+        elif decision.action is CanaryAction.PROMOTE:
+            self.state = CanaryState.PROMOTED
+        elif decision.action is CanaryAction.ADVANCE:
+            self._start_step(self.step_index + 1, now_ns)
+        else:
+            return None
+        self._update_percent()
+        return decision
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.state.value, "step_index": self.step_index}
+
+    def restore(self, state: dict[str, Any], now_ns: int) -> None:
+        """Resume at a saved step (its counts and timer start afresh) or outcome."""
+        index = int(state.get("step_index", 0))
+        if 0 <= index < len(self.settings.steps):
+            self._start_step(index, now_ns)
+        self.state = CanaryState(state.get("state", CanaryState.RAMPING.value))
+        self._update_percent()

@@ -1,0 +1,390 @@
+"""One endpoint's live state: its routes, the strategy's state, statistics and recent events.
+
+The event-loop thread calls :meth:`EndpointRuntime.choose` and :meth:`EndpointRuntime.complete`
+(the only writers of counters and strategy state). Admin operations build a new runtime from the
+old one and swap it into the table, carrying over what still applies (a variant's statistics and
+bandit arm when its model and version are unchanged, the split table, the active colour), so a
+request never sees a half-made endpoint. ``switch``/``rollback`` assign one field and may run on
+any thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import json
+import random
+import time
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from headrace.errors import InvalidArgumentError
+from headrace.routing.bandit import Bandit
+from headrace.routing.canary import BASELINE, CANDIDATE, CanaryAction, CanaryDecision, CanaryRamp
+from headrace.routing.config import EndpointConfig
+from headrace.routing.feedback import QualityWindows
+from headrace.routing.split import SLOTS, initial_table, key_bytes, key_slot, rebalance
+from headrace.routing.stats import ShadowStats, VariantStats
+
+EVENTS_KEPT = 100  # recent events per endpoint, for the report (the full trail goes to on_event)
+
+
+@dataclass(frozen=True)
+class RoutingEvent:
+    """Something the router decided or was told: for logs, metrics and the audit trail."""
+
+    time_s: float  # wall clock
+    endpoint: str
+    kind: str  # rollback | promotion | step | switch | created | updated | deleted
+    detail: str
+    variant: str = ""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ShadowTarget:
+    """A shadow of an endpoint: where its copies go and how they compare."""
+
+    __slots__ = ("model", "name", "sample", "stats", "tolerance", "version")
+
+    def __init__(self, name: str, model: str, version: str, sample: float, tolerance: float):
+        self.name = name
+        self.model = model
+        self.version = version
+        self.sample = sample
+        self.tolerance = tolerance
+        self.stats = ShadowStats()
+
+
+class Route:
+    """The variant chosen for one request; what the engine runs and reports.
+
+    ``variant`` is the string for the ``headrace_variant`` response parameter; ``model`` and
+    ``version`` (a version number, an alias, or "" for the model's default) say what to run.
+    """
+
+    __slots__ = (
+        "endpoint",
+        "index",
+        "model",
+        "runtime",
+        "shadows",
+        "stats",
+        "variant",
+        "version",
+    )
+
+    def __init__(
+        self,
+        runtime: EndpointRuntime,
+        index: int,
+        variant: str,
+        model: str,
+        version: str,
+    ) -> None:
+        self.runtime = runtime
+        self.endpoint = runtime.name
+        self.index = index
+        self.variant = variant
+        self.model = model
+        self.version = version
+        self.shadows: tuple[ShadowTarget, ...] = runtime.shadows
+        self.stats: VariantStats = runtime.stats[index]
+
+    def __repr__(self) -> str:
+        return (
+            f"Route(endpoint={self.endpoint!r}, variant={self.variant!r}, model={self.model!r}, "
+            f"version={self.version!r})"
+        )
+
+
+def _fingerprint(config: EndpointConfig) -> str:
+    text = json.dumps(config.to_toml_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _variant_key(config: EndpointConfig, index: int) -> tuple[str, str, str]:
+    v = config.variants[index]
+    return (v.name, v.model, v.version)
+
+
+class EndpointRuntime:
+    def __init__(
+        self,
+        config: EndpointConfig,
+        *,
+        seed: str,
+        now_ns: int,
+        implicit: bool = False,
+        previous: EndpointRuntime | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.implicit = implicit  # a plain model seen as an endpoint of one variant
+        self.fingerprint = _fingerprint(config)
+        self.sticky_key = config.sticky_key
+        self.salt = zlib.crc32(config.name.encode())
+        self._random = random.Random(f"{seed}:{config.name}").random
+        self.shadows = tuple(
+            ShadowTarget(s.name, s.model, s.version, s.sample, s.tolerance) for s in config.shadows
+        )
+        self.stats = [VariantStats() for _ in config.variants]
+        self.routes = tuple(
+            Route(self, i, v.name, v.model, v.version) for i, v in enumerate(config.variants)
+        )
+        self.index_of = {v.name: i for i, v in enumerate(config.variants)}
+        self.quality = QualityWindows(config.quality, len(config.variants))
+        self.events: collections.deque[RoutingEvent] = collections.deque(maxlen=EVENTS_KEPT)
+        self.deleted = False
+        # Strategy state: exactly one of these is used, per config.strategy.
+        self.table = initial_table(config.weights()) if config.strategy == "split" else None
+        self.ramp = (
+            CanaryRamp(config.canary_settings(), self.salt, now_ns)
+            if config.strategy == "canary"
+            else None
+        )
+        self.bandit = (
+            Bandit(
+                config.bandit_settings(),
+                [stats.rewards for stats in self.stats],
+                zlib.crc32(f"{seed}:{config.name}".encode()),
+            )
+            if config.strategy == "bandit"
+            else None
+        )
+        active = config.blue_green.active if config.blue_green else None
+        self.active = self.index_of[active] if active else 0
+        self.previous_active = 1 - self.active if config.strategy == "blue_green" else 0
+        self.choose_route = {
+            "split": self._choose_split,
+            "canary": self._choose_canary,
+            "blue_green": self._choose_blue_green,
+            "bandit": self._choose_bandit,
+        }[config.strategy]
+        if previous is not None:
+            self._carry_over(previous)
+
+    # -- choosing (event-loop thread) ------------------------------------------------------------
+
+    def _sticky_slot(
+        self, parameters: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None
+    ) -> int:
+        """The slot the request's sticky key hashes to, or -1 (no key: route at random)."""
+        key = self.sticky_key
+        if key is None:
+            return -1
+        value = parameters.get(key) if parameters else None
+        if value is None and inputs is not None:
+            value = inputs.get(key)
+        if value is None:
+            return -1
+        data = key_bytes(value)
+        return -1 if data is None else key_slot(data, self.salt)
+
+    def _choose_split(
+        self, parameters: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None
+    ) -> Route:
+        table = self.table
+        assert table is not None
+        slot = self._sticky_slot(parameters, inputs) if self.sticky_key is not None else -1
+        if slot < 0:
+            slot = int(self._random() * SLOTS)
+        return self.routes[table[slot]]
+
+    def _choose_canary(
+        self, parameters: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None
+    ) -> Route:
+        ramp = self.ramp
+        assert ramp is not None
+        slot = self._sticky_slot(parameters, inputs) if self.sticky_key is not None else -1
+        if slot < 0:
+            candidate = self._random() * 100.0 < ramp.candidate_percent
+        else:
+            candidate = ramp.rank[slot] < ramp.candidate_ranks
+        return self.routes[CANDIDATE if candidate else BASELINE]
+
+    def _choose_blue_green(
+        self, parameters: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None
+    ) -> Route:
+        return self.routes[self.active]
+
+    def _choose_bandit(
+        self, parameters: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None
+    ) -> Route:
+        bandit = self.bandit
+        assert bandit is not None
+        return self.routes[bandit.choose()]
+
+    # -- outcomes (event-loop thread) ------------------------------------------------------------
+
+    def canary_outcome(
+        self, index: int, ok: bool, latency_ns: int, now_ns: int
+    ) -> RoutingEvent | None:
+        """Count an outcome in the canary's step (the variant's own stats are counted apart)."""
+        assert self.ramp is not None
+        return self._canary_event(self.ramp.observe(index, ok, latency_ns, now_ns))
+
+    def reward(self, index: int, reward: float, now_ns: int) -> RoutingEvent | None:
+        """Count a reward (already checked finite, and by :meth:`check_reward`)."""
+        self.stats[index].rewards.add(reward)
+        if self.bandit is not None:
+            self.bandit.refresh()
+        if self.ramp is not None:
+            return self._canary_event(self.ramp.reward(index, reward, now_ns))
+        return None
+
+    def check_reward(self, reward: float) -> None:
+        if self.bandit is not None:
+            self.bandit.check_reward(reward)
+
+    def _canary_event(self, decision: CanaryDecision | None) -> RoutingEvent | None:
+        if decision is None:
+            return None
+        ramp = self.ramp
+        assert ramp is not None
+        candidate = self.routes[CANDIDATE].variant
+        kind = {
+            CanaryAction.ROLLBACK: "rollback",
+            CanaryAction.PROMOTE: "promotion",
+            CanaryAction.ADVANCE: "step",
+        }[decision.action]
+        detail = {
+            "rollback": f"candidate '{candidate}' rolled back to 0 %: {decision.reason}",
+            "promotion": f"candidate '{candidate}' promoted to 100 %: {decision.reason}",
+            "step": f"candidate '{candidate}' advanced to {ramp.candidate_percent:g} %: "
+            f"{decision.reason}",
+        }[kind]
+        return self.record(kind, detail, candidate, candidate_percent=ramp.candidate_percent)
+
+    def record(self, kind: str, detail: str, variant: str = "", **fields: Any) -> RoutingEvent:
+        event = RoutingEvent(time.time(), self.name, kind, detail, variant, fields)
+        self.events.append(event)
+        return event
+
+    # -- operator actions --------------------------------------------------------------------------
+
+    def switch(self, to: str | None, kind: str = "switch") -> RoutingEvent:
+        """Blue-green: make ``to`` (default: the other colour) active for the next request."""
+        if self.config.strategy != "blue_green":
+            raise InvalidArgumentError(
+                f"endpoint '{self.name}' has strategy '{self.config.strategy}'; "
+                "Switch applies to blue_green endpoints"
+            )
+        target = 1 - self.active if to is None or to == "" else self._variant_index(to)
+        old = self.active
+        variant = self.routes[target].variant
+        if target == old:
+            return self.record(kind, f"variant '{variant}' is already active", variant)
+        # One assignment: the next resolve() reads the new colour, requests in flight finish
+        # on the old one (both stay loaded), so no request fails across the switch.
+        self.previous_active, self.active = old, target
+        return self.record(
+            kind, f"active variant '{self.routes[old].variant}' -> '{variant}'", variant
+        )
+
+    def rollback(self) -> RoutingEvent:
+        """Blue-green: back to the colour before the last switch. Canary: candidate to 0 %."""
+        if self.config.strategy == "blue_green":
+            return self.switch(self.routes[self.previous_active].variant, kind="rollback")
+        if self.ramp is not None:
+            decision = CanaryDecision(CanaryAction.ROLLBACK, "rolled back by an operator")
+            self.ramp.apply(decision, 0)
+            event = self._canary_event(decision)
+            assert event is not None
+            return event
+        raise InvalidArgumentError(
+            f"endpoint '{self.name}' has strategy '{self.config.strategy}'; "
+            "Rollback applies to blue_green and canary endpoints"
+        )
+
+    def _variant_index(self, name: str) -> int:
+        index = self.index_of.get(name)
+        if index is None:
+            raise InvalidArgumentError(
+                f"endpoint '{self.name}' has no variant '{name}' "
+                f"(variants: {', '.join(self.index_of)})"
+            )
+        return index
+
+    def pinned(self, name: object) -> Route:
+        """The route a request pins with the ``headrace_variant`` parameter."""
+        return self.routes[self._variant_index(str(name))]
+
+    # -- state carried over an update, and persisted ---------------------------------------------
+
+    def _carry_over(self, previous: EndpointRuntime) -> None:
+        old_keys = {_variant_key(previous.config, i): i for i in range(len(previous.routes))}
+        for index in range(len(self.routes)):
+            old = old_keys.get(_variant_key(self.config, index))
+            if old is None:
+                continue
+            self.stats[index] = self.routes[index].stats = previous.stats[old]
+            if self.bandit is not None:
+                self.bandit.arms[index] = self.stats[index].rewards
+            if self.config.quality == previous.config.quality:
+                self.quality.windows[index] = previous.quality.windows[old]
+        for shadow in self.shadows:
+            for old_shadow in previous.shadows:
+                if (shadow.name, shadow.model, shadow.version) == (
+                    old_shadow.name,
+                    old_shadow.model,
+                    old_shadow.version,
+                ):
+                    shadow.stats = old_shadow.stats
+        self.events.extend(previous.events)
+        if self.table is not None and previous.table is not None:
+            self.table = rebalance(
+                previous.table,
+                [r.variant for r in previous.routes],
+                [r.variant for r in self.routes],
+                self.config.weights(),
+                self.salt,
+            )
+        if self.ramp is not None and previous.ramp is not None:
+            same = [_variant_key(self.config, i) for i in range(2)] == [
+                _variant_key(previous.config, i) for i in range(2)
+            ]
+            if same and self.config.canary_settings() == previous.config.canary_settings():
+                self.ramp = previous.ramp  # an unrelated change (a shadow) keeps the ramp going
+        # A switched colour survives an update that leaves the blue-green settings alone.
+        old_active = previous.routes[previous.active].variant
+        if (
+            self.config.strategy == previous.config.strategy == "blue_green"
+            and self.config.blue_green == previous.config.blue_green
+            and old_active in self.index_of
+        ):
+            self.active = self.index_of[old_active]
+            self.previous_active = 1 - self.active
+        if self.bandit is not None:
+            self.bandit.refresh()
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"fingerprint": self.fingerprint}
+        if self.table is not None:
+            state["table"] = base64.b64encode(bytes(self.table)).decode()
+        if self.ramp is not None:
+            state["canary"] = self.ramp.state_dict()
+        if self.bandit is not None:
+            state["bandit"] = self.bandit.state_dict()
+        if self.config.strategy == "blue_green":
+            state["active"] = self.routes[self.active].variant
+            state["previous_active"] = self.routes[self.previous_active].variant
+        return state
+
+    def restore(self, state: Mapping[str, Any], now_ns: int) -> None:
+        """Resume saved state; ignored when the endpoint's config changed since it was saved."""
+        if state.get("fingerprint") != self.fingerprint:
+            return
+        if self.table is not None and "table" in state:
+            table = bytearray(base64.b64decode(state["table"]))
+            if len(table) == SLOTS and max(table) < len(self.routes):
+                self.table = table
+        if self.ramp is not None and "canary" in state:
+            self.ramp.restore(state["canary"], now_ns)
+        if self.bandit is not None and "bandit" in state:
+            self.bandit.restore(state["bandit"])
+        if "active" in state and state["active"] in self.index_of:
+            self.active = self.index_of[state["active"]]
+            self.previous_active = self.index_of.get(state.get("previous_active", ""), 0)
