@@ -13,7 +13,7 @@ from headrace.quant.model import QuantizedLayer, TensorSpec
 MODEL_FILE_NAME = "model.int8"
 MAGIC = b"HRQINT8\n"
 FORMAT_VERSION = 2
-# What the loader (csrc/quant/int8_model_file.cc) reads: version 1 files from the first quantizer too.
+# What the loader (csrc/quant/int8_model_file.cc) reads: version 1 files of the first quantizer too.
 READABLE_VERSIONS = (1, 2)
 
 
