@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from headrace import _core
-from headrace import quantize as hq
+from headrace import quant as hq
 
 WIDTHS = [512, 1024, 1024, 16]
 BATCHES = [1, 8, 32, 64]
@@ -118,7 +118,7 @@ def write_wide_mlp(path: Path) -> list[hq.QuantizedLayer]:
                 weight_scales=(rng.uniform(0.5, 2.0, n) / (np.sqrt(k) * 127)).astype(np.float32),
                 bias=(rng.standard_normal(n) * 0.1).astype(np.float32),
                 activation=hq.Activation.NONE if last else hq.Activation.RELU,
-                input_scale=None,
+                input_range=None,
             )
         )
     path.write_bytes(

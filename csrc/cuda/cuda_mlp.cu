@@ -238,8 +238,18 @@ CudaMlp::CudaMlp(const quant::Int8ModelFile& model, CudaMlpOptions options)
   impl.layer_count = model.layers.size();
 
   std::size_t widest_k_pad = 0;
-  for (const quant::LayerRecord& layer : model.layers) {
+  for (std::size_t i = 0; i < model.layers.size(); ++i) {
+    const quant::LayerRecord& layer = model.layers[i];
     widest_k_pad = std::max(widest_k_pad, mlp_k_pad(layer.k_size));
+    // The GPU epilogue (epilogue_device.cuh) knows the version-1 activations only.
+    const quant::Activation kind = layer.activation.kind;
+    if (kind == quant::Activation::kLeakyRelu || kind == quant::Activation::kClip ||
+        kind == quant::Activation::kLogSoftmax) {
+      throw_invalid_argument("int8 model layer " + std::to_string(i) +
+                             ": the CUDA kernels do not implement activation code " +
+                             std::to_string(static_cast<std::uint32_t>(kind)) +
+                             " (LeakyRelu, Clip, LogSoftmax); serve it on the CPU");
+    }
   }
   impl.activation_stride = mlp_activation_stride(widest_k_pad);
 
@@ -328,9 +338,11 @@ CudaMlp::CudaMlp(const quant::Int8ModelFile& model, CudaMlpOptions options)
     p.k_steps = static_cast<int>(mlp_k_pad(layer.k_size) / kMlpKStep);
     p.groups = static_cast<int>(mlp_n_pad(layer.n_size) / kMlpGroupColumns);
     p.per_tensor_scale = layer.weight_scales.size() == 1 ? 1 : 0;
-    p.activation = layer.activation;
+    p.activation = layer.activation.kind;
     p.input_static = layer.input_quantization == quant::InputQuantization::kStaticPerTensor ? 1 : 0;
-    p.input_scale = layer.input_scale;
+    // These kernels quantize symmetrically (scale = max|x| / 127): a static range maps to the
+    // scale that covers it (for a version-1 file, its own scale).
+    p.input_scale = std::max(-layer.input_min, layer.input_max) / 127.0f;
     layer_params.push_back(p);
   }
   impl.layer_params = DeviceBuffer(layer_params.size() * sizeof(MlpLayerParams));

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from headrace import Engine, _core
-from headrace import quantize as hq
+from headrace import quant as hq
 from headrace.backends.int8 import Int8Backend
 from headrace.backends.int8_cuda import CudaInt8Backend, cuda_unavailable_reason, load_int8_backend
 from headrace.config import Int8Config, load_model_config
@@ -27,7 +27,7 @@ def write_model(path: Path) -> Path:
             weight_scales=np.full(5, 0.01, dtype=np.float32),
             bias=None,
             activation=hq.Activation.RELU,
-            input_scale=None,
+            input_range=None,
         )
     ]
     path.write_bytes(

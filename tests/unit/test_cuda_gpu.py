@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import start_server, stop_server
 from headrace import _core
-from headrace import quantize as hq
+from headrace import quant as hq
 from headrace.backends.int8_cuda import CudaInt8Backend, cuda_unavailable_reason
 from headrace.client import Client
 from headrace.errors import HeadraceError, InvalidArgumentError, StatusCode, UnavailableError
@@ -103,7 +103,7 @@ def test_gemm_fused_epilogue_matches_the_cpu_arithmetic(activation: A, per_tenso
     elif activation == A.RELU:
         np.testing.assert_array_equal(got, np.where(y > 0, y, np.float32(0)))
     else:
-        expected = hq._apply_activation(activation, y.astype(np.float64))
+        expected = hq.apply_activation(activation, y.astype(np.float64))
         np.testing.assert_allclose(got, expected, rtol=2e-6, atol=2e-6)
     with pytest.raises(InvalidArgumentError):
         _core.cuda_gemm_epilogue(a, w, row_scales, weight_scales, bias, int(A.SOFTMAX))
@@ -138,7 +138,7 @@ def write_mlp(
                 / np.float32(np.sqrt(k) * 127),
                 bias=rng.standard_normal(n).astype(np.float32) * 0.1 if bias else None,
                 activation=activation,
-                input_scale=0.02 if i in static_layers else None,
+                input_range=(-2.54, 2.54) if i in static_layers else None,
             )
         )
     spec_in = hq.TensorSpec("x", "FP32", (-1, widths[0]))

@@ -87,6 +87,9 @@ class Engine:
         # MLflow aliases and the watched repository; started by the server, or in-process by
         # `await engine.registry.start()`.
         self.registry = RegistryFollower(self.settings, self.models, self.metrics)
+        # A model that becomes ready by any path (repository, MLflow, the watcher) is callable
+        # by name: an endpoint of one variant.
+        self.models.listeners.append(self._model_published)
 
     @classmethod
     def from_repository(cls, path: str | Path, **settings: Any) -> Engine:
@@ -115,6 +118,15 @@ class Engine:
         """Stop serving a model; requests already running finish."""
         self.models.unload(name)
         self.routing.endpoints.remove_model(name)
+
+    def _model_published(self, name: str, ready: bool) -> None:
+        routing = self._routing
+        if routing is None:
+            return  # built later, with every ready model
+        if ready:
+            routing.endpoints.add_model(name)
+        else:
+            routing.endpoints.remove_model(name)
 
     # -- endpoints ---------------------------------------------------------------------------
 

@@ -61,6 +61,8 @@ class ModelStore:
         self._model_locks: dict[str, threading.Lock] = {}
         self._model_locks_lock = threading.Lock()
         self._closed = False
+        # Called with (model name, ready) after each publish, on the publishing thread.
+        self.listeners: list[Callable[[str, bool], None]] = []
         self.transitions = TransitionLog(settings.audit_log, metrics.lifecycle)
         # Set while the repository is watched: the versions the watcher saw complete and
         # settled. Only those load, so a version folder being copied in is never read.
@@ -84,14 +86,17 @@ class ModelStore:
             return lock
 
     def _publish(self, model: ServedModel) -> bool:
-        """Make ``model`` what requests see; False (nothing published) once closing."""
+        """Make ``model`` what requests see; False (nothing published) once closing. Listeners
+        (the engine's routing: a ready model is an endpoint of one variant) hear of it."""
         with self._publish_lock:
             if self._closed:
                 return False
             models = dict(self._models)
             models[model.name] = model
             self._models = models
-            return True
+        for listener in self.listeners:
+            listener(model.name, bool(model.versions))
+        return True
 
     def _reconcile(
         self,
