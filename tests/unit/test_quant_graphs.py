@@ -308,3 +308,29 @@ def test_output_choice(tmp_path: Path) -> None:
     with pytest.raises(hq.UnsupportedGraphError, match="choose the one to serve"):
         hq.extract_mlp(model)
     assert hq.extract_mlp(model, "probabilities").output.name == "probabilities"
+
+
+def test_a_flattening_model_is_served_through_the_batcher(
+    rng: np.random.Generator, tmp_path: Path
+) -> None:
+    """A torch classifier keeps its [-1, 2, 4] input: batches of such rows reach the int8
+    runner with rank 3 and must run, not fail (the runner reads each row's trailing dims)."""
+    from headrace import Engine
+
+    l1, l2 = te.random_linear(rng, 8, 16), te.random_linear(rng, 16, 16)
+    l3, bn = te.random_linear(rng, 16, 4, bias=False), te.random_batch_norm(rng, 16)
+    model = te.classifier_legacy(l1, bn, l2, l3)
+    source = tmp_path / "source.onnx"
+    onnx.save(model, str(source))
+    version = tmp_path / "models" / "clf" / "1"
+    assert hq.main([str(source), "--out", str(version)]) == 0
+    engine = Engine.from_repository(tmp_path / "models")
+    try:
+        assert engine.get_version("clf").max_batch_size > 0  # batched: the native runner
+        x = rng.standard_normal((5, 2, 4)).astype(np.float32)
+        served = engine.infer("clf", {"x": x}).outputs
+        direct = _core.QuantizedMlp(str(version / "model.int8")).run(x.reshape(5, 8))
+        (name,) = served
+        assert np.array_equal(served[name], direct)
+    finally:
+        engine.close()
