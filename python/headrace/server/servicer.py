@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 import headrace
+from headrace.config import ServerSettings
 from headrace.engine import Engine
-from headrace.errors import InvalidArgumentError, UnimplementedError
+from headrace.errors import InvalidArgumentError, ResourceExhaustedError, UnimplementedError
 from headrace.server import convert
 from headrace.server.status import describe, unary_errors
 from headrace.wire import inference as pb
@@ -67,6 +69,31 @@ EXTENSIONS = ("model_repository", "model_configuration", "statistics", "schedule
 STREAM_MAX_IN_FLIGHT = 256
 
 
+# Memory an RPC in flight may pin on average (request, response, batch share): sizes the default
+# cap on concurrent RPCs so that a flood is refused (RESOURCE_EXHAUSTED) before memory runs out.
+INFLIGHT_RPC_BUDGET_BYTES = 1 << 20
+# A quarter of the machine's memory for RPCs in flight; the rest is for models.
+INFLIGHT_MEMORY_SHARE = 0.25
+MAX_DEFAULT_INFLIGHT_RPCS = 16_384
+
+
+def max_inflight_rpcs(settings: ServerSettings) -> int:
+    """The cap on concurrent RPCs: the setting, or what a share of physical memory holds."""
+    if settings.max_inflight_rpcs > 0:
+        return settings.max_inflight_rpcs
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        memory = 4 << 30
+    return max(
+        64,
+        min(
+            MAX_DEFAULT_INFLIGHT_RPCS,
+            int(memory * INFLIGHT_MEMORY_SHARE) // INFLIGHT_RPC_BUDGET_BYTES,
+        ),
+    )
+
+
 class InferenceServicer:
     """One method per RPC of ``inference.GRPCInferenceService`` (registered by ``app.py``);
     ModelInfer and ModelStreamInfer take and return bytes."""
@@ -75,6 +102,17 @@ class InferenceServicer:
         self._engine = engine
         self._max_elements = engine.settings.max_request_elements
         self.ready = True
+        # Inference RPCs in flight (a stream counts once). Counted here rather than with
+        # grpc.aio's maximum_concurrent_rpcs, which measured ~25 % of c=32 throughput.
+        self._in_flight = 0
+        self._max_in_flight = max_inflight_rpcs(engine.settings)
+
+    def _refuse_over_cap(self) -> None:
+        if self._in_flight >= self._max_in_flight:
+            raise ResourceExhaustedError(
+                f"{self._in_flight} inference RPCs in flight, the server's cap "
+                f"(--max-inflight-rpcs {self._max_in_flight}); retry later"
+            )
 
     # -- health and metadata -----------------------------------------------------------------
 
@@ -133,7 +171,12 @@ class InferenceServicer:
         # The client's gRPC deadline bounds the time in the queue: a request that can no longer
         # be answered in time leaves the queue at its deadline instead of running.
         try:
-            return await self._infer_raw(message, context.time_remaining())
+            self._refuse_over_cap()
+            self._in_flight += 1
+            try:
+                return await self._infer_raw(message, context.time_remaining())
+            finally:
+                self._in_flight -= 1
         except Exception as error:
             code, text = describe(error)
             await context.abort(code, text)
@@ -148,6 +191,17 @@ class InferenceServicer:
         # and writes them, as for ModelInfer. An answer holds its request's slot until it is
         # written, so a reader that stops reading stops the stream after STREAM_MAX_IN_FLIGHT
         # answers (memory stays bounded), and is cancelled after stream_stall_timeout_s.
+        try:
+            self._refuse_over_cap()
+        except ResourceExhaustedError as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, error.message)
+        self._in_flight += 1
+        try:
+            await self._stream(request_iterator, context)
+        finally:
+            self._in_flight -= 1
+
+    async def _stream(self, request_iterator: AsyncIterator[bytes], context: Context) -> None:
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
