@@ -6,6 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 JOBS ?= 2
+# The test build compiles the CUDA kernels (when nvcc is found) for one architecture only: each
+# more is another full device compile. Release builds default to 80;90 (pyproject.toml).
+CUDA_ARCHITECTURES ?= 90
 # Tools the build itself needs, installed into the venv so builds run without isolation (fast,
 # and the same versions every time).
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.13" "grpcio-tools>=1.66" ninja "cmake>=3.24"
@@ -43,7 +46,8 @@ install: venv
 
 install-dev: venv system-deps
 	$(PIP) install --quiet $(BUILD_DEPS)
-	HEADRACE_WERROR=ON CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) \
+	HEADRACE_WERROR=ON HEADRACE_CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES) \
+		CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) \
 		$(PIP) install --quiet --no-build-isolation ".[test]"
 
 serve: install
@@ -57,12 +61,17 @@ typecheck: install-dev
 	$(BIN)/mypy
 
 # The core's C++ tests under AddressSanitizer+UBSan, then ThreadSanitizer, warnings as errors.
+# The ThreadSanitizer build leaves CUDA out (HEADRACE_CUDA=OFF): it saves a device compile and
+# keeps the build without CUDA (csrc/cuda/cuda_absent.cc) compiled and tested.
 cpp-sanitize: install-dev
 	@for sanitizer in address,undefined thread; do \
 		dir=build/sanitize-$$(echo $$sanitizer | tr , -); \
+		cuda=$$([ $$sanitizer = thread ] && echo OFF || echo AUTO); \
 		$(BIN)/cmake -S . -B $$dir -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(BIN))/ninja \
 			-DHEADRACE_PYTHON=OFF -DHEADRACE_CPP_TESTS=ON -DHEADRACE_WERROR=ON \
-			-DHEADRACE_SANITIZE=$$sanitizer -DCMAKE_BUILD_TYPE=Debug >/dev/null || exit 1; \
+			-DHEADRACE_SANITIZE=$$sanitizer -DCMAKE_BUILD_TYPE=Debug \
+			-DHEADRACE_CUDA=$$cuda -DHEADRACE_CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES) \
+			>/dev/null || exit 1; \
 		$(BIN)/cmake --build $$dir -j $(JOBS) || exit 1; \
 		(cd $$dir && TSAN_OPTIONS=halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 			$(abspath $(BIN))/ctest --output-on-failure) || exit 1; \
@@ -74,9 +83,11 @@ pytest: install-dev feast-venv
 # A new user's install: the wheel alone (no extras) in a throwaway venv, then serve + one infer,
 # quantize and profile from there. Catches a runtime dependency that only the test extra brings.
 SMOKE_VENV := build/smoke-venv
+# The wheel takes install-dev's CUDA architectures, so it reuses that build (build/{wheel_tag}).
 smoke: install-dev
 	rm -rf dist $(SMOKE_VENV)
-	HEADRACE_WERROR=ON CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) wheel --quiet --no-build-isolation --no-deps -w dist .
+	HEADRACE_WERROR=ON HEADRACE_CUDA_ARCHITECTURES=$(CUDA_ARCHITECTURES) \
+		CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PIP) wheel --quiet --no-build-isolation --no-deps -w dist .
 	$(PYTHON) -m venv $(SMOKE_VENV)
 	$(SMOKE_VENV)/bin/python -m pip install --quiet dist/headrace-*.whl
 	$(SMOKE_VENV)/bin/python tests/smoke/fresh_install.py --with-tritonclient

@@ -15,7 +15,12 @@ features of each view for N random users, at concurrency 1:
   keep-alive ``http.client`` connection (lean: no ``requests``);
 * ``feast SDK``: ``FeatureStore.get_online_features`` in-process (Feast's venv).
 
-redis-server and Feast's server run on CPU 0, the measuring process on CPU 1.
+redis-server and Feast's server run on CPU 0, the measuring process on CPU 1 (with --pin).
+
+Then, served end to end (``features_served.py``): ``headrace serve`` and redis-server on CPU 0,
+loadgen on CPU 1 (taskset), c=32: the bare model against the same model fed by the embedded
+store, the redis store, and the redis store with ``--served-log``. ``--served-only`` runs just
+that part (no Feast); ``--no-served`` skips it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from prometheus_client import CollectorRegistry
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+import features_served  # noqa: E402
 from bench_common import cpu_model  # noqa: E402
 
 from headrace.backends.base import TensorSpec  # noqa: E402
@@ -402,6 +408,38 @@ def print_tables(
             print(f"| {entities} x {features} | {ratios[0]} | {ratios[1]} |")
 
 
+def measure_lookups(
+    args: argparse.Namespace,
+    folder: Path,
+    redis: RedisServer,
+    views: list[FeastView],
+    data: dict[str, np.ndarray],
+) -> tuple[dict[str, Any], dict[tuple[int, int], Cell], dict[tuple[int, int], Cell] | None]:
+    """The lookup tables: ours from each store, Feast's server and SDK on the same Redis."""
+    import uvloop
+
+    assert redis.process is not None
+    redis_pid = redis.process.pid
+    started = time.monotonic()
+    repo = FeastRepo(folder / "feast", redis.port, 0, views)
+    repo.apply_and_materialize()
+    print(f"# feast apply + materialize: {time.monotonic() - started:.0f} s", flush=True)
+    check_same_rows(redis.url(), folder, data)
+    ours = {
+        kind: uvloop.run(
+            measure_ours(kind, redis.url(), folder, data["ids"], args.iterations, [redis_pid])
+        )
+        for kind in ("embedded", "redis", "feast")
+    }
+    feast_server = FeastServer(repo)
+    try:
+        theirs = feast_server.measure(data["ids"], args.feast_iterations, redis_pid)
+    finally:
+        feast_server.stop()
+    sdk = None if args.skip_feast_sdk else feast_sdk(repo, args.users, args.feast_iterations)
+    return ours, theirs, sdk
+
+
 def main(argv: list[str] | None = None) -> int:
     global PINNING
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -411,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2,000 users, few iterations")
     parser.add_argument("--skip-feast-sdk", action="store_true")
     parser.add_argument("--pin", action="store_true", help="servers on CPU 0, client on CPU 1")
+    parser.add_argument("--served-only", action="store_true", help="only the served c=32 rows")
+    parser.add_argument("--no-served", action="store_true", help="skip the served rows")
+    parser.add_argument("--duration-s", type=float, default=5.0, help="per served run")
+    parser.add_argument("--repeats", type=int, default=3, help="served runs per row")
     args = parser.parse_args(argv)
     PINNING = args.pin
     if args.quick:
@@ -422,38 +464,31 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         redis = RedisServer(folder / "redis").start()
         assert redis.process is not None
-        redis_pid = redis.process.pid
-        pin(redis_pid, SERVER_CPU)
-        feast_server = None
+        pin(redis.process.pid, SERVER_CPU)
+        lookups = served_rows = None
         try:
             print(f"# {cpu_model()}, {os.cpu_count()} CPUs; {args.users} users; load "
                   f"{os.getloadavg()[0]:.1f}; pinned: {PINNING}", flush=True)  # fmt: skip
             views, data = make_data(args.users)
-            started = time.monotonic()
-            repo = FeastRepo(folder / "feast", redis.port, 0, views)
-            repo.apply_and_materialize()
-            print(f"# feast apply + materialize: {time.monotonic() - started:.0f} s", flush=True)
             write_snapshots(folder, data)
             uvloop.run(push_redis(redis.url(), data))
-            check_same_rows(redis.url(), folder, data)
-            ours = {
-                kind: uvloop.run(
-                    measure_ours(
-                        kind, redis.url(), folder, data["ids"], args.iterations, [redis_pid]
-                    )
+            if not args.served_only:
+                lookups = measure_lookups(args, folder, redis, views, data)
+            if not args.no_served:
+                duration, repeats = (2.0, 1) if args.quick else (args.duration_s, args.repeats)
+                os.sched_setaffinity(redis.process.pid, {SERVER_CPU})  # beside its server
+                print(f"# served: c={features_served.CONCURRENCY}, headrace + redis on CPU "
+                      f"{SERVER_CPU}, loadgen on CPU {CLIENT_CPU}, {repeats} x {duration:g} s per "
+                      f"row, medians; load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+                served_rows = features_served.served(
+                    folder / "served", redis, folder, args.users, duration, repeats
                 )
-                for kind in ("embedded", "redis", "feast")
-            }
-            feast_server = FeastServer(repo)
-            theirs = feast_server.measure(data["ids"], args.feast_iterations, redis_pid)
-            sdk = None
-            if not args.skip_feast_sdk:
-                sdk = feast_sdk(repo, args.users, args.feast_iterations)
         finally:
-            if feast_server is not None:
-                feast_server.stop()
             redis.kill()
-    print_tables(ours, theirs, sdk)
+    if lookups is not None:
+        print_tables(*lookups)
+    if served_rows is not None:
+        features_served.print_served(served_rows)
     print(f"\n# load at the end {os.getloadavg()[0]:.1f}")
     return 0
 

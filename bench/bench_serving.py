@@ -941,7 +941,7 @@ class Bench:
     def run(self) -> list[str]:
         args = self.args
         specs = [MODELS["tabular"]] if args.quick else [MODELS["tabular"], MODELS["wide"]]
-        concurrencies = QUICK_CONCURRENCIES if args.quick else CONCURRENCIES
+        concurrencies = args.concurrency or (QUICK_CONCURRENCIES if args.quick else CONCURRENCIES)
         paths = write_models(list(MODELS.values()), self.work / "onnx")
         logs = Path(args.out_dir) / "logs"
         notes: list[str] = []
@@ -1074,6 +1074,12 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="tabular only, c=1,8, 2 s cells (a smoke run)"
     )
     parser.add_argument("--skip-mlserver", action="store_true", help="do not install/run MLServer")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda text: tuple(int(c) for c in text.split(",")),
+        default=None,
+        help="client concurrencies, e.g. 1,32 (default 1,8,32,64; --quick 1,8)",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="bench/results")
     args = parser.parse_args(argv)
     if args.duration_s is None:

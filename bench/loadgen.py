@@ -11,6 +11,10 @@ only once to check them, so the client spends its CPU on gRPC, not on protobuf. 
 per request from send to answer; only requests that finish inside the measured window count.
 Prints one JSON object: throughput (requests/s and rows/s), p50/p99 latency (us), errors.
 
+With ``--entity NAME`` (repeatable; a model whose features fill its input) requests carry INT64
+``NAME [rows]`` keys drawn from 1..``--keys`` instead of ``x``: ``--payloads`` distinct requests,
+serialized once and sent in turn, so that lookups ask for many keys.
+
 Being Python, it is client-bound near 8k requests/s on one Zen 2 core: rows near that figure
 measure the client, not the server.
 """
@@ -48,6 +52,22 @@ def make_request(model: str, in_features: int, rows: int, seed: int = 0) -> Any:
     return request
 
 
+def make_entity_payloads(
+    model: str, entities: list[str], keys: int, rows: int, count: int, seed: int = 0
+) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    payloads = []
+    for _ in range(count):
+        request = pb.ModelInferRequest(model_name=model)
+        for name in entities:
+            request.inputs.add(name=name, datatype="INT64", shape=[rows])
+            request.raw_input_contents.append(
+                rng.integers(1, keys + 1, rows, dtype=np.int64).tobytes()
+            )
+        payloads.append(request.SerializeToString())
+    return payloads
+
+
 def check_response(data: bytes, rows: int) -> None:
     response = pb.ModelInferResponse.FromString(data)
     if not response.outputs or response.outputs[0].shape[0] != rows:
@@ -61,8 +81,13 @@ def percentile_us(latencies_ns: list[int], q: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    request = make_request(args.model, args.in_features, args.rows)
-    payload = request.SerializeToString()
+    if args.entity:
+        payloads = make_entity_payloads(
+            args.model, args.entity, args.keys, args.rows, args.payloads
+        )
+    else:
+        payloads = [make_request(args.model, args.in_features, args.rows).SerializeToString()]
+    sent = 0
     options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.so_reuseport", 0)]
     latencies: list[int] = []
     errors: list[str] = []
@@ -71,7 +96,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         check_infer = channel.unary_unary(
             INFER, request_serializer=_identity, response_deserializer=_identity
         )
-        check_response(await check_infer(payload, timeout=10), args.rows)
+        check_response(await check_infer(payloads[0], timeout=10), args.rows)
 
         start_ns = time.perf_counter_ns() + int(args.warmup_s * 1e9)
         end_ns = start_ns + int(args.duration_s * 1e9)
@@ -80,18 +105,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             infer = channel.unary_unary(
                 INFER, request_serializer=_identity, response_deserializer=_identity
             )
+            nonlocal sent
             while True:
-                sent = time.perf_counter_ns()
-                if sent >= end_ns or len(errors) >= MAX_ERRORS:
+                sent_ns = time.perf_counter_ns()
+                if sent_ns >= end_ns or len(errors) >= MAX_ERRORS:
                     return
+                sent += 1
                 try:
-                    await infer(payload, timeout=30)
+                    await infer(payloads[sent % len(payloads)], timeout=30)
                 except grpc.aio.AioRpcError as error:
                     errors.append(f"{error.code().name}: {error.details()}")
                     continue
                 done = time.perf_counter_ns()
-                if start_ns <= sent and done <= end_ns:
-                    latencies.append(done - sent)
+                if start_ns <= sent_ns and done <= end_ns:
+                    latencies.append(done - sent_ns)
 
         async def stream_worker() -> None:
             # One stream per worker, one request in flight on it: the stream analogue of a
@@ -99,19 +126,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             call = channel.stream_stream(
                 STREAM_INFER, request_serializer=_identity, response_deserializer=_identity
             )()
+            nonlocal sent
             try:
                 while True:
-                    sent = time.perf_counter_ns()
-                    if sent >= end_ns or len(errors) >= MAX_ERRORS:
+                    sent_ns = time.perf_counter_ns()
+                    if sent_ns >= end_ns or len(errors) >= MAX_ERRORS:
                         return
-                    await call.write(payload)
+                    sent += 1
+                    await call.write(payloads[sent % len(payloads)])
                     answer = pb.ModelStreamInferResponse.FromString(await call.read())
                     if answer.error_message:
                         errors.append(answer.error_message)
                         continue
                     done = time.perf_counter_ns()
-                    if start_ns <= sent and done <= end_ns:
-                        latencies.append(done - sent)
+                    if start_ns <= sent_ns and done <= end_ns:
+                        latencies.append(done - sent_ns)
             finally:
                 call.cancel()
 
@@ -127,6 +156,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "streaming": args.streaming,
         "duration_s": args.duration_s,
         "requests": len(latencies),
+        "sent": sent + 1,  # every request, warm-up and the check included
         "requests_per_s": requests_per_s,
         "rows_per_s": requests_per_s * args.rows,
         "p50_us": percentile_us(latencies, 50),
@@ -146,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--warmup-s", type=float, default=1.0)
     parser.add_argument("--streaming", action="store_true", help="use ModelStreamInfer")
+    parser.add_argument("--entity", action="append", help="send INT64 keys NAME [rows], not x")
+    parser.add_argument("--keys", type=int, default=10_000, help="entity keys drawn from 1..N")
+    parser.add_argument("--payloads", type=int, default=1024, help="distinct entity requests")
     args = parser.parse_args(argv)
     if not args.target.startswith("127.0.0.1:"):
         parser.error("only 127.0.0.1 targets")

@@ -15,6 +15,8 @@ PYBIND11_MODULE(_core, m) {
   headrace::bindings::register_batching(m);
   headrace::bindings::register_quant(m);
   headrace::bindings::register_drift(m);
+  // Before register_runners: CudaMlpRunner's constructor takes a CudaMlp.
+  headrace::bindings::register_cuda(m);
   headrace::bindings::register_runners(m);
   headrace::bindings::register_testing(m);
   // A new csrc/ area adds its register_<area>(m) here.

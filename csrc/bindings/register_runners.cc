@@ -1,7 +1,7 @@
 // Bindings for csrc/runners: what runs a batch in C++. Each runner is a NativeRunner (the one
 // bound base class, registered in register_batching.cc), which a Batcher takes in place of a
-// Python callable: OrtRunner (made by OrtModel.runner) and QuantizedMlpRunner (made from a
-// QuantizedMlp). OrtModel is an ONNX Runtime session driven through the C API; its run()
+// Python callable: OrtRunner (made by OrtModel.runner), QuantizedMlpRunner (made from a
+// QuantizedMlp) and CudaMlpRunner (made from a CudaMlp, register_cuda.cc). OrtModel is an ONNX Runtime session driven through the C API; its run()
 // releases the GIL for the whole ONNX Runtime call. ort_library_version() loads (once per
 // process) the ONNX Runtime library and answers its release.
 #include <pybind11/numpy.h>
@@ -16,7 +16,9 @@
 #include "bindings/array_tensors.h"
 #include "bindings/register.h"
 #include "common/status.h"
+#include "cuda/cuda_mlp.h"
 #include "quant/quantized_mlp.h"
+#include "runners/cuda_mlp_runner.h"
 #include "runners/ort/ort_model.h"
 #include "runners/quantized_mlp_runner.h"
 
@@ -107,6 +109,16 @@ void register_runners(py::module_& m) {
       .def(py::init([](std::shared_ptr<quant::QuantizedMlp> model) {
              if (!model) throw_invalid_argument("QuantizedMlpRunner needs a QuantizedMlp");
              return std::make_shared<runners::QuantizedMlpRunner>(std::move(model));
+           }),
+           py::arg("model"));
+
+  py::class_<runners::CudaMlpRunner, batching::Runner, std::shared_ptr<runners::CudaMlpRunner>>(
+      m, "CudaMlpRunner",
+      "A NativeRunner running a CudaMlp's batches on its device: one FP32 input, one FP32 "
+      "output; each batch on a stream of its own.")
+      .def(py::init([](std::shared_ptr<cuda::CudaMlp> model) {
+             if (!model) throw_invalid_argument("CudaMlpRunner needs a CudaMlp");
+             return std::make_shared<runners::CudaMlpRunner>(std::move(model));
            }),
            py::arg("model"));
 }

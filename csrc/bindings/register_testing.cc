@@ -2,10 +2,12 @@
 //   - PolicyHarness: the pure batching policy and its cost model over a hand-built queue and a
 //     fake clock (every time is a number handed to it), with admission as submit asks it;
 //   - infer_request_parse_steps: the wire parser's count of work units, to test it stays linear;
-//   - quant_gemm_vnni_emulated: the AVX-512 VNNI algorithm with the instruction emulated, so its
-//     arithmetic is tested on any CPU;
+//   - quant_gemm_quads_emulated: the quad-panel algorithm of the int8 SIMD kernels in portable
+//     code, so their packing is tested on any CPU;
 //   - kolmogorov_survival, gamma_q, chi_square_survival: the special functions behind the drift
-//     statistics' p-values, checked against SciPy.
+//     statistics' p-values, checked against SciPy;
+//   - cuda_*: the tensor-core weight packings and CPU emulations of the CUDA kernels
+//     (register_cuda_testing.cc).
 // headrace's own Python code never imports _core.testing.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -21,10 +23,12 @@
 #include "batching/batcher_config.h"
 #include "batching/batching_policy.h"
 #include "batching/cost_model.h"
+#include "bindings/quant_operands.h"
 #include "bindings/register.h"
 #include "common/status.h"
 #include "drift/drift_statistics.h"
 #include "quant/int8_gemm.h"
+#include "quant/packed_weights.h"
 #include "tensors/infer_wire.h"
 
 namespace py = pybind11;
@@ -168,22 +172,12 @@ class PolicyHarness {
 };
 
 
-using Int8Array = py::array_t<std::int8_t, py::array::c_style | py::array::forcecast>;
-
-py::array_t<std::int32_t> gemm_vnni_emulated(const Int8Array& a, const Int8Array& b) {
-  if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(0) || a.shape(1) == 0) {
-    throw CoreError(StatusCode::kInvalidArgument,
-                    "quant_gemm_vnni_emulated takes a [m, k] and b [k, n] with matching k >= 1");
-  }
-  const auto m = static_cast<std::size_t>(a.shape(0));
-  const auto k = static_cast<std::size_t>(a.shape(1));
-  const auto n = static_cast<std::size_t>(b.shape(1));
-  std::vector<std::int8_t> quads;
-  std::vector<std::int32_t> compensation;
-  quant::pack_vnni_layout(b.data(), k, n, quads, compensation);
-  py::array_t<std::int32_t> c({a.shape(0), b.shape(1)});
-  quant::gemm_vnni_emulated(a.data(), k, m, quads.data(), compensation.data(), k, n,
-                            c.mutable_data(), n);
+py::array_t<std::int32_t> gemm_quads_emulated(const py::array& a_in, const py::array& b_in) {
+  const GemmOperands ops = gemm_operands(a_in, b_in, "quant_gemm_quads_emulated", 255);
+  const std::vector<std::int8_t> packed = quant::pack_quad_panels(ops.b.data(), ops.k, ops.n);
+  py::array_t<std::int32_t> c({static_cast<py::ssize_t>(ops.m), static_cast<py::ssize_t>(ops.n)});
+  quant::gemm_quads_emulated(ops.a_padded.data(), ops.lda, ops.m, packed.data(), ops.k, ops.n,
+                             c.mutable_data(), ops.n);
   return c;
 }
 
@@ -259,13 +253,14 @@ void register_testing(py::module_& m) {
       "BYTES elements walked --, status code, message), also for refused messages; for tests "
       "that the parse stays linear.");
 
-  testing.def("quant_gemm_vnni_emulated", &gemm_vnni_emulated, py::arg("a"), py::arg("b"),
-              "The VNNI algorithm (u8 shift + compensation) with vpdpbusd emulated; runs on any "
-              "CPU.");
+  testing.def("quant_gemm_quads_emulated", &gemm_quads_emulated, py::arg("a"), py::arg("b"),
+              "The quad-panel algorithm of the SIMD kernels (vpdpbusd / vpmaddubsw + vpmaddwd) "
+              "in portable code; runs on any CPU.");
   testing.def("kolmogorov_survival", &drift::kolmogorov_survival, py::arg("lam"));
   testing.def("gamma_q", &drift::gamma_q, py::arg("a"), py::arg("x"));
   testing.def("chi_square_survival", &drift::chi_square_survival, py::arg("statistic"),
               py::arg("dof"));
+  register_cuda_testing(testing);
 }
 
 }  // namespace headrace::bindings

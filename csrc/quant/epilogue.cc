@@ -3,20 +3,15 @@
 #include <algorithm>
 #include <cmath>
 
+#include "quant/epilogue_kernels.h"
 #include "common/status.h"
 
 namespace headrace::quant {
+namespace epilogue_detail {
 namespace {
 
-[[noreturn]] void throw_non_finite() {
-  throw CoreError(StatusCode::kInvalidArgument,
-                  "int8 model input holds NaN or infinity, which int8 cannot represent");
-}
-
-float activate(Activation activation, float x) {
+float activate_slow(Activation activation, float x) {
   switch (activation) {
-    case Activation::kRelu:
-      return x > 0.0f ? x : 0.0f;
     case Activation::kSigmoid:
       return 1.0f / (1.0f + std::exp(-x));
     case Activation::kTanh:
@@ -27,112 +22,172 @@ float activate(Activation activation, float x) {
       const float inner = 0.79788456080286536f * (x + 0.044715f * x * x * x);
       return 0.5f * x * (1.0f + std::tanh(inner));
     }
-    case Activation::kNone:
-    case Activation::kSoftmax:
+    default:
       return x;
   }
-  return x;
 }
 
-// Round half to even for |x| <= 2^22 without a libm call: adding 1.5 * 2^23 pushes the fraction
-// out of the float's mantissa, rounding in the default (nearest-even) mode, exactly as
-// std::nearbyint would, but inlined and vectorizable. Callers clamp to [-127, 127] first.
-inline float round_half_even_small(float x) {
-  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23
-  return (x + kShift) - kShift;
+// The fast activations, written with the operand order of vmaxps/vminps/vblendvps.
+template <Activation kind>
+inline float activate_fast(float y, float alpha, float beta) {
+  if constexpr (kind == Activation::kRelu) return y > 0.0f ? y : 0.0f;
+  if constexpr (kind == Activation::kLeakyRelu) return y > 0.0f ? y : alpha * y;
+  if constexpr (kind == Activation::kClip) {
+    const float low = y > alpha ? y : alpha;
+    return low < beta ? low : beta;
+  }
+  return y;
 }
 
-inline std::int8_t to_int8(float scaled) {
-  return static_cast<std::int8_t>(round_half_even_small(std::clamp(scaled, -127.0f, 127.0f)));
+void scalar_input_range(const float* x, std::size_t n, float* lo, float* hi) {
+  // Branch-free (vectorizable): a NaN never wins a comparison, so it is counted apart; an
+  // infinity shows up as a non-finite extreme.
+  float low = 0.0f;
+  float high = 0.0f;
+  int nan_seen = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    low = x[j] < low ? x[j] : low;
+    high = x[j] > high ? x[j] : high;
+    nan_seen |= static_cast<int>(x[j] != x[j]);
+  }
+  if (nan_seen != 0 || !std::isfinite(low) || !std::isfinite(high)) throw_non_finite_input();
+  *lo = low;
+  *hi = high;
+}
+
+void scalar_quantize(const float* x, std::size_t n, const RowQuantization& q,
+                     std::uint32_t max_code, std::uint8_t* codes) {
+  const float inverse = q.inverse_scale;
+  const auto zero_point = static_cast<float>(q.zero_point);
+  const auto top = static_cast<float>(max_code);
+  for (std::size_t j = 0; j < n; ++j) {
+    float v = x[j] * inverse;
+    v = v > -kScaledLimit ? v : -kScaledLimit;
+    v = v < kScaledLimit ? v : kScaledLimit;
+    float r = (v + kRoundShift) - kRoundShift;
+    r = r + zero_point;
+    r = r > 0.0f ? r : 0.0f;
+    r = r < top ? r : top;
+    codes[j] = static_cast<std::uint8_t>(static_cast<int>(r));
+  }
 }
 
 template <Activation kind>
-void activate_row(float* out, std::size_t n) {
-  for (std::size_t j = 0; j < n; ++j) out[j] = activate(kind, out[j]);
+void scalar_affine(const DenseEpilogue& e, const std::int32_t* acc, const RowQuantization& q,
+                   std::size_t n, float* y, float* lo, float* hi) {
+  const std::int32_t zero_point = q.zero_point;
+  const float alpha = e.activation.alpha;
+  const float beta = e.activation.beta;
+  const float tensor_scale = q.scale * e.weight_scales[0];
+  for (std::size_t j = 0; j < n; ++j) {
+    const std::int32_t d = acc[j] - zero_point * e.column_sums[j];
+    const float scale = e.per_tensor_weight_scale ? tensor_scale : q.scale * e.weight_scales[j];
+    float value = static_cast<float>(d) * scale;
+    if (e.bias != nullptr) value = value + e.bias[j];
+    y[j] = activate_fast<kind>(value, alpha, beta);
+  }
+  if (lo != nullptr) row_range(y, n, lo, hi);
+}
+
+void scalar_dequantize(const DenseEpilogue& e, const std::int32_t* acc, const RowQuantization& q,
+                       std::size_t n, float* y, float* lo, float* hi) {
+  switch (e.activation.kind) {
+    case Activation::kRelu:
+      return scalar_affine<Activation::kRelu>(e, acc, q, n, y, lo, hi);
+    case Activation::kLeakyRelu:
+      return scalar_affine<Activation::kLeakyRelu>(e, acc, q, n, y, lo, hi);
+    case Activation::kClip:
+      return scalar_affine<Activation::kClip>(e, acc, q, n, y, lo, hi);
+    case Activation::kNone:
+      return scalar_affine<Activation::kNone>(e, acc, q, n, y, lo, hi);
+    default:
+      break;
+  }
+  scalar_affine<Activation::kNone>(e, acc, q, n, y, nullptr, nullptr);
+  apply_slow_activation(e.activation, y, n);
+  if (lo != nullptr) row_range(y, n, lo, hi);
 }
 
 }  // namespace
 
-void apply_epilogue_row(const Epilogue& epilogue, const std::int32_t* acc, float activation_scale,
-                        std::size_t n, float* out) {
-  // Branches hoisted out of the loops so each loop is a straight line the compiler vectorizes.
-  if (epilogue.per_tensor_weight_scale) {
-    const float scale = activation_scale * epilogue.weight_scales[0];
-    for (std::size_t j = 0; j < n; ++j) out[j] = static_cast<float>(acc[j]) * scale;
-  } else {
-    for (std::size_t j = 0; j < n; ++j) {
-      out[j] = static_cast<float>(acc[j]) * (activation_scale * epilogue.weight_scales[j]);
-    }
+void row_range(const float* y, std::size_t n, float* lo, float* hi) noexcept {
+  float low = INFINITY;
+  float high = -INFINITY;
+  for (std::size_t j = 0; j < n; ++j) {
+    low = y[j] < low ? y[j] : low;
+    high = y[j] > high ? y[j] : high;
   }
-  if (epilogue.bias != nullptr) {
-    for (std::size_t j = 0; j < n; ++j) out[j] += epilogue.bias[j];
-  }
-  if (epilogue.activation == Activation::kSoftmax) {
+  *lo = low;
+  *hi = high;
+}
+
+bool is_fast_activation(Activation activation) noexcept {
+  return activation == Activation::kNone || activation == Activation::kRelu ||
+         activation == Activation::kLeakyRelu || activation == Activation::kClip;
+}
+
+void apply_slow_activation(const ActivationSpec& activation, float* y, std::size_t n) {
+  if (activation.kind == Activation::kSoftmax || activation.kind == Activation::kLogSoftmax) {
     // Subtracting the row maximum keeps exp() finite without changing the result.
-    const float row_max = *std::max_element(out, out + n);
-    float total = 0.0f;
-    for (std::size_t j = 0; j < n; ++j) {
-      out[j] = std::exp(out[j] - row_max);
-      total += out[j];
+    const float row_max = *std::max_element(y, y + n);
+    if (activation.kind == Activation::kSoftmax) {
+      float total = 0.0f;
+      for (std::size_t j = 0; j < n; ++j) {
+        y[j] = std::exp(y[j] - row_max);
+        total += y[j];
+      }
+      for (std::size_t j = 0; j < n; ++j) y[j] /= total;
+    } else {
+      float total = 0.0f;
+      for (std::size_t j = 0; j < n; ++j) total += std::exp(y[j] - row_max);
+      const float log_total = std::log(total);
+      for (std::size_t j = 0; j < n; ++j) y[j] = (y[j] - row_max) - log_total;
     }
-    for (std::size_t j = 0; j < n; ++j) out[j] /= total;
     return;
   }
-  switch (epilogue.activation) {
-    case Activation::kRelu:
-      activate_row<Activation::kRelu>(out, n);
-      break;
-    case Activation::kSigmoid:
-      activate_row<Activation::kSigmoid>(out, n);
-      break;
-    case Activation::kTanh:
-      activate_row<Activation::kTanh>(out, n);
-      break;
-    case Activation::kGeluErf:
-      activate_row<Activation::kGeluErf>(out, n);
-      break;
-    case Activation::kGeluTanh:
-      activate_row<Activation::kGeluTanh>(out, n);
-      break;
-    case Activation::kNone:
-    case Activation::kSoftmax:
-      break;
-  }
+  for (std::size_t j = 0; j < n; ++j) y[j] = activate_slow(activation.kind, y[j]);
 }
 
-float quantize_row_dynamic(const float* x, std::size_t n, std::int8_t* q) {
-  // One branch-free pass (vectorizable): a NaN never wins the comparison, so it is counted apart;
-  // an infinity wins it and shows up as a non-finite maximum.
-  float max_abs = 0.0f;
-  int nan_seen = 0;
-  for (std::size_t j = 0; j < n; ++j) {
-    const float magnitude = std::fabs(x[j]);
-    max_abs = magnitude > max_abs ? magnitude : max_abs;
-    nan_seen |= static_cast<int>(x[j] != x[j]);
-  }
-  if (nan_seen != 0 || !std::isfinite(max_abs)) throw_non_finite();
-  if (max_abs == 0.0f) {
-    std::fill(q, q + n, std::int8_t{0});
-    return 0.0f;
-  }
-  const float scale = max_abs / 127.0f;
-  const float inverse = 127.0f / max_abs;
-  for (std::size_t j = 0; j < n; ++j) {
-    // x * inverse is within [-127, 127] up to rounding; the clamp absorbs that last ulp.
-    q[j] = to_int8(x[j] * inverse);
-  }
-  return scale;
+[[noreturn]] void throw_non_finite_input() {
+  throw CoreError(StatusCode::kInvalidArgument,
+                  "int8 model input holds NaN or infinity, which int8 cannot represent");
 }
 
-void quantize_row_static(const float* x, std::size_t n, float scale, std::int8_t* q) {
-  const float inverse = 1.0f / scale;
+const RowKernels& scalar_row_kernels() {
+  static const RowKernels kernels{scalar_input_range, scalar_quantize, scalar_dequantize};
+  return kernels;
+}
+
+}  // namespace epilogue_detail
+
+bool is_row_activation(Activation activation) noexcept {
+  return activation == Activation::kSoftmax || activation == Activation::kLogSoftmax;
+}
+
+RowQuantization quantization_for_range(float lo, float hi, std::uint32_t max_code) noexcept {
+  const double low = std::min(static_cast<double>(lo), 0.0);
+  const double high = std::max(static_cast<double>(hi), 0.0);
+  if (!(high > low)) return {};
+  // In double: hi - lo of two large floats can exceed the float range; the scale cannot.
+  const double range = high - low;
+  const double top = static_cast<double>(max_code);
+  RowQuantization q;
+  q.scale = static_cast<float>(range / top);
+  q.inverse_scale = static_cast<float>(top / range);
+  q.zero_point = static_cast<std::int32_t>(std::clamp(std::nearbyint(-low * top / range), 0.0, top));
+  return q;
+}
+
+bool contains_nan(const float* x, std::size_t n) noexcept {
   int nan_seen = 0;
   for (std::size_t j = 0; j < n; ++j) nan_seen |= static_cast<int>(x[j] != x[j]);
-  if (nan_seen != 0) throw_non_finite();
-  for (std::size_t j = 0; j < n; ++j) {
-    // Infinities clamp to +-127. Clamped before converting: out-of-range float -> int conversion is undefined behaviour.
-    q[j] = to_int8(x[j] * inverse);
-  }
+  return nan_seen != 0;
+}
+
+const RowKernels& row_kernels(Isa isa) {
+  if (isa == Isa::kScalar) return epilogue_detail::scalar_row_kernels();
+  require_isa(Isa::kAvx2);
+  return epilogue_detail::avx2_row_kernels();
 }
 
 }  // namespace headrace::quant

@@ -1,46 +1,34 @@
-// C[m][n] = sum_k A[m][k] * W[k][n] in exact int32, for int8 A and W, on the ISA W was packed for.
+// C[m][n] = sum_k A[m][k] * W[k][n] in exact int32, for unsigned 8-bit activation codes A and
+// int8 weights W, on the ISA W was packed for.
 //
-// Every ISA gives bit-identical results (the scalar path is the reference); see packed_weights.h
-// for how each kernel keeps that exact (no int16 saturation, u8 shift compensated).
+// Activations are codes in [0, max_activation_code(isa)] (isa.h): 7-bit for avx2, whose
+// vpmaddubsw pair sums then stay inside int16 (2 * 127 * 128 = 32512 < 32767), 8-bit elsewhere.
+// Within that range every ISA gives the exact int32 sums (the scalar path is the reference); the
+// zero point of the activations is not applied here (see PackedWeights::column_sums()).
 //
-// Ownership/threading: the caller owns A, C and the GemmScratch. A GemmScratch belongs to one call
-// at a time; give each thread (or each call) its own. PackedWeights is only read.
+// Ownership/threading: the caller owns A and C; PackedWeights is only read; no state is kept, so
+// any number of threads may call at once.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <vector>
 
 #include "quant/packed_weights.h"
 
 namespace headrace::quant {
 
-// Per-call working memory: the current block of A converted to what the kernel reads (int16 for
-// AVX2, u8 = a + 128 for VNNI). Reused across calls to avoid reallocating.
-struct GemmScratch {
-  std::vector<std::int16_t> a_words;
-  std::vector<std::uint8_t> a_bytes;
-  std::vector<std::int32_t> tile;
-};
+// a: m rows with row stride lda >= weights.k_padded(); all k_padded() bytes of every row must be
+// readable (the bytes past k_size meet zero weights, so their values do not matter). c: m rows,
+// stride ldc >= n_size. m may be 0. Activation codes above max_activation_code(weights.isa())
+// give undefined (saturated) sums: callers guarantee the range.
+void gemm_u8s8_s32(const std::uint8_t* a, std::size_t lda, std::size_t m,
+                   const PackedWeights& weights, std::int32_t* c, std::size_t ldc);
 
-// a: m rows of weights.k_size() int8, row stride lda (>= k_size). c: m rows, stride ldc
-// (>= n_size). m may be 0.
-void gemm_s8s8_s32(const std::int8_t* a, std::size_t lda, std::size_t m,
-                   const PackedWeights& weights, std::int32_t* c, std::size_t ldc,
-                   GemmScratch& scratch);
-
-// The VNNI algorithm (u8 shift, packed quads, compensation) with vpdpbusd emulated in portable
-// code, so the layout and compensation can be checked on CPUs without AVX-512. Takes the output of
-// pack_vnni_layout (a PackedWeights for kAvx512Vnni can only be built on a CPU that has it).
-void gemm_vnni_emulated(const std::int8_t* a, std::size_t lda, std::size_t m,
-                        const std::int8_t* packed_quads, const std::int32_t* compensation,
-                        std::size_t k_size, std::size_t n_size, std::int32_t* c, std::size_t ldc);
-
-// The kAvx512Vnni packing of W[k][n]: [panel][k_quad][16 columns][4 k's] int8 quads, zero-padded,
-// and compensation[n] = 128 * sum_k W[k][n]. PackedWeights uses it; it has no CPU check so that
-// gemm_vnni_emulated can be tested anywhere.
-void pack_vnni_layout(const std::int8_t* w_kn, std::size_t k_size, std::size_t n_size,
-                               std::vector<std::int8_t>& packed_quads,
-                               std::vector<std::int32_t>& compensation);
+// The quad-panel algorithm (what vpdpbusd and vpmaddubsw + vpmaddwd compute per 4 k's) in
+// portable code over the output of pack_quad_panels, so the packing can be checked on CPUs
+// without AVX2 or AVX-512. Same contract for a as gemm_u8s8_s32, codes in [0, 255].
+void gemm_quads_emulated(const std::uint8_t* a, std::size_t lda, std::size_t m,
+                         const std::int8_t* packed, std::size_t k_size, std::size_t n_size,
+                         std::int32_t* c, std::size_t ldc);
 
 }  // namespace headrace::quant

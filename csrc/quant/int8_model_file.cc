@@ -109,8 +109,8 @@ class ByteReader {
   std::size_t offset_ = 0;
 };
 
-TensorMetadata read_tensor_metadata(ByteReader& reader, std::string_view origin,
-                                    const char* role) {
+TensorMetadata read_tensor_metadata(ByteReader& reader, std::string_view origin, const char* role,
+                                    std::uint32_t max_rank) {
   TensorMetadata meta;
   meta.name = reader.string(role);
   meta.datatype = reader.string(role);
@@ -121,13 +121,90 @@ TensorMetadata read_tensor_metadata(ByteReader& reader, std::string_view origin,
   if (meta.datatype != "FP32") {
     fail(origin, std::string(role) + " datatype '" + meta.datatype + "' (only FP32 is supported)");
   }
-  if (meta.shape.size() != 2) fail(origin, std::string(role) + " must have rank 2 [batch, features]");
+  if (meta.shape.size() < 2 || meta.shape.size() > max_rank) {
+    fail(origin, std::string(role) + " must have rank " +
+                     (max_rank == 2 ? std::string("2 [batch, features]")
+                                    : "2 to " + std::to_string(max_rank) + " [batch, ...]"));
+  }
+  if (meta.shape[0] != -1) fail(origin, std::string(role) + " batch dimension must be -1");
+  for (std::size_t i = 1; i < meta.shape.size(); ++i) {
+    if (meta.shape[i] < 1 || meta.shape[i] > static_cast<std::int64_t>(PackedWeights::kMaxK)) {
+      fail(origin, std::string(role) + " dimension " + std::to_string(i) + " is " +
+                       std::to_string(meta.shape[i]) + "; expected 1 .. 65536");
+    }
+  }
   return meta;
 }
 
 bool finite_non_negative(float value) { return std::isfinite(value) && value >= 0.0f; }
 
-LayerRecord read_layer(ByteReader& reader, std::string_view origin, std::size_t index) {
+void read_activation(ByteReader& reader, std::string_view origin, const std::string& where,
+                     std::uint32_t version, LayerRecord& layer) {
+  const auto code = reader.scalar<std::uint32_t>("activation");
+  // Version 1 knew codes 0 .. 6.
+  const std::uint32_t max_code = version == 1 ? 6u : kMaxActivationCode;
+  if (code > max_code) fail(origin, where + " has unknown activation code " + std::to_string(code));
+  layer.activation.kind = static_cast<Activation>(code);
+  if (version == 1) return;
+  layer.activation.alpha = reader.scalar<float>("activation parameters");
+  layer.activation.beta = reader.scalar<float>("activation parameters");
+  const float alpha = layer.activation.alpha;
+  const float beta = layer.activation.beta;
+  switch (layer.activation.kind) {
+    case Activation::kLeakyRelu:
+      if (!std::isfinite(alpha) || beta != 0.0f) {
+        fail(origin, where + ": LeakyRelu needs a finite slope and a zero second parameter");
+      }
+      return;
+    case Activation::kClip:
+      // Either bound may be infinite (Clip with one bound), never NaN, and min <= max.
+      if (std::isnan(alpha) || std::isnan(beta) || !(alpha <= beta)) {
+        fail(origin, where + ": Clip bounds must satisfy min <= max");
+      }
+      return;
+    default:
+      if (alpha != 0.0f || beta != 0.0f) {
+        fail(origin, where + ": activation parameters must be 0 for this activation");
+      }
+  }
+}
+
+void read_input_quantization(ByteReader& reader, std::string_view origin, const std::string& where,
+                             std::uint32_t version, LayerRecord& layer) {
+  const auto quantization = reader.scalar<std::uint32_t>("input quantization");
+  if (quantization > 1) {
+    fail(origin, where + " has unknown input quantization " + std::to_string(quantization));
+  }
+  layer.input_quantization = static_cast<InputQuantization>(quantization);
+  const bool is_static = layer.input_quantization == InputQuantization::kStaticPerTensor;
+  if (version == 1) {
+    // Version 1 stored a symmetric scale: the range [-127 s, 127 s].
+    const float scale = reader.scalar<float>("input scale");
+    if (is_static && !(std::isfinite(scale) && scale > 0.0f)) {
+      fail(origin, where + " has a static input scale that is not a positive finite number");
+    }
+    if (is_static) {
+      layer.input_min = -127.0f * scale;
+      layer.input_max = 127.0f * scale;
+    }
+    return;
+  }
+  layer.input_min = reader.scalar<float>("input range");
+  layer.input_max = reader.scalar<float>("input range");
+  if (is_static) {
+    if (!std::isfinite(layer.input_min) || !std::isfinite(layer.input_max) ||
+        layer.input_min > 0.0f || layer.input_max < 0.0f ||
+        !(layer.input_max > layer.input_min)) {
+      fail(origin, where + " has a static input range that is not finite with min <= 0 <= max, "
+                           "min < max");
+    }
+  } else if (layer.input_min != 0.0f || layer.input_max != 0.0f) {
+    fail(origin, where + " has an input range but dynamic input quantization");
+  }
+}
+
+LayerRecord read_layer(ByteReader& reader, std::string_view origin, std::size_t index,
+                       std::uint32_t version) {
   const std::string where = "layer " + std::to_string(index);
   LayerRecord layer;
   layer.k_size = reader.scalar<std::uint32_t>("layer shape");
@@ -137,21 +214,8 @@ LayerRecord read_layer(ByteReader& reader, std::string_view origin, std::size_t 
     fail(origin, where + " has shape [" + std::to_string(layer.k_size) + ", " +
                      std::to_string(layer.n_size) + "]; each dimension must be in [1, 65536]");
   }
-  const auto activation = reader.scalar<std::uint32_t>("activation");
-  if (activation > kMaxActivationCode) {
-    fail(origin, where + " has unknown activation code " + std::to_string(activation));
-  }
-  layer.activation = static_cast<Activation>(activation);
-  const auto quantization = reader.scalar<std::uint32_t>("input quantization");
-  if (quantization > 1) {
-    fail(origin, where + " has unknown input quantization " + std::to_string(quantization));
-  }
-  layer.input_quantization = static_cast<InputQuantization>(quantization);
-  layer.input_scale = reader.scalar<float>("input scale");
-  if (layer.input_quantization == InputQuantization::kStaticPerTensor &&
-      !(std::isfinite(layer.input_scale) && layer.input_scale > 0.0f)) {
-    fail(origin, where + " has a static input scale that is not a positive finite number");
-  }
+  read_activation(reader, origin, where, version, layer);
+  read_input_quantization(reader, origin, where, version, layer);
   const auto scale_count = reader.scalar<std::uint32_t>("weight scale count");
   if (scale_count != 1 && scale_count != layer.n_size) {
     fail(origin, where + " has " + std::to_string(scale_count) +
@@ -204,8 +268,9 @@ Int8ModelFile Int8ModelFile::parse(std::span<const std::uint8_t> bytes, std::str
   std::memcpy(&version, bytes.data() + 8, 4);
   std::memcpy(&stored_crc, bytes.data() + 12, 4);
   std::memcpy(&payload_bytes, bytes.data() + 16, 8);
-  if (version != kFormatVersion) {
-    fail(origin, "format version " + std::to_string(version) + " is not supported (this build reads version 1)");
+  if (version != 1 && version != kFormatVersion) {
+    fail(origin, "format version " + std::to_string(version) +
+                     " is not supported (this build reads versions 1 and 2)");
   }
   const std::size_t available = bytes.size() - kHeaderBytes;
   if (payload_bytes != available) {
@@ -218,33 +283,45 @@ Int8ModelFile Int8ModelFile::parse(std::span<const std::uint8_t> bytes, std::str
 
   ByteReader reader(payload, origin);
   Int8ModelFile model;
-  model.input = read_tensor_metadata(reader, origin, "input metadata");
-  model.output = read_tensor_metadata(reader, origin, "output metadata");
+  model.input = read_tensor_metadata(reader, origin, "input metadata", version == 1 ? 2 : kMaxRank);
+  model.output = read_tensor_metadata(reader, origin, "output metadata", 2);
   const auto layer_count = reader.scalar<std::uint32_t>("layer count");
   if (layer_count == 0 || layer_count > kMaxLayers) {
     fail(origin, "layer count " + std::to_string(layer_count) + " is outside [1, 1024]");
   }
   model.layers.reserve(layer_count);
   for (std::size_t i = 0; i < layer_count; ++i) {
-    model.layers.push_back(read_layer(reader, origin, i));
+    model.layers.push_back(read_layer(reader, origin, i, version));
     if (i > 0 && model.layers[i].k_size != model.layers[i - 1].n_size) {
       fail(origin, "layer " + std::to_string(i) + " takes " +
                        std::to_string(model.layers[i].k_size) + " inputs but layer " +
                        std::to_string(i - 1) + " produces " +
                        std::to_string(model.layers[i - 1].n_size));
     }
-    if (model.layers[i].activation == Activation::kSoftmax && i + 1 != layer_count) {
-      fail(origin, "layer " + std::to_string(i) + ": Softmax is only supported on the last layer");
+    if (is_row_activation(model.layers[i].activation.kind) && i + 1 != layer_count) {
+      fail(origin, "layer " + std::to_string(i) +
+                       ": Softmax and LogSoftmax are only supported on the last layer");
     }
   }
   if (reader.remaining() != 0) {
     fail(origin, std::to_string(reader.remaining()) + " unread bytes after the last layer");
   }
-  if (model.input.shape[1] != model.layers.front().k_size ||
+  if (model.input_features() != model.layers.front().k_size ||
       model.output.shape[1] != model.layers.back().n_size) {
     fail(origin, "input/output shapes disagree with the first/last layer");
   }
   return model;
+}
+
+std::size_t Int8ModelFile::input_features() const noexcept {
+  // Each dimension is at most 65536 and the rank at most 8, but the product is capped while
+  // multiplying so no size_t overflow can make a wrong shape look right.
+  std::size_t features = 1;
+  for (std::size_t i = 1; i < input.shape.size(); ++i) {
+    features *= static_cast<std::size_t>(input.shape[i]);
+    if (features > PackedWeights::kMaxK) return PackedWeights::kMaxK + 1;
+  }
+  return features;
 }
 
 Int8ModelFile Int8ModelFile::read(const std::string& path) {

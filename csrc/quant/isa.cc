@@ -33,6 +33,8 @@ std::vector<std::string_view> required_features(Isa isa) {
 
 }  // namespace
 
+std::uint32_t max_activation_code(Isa isa) noexcept { return isa == Isa::kAvx2 ? 127u : 255u; }
+
 const char* isa_name(Isa isa) noexcept {
   switch (isa) {
     case Isa::kScalar:

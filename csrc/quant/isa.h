@@ -8,6 +8,7 @@
 // environment variable is read on every default_isa() call (load time only, never per batch).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -16,9 +17,15 @@ namespace headrace::quant {
 
 enum class Isa : int {
   kScalar = 0,      // portable reference: int32 multiply-accumulate, one element at a time
-  kAvx2 = 1,        // vpmaddwd on sign-extended int16 (bit-exact, no u8 shift needed)
-  kAvx512Vnni = 2,  // vpdpbusd u8 x s8 with the +128 shift and per-column compensation
+  kAvx2 = 1,        // vpmaddubsw on 7-bit activations (u7 x s8: exact) + vpmaddwd to int32
+  kAvx512Vnni = 2,  // vpdpbusd u8 x s8, exact at 8 bits
 };
+
+// The largest activation code an ISA's kernel multiplies exactly: activations are unsigned codes
+// in [0, max_activation_code]. avx2 takes 7-bit codes (127), because vpmaddubsw sums two u8 x s8
+// products into a saturating int16 and 2 * 127 * 128 = 32512 < 2^15 while 2 * 255 * 128 is not;
+// the others take 8-bit codes (255).
+std::uint32_t max_activation_code(Isa isa) noexcept;
 
 // "scalar", "avx2" or "avx512vnni": the names used by HEADRACE_QUANT_ISA and the Python API.
 const char* isa_name(Isa isa) noexcept;

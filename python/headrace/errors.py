@@ -85,6 +85,12 @@ class UnauthenticatedError(HeadraceError):
     code = StatusCode.UNAUTHENTICATED
 
 
+class FailedPreconditionError(HeadraceError):
+    """The call is valid but the server's state does not allow it (nothing to roll back to)."""
+
+    code = StatusCode.FAILED_PRECONDITION
+
+
 class ConfigError(InvalidArgumentError):
     """A model.toml or server setting is wrong; the message names the key and the file."""
 
@@ -100,6 +106,7 @@ _BY_CODE: dict[StatusCode, type[HeadraceError]] = {
     StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
 }
 
 

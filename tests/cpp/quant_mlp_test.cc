@@ -1,6 +1,7 @@
 // QuantizedMlp under sanitizers: many threads call run() on one model at once and must get the
 // serial results bit for bit (run ThreadSanitizer with -DHEADRACE_SANITIZE=thread); every ISA this
-// CPU runs gives identical outputs; NaN input is an error, not UB.
+// CPU runs gives the scalar executor's outputs bit for bit at the same activation bits (7 for
+// avx2, 8 for avx512vnni); NaN input is an error, not UB.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -29,8 +30,9 @@ void expect(bool condition, const std::string& what) {
 
 Int8ModelFile random_model(std::mt19937& rng) {
   const std::vector<std::uint32_t> sizes{37, 70, 45, 9};
-  const std::vector<Activation> activations{Activation::kRelu, Activation::kGeluErf,
-                                            Activation::kSoftmax};
+  const std::vector<ActivationSpec> activations{{Activation::kLeakyRelu, 0.1f, 0.0f},
+                                                {Activation::kGeluErf, 0.0f, 0.0f},
+                                                {Activation::kSoftmax, 0.0f, 0.0f}};
   std::uniform_int_distribution<int> weight(-127, 127);
   std::uniform_real_distribution<float> unit(0.001f, 0.02f);
   Int8ModelFile model;
@@ -43,7 +45,8 @@ Int8ModelFile random_model(std::mt19937& rng) {
     layer.activation = activations[i];
     if (i == 1) {  // one statically quantized layer, the rest dynamic
       layer.input_quantization = InputQuantization::kStaticPerTensor;
-      layer.input_scale = 0.01f;
+      layer.input_min = -1.5f;
+      layer.input_max = 2.0f;
     }
     layer.weight_scales.resize(i == 2 ? 1 : layer.n_size);
     for (float& scale : layer.weight_scales) scale = unit(rng);
@@ -69,13 +72,19 @@ int main() {
     batches.push_back(std::move(x));
   }
 
-  std::vector<std::vector<float>> reference;
   for (Isa isa : supported_isas()) {
     const QuantizedMlp mlp(model, isa);
+    // The scalar executor at the same activation bits is the reference for every ISA.
+    const QuantizedMlp reference(model, Isa::kScalar, mlp.activation_bits());
+    expect(mlp.activation_bits() == (isa == Isa::kAvx2 ? 7u : 8u),
+           std::string(isa_name(isa)) + " default activation bits");
     std::vector<std::vector<float>> serial;
     for (const auto& x : batches) {
       std::vector<float> y(x.size() / 37 * 9);
+      std::vector<float> expected(y.size());
       mlp.run(x.data(), x.size() / 37, y.data());
+      reference.run(x.data(), x.size() / 37, expected.data());
+      expect(y == expected, std::string(isa_name(isa)) + " matches the scalar executor bit for bit");
       serial.push_back(std::move(y));
     }
     for (const auto& y : serial) {
@@ -85,8 +94,6 @@ int main() {
         expect(std::fabs(total - 1.0f) < 1e-4f, std::string(isa_name(isa)) + " softmax rows sum to 1");
       }
     }
-    if (reference.empty()) reference = serial;
-    expect(serial == reference, std::string(isa_name(isa)) + " matches the scalar outputs bit for bit");
 
     std::vector<std::thread> threads;
     std::vector<int> thread_ok(8, 1);
@@ -112,6 +119,14 @@ int main() {
     } catch (const headrace::CoreError& error) {
       expect(error.code() == headrace::StatusCode::kInvalidArgument, "NaN error code");
     }
+  }
+  try {
+    const QuantizedMlp eight_bit_avx2(model, Isa::kAvx2, 8);
+    expect(!isa_supported(Isa::kAvx2), "8-bit codes refused on avx2");
+  } catch (const headrace::CoreError& error) {
+    expect(error.code() == (isa_supported(Isa::kAvx2) ? headrace::StatusCode::kInvalidArgument
+                                                      : headrace::StatusCode::kFailedPrecondition),
+           "8-bit avx2 error code");
   }
   if (failures == 0) std::puts("quant_mlp_test: ok");
   return failures == 0 ? 0 : 1;

@@ -67,11 +67,12 @@ def test_core_error_is_the_typed_base_and_from_core_error_keeps_typed_errors() -
 
 def test_codes_without_a_class_of_their_own() -> None:
     # The translator builds every core error through error_for_code.
+    exists = errors.error_for_code(StatusCode.ALREADY_EXISTS, "taken")
+    assert type(exists) is HeadraceError
+    assert exists.code == StatusCode.ALREADY_EXISTS and exists.message == "taken"
     precondition = errors.error_for_code(StatusCode.FAILED_PRECONDITION, "no avx512")
-    assert type(precondition) is HeadraceError
-    assert (
-        precondition.code == StatusCode.FAILED_PRECONDITION and precondition.message == "no avx512"
-    )
+    assert type(precondition) is errors.FailedPreconditionError
+    assert precondition.code == StatusCode.FAILED_PRECONDITION
     unknown = errors.error_for_code(77, "what")
     assert type(unknown) is InternalError and unknown.message == "what"
 

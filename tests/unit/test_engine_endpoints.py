@@ -265,16 +265,17 @@ def test_shadows_of_blocking_and_async_callers(make_engine: Callable[..., Engine
     for _ in range(10):
         assert engine.infer("shadowed", X).parameters == {"headrace_variant": "main"}
 
-    async def twice() -> None:
-        for _ in range(2):
-            await engine.infer_async("shadowed", X)
-
-    asyncio.run(twice())
-
     def done() -> bool:
         return all(s.completed == 12 for s in engine.endpoints.report("shadowed").shadows)
 
-    wait_for(done, "12 shadow answers each")
+    async def twice() -> None:
+        for _ in range(2):
+            await engine.infer_async("shadowed", X)
+        # The async callers' shadow copies run on this loop: it must live until they are done
+        # (a loop that closes first drops its copies, which the count would then miss).
+        await asyncio.to_thread(wait_for, done, "12 shadow answers each")
+
+    asyncio.run(twice())
     twin, rival = engine.endpoints.report("shadowed").shadows
     assert (twin.name, twin.agreement, twin.abs_delta_max) == ("twin", 1.0, 0.0)
     assert rival.name == "rival" and rival.abs_delta_max > 0 and rival.errors == 0

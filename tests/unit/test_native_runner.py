@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from headrace import _core
-from headrace import quantize as hq
+from headrace import quant as hq
 from headrace.backends.int8 import Int8Backend
 from headrace.errors import InvalidArgumentError
 
@@ -27,7 +27,7 @@ def int8_model(path: Path) -> Path:
                 weight_scales=scales,
                 bias=rng.standard_normal(n).astype(np.float32),
                 activation=activation,
-                input_scale=None,
+                input_range=None,
             )
         )
     blob = hq.encode_int8_model(

@@ -1,10 +1,10 @@
-"""End-to-end int8 path: ONNX MLP -> headrace quantize -> model.int8 -> QuantizedMlp.run."""
+"""End-to-end int8 path: ONNX MLP -> headrace quantize -> model.int8 -> QuantizedMlp.run, on every
+ISA this CPU runs: accuracy, the executor's arithmetic restated in NumPy, bit-identical results
+across ISAs at the same activation bits, threads, the GIL, bad input and the CLI."""
 
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -13,89 +13,18 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from headrace import _core
-from headrace import quantize as hq
+from headrace import quant as hq
+from helpers.quant_models import build_mlp_onnx, ort_run
 
 FloatArray = npt.NDArray[np.float32]
 
 
 def supported_isas() -> list[str]:
     return _core.quant_supported_isas()
-
-
-def build_mlp_onnx(
-    weights: list[FloatArray],
-    biases: list[FloatArray],
-    activations: list[str | None],
-    *,
-    use_gemm: bool = False,
-    opset: int = 17,
-    input_name: str = "x",
-    output_name: str = "y",
-) -> onnx.ModelProto:
-    """A chain of MatMul+Add (or Gemm with transB=1) and activations, built with onnx.helper."""
-    nodes = []
-    initializers = []
-    current = input_name
-    for i, (weight, bias, activation) in enumerate(zip(weights, biases, activations, strict=True)):
-        last = i == len(weights) - 1
-        dense_out = f"dense{i}" if (activation or not last) else output_name
-        if use_gemm:
-            initializers.append(numpy_helper.from_array(weight.T.copy(), f"w{i}"))
-            initializers.append(numpy_helper.from_array(bias, f"b{i}"))
-            nodes.append(
-                helper.make_node(
-                    "Gemm", [current, f"w{i}", f"b{i}"], [dense_out], name=f"fc{i}", transB=1
-                )
-            )
-        else:
-            initializers.append(numpy_helper.from_array(weight, f"w{i}"))
-            initializers.append(numpy_helper.from_array(bias, f"b{i}"))
-            nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [f"mm{i}"], name=f"fc{i}"))
-            nodes.append(helper.make_node("Add", [f"mm{i}", f"b{i}"], [dense_out], name=f"bias{i}"))
-        current = dense_out
-        if activation is not None:
-            act_out = output_name if last else f"act{i}"
-            attrs = {}
-            op = activation
-            if activation == "GeluTanh":
-                op, attrs = "Gelu", {"approximate": "tanh"}
-            nodes.append(
-                helper.make_node(op, [current], [act_out], name=f"{op.lower()}{i}", **attrs)
-            )
-            current = act_out
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [
-            helper.make_tensor_value_info(
-                input_name, TensorProto.FLOAT, ["batch", weights[0].shape[0]]
-            )
-        ],
-        [
-            helper.make_tensor_value_info(
-                output_name, TensorProto.FLOAT, ["batch", weights[-1].shape[1]]
-            )
-        ],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model
-
-
-def ort_run(model_path: Path, x: FloatArray) -> FloatArray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    result: FloatArray = session.run(None, {name: x})[0]
-    return result
 
 
 @dataclass
@@ -112,6 +41,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
 
     data = load_digits()
     x = (data.data / 16.0).astype(np.float32)
@@ -120,7 +50,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
     )
     # Wide enough that the weights, not the header and scales, dominate the file sizes.
     clf = MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=300, random_state=0)
-    clf.fit(x_train, y_train)
+    # Small matrices: a multi-threaded BLAS only spins, badly so on a busy machine.
+    with threadpool_limits(1):
+        clf.fit(x_train, y_train)
     weights = [w.astype(np.float32) for w in clf.coefs_]
     biases = [b.astype(np.float32) for b in clf.intercepts_]
     model = build_mlp_onnx(
@@ -151,14 +83,27 @@ def test_digits_dynamic_per_channel_keeps_accuracy_and_shrinks_file(
     assert int8_path.is_file()
     size_ratio = int8_path.stat().st_size / digits.onnx_path.stat().st_size
     assert size_ratio <= 0.30, size_ratio
-    outputs = []
     for isa in supported_isas():
         accuracy = int8_accuracy(int8_path, digits, isa)
         assert abs(accuracy - digits.fp32_accuracy) <= 0.01, (isa, accuracy, digits.fp32_accuracy)
-        outputs.append(_core.QuantizedMlp(str(int8_path), isa).run(digits.x_test))
-    # Bit-exact GEMMs and one shared epilogue: every ISA gives the very same floats.
-    for other in outputs[1:]:
-        np.testing.assert_array_equal(other, outputs[0])
+
+
+def test_every_isa_matches_the_scalar_executor_bit_for_bit(digits: Digits, tmp_path: Path) -> None:
+    """Exact GEMMs and twin epilogues: at the same activation bits every ISA gives the very same
+    floats as the scalar reference (avx2 runs 7-bit codes, avx512vnni 8-bit ones)."""
+    target = hq.quantize_onnx(digits.onnx_path, tmp_path / "1")
+    x = digits.x_test
+    for isa in supported_isas():
+        mlp = _core.QuantizedMlp(str(target), isa)
+        assert mlp.activation_bits == (7 if isa == "avx2" else 8)
+        reference = _core.QuantizedMlp(str(target), "scalar", activation_bits=mlp.activation_bits)
+        np.testing.assert_array_equal(mlp.run(x), reference.run(x))
+        for rows in (1, 3, 33):
+            np.testing.assert_array_equal(mlp.run(x[:rows]), reference.run(x[:rows]))
+    with pytest.raises(_core.CoreError, match="7-bit"):
+        _core.QuantizedMlp(str(target), "avx2", activation_bits=8)
+    with pytest.raises(_core.CoreError, match="7 or 8"):
+        _core.QuantizedMlp(str(target), "scalar", activation_bits=6)
 
 
 def test_digits_static_calibrated_keeps_accuracy(digits: Digits, tmp_path: Path) -> None:
@@ -180,27 +125,58 @@ def test_digits_per_tensor_keeps_accuracy(digits: Digits, tmp_path: Path) -> Non
     assert abs(accuracy - digits.fp32_accuracy) <= 0.01, accuracy
 
 
-def numpy_int8_forward(layers: list[hq.QuantizedLayer], x: FloatArray) -> FloatArray:
-    """The executor's arithmetic, restated in NumPy: per-row int8, int32 GEMM, float epilogue."""
+def quantize_rows(
+    values: FloatArray, top: int, static: tuple[float, float] | None
+) -> tuple[npt.NDArray[np.int64], FloatArray, npt.NDArray[np.int64]]:
+    """Codes in [0, top] with a zero point per row (or per tensor when static), as epilogue.h."""
+    if static is None:
+        low = np.minimum(values.min(axis=1, keepdims=True), 0).astype(np.float64)
+        high = np.maximum(values.max(axis=1, keepdims=True), 0).astype(np.float64)
+    else:
+        low, high = np.array([[static[0]]]), np.array([[static[1]]])
+    span = np.where(high > low, high - low, 1.0)
+    scale = np.where(high > low, span / top, 0.0).astype(np.float32)
+    inverse = np.where(high > low, top / span, 0.0).astype(np.float32)
+    zero_point = np.clip(np.rint(-low * top / span), 0, top).astype(np.int64)
+    scaled = np.clip(values * inverse, -256, 256)
+    codes = np.clip(np.rint(scaled) + zero_point, 0, top).astype(np.int64)
+    return codes, scale, zero_point
+
+
+def numpy_int8_forward(layers: list[hq.QuantizedLayer], x: FloatArray, bits: int) -> FloatArray:
+    """The executor's arithmetic, restated in NumPy: codes with zero points, exact integer sums,
+    float epilogue."""
+    top = 127 if bits == 7 else 255
     values = x.astype(np.float32)
     for layer in layers:
-        max_abs = np.abs(values).max(axis=1, keepdims=True)
-        inverse = np.float32(127.0) / np.where(max_abs > 0, max_abs, np.float32(1.0))
-        q = np.clip(np.rint(values * inverse), -127, 127).astype(np.int64)
-        row_scales = np.where(max_abs > 0, max_abs / np.float32(127.0), np.float32(0.0))
-        acc = (q @ layer.weights.astype(np.int64)).astype(np.float32)
-        y = acc * (row_scales * layer.weight_scales).astype(np.float32)
+        codes, scale, zero_point = quantize_rows(values, top, layer.input_range)
+        weights = layer.weights.astype(np.int64)
+        sums = codes @ weights - zero_point * weights.sum(axis=0)
+        y = sums.astype(np.float32) * (scale * layer.weight_scales).astype(np.float32)
         if layer.bias is not None:
             y = y + layer.bias
-        values = hq._apply_activation(layer.activation, y.astype(np.float32))
+        values = hq.apply_activation(
+            layer.activation, y.astype(np.float32), layer.activation_params
+        )
     return values
 
 
 @pytest.mark.parametrize(
     ("activation", "opset"),
-    [("Relu", 17), ("Sigmoid", 17), ("Tanh", 17), ("Gelu", 20), ("GeluTanh", 20)],
+    [
+        ("Relu", 17),
+        ("LeakyRelu", 17),
+        ("Clip", 17),
+        ("Sigmoid", 17),
+        ("Tanh", 17),
+        ("Gelu", 20),
+        ("GeluTanh", 20),
+    ],
 )
-def test_activations_match_numpy_int8_and_fp32(activation: str, opset: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("static", [False, True])
+def test_activations_match_numpy_int8_and_fp32(
+    activation: str, opset: int, static: bool, tmp_path: Path
+) -> None:
     rng = np.random.default_rng(3)
     sizes = [37, 83, 29, 11]
     weights = [
@@ -213,16 +189,24 @@ def test_activations_match_numpy_int8_and_fp32(activation: str, opset: int, tmp_
     )
     onnx_path = tmp_path / "model.onnx"
     onnx.save(model, str(onnx_path))
-    target = hq.quantize_onnx(onnx_path, tmp_path / "1")
     x = rng.standard_normal((45, sizes[0])).astype(np.float32)
+    calibration = None
+    if static:
+        calibration = tmp_path / "calibration.npy"
+        np.save(calibration, rng.standard_normal((200, sizes[0])).astype(np.float32))
+    target = hq.quantize_onnx(onnx_path, tmp_path / "1", calibration_path=calibration)
     graph = hq.extract_mlp(model)
-    expected = numpy_int8_forward(hq.quantize_mlp(graph), x)
+    ranges = hq.calibrate_input_ranges(graph, np.load(calibration)) if calibration else None
+    layers = hq.quantize_mlp(graph, input_ranges=ranges)
     fp32 = ort_run(onnx_path, x)
     for isa in supported_isas():
-        got = _core.QuantizedMlp(str(target), isa).run(x)
+        mlp = _core.QuantizedMlp(str(target), isa)
+        got = mlp.run(x)
+        expected = numpy_int8_forward(layers, x, mlp.activation_bits)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-        # int8 stays close to the float model (outputs are O(1)).
-        assert np.abs(got - fp32).max() < 0.1
+        # int8 stays close to the float model (outputs are O(1)); one static range per tensor
+        # is coarser than one per row, the more so on avx2's 7-bit codes.
+        assert np.abs(got - fp32).max() < (0.15 if static else 0.1), isa
 
 
 def test_metadata_and_properties(digits: Digits, tmp_path: Path) -> None:
@@ -232,6 +216,7 @@ def test_metadata_and_properties(digits: Digits, tmp_path: Path) -> None:
     assert mlp.output == {"name": "probs", "datatype": "FP32", "shape": [-1, 10]}
     assert (mlp.input_size, mlp.output_size, mlp.layer_count) == (64, 10, 3)
     assert mlp.isa == _core.quant_default_isa()
+    assert mlp.activation_bits == _core.QuantizedMlp(str(target), mlp.isa).activation_bits
 
 
 def test_environment_variable_picks_the_executor_isa(
@@ -306,86 +291,11 @@ def test_large_models_show_progress(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "quantizing layer 3/3 'fc2' [1024 x 16]" in err
 
 
-def conv_model() -> onnx.ModelProto:
-    w = numpy_helper.from_array(np.ones((4, 1, 3, 3), dtype=np.float32), "conv_w")
-    nodes = [
-        helper.make_node("Conv", ["x", "conv_w"], ["c"], name="conv0"),
-        helper.make_node("Relu", ["c"], ["y"], name="relu0"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "cnn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
-        [w],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def test_cli_names_the_unsupported_node_and_op(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = tmp_path / "cnn.onnx"
-    onnx.save(conv_model(), str(path))
-    assert hq.main([str(path), "--out", str(tmp_path / "1")]) == 2
-    err = capsys.readouterr().err
-    assert "node 'conv0' (op Conv)" in err
-    assert not (tmp_path / "1" / hq.MODEL_FILE_NAME).exists()
-
-
-def test_cli_subprocess_reports_unsupported_graph(tmp_path: Path) -> None:
-    path = tmp_path / "cnn.onnx"
-    onnx.save(conv_model(), str(path))
-    result = subprocess.run(
-        [sys.executable, "-m", "headrace.quantize", str(path), "--out", str(tmp_path / "1")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert "node 'conv0' (op Conv)" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_unsupported_structures_name_the_node(tmp_path: Path) -> None:
-    weight = np.ones((4, 3), dtype=np.float32)
-    # The weight is a graph input, not a constant.
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm_dynamic")],
-        "g",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4]),
-            helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])],
-    )
-    with pytest.raises(hq.UnsupportedGraphError, match="graph has 2 inputs"):
-        hq.extract_mlp(helper.make_model(graph))
-    # Softmax in the middle of the chain.
-    biases = [np.zeros(3, np.float32), np.zeros(4, np.float32)]
-    model = build_mlp_onnx([weight, weight.T.copy()], biases, ["Softmax", None])
-    with pytest.raises(hq.UnsupportedGraphError, match=r"node 'softmax0' \(op Softmax\)"):
-        hq.extract_mlp(model)
-    # An activation with no dense layer before it.
-    graph = helper.make_graph(
-        [
-            helper.make_node("Relu", ["x"], ["r"], name="early_relu"),
-            helper.make_node("MatMul", ["r", "w"], ["y"], name="mm"),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    with pytest.raises(hq.UnsupportedGraphError, match=r"node 'early_relu' \(op Relu\)"):
-        hq.extract_mlp(helper.make_model(graph))
-
-
 def test_run_releases_the_gil(digits: Digits, tmp_path: Path) -> None:
     """While one thread is inside run(), another keeps executing Python code."""
     mlp = _core.QuantizedMlp(str(hq.quantize_onnx(digits.onnx_path, tmp_path / "1")))
-    x = np.random.default_rng(4).random((30_000, 64), dtype=np.float32)
+    # Long enough (a few hundred ms) that a busy machine's scheduling gaps stay small next to it.
+    x = np.random.default_rng(4).random((300_000, 64), dtype=np.float32)
     window: list[float] = []
 
     def worker() -> None:

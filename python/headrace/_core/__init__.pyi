@@ -96,8 +96,8 @@ def monotonic_ns() -> int:
     """The steady clock (ns) that Batcher deadlines (deadline_ns) are measured on."""
 
 class NativeRunner:
-    """A C++ runner (OrtRunner, QuantizedMlpRunner): a Batcher runs its batches without the GIL
-    and may run a cheap batch inline in submit_or_run."""
+    """A C++ runner (OrtRunner, QuantizedMlpRunner, CudaMlpRunner): a Batcher runs its batches
+    without the GIL and may run a cheap batch inline in submit_or_run."""
 
 class BatcherConfig:
     """Settings of one Batcher, each documented once in csrc/batching/batcher_config.h.
@@ -225,18 +225,29 @@ class Batcher:
 def quant_supported_isas() -> list[str]: ...
 def quant_missing_features(isa: str) -> list[str]: ...
 def quant_default_isa() -> str: ...
+def quant_max_activation_code(isa: str) -> int: ...
 def quant_gemm_s32(
-    a: npt.NDArray[np.int8], b: npt.NDArray[np.int8], isa: str | None = None
+    a: npt.NDArray[np.uint8], b: npt.NDArray[np.int8], isa: str | None = None
 ) -> npt.NDArray[np.int32]: ...
-def quant_peak_gops(isa: str, iterations: int) -> float: ...
+def quant_packing(b: npt.NDArray[np.int8], isa: str) -> dict[str, bool | int]: ...
+def quant_gemm_timings(
+    a: npt.NDArray[np.uint8], b: npt.NDArray[np.int8], isa: str, repeats: int
+) -> list[float]: ...
+def quant_peak_gops(isa: str, iterations: int, paired: bool = False) -> float: ...
 
 class QuantizedMlp:
     """An int8 MLP loaded from a .int8 file; run() is thread-safe and releases the GIL."""
 
-    def __init__(self, path: str, isa: str | None = None) -> None: ...
+    def __init__(
+        self, path: str, isa: str | None = None, activation_bits: int | None = None
+    ) -> None: ...
     @staticmethod
-    def from_bytes(data: bytes, isa: str | None = None) -> QuantizedMlp: ...
+    def from_bytes(
+        data: bytes, isa: str | None = None, activation_bits: int | None = None
+    ) -> QuantizedMlp: ...
     def run(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+    @property
+    def activation_bits(self) -> int: ...
     @property
     def isa(self) -> str: ...
     @property
@@ -325,6 +336,59 @@ def binned_ks(
 ) -> tuple[float, float, float, float]: ...
 def reject_hypotheses(p_values: npt.ArrayLike, alpha: float, correction: str) -> list[bool]: ...
 
+# --- cuda (csrc/cuda; register_cuda.cc) ---
+# Device work refuses with UnavailableError "no CUDA device: <why>" where no device can run the
+# kernels (or the build has no CUDA); the packings and kernel emulations are in _core.testing.
+
+def cuda_discover() -> dict[str, Any]:
+    """{"built_with_cuda": bool, "devices": [dict], "reason": str ("" when usable)}."""
+
+def cuda_gemm_s32(
+    a: npt.NDArray[np.int8], w: npt.NDArray[np.int8], device: int = 0
+) -> npt.NDArray[np.int32]: ...
+def cuda_gemm_epilogue(
+    a: npt.NDArray[np.int8],
+    w: npt.NDArray[np.int8],
+    row_scales: npt.NDArray[np.float32],
+    weight_scales: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32] | None,
+    activation: int,
+    device: int = 0,
+) -> npt.NDArray[np.float32]: ...
+def cuda_time_gemm(
+    m: int, n: int, k: int, iterations: int, device: int = 0
+) -> dict[str, float]: ...
+
+class CudaMlp:
+    """An int8 MLP (.int8 file) on a CUDA device, every layer in one launch; run() is
+    thread-safe and releases the GIL."""
+
+    def __init__(
+        self, path: str, device: int = 0, cluster_size: int = 0, use_graphs: bool = True
+    ) -> None: ...
+    @staticmethod
+    def from_bytes(
+        data: bytes, device: int = 0, cluster_size: int = 0, use_graphs: bool = True
+    ) -> CudaMlp: ...
+    def run(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+    def time_launch_us(self, rows: int, iterations: int, graph: bool) -> float: ...
+    @property
+    def input_size(self) -> int: ...
+    @property
+    def output_size(self) -> int: ...
+    @property
+    def layer_count(self) -> int: ...
+    @property
+    def device(self) -> int: ...
+    @property
+    def cluster_size(self) -> int: ...
+    @property
+    def shared_memory_bytes(self) -> int: ...
+    @property
+    def input(self) -> dict[str, str | list[int]]: ...
+    @property
+    def output(self) -> dict[str, str | list[int]]: ...
+
 # --- runners (csrc/runners) ---
 ORT_API_VERSION: int
 """The ONNX Runtime C API version the native runner requests (GetApi)."""
@@ -341,6 +405,11 @@ class QuantizedMlpRunner(NativeRunner):
     """Runs a QuantizedMlp's batches on the batcher's workers (no GIL)."""
 
     def __init__(self, model: QuantizedMlp) -> None: ...
+
+class CudaMlpRunner(NativeRunner):
+    """Runs a CudaMlp's batches on the batcher's workers (no GIL), each on its own stream."""
+
+    def __init__(self, model: CudaMlp) -> None: ...
 
 class OrtModel:
     """An ONNX Runtime session driven through the C API, without the GIL."""

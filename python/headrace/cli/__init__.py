@@ -1,12 +1,12 @@
 """The ``headrace`` command line: one module per subcommand (serve, quantize, profile,
-endpoints)."""
+endpoints, models, features)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from headrace.cli import endpoints, profile, quantize, serve
+from headrace.cli import endpoints, features, models, profile, quantize, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_parser(commands)
     profile.add_parser(commands)
     endpoints.add_parser(commands)
+    models.add_parser(commands)
+    features.add_parser(commands)
     return parser
 
 

@@ -16,6 +16,6 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from headrace.quantize import main
+    from headrace.quant import main
 
     return main(list(args.rest))

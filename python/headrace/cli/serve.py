@@ -53,6 +53,33 @@ def add_parser(commands: Any) -> None:
         default=None,
         help="remember plain models' answers for feedback too (endpoints always do)",
     )
+    serve.add_argument(
+        "--served-log",
+        type=Path,
+        help="log every row served by a model with [features] here (Parquet)",
+    )
+    registry = serve.add_argument_group("model registry (MLflow, the watched repository, audit)")
+    registry.add_argument("--mlflow-uri", help="MLflow tracking server (else MLFLOW_TRACKING_URI)")
+    registry.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME@ALIAS|NAME/VERSION",
+        help="serve a model from MLflow, following an alias or pinned (repeatable)",
+    )
+    registry.add_argument("--registry-poll-s", type=float, help="MLflow poll interval (10)")
+    registry.add_argument("--model-cache", type=Path, help="MLflow versions kept here")
+    registry.add_argument("--audit-log", type=Path, help="JSON lines of every transition")
+    registry.add_argument(
+        "--keep-previous", type=int, help="versions kept warm for an instant rollback (1)"
+    )
+    registry.add_argument(
+        "--watch-repository",
+        action="store_true",
+        default=None,
+        help="follow the repository: new versions load, removed ones unload, changes reload",
+    )
+    registry.add_argument("--settle-s", type=float, help="a new version's files settle (2)")
     load = serve.add_argument_group("load")
     load.add_argument("--max-inflight-rpcs", type=int, help="cap (default: from memory)")
     load.add_argument("--stream-stall-timeout-s", type=float, help="cancel a stalled reader (30)")
@@ -89,18 +116,50 @@ def run(args: argparse.Namespace) -> int:
             "feedback_max_entries": args.feedback_max_entries,
             "feedback_ttl_s": args.feedback_ttl_s,
             "feedback_plain_models": args.feedback_plain_models,
+            "served_log": args.served_log,
+            "mlflow_uri": args.mlflow_uri,
+            "models": args.models,
+            "registry_poll_s": args.registry_poll_s,
+            "model_cache": args.model_cache,
+            "audit_log": args.audit_log,
+            "keep_previous_versions": args.keep_previous,
+            "watch_repository": args.watch_repository,
+            "repository_settle_s": args.settle_s,
             "log_level": args.log_level,
         }.items()
         if value is not None
     }
     settings = ServerSettings(**overrides)
-    if settings.model_repository is None:
+    if settings.model_repository is None and not settings.models:
         print(
-            "headrace serve: --model-repository (or HEADRACE_MODEL_REPOSITORY) is required",
+            "headrace serve: --model-repository (or HEADRACE_MODEL_REPOSITORY) or --model "
+            "NAME@ALIAS with --mlflow-uri is required",
             file=sys.stderr,
         )
+        return 2
+    problem = _registry_problem(settings)
+    if problem:
+        print(f"headrace serve: {problem}", file=sys.stderr)
         return 2
     if (settings.tls_cert is None) != (settings.tls_key is None):
         print("headrace serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     return serve(settings)
+
+
+def _registry_problem(settings: Any) -> str:
+    """What is wrong with the registry settings (said before anything starts), or ""."""
+    from headrace.errors import HeadraceError
+
+    if not settings.models:
+        return ""
+    try:
+        from headrace.registry.follow import parse_references
+        from headrace.registry.mlflow import import_mlflow_client, resolve_tracking_uri
+
+        parse_references(settings.models)
+        resolve_tracking_uri(settings.mlflow_uri)
+        import_mlflow_client()
+    except HeadraceError as error:
+        return error.message
+    return ""

@@ -25,6 +25,7 @@ from headrace.types import DEFAULT_MAX_MESSAGE_BYTES, InferResult
 __all__ = ["AsyncClient", "Client", "TlsConfig"]
 
 pb = wire.inference
+adm = wire.admin
 _SERVING_STATUS = {
     value.number: value.name
     for value in wire.health.HealthCheckResponse.DESCRIPTOR.enum_types_by_name[
@@ -160,6 +161,7 @@ class Client:
             self._channel = grpc.insecure_channel(address, options=options)
         self._stub = wire.Stub(self._channel, wire.INFERENCE_SERVICE)
         self._health = wire.Stub(self._channel, wire.HEALTH_SERVICE)
+        self._admin = wire.Stub(self._channel, wire.ADMIN_SERVICE)
 
     def __enter__(self) -> Client:
         return self
@@ -239,6 +241,35 @@ class Client:
         )
         return decode_infer_response(self._call("ModelInfer", request, timeout_s))
 
+    # -- headrace.v1.AdminService (control RPCs: they need the admin token) -----------------
+
+    def admin(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
+        """Call an AdminService method with its request message (``headrace.wire.admin``)."""
+        try:
+            return getattr(self._admin, method)(request, timeout=timeout_s, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise _translate(error) from None
+
+    def list_model_versions(self, model: str = "") -> Any:
+        """Each model's versions: which serves, which are loaded or on standby, which failed."""
+        return self.admin("ListModelVersions", adm.ListModelVersionsRequest(model=model)).models
+
+    def rollback_model(self, model: str) -> Any:
+        return self.admin("RollbackModel", adm.RollbackModelRequest(model=model)).change
+
+    def pin_model(self, model: str, version: str) -> Any:
+        request = adm.PinModelRequest(model=model, version=version)
+        return self.admin("PinModel", request).change
+
+    def unpin_model(self, model: str) -> Any:
+        return self.admin("UnpinModel", adm.UnpinModelRequest(model=model)).change
+
+    def audit_log(
+        self, model: str = "", *, since_s: float = 0, until_s: float = 0, limit: int = 0
+    ) -> Any:
+        request = adm.GetAuditLogRequest(model=model, since_s=since_s, until_s=until_s, limit=limit)
+        return self.admin("GetAuditLog", request).entries
+
 
 class AsyncClient:
     """An asyncio client with the same methods as :class:`Client`, awaitable."""
@@ -259,6 +290,7 @@ class AsyncClient:
             self._channel = grpc.aio.insecure_channel(address, options=options)
         self._stub = wire.Stub(self._channel, wire.INFERENCE_SERVICE)
         self._health = wire.Stub(self._channel, wire.HEALTH_SERVICE)
+        self._admin = wire.Stub(self._channel, wire.ADMIN_SERVICE)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -345,3 +377,34 @@ class AsyncClient:
             datatypes=datatypes,
         )
         return decode_infer_response(await self._call("ModelInfer", request, timeout_s))
+
+    # -- headrace.v1.AdminService (control RPCs: they need the admin token) -----------------
+
+    async def admin(self, method: str, request: Any, timeout_s: float | None = None) -> Any:
+        try:
+            return await getattr(self._admin, method)(
+                request, timeout=timeout_s, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise _translate(error) from None
+
+    async def list_model_versions(self, model: str = "") -> Any:
+        request = adm.ListModelVersionsRequest(model=model)
+        return (await self.admin("ListModelVersions", request)).models
+
+    async def rollback_model(self, model: str) -> Any:
+        request = adm.RollbackModelRequest(model=model)
+        return (await self.admin("RollbackModel", request)).change
+
+    async def pin_model(self, model: str, version: str) -> Any:
+        request = adm.PinModelRequest(model=model, version=version)
+        return (await self.admin("PinModel", request)).change
+
+    async def unpin_model(self, model: str) -> Any:
+        return (await self.admin("UnpinModel", adm.UnpinModelRequest(model=model))).change
+
+    async def audit_log(
+        self, model: str = "", *, since_s: float = 0, until_s: float = 0, limit: int = 0
+    ) -> Any:
+        request = adm.GetAuditLogRequest(model=model, since_s=since_s, until_s=until_s, limit=limit)
+        return (await self.admin("GetAuditLog", request)).entries

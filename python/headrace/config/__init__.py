@@ -3,9 +3,11 @@ model from its ``model.toml`` (``model.py``). Part of the base: imports nothing 
 
 from __future__ import annotations
 
+from headrace.config.features import FeaturesConfig, ViewConfig
 from headrace.config.model import (
     BatchingConfig,
     DriftSettings,
+    Int8Config,
     ModelConfig,
     OnnxRuntimeConfig,
     TensorConfig,
@@ -19,10 +21,13 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "BatchingConfig",
     "DriftSettings",
+    "FeaturesConfig",
+    "Int8Config",
     "ModelConfig",
     "OnnxRuntimeConfig",
     "ServerSettings",
     "TensorConfig",
     "VersionPolicy",
+    "ViewConfig",
     "load_model_config",
 ]

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic import model_validator as _model_validator
 
+from headrace.config.features import FeaturesConfig, ViewConfig
 from headrace.datatypes import DATATYPE_TO_NUMPY
 from headrace.errors import ConfigError
 
@@ -221,6 +222,35 @@ class OnnxRuntimeConfig(ConfigModel):
     inter_op_threads: Annotated[Int, Field(ge=0)] | None = None
 
 
+INT8_DEVICES = ("cpu", "auto", "cuda", "cuda:N")
+
+
+def parse_int8_device(device: str) -> tuple[str, int]:
+    """``"cpu"`` / ``"auto"`` / ``"cuda"`` / ``"cuda:N"`` -> (kind, CUDA device index);
+    ValueError("must be ...") for anything else."""
+    if device in ("cpu", "auto", "cuda"):
+        return device, 0
+    index = device.removeprefix("cuda:")
+    if index != device and index.isascii() and index.isdigit():
+        return "cuda", int(index)
+    raise ValueError(f"must be one of {', '.join(map(repr, INT8_DEVICES))}, got {device!r}")
+
+
+def _int8_device(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string ({', '.join(map(repr, INT8_DEVICES))}), got {value!r}")
+    parse_int8_device(value)
+    return value
+
+
+class Int8Config(ConfigModel):
+    """The ``[int8]`` table (``backend = "int8"`` models): where the kernels run. ``"cpu"``, the
+    default; ``"cuda"`` / ``"cuda:N"``, that GPU (a load fails with "no CUDA device: ..." where
+    none is usable); ``"auto"``, the GPU when one is usable, else the CPU."""
+
+    device: Annotated[str, BeforeValidator(_int8_device)] = "cpu"
+
+
 def _command(value: Any) -> Any:
     if isinstance(value, str):
         value = shlex.split(value)
@@ -283,7 +313,11 @@ class ModelToml(ConfigModel):
     outputs: tuple[TensorConfig, ...] = ()
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     onnxruntime: OnnxRuntimeConfig = Field(default_factory=OnnxRuntimeConfig)
+    int8: Int8Config = Field(default_factory=Int8Config)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    # Online features joined into one input (``into``) before the batcher; clients send the
+    # entity and request inputs instead (headrace.features).
+    features: FeaturesConfig | None = None
     # Alias -> version number (``champion = 3``): labels a request may name as model_version.
     # Read by the registry's filesystem source; a moved alias is not a config change.
     aliases: dict[Annotated[str, Field(min_length=1)], Annotated[Int, Field(ge=1)]] = Field(
@@ -314,9 +348,12 @@ _TABLES: dict[str, type[BaseModel]] = {
     "": ModelToml,
     "batching": BatchingConfig,
     "onnxruntime": OnnxRuntimeConfig,
+    "int8": Int8Config,
     "drift": DriftSettings,
     "inputs": TensorConfig,
     "outputs": TensorConfig,
+    "features": FeaturesConfig,
+    "features.views": ViewConfig,
 }
 
 
@@ -326,6 +363,7 @@ def known_keys() -> dict[str, list[str]]:
     for index in range(64):
         keys[f"inputs[{index}]"] = keys["inputs"]
         keys[f"outputs[{index}]"] = keys["outputs"]
+        keys[f"features.views[{index}]"] = keys["features.views"]
     return keys
 
 

@@ -66,6 +66,31 @@ class ServerSettings(BaseSettings):
     # endpoint of one variant) only when this is on: remembering costs about a microsecond per
     # request, which a model nobody sends feedback for should not pay.
     feedback_plain_models: bool = False
+    # -- online features (features/) --
+    # Where every row served by a model with [features] is logged (Parquet, rotated; read back
+    # with headrace.features.read_served_log); None: no log.
+    served_log: Path | None = None
+    # -- model registry (registry/): MLflow aliases, the watched repository, the audit trail --
+    # MLflow's tracking server; None: $MLFLOW_TRACKING_URI (read only when `models` are given).
+    mlflow_uri: str | None = None
+    # Models to serve from MLflow: NAME@ALIAS follows an alias, NAME/VERSION pins a version.
+    models: list[str] = Field(default_factory=list)
+    registry_poll_s: float = Field(default=10.0, gt=0)
+    # Verified copies of MLflow versions (a restart while MLflow is down serves from here);
+    # None: $XDG_CACHE_HOME/headrace/models (~/.cache/headrace/models).
+    model_cache: Path | None = None
+    # Watch the model repository: a new version folder loads once its files are settled, a
+    # removed one drains and unloads, a changed file reloads (off: load on RepositoryModelLoad).
+    watch_repository: bool = False
+    repository_settle_s: float = Field(default=2.0, ge=0)
+    repository_poll_s: float = Field(default=1.0, gt=0)  # where inotify is unavailable
+    # Versions that served before the current one and stay loaded (warm, answering nothing), so
+    # that a rollback switches at once; each costs the memory of a loaded version.
+    keep_previous_versions: int = Field(default=1, ge=0)
+    # Also load the versions the model's other aliases point at, so requests can name them.
+    serve_aliases: bool = True
+    # JSON lines of every transition, fsynced before the switch takes effect; None: none kept.
+    audit_log: Path | None = None
     # -- load --
     # RPCs in flight at once, streams counted once each; beyond it RESOURCE_EXHAUSTED.
     # 0: from the machine's memory (see server/app.py).

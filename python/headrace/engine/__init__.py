@@ -4,7 +4,8 @@
 path (routing, shadows, request series), ``lookup.py`` which loaded version serves,
 ``version.py`` a loaded version, ``execution.py`` batched and direct execution behind one
 interface, ``validation.py`` request and spec checks, ``completions.py`` the completion router
-that wakes callers once per batch. Names load lazily,
+that wakes callers once per batch, ``features.py`` online features on the request path (a
+version's feature joiner and the loop it reads its store on). Names load lazily,
 so ``registry.manager`` can import a submodule without a cycle through the facade.
 """
 

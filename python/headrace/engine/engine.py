@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from headrace.config import ServerSettings
 from headrace.engine.completions import CompletionRouter
+from headrace.engine.features import EngineFeatures
 from headrace.engine.lookup import lease_route, lease_version, served_version
 from headrace.engine.routed import EngineRouting, signature_of_version
 from headrace.engine.version import ModelVersion
@@ -36,6 +37,7 @@ from headrace.monitoring.drift.served import ServedDrift
 from headrace.monitoring.metrics import Metrics
 from headrace.native import core as _core
 from headrace.registry.filesystem import FilesystemRepository
+from headrace.registry.follow import RegistryFollower
 from headrace.registry.manager import ModelManager, ServedVersion
 from headrace.routing import PIN_PARAMETER, Endpoints, FeedbackReceipt, RequestIds, Route
 from headrace.routing.config import ModelSignature
@@ -75,10 +77,20 @@ class Engine:
             else None
         )
         self.completions = CompletionRouter()
-        self.models = ModelManager(repository, self.settings, self.metrics, self.completions)
+        # Feature joiners' metrics, the served log and a loop for blocking lookups.
+        self.features = EngineFeatures(self.settings.served_log, self.metrics.registry)
+        self.models = ModelManager(
+            repository, self.settings, self.metrics, self.completions, features=self.features
+        )
         self._routing: EngineRouting | None = None
         self._routing_lock = threading.Lock()
         self._ids = RequestIds()  # ids for requests sent without one (feedback refers to them)
+        # MLflow aliases and the watched repository; started by the server, or in-process by
+        # `await engine.registry.start()`.
+        self.registry = RegistryFollower(self.settings, self.models, self.metrics)
+        # A model that becomes ready by any path (repository, MLflow, the watcher) is callable
+        # by name: an endpoint of one variant.
+        self.models.listeners.append(self._model_published)
 
     @classmethod
     def from_repository(cls, path: str | Path, **settings: Any) -> Engine:
@@ -107,6 +119,15 @@ class Engine:
         """Stop serving a model; requests already running finish."""
         self.models.unload(name)
         self.routing.endpoints.remove_model(name)
+
+    def _model_published(self, name: str, ready: bool) -> None:
+        routing = self._routing
+        if routing is None:
+            return  # built later, with every ready model
+        if ready:
+            routing.endpoints.add_model(name)
+        else:
+            routing.endpoints.remove_model(name)
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -324,7 +345,15 @@ class Engine:
             served = leased.version
             try:
                 names = served.validator.check(arrays, outputs)
-                result = served.infer(arrays, names, priority, deadline_ns(timeout_us, None))
+                result = served.infer(
+                    arrays,
+                    names,
+                    priority,
+                    deadline_ns(timeout_us, None),
+                    request_id=request_id,
+                    endpoint=route.endpoint,
+                    variant=route.variant,
+                )
             finally:
                 leased.lease.release()
         except HeadraceError as error:
@@ -360,7 +389,15 @@ class Engine:
             try:
                 names = served.validator.check(inputs, outputs, declared_datatypes)
                 deadline = deadline_ns(timeout_us, timeout_s)
-                result = await served.infer_async(inputs, names, priority, deadline)
+                result = await served.infer_async(
+                    inputs,
+                    names,
+                    priority,
+                    deadline,
+                    request_id=request_id,
+                    endpoint=route.endpoint,
+                    variant=route.variant,
+                )
             finally:
                 leased.lease.release()
         except HeadraceError as error:
@@ -419,3 +456,4 @@ class Engine:
         if self._routing is not None:
             self._routing.close()
         self.models.close()
+        self.features.close()

@@ -28,17 +28,7 @@ def served_version(models: ModelManager, name: str, version: str | int | None) -
         latest = model.latest
         assert latest is not None  # versions is not empty
         return latest
-    try:
-        number = int(version)
-    except ValueError:
-        raise NotFoundError(f"model '{name}' has no version '{version}'") from None
-    found = model.versions.get(number)
-    if found is None:
-        raise NotFoundError(
-            f"model '{name}' has no version '{version}' "
-            f"(serving: {', '.join(str(v) for v in sorted(model.versions))})"
-        )
-    return found
+    return model.resolve(version)  # a number, or an alias of the model
 
 
 def lease_version(models: ModelManager, name: str, version: str | int | None) -> ServedVersion:

@@ -100,7 +100,10 @@ def utf8_texts(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
 
 
 class RequestValidator:
-    """Checks requests against one version's inputs and outputs; immutable, thread-safe."""
+    """Checks requests against one version's inputs and outputs; immutable, thread-safe.
+
+    ``owned`` inputs (a features model's entity and request inputs) are only checked to be
+    there: the feature joiner checks their datatype and shape by its own rules."""
 
     def __init__(
         self,
@@ -108,10 +111,12 @@ class RequestValidator:
         inputs: tuple[TensorSpec, ...],
         outputs: tuple[TensorSpec, ...],
         batched: bool,
+        owned: frozenset[str] = frozenset(),
     ) -> None:
         self.model = model
         self.inputs = inputs
         self.batched = batched
+        self.owned = owned
         self._input_by_name = {s.name: s for s in inputs}
         self.output_names = [s.name for s in outputs]
 
@@ -135,6 +140,8 @@ class RequestValidator:
             array = inputs.get(spec.name)
             if array is None:
                 raise InvalidArgumentError(f"missing input '{spec.name}' for model '{self.model}'")
+            if spec.name in self.owned:
+                continue
             self._check_datatype(spec, array, declared_datatypes)
             shape = array.shape
             if len(shape) != len(spec.shape) or any(

@@ -19,8 +19,15 @@ import numpy.typing as npt
 
 from headrace.backends.base import Backend
 from headrace.config import DriftSettings, ModelConfig, ServerSettings
+from headrace.datatypes import DATATYPE_TO_NUMPY
 from headrace.engine.completions import CompletionRouter
 from headrace.engine.execution import BatchedExecution, DirectExecution, Execution
+from headrace.engine.features import (
+    EngineFeatures,
+    VersionFeatures,
+    build_version_features,
+    expanded,
+)
 from headrace.engine.validation import (
     RequestValidator,
     apply_declared,
@@ -62,9 +69,9 @@ def load_backend(
             ),
         )
     if backend == "int8":
-        from headrace.backends.int8 import Int8Backend
+        from headrace.backends.int8_cuda import load_int8_backend
 
-        return Int8Backend(path)
+        return load_int8_backend(path, config.int8.device)
     raise ConfigError(f"{path}: backend '{backend}' is not available in this build")
 
 
@@ -105,6 +112,7 @@ class ModelVersion:
         config: ModelConfig,
         settings: ServerSettings,
         metrics: Metrics,
+        features: EngineFeatures | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -128,6 +136,14 @@ class ModelVersion:
         self.validator = RequestValidator(
             name, self.inputs, self.outputs, batched=self.max_batch_size > 0
         )
+        # What the model itself takes. A features model's clients send other inputs (``inputs``
+        # and ``validator`` become theirs at start); the batcher and warm-up take these.
+        self.model_inputs = self.inputs
+        self._model_validator = self.validator
+        # A version built without an engine's (tests, tools) gets one of its own, closed with it.
+        self._features_shared = features if features is not None else EngineFeatures()
+        self._owns_features_shared = features is None
+        self.features: VersionFeatures | None = None
         self._input_names = [s.name for s in self.inputs]
         self._output_names = [s.name for s in self.outputs]
         self.output_datatypes = {s.name: s.datatype for s in self.outputs}
@@ -142,12 +158,16 @@ class ModelVersion:
         self.drift: ServedDrift | None = None
         self._native_drift: Any = None
         self.execution: Execution | None = None
+        self.input_example: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, completions: CompletionRouter) -> None:
-        """Build the execution and warm up through it; raises (and releases) if it cannot run."""
+    def start(self, completions: CompletionRouter, input_example: Path | None = None) -> None:
+        """Build the execution and warm up through it; raises (and releases) if it cannot run.
+        ``input_example``: a registry's sample request (MLflow's ``input_example.json``)."""
+        self.input_example = input_example
         try:
+            self._start_features()
             self.drift = load_served_drift(
                 self.directory,
                 self.name,
@@ -163,6 +183,30 @@ class ModelVersion:
         self._metrics.track(self)
         if self.drift is not None:
             self._metrics.drift_watcher.register(self.drift)
+
+    def _start_features(self) -> None:
+        """The feature joiner of a model with ``[features]``; clients then see its inputs."""
+        if self.config.features is None:
+            return
+        source = self.config.source
+        self.features = build_version_features(
+            self.name,
+            self.version_str,
+            self.config.features,
+            source,
+            source.parent if source is not None else self.directory.parent,
+            self.model_inputs,
+            self._features_shared,
+            batched=self.max_batch_size > 0,
+        )
+        self.inputs = self.features.client_inputs
+        self.validator = RequestValidator(
+            self.name,
+            self.inputs,
+            self.outputs,
+            batched=self.max_batch_size > 0,
+            owned=self.features.owned,
+        )
 
     def _drift_settings(self) -> DriftSettings:
         """The [drift] table; its retraining trigger only when the repository is trusted with
@@ -190,7 +234,7 @@ class ModelVersion:
             # Drift of numerical FP32 profiles is counted by the batcher in C++ after each run;
             # a profile with categories (or other tensors) is counted in _run_batch, so such a
             # model runs its batches through Python.
-            all_fp32 = all(t.datatype == "FP32" for t in (*self.inputs, *self.outputs))
+            all_fp32 = all(t.datatype == "FP32" for t in (*self.model_inputs, *self.outputs))
             self._native_drift = (
                 self.drift.native_counts(self._input_names, self._output_names)
                 if all_fp32
@@ -209,20 +253,38 @@ class ModelVersion:
         )
 
     def warm_up_inputs(self) -> dict[str, npt.NDArray[Any]]:
-        """The version's warm-up sample (``warmup.npz`` beside the model file, one array per
-        input), else zeros of each input's shape with dynamic dims as 1."""
+        """The version's warm-up sample: ``warmup.npz`` beside the model file (one array per
+        input), else the registry's input example, else zeros of each input's shape with
+        dynamic dims as 1. These are the model's own inputs, for a features model too (``into``
+        included): the store is not asked, so a version loads while its store is down."""
         sample = self.directory / WARMUP_FILE
         if not sample.is_file():
-            return zero_inputs(self.inputs)
+            if self.input_example is not None:
+                return self._example_inputs(self.input_example)
+            return zero_inputs(self.model_inputs)
         try:
             with np.load(sample, allow_pickle=False) as arrays:
                 inputs = {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError) as error:
             raise ConfigError(f"{sample}: not a readable .npz of input arrays: {error}") from None
         try:
-            self.validator.check(inputs, None)
+            self._model_validator.check(inputs, None)
         except HeadraceError as error:
             raise ConfigError(f"{sample}: {error.message}") from None
+        return inputs
+
+    def _example_inputs(self, path: Path) -> dict[str, npt.NDArray[Any]]:
+        from headrace.registry.example import read_input_example
+
+        try:
+            inputs = read_input_example(path).arrays(
+                {s.name: DATATYPE_TO_NUMPY[s.datatype] for s in self.model_inputs}
+            )
+            if self.max_batch_size > 0:  # an example longer than a batch: its first rows
+                inputs = {k: v[: self.max_batch_size] for k, v in inputs.items()}
+            self._model_validator.check(inputs, None)
+        except HeadraceError as error:
+            raise ConfigError(f"input example {path}: {error.message}") from None
         return inputs
 
     def _warm_up(self) -> None:
@@ -244,6 +306,10 @@ class ModelVersion:
         """Stop taking work; what was accepted runs first, then the resources go."""
         if self.execution is not None:
             self.execution.close()
+        if self.features is not None:
+            self.features.close()
+        if self._owns_features_shared:
+            self._features_shared.close()
         self._metrics.untrack(self)
         if self.drift is not None:
             self._metrics.drift_watcher.unregister(self.drift)
@@ -272,8 +338,8 @@ class ModelVersion:
         return prepared
 
     def _rows(self, inputs: Mapping[str, npt.NDArray[Any]]) -> int:
-        if self.max_batch_size > 0 and self.inputs:
-            return int(inputs[self.inputs[0].name].shape[0])
+        if self.max_batch_size > 0 and self.model_inputs:
+            return int(inputs[self.model_inputs[0].name].shape[0])
         return 1
 
     def _run_direct(
@@ -314,16 +380,28 @@ class ModelVersion:
         output_names: Sequence[str],
         priority: int = 0,
         deadline_ns: int = 0,
+        *,
+        request_id: str | None = None,
+        endpoint: str | None = None,
+        variant: str | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
-        """Run one validated request, blocking the calling thread until it is answered."""
+        """Run one validated request, blocking the calling thread until it is answered (see
+        :meth:`infer_async` for features models and the served log)."""
         assert self.execution is not None, "version not started"
         start_ns = time.perf_counter_ns()
         try:
-            outputs = self.execution.infer(inputs, output_names, priority, deadline_ns)
+            if self.features is None:
+                outputs = self.execution.infer(inputs, output_names, priority, deadline_ns)
+            else:
+                client = expanded(inputs)  # the joiner reads the entity keys' elements
+                feed = self.features.assemble_blocking(client)
+                outputs = self.execution.infer(feed, output_names, priority, deadline_ns)
         except HeadraceError as error:
             self._record_request(False, time.perf_counter_ns() - start_ns, error)
             raise
         self._record_request(True, time.perf_counter_ns() - start_ns, None)
+        if self.features is not None and request_id is not None:
+            self.features.log_served(client, feed, outputs, request_id, endpoint, variant)
         return outputs
 
     async def infer_async(
@@ -332,17 +410,35 @@ class ModelVersion:
         output_names: Sequence[str],
         priority: int = 0,
         deadline_ns: int = 0,
+        *,
+        request_id: str | None = None,
+        endpoint: str | None = None,
+        variant: str | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
         """Run one validated request; the event loop only awaits (a cancelled caller's request
-        leaves the batcher's queue)."""
+        leaves the batcher's queue). A features model takes the client's inputs and assembles
+        the model's here, before the batcher; with a ``request_id`` (a client's request, not a
+        shadow copy) its served rows then go to the served log, with the endpoint and variant
+        that answered."""
         assert self.execution is not None, "version not started"
         start_ns = time.perf_counter_ns()
         try:
-            outputs = await self.execution.infer_async(inputs, output_names, priority, deadline_ns)
+            if self.features is None:
+                outputs = await self.execution.infer_async(
+                    inputs, output_names, priority, deadline_ns
+                )
+            else:
+                client = expanded(inputs)  # the joiner reads the entity keys' elements
+                feed = await self.features.assemble(client)
+                outputs = await self.execution.infer_async(
+                    feed, output_names, priority, deadline_ns
+                )
         except HeadraceError as error:
             self._record_request(False, time.perf_counter_ns() - start_ns, error)
             raise
         self._record_request(True, time.perf_counter_ns() - start_ns, None)
+        if self.features is not None and request_id is not None:
+            self.features.log_served(client, feed, outputs, request_id, endpoint, variant)
         return outputs
 
     def check_deadline(self, deadline_ns: int, in_flight: int = 0) -> None:

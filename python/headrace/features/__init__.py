@@ -3,10 +3,11 @@
 Stores: ``embedded`` (a snapshot file in memory), ``redis`` (headrace's layout; ``headrace
 features push`` fills it), ``feast`` (the Redis that ``feast materialize`` fills, read as is).
 
-How the engine uses this package (the whole interface):
+How the engine uses this package (the whole interface; ``headrace.engine.features`` does it):
 
-1. ``model.toml``: the ``[features]`` table goes to ``load_features_config(table, path)``, which
-   returns a :class:`FeaturesConfig` or raises ConfigError naming the key and the file.
+1. ``model.toml``: the ``[features]`` table is ``ModelConfig.features``, a
+   :class:`FeaturesConfig` (defined in ``headrace.config.features``; ``load_features_config(table,
+   path)`` validates a table alone); mistakes are ConfigErrors naming the key and the file.
 2. Once per engine: ``FeatureMetrics(registry)`` and, with ``--served-log DIR``,
    ``ServedLog(DIR, registry=registry)`` (``close()`` it when the engine closes).
 3. Per model version, where it loads (any thread), after the backend knows its inputs::

@@ -97,8 +97,15 @@ class LookupCoalescer:
         self._on_round_trip = on_round_trip
         self._waiting: list[_Waiting] = []
         self._in_flight = 0
+        self._lookups_in_flight = 0
         self._scheduled = False
         self.round_trips = 0
+
+    @property
+    def pending_lookups(self) -> int:
+        """Lookups not answered yet: waiting for a round trip, or on one in flight (read on
+        the loop, or as a snapshot from elsewhere)."""
+        return len(self._waiting) + self._lookups_in_flight
 
     async def lookup(self, keys: Mapping[str, Keys]) -> list[ViewRows]:
         """Every view's rows for ``keys`` (one normalised key array per entity input). Raises
@@ -124,6 +131,7 @@ class LookupCoalescer:
                 return
             batch, self._waiting = self._waiting[:take], self._waiting[take:]
             self._in_flight += 1
+            self._lookups_in_flight += len(batch)
             asyncio.get_running_loop().create_task(self._round_trip(batch))
 
     async def _round_trip(self, batch: list[_Waiting]) -> None:
@@ -178,6 +186,7 @@ class LookupCoalescer:
     def _finish(self, batch: list[_Waiting], start: float, keys: int, ok: bool) -> None:
         self.round_trips += 1
         self._in_flight -= 1
+        self._lookups_in_flight -= len(batch)
         if self._on_round_trip is not None:
             self._on_round_trip(RoundTrip(len(batch), keys, time.monotonic() - start, ok))
         if self._waiting and not self._scheduled:

@@ -2,7 +2,8 @@
 
 Serving only appends a reference to the request's arrays to a bounded queue (:meth:`ServedLog.
 append` never blocks; rows that do not fit are dropped and counted). One background thread turns
-queued requests into Arrow tables and writes them to ``DIR/<model>/<time>-<seq>.parquet``, a file
+queued requests into Arrow tables, in batches of ``write_rows`` or every ``write_delay_s``, and
+writes them to ``DIR/<model>/<time>-<seq>.parquet``, a file
 per model, rotated when it reaches ``max_file_bytes`` or has been open ``max_file_age_s``. A file
 is written as ``.<name>.tmp`` and renamed when closed, so a reader only sees whole files.
 
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_QUEUED_ROWS = 100_000
 DEFAULT_MAX_FILE_BYTES = 64 << 20
 DEFAULT_MAX_FILE_AGE_S = 300.0
+# Rows the writer gathers before it writes (one Parquet row group), unless the oldest has waited
+# DEFAULT_WRITE_DELAY_S. A Parquet write has a fixed cost far above a served request's (a write
+# per request took more of the server's CPU than serving it), so writes are batched, against how
+# late a row reaches its file and the memory the queue holds meanwhile.
+DEFAULT_WRITE_ROWS = 8192
+DEFAULT_WRITE_DELAY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +163,8 @@ class ServedLog:
         max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         max_file_age_s: float = DEFAULT_MAX_FILE_AGE_S,
+        write_rows: int = DEFAULT_WRITE_ROWS,
+        write_delay_s: float = DEFAULT_WRITE_DELAY_S,
         registry: CollectorRegistry | None = None,
     ) -> None:
         import pyarrow  # noqa: F401  (fail at start, not in the writer thread)
@@ -165,8 +174,12 @@ class ServedLog:
         self.max_queued_rows = max_queued_rows
         self.max_file_bytes = max_file_bytes
         self.max_file_age_s = max_file_age_s
+        # Never more than half the queue: a batch must not fill it before it is written.
+        self.write_rows = max(1, min(write_rows, max_queued_rows // 2))
+        self.write_delay_s = write_delay_s
         self._queue: deque[ServedRows] = deque()
         self._queued_rows = 0
+        self._oldest_at = 0.0  # when the oldest queued request was appended (monotonic)
         self._cond = threading.Condition()
         self._closing = False
         self._flush_requested = 0
@@ -189,9 +202,15 @@ class ServedLog:
             if self._closing or self._queued_rows + rows.rows > self.max_queued_rows:
                 self.dropped_rows += rows.rows
                 return False
+            was_empty = not self._queue
             self._queue.append(rows)
+            before = self._queued_rows
             self._queued_rows += rows.rows
-            self._cond.notify()
+            if was_empty:
+                self._oldest_at = time.monotonic()
+            # Wake the writer to start its delay, and when a batch is full; not per request.
+            if was_empty or before < self.write_rows <= self._queued_rows:
+                self._cond.notify()
         return True
 
     @property
@@ -216,21 +235,30 @@ class ServedLog:
     # -- the writer thread ---------------------------------------------------------------
 
     def _next_deadline(self) -> float | None:
-        if not self._files:
+        """Seconds until a file reaches its age or the queue its write delay; None: neither."""
+        due = [f.opened_at + self.max_file_age_s for f in self._files.values()]
+        if self._queue:
+            due.append(self._oldest_at + self.write_delay_s)
+        if not due:
             return None
-        oldest = min(f.opened_at for f in self._files.values())
-        return max(0.0, oldest + self.max_file_age_s - time.monotonic())
+        return max(0.0, min(due) - time.monotonic())
+
+    def _batch_ready(self) -> bool:
+        return bool(self._queue) and (
+            self._queued_rows >= self.write_rows
+            or time.monotonic() - self._oldest_at >= self.write_delay_s
+        )
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while (
-                    not self._queue
+                    not self._batch_ready()
                     and not self._closing
                     and self._flush_done >= self._flush_requested
                 ):
                     if not self._cond.wait(self._next_deadline()):
-                        break  # a file reached its age
+                        break  # a file reached its age, or the queue its write delay
                 batch = list(self._queue)
                 self._queue.clear()
                 self._queued_rows = 0

@@ -23,6 +23,7 @@ from prometheus_client.exposition import generate_latest
 
 from headrace.monitoring.drift.gauges import DriftMetrics
 from headrace.monitoring.drift.watcher import DriftWatcher
+from headrace.monitoring.lifecycle_metrics import LifecycleMetrics
 from headrace.monitoring.routing_metrics import RoutingMetrics
 
 # 25 µs .. ~26 s, doubling: fine resolution where a small model's latency lives.
@@ -89,6 +90,8 @@ class Metrics:
         # Drift gauges are set as windows close, by the watcher thread (never on a request).
         self.drift = DriftMetrics(r)
         self.drift_watcher = DriftWatcher()
+        # Version transitions and the serving version per model, set as they happen.
+        self.lifecycle = LifecycleMetrics(r)
         # Endpoint gauges are read from the routing state at scrape time; events count as they
         # happen (canary rollbacks and promotions, switches).
         self.routing = RoutingMetrics(r)

@@ -1,16 +1,18 @@
-"""Where models come from: the filesystem repository and MLflow's model registry.
+"""Where models come from and how served versions change: the filesystem repository and MLflow's
+model registry, and the lifecycle that follows them.
 
 ``base.Source`` is what every source offers; ``cache``, ``watcher``, ``poller`` and ``audit`` are
-the parts the lifecycle manager composes. ``headrace.registry.mlflow`` is imported on demand (it
-needs the ``headrace[mlflow]`` extra).
+the parts the lifecycle composes. ``headrace.registry.mlflow`` is imported on demand (it needs the
+``headrace[mlflow]`` extra).
 
-How the manager uses them: the poller (MLflow) and the watcher (repository) call one async
-callback with events; on ``DesiredVersionChanged`` / ``VersionAdded`` / ``VersionChanged`` the
-manager gets the files with ``await asyncio.to_thread(source.materialize, model, version)`` (the
-watcher's events carry them already), loads and warms them (``MaterializedVersion.
-version_source()``, ``.model_config()``, ``example.read_input_example(...)``), appends an
-``audit.AuditRecord`` with ``await audit.append_async(...)`` and only then switches. Source calls
-block: never call them on the event loop.
+The lifecycle: ``manager.ModelManager`` owns the served models (``served.ServedModel``
+snapshots; ``reconcile.ModelStore`` the steps of a change; ``swap.py`` starting a version, the
+audit records of a switch, draining); ``plan.choose`` decides per model which versions load,
+serve and stay warm (the source's choice, a pin, a rollback, alias targets); ``follow.
+RegistryFollower`` turns the poller's and the watcher's events into the manager's calls, one
+task per model; ``transitions.TransitionLog`` writes the audit trail (fsynced before a switch
+takes effect), the transitions metric and the log; ``views`` is what ListModelVersions shows.
+Source calls block: the manager is called from worker threads, never on the event loop.
 """
 
 from headrace.registry.base import (

@@ -119,20 +119,25 @@ class FilesystemRepository:
             if entry.is_dir() and not entry.name.startswith(".")
         )
 
-    def read(self, name: str) -> ModelSource:
-        """The model's config and selected versions; ConfigError / NotFoundError otherwise."""
+    def available(self, name: str) -> tuple[ModelConfig, dict[int, VersionSource]]:
+        """The model's config and every version folder with a model file (policy aside)."""
         directory = self.root / name
         if not directory.is_dir():
             raise NotFoundError(f"model '{name}' is not in repository {self.root}")
         config = _read_config(name, directory)
-        found: list[VersionSource] = []
+        found: dict[int, VersionSource] = {}
         for version, entry in _version_dirs(name, directory).items():
             model_file = _model_file(entry, config)
             if model_file is None:
                 log.warning("model %s version %d: no model file in %s", name, version, entry)
                 continue
-            found.append(VersionSource(version, *model_file))
-        by_version = {v.version: v for v in found}
+            found[version] = VersionSource(version, *model_file)
+        return config, found
+
+    def read(self, name: str) -> ModelSource:
+        """The model's config and selected versions; ConfigError / NotFoundError otherwise."""
+        directory = self.root / name
+        config, by_version = self.available(name)
         selected = config.version_policy.select(list(by_version))
         if not selected:
             raise ConfigError(

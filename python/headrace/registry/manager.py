@@ -3,37 +3,52 @@
 Each model has a lock of its own, so loading or draining one model never blocks requests or
 loads of another. Requests read an immutable ``ServedModel`` snapshot (one dict lookup, no lock)
 and *acquire* the version they run on; a switch publishes a new snapshot atomically, then waits
-until the old versions' in-flight requests are done (``drain_timeout_s``), then closes them.
+until the retired versions' in-flight requests are done (``drain_timeout_s``), then closes them.
 
 A version is never visible before it has warmed up through the runner that will serve it; a
-version that fails to load or warm is reported (``index``, the log) and never replaces a serving
-one. Versions whose files, config and drift profile are unchanged are kept across a reload.
+version that fails to download, load or warm is reported (``index``, the log, the transitions
+metric, the audit trail) and never replaces a serving one. Every transition is in the audit trail
+(fsynced) before it takes effect. Versions whose files, config and drift profile are unchanged
+are kept across a reload; the ``keep_previous_versions`` that served last stay loaded on standby
+(answering nothing) so that ``rollback`` is instant. Which versions load and serve is decided in
+``plan.py``; models come from the repository (``load``) or follow MLflow (``follow``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import threading
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+import dataclasses
+from collections.abc import Callable, Mapping
 
-from headrace.config import ModelConfig, ServerSettings
-from headrace.engine.completions import CompletionRouter
-from headrace.engine.version import ModelVersion
 from headrace.errors import (
+    ConfigError,
+    FailedPreconditionError,
     HeadraceError,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
 )
-from headrace.monitoring.drift.served import reference_stamp
-from headrace.monitoring.metrics import Metrics
-from headrace.registry.filesystem import FilesystemRepository, ModelSource
+from headrace.registry.audit import AuditCause, AuditOutcome
+from headrace.registry.plan import (
+    ModelControl,
+    Override,
+    VersionInput,
+    rollback_target,
+    served_aliases,
+)
+from headrace.registry.reconcile import ModelStore
+from headrace.registry.served import ServedModel, ServedVersion, VersionLease
+from headrace.registry.swap import Retirement, Transition, file_fingerprint
 from headrace.types import ModelIndexEntry
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "ModelManager",
+    "ServedModel",
+    "ServedVersion",
+    "Transition",
+    "VersionLease",
+    "check_model_name",
+    "file_fingerprint",
+]
 
 # Model names travel into paths and metrics labels: printable, no separators, bounded.
 MAX_MODEL_NAME_CHARS = 200
@@ -54,102 +69,9 @@ def check_model_name(name: str) -> None:
         raise InvalidArgumentError("model name contains control characters")
 
 
-def file_fingerprint(path: Path) -> str:
-    """A digest of the model file: a file replaced at the same version number reloads (read
-    only at load time; timestamps alone can miss a same-size rewrite within their resolution)."""
-    digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class VersionLease:
-    """Counts a version's in-flight requests so that a switch can wait for them to finish."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition(threading.Lock())
-        self._in_flight = 0
-        self._retired = False
-
-    def acquire(self) -> bool:
-        """False once the version is retired: the caller looks up the new snapshot."""
-        with self._condition:
-            if self._retired:
-                return False
-            self._in_flight += 1
-            return True
-
-    def release(self) -> None:
-        with self._condition:
-            self._in_flight -= 1
-            if self._in_flight == 0 and self._retired:
-                self._condition.notify_all()
-
-    def retire(self, timeout_s: float) -> int:
-        """No new request from now on; wait for those in flight. Returns how many remain."""
-        deadline = time.monotonic() + timeout_s
-        with self._condition:
-            self._retired = True
-            while self._in_flight > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._condition.wait(left)
-            return self._in_flight
-
-
-@dataclass
-class ServedVersion:
-    version: ModelVersion
-    lease: VersionLease
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """An immutable snapshot of one model: what requests see."""
-
-    name: str
-    config: ModelConfig | None
-    versions: dict[int, ServedVersion]
-    state: str  # READY or UNAVAILABLE
-    reason: str = ""
-    failed: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
-
-    @property
-    def latest(self) -> ServedVersion | None:
-        return self.versions[max(self.versions)] if self.versions else None
-
-
-class ModelManager:
-    """Owns every served model's lifecycle; thread-safe."""
-
-    def __init__(
-        self,
-        repository: FilesystemRepository | None,
-        settings: ServerSettings,
-        metrics: Metrics,
-        completions: CompletionRouter,
-    ) -> None:
-        self.repository = repository
-        self._settings = settings
-        self._metrics = metrics
-        self._completions = completions
-        # Replaced, never mutated in place: readers take it without a lock.
-        self._models: dict[str, ServedModel] = {}
-        self._publish_lock = threading.Lock()  # serialises snapshot replacement only
-        self._model_locks: dict[str, threading.Lock] = {}
-        self._model_locks_lock = threading.Lock()
-        self._closed = False
-
-    # -- reading -----------------------------------------------------------------------------
-
-    def get(self, name: str) -> ServedModel | None:
-        return self._models.get(name)
-
-    def models(self) -> dict[str, ServedModel]:
-        return self._models
+class ModelManager(ModelStore):
+    """Owns every served model's lifecycle; thread-safe. Every changing call blocks (files,
+    model sessions, the audit fsync, the drain): call it from a worker thread."""
 
     def index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         models = self._models
@@ -165,8 +87,12 @@ class ModelManager:
             if not model.versions:
                 if not ready_only:
                     entries.append(ModelIndexEntry(name, "", model.state, model.reason))
+                    entries.extend(
+                        ModelIndexEntry(name, str(v), "UNAVAILABLE", why)
+                        for v, why in sorted(model.failed.items())
+                    )
                 continue
-            # Serving versions, and beside them the versions that failed to replace them.
+            # Answering versions, and beside them the versions that failed to replace them.
             rows = {v: ModelIndexEntry(name, str(v), "READY", "") for v in model.versions}
             if not ready_only:
                 for v, reason in model.failed.items():
@@ -174,20 +100,7 @@ class ModelManager:
             entries.extend(rows[v] for v in sorted(rows))
         return entries
 
-    # -- changing ----------------------------------------------------------------------------
-
-    def _lock_for(self, name: str) -> threading.Lock:
-        with self._model_locks_lock:
-            lock = self._model_locks.get(name)
-            if lock is None:
-                lock = self._model_locks[name] = threading.Lock()
-            return lock
-
-    def _publish(self, model: ServedModel) -> None:
-        with self._publish_lock:
-            models = dict(self._models)
-            models[model.name] = model
-            self._models = models
+    # -- the repository ----------------------------------------------------------------------
 
     def load_repository(self) -> None:
         """Load every model of the repository; a model that fails is reported and skipped."""
@@ -195,129 +108,231 @@ class ModelManager:
             return
         for name in self.repository.model_names():
             try:
-                self.load(name)
+                self.load(name, cause=AuditCause.STARTUP, actor="startup")
             except HeadraceError:
                 continue  # reported by load(): the index shows it, and a log line
 
-    def load(self, name: str) -> None:
+    def load(
+        self, name: str, *, cause: AuditCause = AuditCause.ADMIN_LOAD, actor: str = "api"
+    ) -> Transition:
         """(Re)load a model from the repository; see the module docstring for the steps."""
         check_model_name(name)
         if self.repository is None:
             raise UnavailableError("this engine has no model repository")
+        control = self._controls.get(name)
+        if control is not None and control.kind == "mlflow":
+            raise FailedPreconditionError(
+                f"model '{name}' follows {control.reference} in MLflow and changes with it; "
+                "use PinModel / RollbackModel to choose its version"
+            )
         if name not in self._models and not (self.repository.root / name).is_dir():
             # Checked before a lock is made for the name: unknown names leave no state.
             raise NotFoundError(f"model '{name}' is not in the model repository")
-        with self._lock_for(name):
-            if self._closed:
-                raise UnavailableError("the engine is shutting down")
-            previous = self._models.get(name)
-            try:
-                source = self.repository.read(name)
-            except NotFoundError:
-                raise NotFoundError(f"model '{name}' is not in the model repository") from None
-            except HeadraceError as error:
-                self._record_failure(name, previous, {}, error.message)
-                raise
-            built, kept, failed = self._build(source, previous)
-            if failed:
-                for served in built.values():
-                    served.version.close()
-                version, reason = next(iter(failed.items()))
-                self._record_failure(name, previous, failed, reason)
-                raise UnavailableError(f"model '{name}' version {version} failed to load: {reason}")
-            versions = {**kept, **built}
-            self._publish(ServedModel(name, source.config, versions, "READY"))
-            retired = [
-                served
-                for number, served in (previous.versions.items() if previous else ())
-                if versions.get(number) is not served
-            ]
-        log.info("model %s ready, versions %s", name, sorted(versions))
-        self._retire(name, retired)
+        return self._change(name, lambda control: self._reconcile(name, control, cause, actor))
 
-    def _build(
-        self, source: ModelSource, previous: ServedModel | None
-    ) -> tuple[dict[int, ServedVersion], dict[int, ServedVersion], dict[int, str]]:
-        """(newly built and started, kept unchanged, failed with reasons)."""
-        built: dict[int, ServedVersion] = {}
-        kept: dict[int, ServedVersion] = {}
-        for version_source in source.versions:
-            number = version_source.version
-            old = previous.versions.get(number) if previous else None
-            try:
-                fingerprint = file_fingerprint(version_source.path)
-            except OSError as error:
-                return built, kept, {number: f"model file unreadable: {error.strerror}"}
-            if (
-                old is not None
-                and previous is not None
-                and previous.config is not None
-                and previous.config.serving_settings() == source.config.serving_settings()
-                and old.fingerprint == fingerprint
-                and old.version.drift_reference == reference_stamp(old.version.directory)
-            ):
-                kept[number] = old
-                continue
-            try:
-                version = ModelVersion(
-                    source.name,
-                    number,
-                    version_source.path,
-                    version_source.backend,
-                    source.config,
-                    self._settings,
-                    self._metrics,
-                )
-                version.start(self._completions)
-            except HeadraceError as error:
-                return built, kept, {number: error.message}
-            except Exception as error:
-                log.exception("model %s version %d failed to load", source.name, number)
-                return built, kept, {number: f"{type(error).__name__}: {error}"}
-            built[number] = ServedVersion(version, VersionLease(), fingerprint)
-        return built, kept, {}
+    # -- MLflow ------------------------------------------------------------------------------
 
-    def _record_failure(
-        self, name: str, previous: ServedModel | None, failed: dict[int, str], reason: str
+    def follow(
+        self,
+        name: str,
+        *,
+        reference: str,
+        alias: str | None,
+        origin: str,
+        provider: Callable[[int], VersionInput],
     ) -> None:
-        log.error("model %s failed to load: %s", name, reason)
-        if previous is not None and previous.versions:
-            self._publish(
-                ServedModel(
-                    name,
-                    previous.config,
-                    previous.versions,
-                    "READY",
-                    f"last reload failed: {reason}",
-                    failed,
-                )
-            )
-            return
-        self._publish(ServedModel(name, None, {}, "UNAVAILABLE", reason, failed))
-
-    def unload(self, name: str) -> None:
-        """Stop serving a model; requests already running finish (up to the drain timeout)."""
+        """Serve ``name`` from MLflow: versions come from ``provider`` (blocking), the serving
+        one from ``set_desired``. Until then the model is listed as waiting."""
         check_model_name(name)
+        if self.repository is not None and (self.repository.root / name).is_dir():
+            raise ConfigError(
+                f"model '{name}' is in the model repository and referenced with --model: "
+                "serve it from one source"
+            )
         with self._lock_for(name):
+            self._controls[name] = ModelControl(
+                "mlflow",
+                origin=origin,
+                reference=reference,
+                followed_alias=alias,
+                provider=provider,
+            )
+            if name not in self._models:
+                self._publish(
+                    ServedModel(
+                        name, None, {}, "UNAVAILABLE", f"waiting for {reference} from {origin}"
+                    )
+                )
+
+    def set_desired(
+        self,
+        name: str,
+        version: int,
+        *,
+        cause: AuditCause,
+        actor: str,
+        files: VersionInput | None = None,
+    ) -> Transition:
+        """The source now points at ``version``: load, warm and switch to it (unless pinned).
+        ``files``: the version as the caller just fetched it (its download time is audited)."""
+
+        def change(control: ModelControl) -> Retirement:
+            saved = control.override
+            ended = control.desired_moved(version)
+            reason = (
+                f"the {ended.kind} to version {ended.version} ended: the source moved on"
+                if ended is not None
+                else ""
+            )
+            if control.override is not None:
+                self._record_quietly(
+                    name,
+                    version,
+                    f"{control.override.kind} to version {control.override.version} by "
+                    f"{control.override.actor} holds; not switching",
+                    cause,
+                    actor,
+                    AuditOutcome.IGNORED,
+                )
+                return Retirement(name)
+            fetched = {version: files} if files is not None else None
+            try:
+                return self._reconcile(name, control, cause, actor, reason, fetched=fetched)
+            except BaseException:
+                control.override = saved  # nothing switched: a rollback holds
+                raise
+
+        return self._change(name, change)
+
+    def set_aliases(self, name: str, aliases: Mapping[str, int], actor: str) -> Transition:
+        """The source's alias map changed: requests may name the aliases; with
+        ``serve_aliases`` the versions they point at load (reported if they cannot)."""
+
+        def change(control: ModelControl) -> Retirement:
+            control.aliases = dict(aliases)
             model = self._models.get(name)
             if model is None or not model.versions:
-                raise NotFoundError(f"model '{name}' is not loaded")
-            self._publish(ServedModel(name, model.config, {}, "UNAVAILABLE", "unloaded"))
-        self._retire(name, list(model.versions.values()))
+                return Retirement(name)
+            if self._settings.serve_aliases:
+                return self._reconcile(name, control, AuditCause.ALIAS_MOVED, actor)
+            serving = model.serving_version
+            assert serving is not None
+            shown = served_aliases(control, serving, model.versions, model.aliases)
+            self._publish(dataclasses.replace(model, aliases=shown))
+            return Retirement(name)
 
-    def _retire(self, name: str, retired: list[ServedVersion]) -> None:
-        for served in retired:
-            left = served.lease.retire(self._settings.drain_timeout_s)
-            if left:
-                log.warning(
-                    "model %s version %d: %d requests still running after the %g s drain "
-                    "timeout; closing (they answer UNAVAILABLE)",
-                    name,
-                    served.version.version,
-                    left,
-                    self._settings.drain_timeout_s,
+        return self._change(name, change)
+
+    def note_failure(
+        self,
+        name: str,
+        version: int | None,
+        reason: str,
+        *,
+        cause: AuditCause,
+        actor: str,
+        outcome: AuditOutcome = AuditOutcome.FAILED,
+    ) -> None:
+        """A version the source offers cannot be taken (download failed, corrupt, not READY):
+        reported beside what serves, which stays."""
+        with self._lock_for(name):
+            self._fail(name, version, reason, cause, actor, outcome)
+
+    def note_source(self, name: str, note: str) -> None:
+        """How the model's source is doing (e.g. unreachable); shown while nothing serves."""
+        with self._lock_for(name):
+            control = self._controls.get(name)
+            if control is None:
+                return
+            control.source_note = note
+            model = self._models.get(name)
+            if model is not None and not model.versions and note:
+                self._publish(dataclasses.replace(model, reason=note))
+
+    # -- admin -------------------------------------------------------------------------------
+
+    def pin(self, name: str, label: str, actor: str) -> Transition:
+        """Serve ``label`` (a version number or an alias) until ``unpin``, whatever the source
+        says; the version loads first if it is not loaded."""
+
+        def change(control: ModelControl) -> Retirement:
+            number = _version_of(name, label, control.aliases)
+            saved = control.override
+            control.override = Override("pin", number, control.desired, actor)
+            try:
+                return self._reconcile(
+                    name, control, AuditCause.ADMIN_PIN, actor, f"pinned to {label}", True
                 )
-            served.version.close()
+            except BaseException:
+                control.override = saved
+                raise
+
+        return self._change(name, change, managed=True)
+
+    def unpin(self, name: str, actor: str) -> Transition:
+        """Back to the version the source wants."""
+
+        def change(control: ModelControl) -> Retirement:
+            saved = control.override
+            if saved is None:
+                raise FailedPreconditionError(f"model '{name}' is not pinned or rolled back")
+            control.override = None
+            try:
+                return self._reconcile(
+                    name,
+                    control,
+                    AuditCause.ADMIN_UNPIN,
+                    actor,
+                    f"{saved.kind} to version {saved.version} lifted",
+                    True,
+                )
+            except BaseException:
+                control.override = saved
+                raise
+
+        return self._change(name, change, managed=True)
+
+    def rollback(self, name: str, actor: str) -> Transition:
+        """Back to the version that served before the current one (kept warm: instant); it
+        holds until ``unpin`` or until the source moves to yet another version. Each rollback
+        walks one version further back."""
+
+        def change(control: ModelControl) -> Retirement:
+            model = self._models.get(name)
+            serving = model.serving_version if model is not None else None
+            target = rollback_target(control.history, serving)
+            if target is None:
+                raise FailedPreconditionError(
+                    f"model '{name}' has no earlier serving version to roll back to"
+                )
+            saved = (list(control.history), control.override)
+            if serving in control.history:
+                control.history.remove(serving)
+            control.override = Override("rollback", target, control.desired, actor)
+            try:
+                return self._reconcile(
+                    name,
+                    control,
+                    AuditCause.ADMIN_ROLLBACK,
+                    actor,
+                    f"rolled back from version {serving}",
+                    True,
+                )
+            except BaseException:
+                control.history, control.override = saved
+                raise
+
+        return self._change(name, change, managed=True)
+
+    def unload(
+        self, name: str, *, cause: AuditCause = AuditCause.ADMIN_UNLOAD, actor: str = "api"
+    ) -> Transition:
+        """Stop serving a model; requests already running finish (up to the drain timeout)."""
+        check_model_name(name)
+        model = self._models.get(name)
+        if model is None or not model.versions:
+            raise NotFoundError(f"model '{name}' is not loaded")
+        return self._change(name, lambda control: self._unload_locked(name, cause, actor))
 
     def close(self) -> None:
         """Drain and release every model."""
@@ -326,4 +341,37 @@ class ModelManager:
             models = self._models
             self._models = {}
         for name, model in models.items():
-            self._retire(name, list(model.versions.values()))
+            self._retire(name, list(model.loaded().values()))
+        self.transitions.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _change(
+        self, name: str, change: Callable[[ModelControl], Retirement], managed: bool = False
+    ) -> Transition:
+        """Run ``change`` under the model's lock, then drain what it retired."""
+        check_model_name(name)
+        with self._lock_for(name):
+            if self._closed:
+                raise UnavailableError("the engine is shutting down")
+            control = self._controls.get(name)
+            if control is None:
+                if managed and name not in self._models:
+                    raise NotFoundError(f"unknown model '{name}'")
+                if self.repository is None:
+                    raise NotFoundError(f"model '{name}' is not followed in a registry")
+                control = self._controls[name] = ModelControl(
+                    "repository", origin=str(self.repository.root / name)
+                )
+            retirement = change(control)
+        self._drain(retirement)
+        return Transition(name, retirement.from_version, retirement.to_version)
+
+
+def _version_of(name: str, label: str, aliases: Mapping[str, int]) -> int:
+    if label.isdigit() and int(label) > 0:
+        return int(label)
+    if label in aliases:
+        return aliases[label]
+    known = ", ".join(sorted(aliases)) or "none"
+    raise NotFoundError(f"model '{name}' has no version or alias '{label}' (aliases: {known})")

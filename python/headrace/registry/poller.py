@@ -169,10 +169,13 @@ class RegistryPoller:
 
     # -- running -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Poll now, then every ``poll_s`` (backing off while MLflow is unreachable)."""
+    async def start(self, *, poll_now: bool = True) -> None:
+        """Poll now (or, after a ``poll_once`` of the caller's, after a pause), then every
+        ``poll_s`` (backing off while MLflow is unreachable)."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"registry-poller {self.source.uri}")
+            self._task = asyncio.create_task(
+                self._run(poll_now), name=f"registry-poller {self.source.uri}"
+            )
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -181,7 +184,9 @@ class RegistryPoller:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _run(self) -> None:
+    async def _run(self, poll_now: bool) -> None:
+        if not poll_now:
+            await asyncio.sleep(self.poll_s if self.reachable else self._retry_in_s)
         while True:
             try:
                 reachable = await self.poll_once()

@@ -94,7 +94,7 @@ def check_onnx(path: Path) -> None:
 
 def check_int8(path: Path) -> None:
     """IncompleteModelError unless ``path`` is a complete ``model.int8`` (magic, length, CRC)."""
-    from headrace.quantize import FORMAT_VERSION, MAGIC
+    from headrace.quant.file_format import MAGIC, READABLE_VERSIONS
 
     header = struct.Struct("<IIQ")
     size = path.stat().st_size
@@ -103,9 +103,9 @@ def check_int8(path: Path) -> None:
         if len(head) < len(MAGIC) + header.size or not head.startswith(MAGIC):
             raise IncompleteModelError(f"{path} is not a headrace int8 model (bad header)")
         version, crc, length = header.unpack_from(head, len(MAGIC))
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise IncompleteModelError(
-                f"{path}: int8 format version {version}, expected {FORMAT_VERSION}"
+                f"{path}: int8 format version {version}, expected one of {READABLE_VERSIONS}"
             )
         if size - len(head) != length:
             raise IncompleteModelError(

@@ -13,6 +13,7 @@ from headrace.engine import Engine
 from headrace.monitoring.drift import DriftReport
 from headrace.monitoring.drift.served import ServedDrift
 from headrace.server.admin_endpoints import EndpointAdmin
+from headrace.server.admin_models import ModelAdmin
 from headrace.server.status import unary_errors
 from headrace.wire import admin as pb
 
@@ -59,8 +60,9 @@ def drift_report_message(served: ServedDrift, report: DriftReport) -> Any:
     )
 
 
-class AdminServicer(EndpointAdmin):
-    """headrace.v1.AdminService; methods not defined here answer UNIMPLEMENTED (app.py)."""
+class AdminServicer(EndpointAdmin, ModelAdmin):
+    """headrace.v1.AdminService (endpoints in ``admin_endpoints.py``, model versions in
+    ``admin_models.py``); methods not defined answer UNIMPLEMENTED (app.py)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

@@ -73,31 +73,6 @@ def service_handlers(
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-# Memory an RPC in flight may pin on average (request, response, batch share): sizes the default
-# cap on concurrent RPCs so that a flood is refused (RESOURCE_EXHAUSTED) before memory runs out.
-INFLIGHT_RPC_BUDGET_BYTES = 1 << 20
-# A quarter of the machine's memory for RPCs in flight; the rest is for models.
-INFLIGHT_MEMORY_SHARE = 0.25
-MAX_DEFAULT_INFLIGHT_RPCS = 16_384
-
-
-def max_inflight_rpcs(settings: ServerSettings) -> int:
-    """The cap on concurrent RPCs: the setting, or what a share of physical memory holds."""
-    if settings.max_inflight_rpcs > 0:
-        return settings.max_inflight_rpcs
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        memory = 4 << 30
-    return max(
-        64,
-        min(
-            MAX_DEFAULT_INFLIGHT_RPCS,
-            int(memory * INFLIGHT_MEMORY_SHARE) // INFLIGHT_RPC_BUDGET_BYTES,
-        ),
-    )
-
-
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
@@ -129,7 +104,6 @@ class Server:
         server = grpc.aio.server(
             options=channel_options(s.max_message_bytes),
             interceptors=(AccessInterceptor(policy),),
-            maximum_concurrent_rpcs=max_inflight_rpcs(s),
         )
         services = [
             wire.INFERENCE_SERVICE,
@@ -171,8 +145,12 @@ class Server:
         if s.grpc_uds is not None:
             Path(s.grpc_uds).unlink(missing_ok=True)
             server.add_insecure_port(f"unix:{s.grpc_uds}")
-        # Shadow workers and the periodic routing state write run on this loop.
+        # Shadow workers and the periodic routing state write run on this loop, and feature
+        # stores are read on it.
         await self.engine.routing.start()
+        self.engine.features.serve_on(asyncio.get_running_loop())
+        # MLflow models load (or are reported) before the port opens.
+        await self.engine.registry.start()
         await server.start()
         self._server = server
         for service in ("", INFERENCE_SERVICE, ADMIN_SERVICE, wire.FEEDBACK_SERVICE.full_name):
@@ -192,6 +170,7 @@ class Server:
         await self._server.stop(grace)
         self._server = None
         await self.engine.routing.stop()
+        await self.engine.registry.stop()
         await asyncio.to_thread(self.engine.close)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -214,7 +193,13 @@ async def _serve(settings: ServerSettings) -> int:
         print(f"headrace serve: {error.message}", file=sys.stderr, flush=True)
         return 2
     server = Server(engine, settings)
-    await server.start()
+    try:
+        await server.start()
+    except HeadraceError as error:  # the registry settings do not fit (a model in two sources)
+        await server.engine.registry.stop()
+        await asyncio.to_thread(engine.close)
+        print(f"headrace serve: {error.message}", file=sys.stderr, flush=True)
+        return 2
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
 

@@ -163,6 +163,9 @@ def test_a_joiner_on_the_feast_store_fills_the_model_input(
     config = load_features_config(
         {
             "store": "feast",
+            # Results are compared, not latency: a first connection on a busy machine may take
+            # longer than the 20 ms default, which would serve defaults.
+            "timeout_ms": 10_000,
             "redis_url": redis_server.url(FEAST_DB),
             "feast_project": PROJECT,
             "into": "x",
@@ -242,6 +245,9 @@ def test_feast_event_times_drive_max_age(feast_repo: FeastRepo, redis_server: Re
     config = load_features_config(
         {
             "store": "feast",
+            # Results are compared, not latency: a first connection on a busy machine may take
+            # longer than the 20 ms default, which would serve defaults.
+            "timeout_ms": 10_000,
             "redis_url": redis_server.url(FEAST_DB),
             "feast_project": PROJECT,
             "into": "x",

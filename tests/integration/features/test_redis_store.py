@@ -143,6 +143,9 @@ def joiner_config(url: str) -> Any:
     return load_features_config(
         {
             "store": "redis",
+            # Results are compared, not latency: a first connection on a busy machine may take
+            # longer than the 20 ms default, which would serve defaults.
+            "timeout_ms": 10_000,
             "redis_url": url,
             "into": "x",
             "request_inputs": ["amount"],
@@ -245,6 +248,9 @@ def test_pushed_event_times_drive_max_age(
     config = load_features_config(
         {
             "store": "redis",
+            # Results are compared, not latency: a first connection on a busy machine may take
+            # longer than the 20 ms default, which would serve defaults.
+            "timeout_ms": 10_000,
             "redis_url": url,
             "into": "x",
             "views": [

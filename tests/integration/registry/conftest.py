@@ -49,6 +49,24 @@ def adder_model(bias: float) -> onnx.ModelProto:
     return model
 
 
+def drift_reference(model: onnx.ModelProto, toml: Path, target: Path) -> Path:
+    """The model's drift reference profile (inputs and outputs), as `headrace profile` makes
+    it, over a reproducible sample of inputs; written to ``target``."""
+    import shutil
+    import tempfile
+
+    from headrace.monitoring.drift.model_profile import profile_model
+
+    with tempfile.TemporaryDirectory() as scratch:
+        version = Path(scratch) / "adder" / "1"
+        version.mkdir(parents=True)
+        onnx.save(model, str(version / "model.onnx"))
+        shutil.copy(toml, version.parent / "model.toml")
+        data = np.random.default_rng(7).normal(size=(512, 3)).astype(np.float32)
+        profile_model(Path(scratch), "adder", "1", data, out=target)
+    return target
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -159,10 +177,9 @@ class MlflowServer:
 
         mlflow.set_tracking_uri(self.uri)
         workdir.mkdir(parents=True, exist_ok=True)
-        reference = workdir / "reference.json"
-        reference.write_text(f'{{"bias": {bias}}}')
         toml = workdir / "model.toml"
         toml.write_text("max_batch_size = 8\n")
+        reference = drift_reference(adder_model(bias), toml, workdir / "reference.json")
         example = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
         signature = infer_signature(example, {"y": example["x"] + bias})
         # MLflow warns about its own type hints while logging (not about our model); warnings are

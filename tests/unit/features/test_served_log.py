@@ -62,6 +62,25 @@ def test_what_was_appended_reads_back(tmp_path: Path) -> None:
     log.close()
 
 
+def test_rows_are_written_in_batches_or_after_their_delay(tmp_path: Path) -> None:
+    # A full batch is written at once, however long the delay.
+    log = ServedLog(tmp_path / "batch", write_rows=5, write_delay_s=3600)
+    assert log.write_rows == 5
+    log.append(rows(3))
+    log.append(rows(2, start=3))
+    wait_for(lambda: log.written_rows == 5, "a full batch written")
+    log.close()
+    # A batch that does not fill is written once its oldest row waited write_delay_s.
+    log = ServedLog(tmp_path / "delay", write_rows=10_000, write_delay_s=0.05)
+    log.append(rows(1))
+    wait_for(lambda: log.written_rows == 1, "a waiting row written")
+    log.close()
+    # A batch never needs more than half of the queue.
+    small = ServedLog(tmp_path / "small", max_queued_rows=8)
+    assert small.write_rows == 4
+    small.close()
+
+
 def test_files_rotate_by_size_without_a_flush(tmp_path: Path) -> None:
     log = ServedLog(tmp_path, max_file_bytes=1, max_file_age_s=3600)
     log.append(rows(4))

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from headrace import quantize as hq
+from headrace import quant as hq
 from headrace.errors import ConfigError, InvalidArgumentError, NotFoundError
 from headrace.registry.base import ModelDescription, ModelReference
 from headrace.registry.example import read_input_example
@@ -90,7 +90,7 @@ def int8_bytes() -> bytes:
         weight_scales=scales,
         bias=np.zeros(3, np.float32),
         activation=hq.Activation.RELU,
-        input_scale=None,
+        input_range=None,
     )
     return hq.encode_int8_model(
         hq.TensorSpec("x", "FP32", (-1, 4)), hq.TensorSpec("y", "FP32", (-1, 3)), [layer]

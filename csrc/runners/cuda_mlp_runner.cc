@@ -1,0 +1,34 @@
+#include "runners/cuda_mlp_runner.h"
+
+#include <cstdint>
+#include <string>
+
+#include "common/status.h"
+
+namespace headrace::runners {
+
+std::vector<Tensor> CudaMlpRunner::run(const batching::Batch& batch) {
+  if (batch.inputs.size() != 1) {
+    throw CoreError(StatusCode::kInternal, "int8 model takes one input, the batch has " +
+                                               std::to_string(batch.inputs.size()));
+  }
+  const Tensor& input = batch.inputs.front();
+  const auto in_features = static_cast<std::int64_t>(mlp_->input_size());
+  if (input.dtype != DataType::kFp32 || input.shape.size() != 2 || input.shape[1] != in_features) {
+    throw CoreError(StatusCode::kInternal,
+                    "int8 model expects an FP32 [rows, " + std::to_string(in_features) + "] batch");
+  }
+  const auto rows = static_cast<std::size_t>(input.shape[0]);
+  const std::size_t out_features = mlp_->output_size();
+  std::uint8_t* out = nullptr;
+  Tensor output = Tensor::allocate(DataType::kFp32,
+                                   {input.shape[0], static_cast<std::int64_t>(out_features)},
+                                   rows * out_features * sizeof(float), &out);
+  // Batch buffers and Tensor::allocate hand out storage aligned for any scalar type.
+  mlp_->run(reinterpret_cast<const float*>(input.data.get()), rows, reinterpret_cast<float*>(out));
+  std::vector<Tensor> outputs;
+  outputs.push_back(std::move(output));
+  return outputs;
+}
+
+}  // namespace headrace::runners

@@ -1,0 +1,124 @@
+"""What requests see of a model: immutable ``ServedModel`` snapshots of leased ``ServedVersion``s.
+
+A snapshot is replaced, never changed: a request reads it without a lock, picks a version and
+*acquires* its lease; a switch publishes a new snapshot, and a version that leaves it is retired
+(no new lease) and closed once its in-flight requests are done.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from headrace.config import ModelConfig
+from headrace.engine.version import ModelVersion
+from headrace.errors import NotFoundError
+
+
+class VersionLease:
+    """Counts a version's in-flight requests so that a switch can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._retired = False
+
+    def acquire(self) -> bool:
+        """False once the version is retired: the caller looks up the new snapshot."""
+        with self._condition:
+            if self._retired:
+                return False
+            self._in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._condition:
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._retired:
+                self._condition.notify_all()
+
+    def retire(self, timeout_s: float) -> int:
+        """No new request from now on; wait for those in flight. Returns how many remain."""
+        deadline = time.monotonic() + timeout_s
+        with self._condition:
+            self._retired = True
+            while self._in_flight > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._condition.wait(left)
+            return self._in_flight
+
+
+@dataclass
+class ServedVersion:
+    """A started version with its lease, the digest of its files and how it came to be."""
+
+    version: ModelVersion
+    lease: VersionLease
+    fingerprint: str
+    origin: str = ""  # the repository folder or the MLflow URI it came from
+    loaded_unix_s: float = field(default_factory=time.time)
+    download_ms: float | None = None
+    load_ms: float | None = None
+    warm_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """An immutable snapshot of one model: what requests see.
+
+    ``versions`` answer requests (by number or alias); ``serving`` is the one that answers a
+    request that names no version (None: the newest). ``standby`` versions are loaded and warm
+    but answer nothing: they make a rollback instant. ``failed`` says why versions did not load
+    or were not taken (a FAILED / PENDING registry version).
+    """
+
+    name: str
+    config: ModelConfig | None
+    versions: Mapping[int, ServedVersion]
+    state: str  # READY or UNAVAILABLE
+    reason: str = ""
+    failed: Mapping[int, str] = field(default_factory=dict)  # version -> why it is not serving
+    serving: int | None = None
+    standby: Mapping[int, ServedVersion] = field(default_factory=dict)
+    aliases: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> ServedVersion | None:
+        """The version that answers requests that name none."""
+        if self.serving is not None and self.serving in self.versions:
+            return self.versions[self.serving]
+        return self.versions[max(self.versions)] if self.versions else None
+
+    @property
+    def serving_version(self) -> int | None:
+        latest = self.latest
+        return latest.version.version if latest is not None else None
+
+    def loaded(self) -> dict[int, ServedVersion]:
+        """Every loaded version: those that answer and those on standby."""
+        return {**self.standby, **self.versions}
+
+    def resolve(self, label: str | int) -> ServedVersion:
+        """The version a request names: a number, or an alias of the model (NotFoundError)."""
+        text = str(label)
+        if text.isdigit():
+            number = int(text)
+        elif text in self.aliases:
+            number = self.aliases[text]
+        else:
+            known = ", ".join(sorted(self.aliases)) or "none"
+            raise NotFoundError(
+                f"model '{self.name}' has no version '{text}' (a number, or an alias: {known})"
+            )
+        found = self.versions.get(number)
+        if found is None:
+            via = "" if text.isdigit() else f" (an alias of version {number})"
+            raise NotFoundError(
+                f"model '{self.name}' has no version '{text}'{via} "
+                f"(serving: {', '.join(str(v) for v in sorted(self.versions)) or 'none'})"
+            )
+        return found
