@@ -327,8 +327,11 @@ class FeatureJoiner:
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _round_trip_done(self, trip: RoundTrip) -> None:
-        if self._metrics is not None and trip.ok:
-            self._metrics.lookup_duration.observe(trip.duration_s)
+        if self._metrics is not None:
+            self._metrics.round_trips.inc()
+            self._metrics.store_lookups.inc(trip.lookups)
+            if trip.ok:
+                self._metrics.lookup_duration.observe(trip.duration_s)
 
     def _breaker_changed(self, state: BreakerState) -> None:
         if self._metrics is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from headrace.errors import InternalError
 from headrace.features import (
     Breaker,
     BreakerPolicy,
@@ -206,7 +207,7 @@ def test_an_answer_that_cannot_be_shared_fails_its_lookups_not_the_coalescer(
         store = GatedStore(inner)
         coalescer = make(store)
         store.garbled = True  # one view configured, two answered
-        with pytest.raises(ValueError):
+        with pytest.raises(InternalError, match="answered 2 views"):
             await coalescer.lookup(keys(1000))
         assert coalescer.breaker.state == BreakerState.CLOSED  # not the store's fault
         store.garbled = False
