@@ -121,10 +121,13 @@ class LookupCoalescer:
     def round_trips_in_flight(self) -> int:
         return self._in_flight
 
-    async def lookup(self, keys: Mapping[str, Keys]) -> list[ViewRows]:
+    async def lookup(
+        self, keys: Mapping[str, Keys], timeout_s: float | None = None
+    ) -> list[ViewRows]:
         """Every view's rows for ``keys`` (one normalised key array per entity input). Raises
-        StoreError (BreakerOpenError when the store was not asked). Cancelling the caller
-        leaves the round trip to the others."""
+        StoreError (BreakerOpenError when the store was not asked, StoreTimeoutError when no
+        answer came within ``timeout_s``, waiting for a round trip included). Cancelling the
+        caller leaves the round trip to the others."""
         if not self.breaker.admit(time.monotonic()):
             raise BreakerOpenError(f"feature store '{self._store.kind}' is failing; not asked")
         loop = asyncio.get_running_loop()
@@ -139,7 +142,22 @@ class LookupCoalescer:
             task = loop.create_task(self._send())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await waiting.future
+        if timeout_s is None:
+            return await waiting.future
+        # One timer on the lookup's own future (cheaper than a timeout scope around it).
+        expiry = loop.call_later(timeout_s, self._expire, waiting.future, timeout_s)
+        try:
+            return await waiting.future
+        finally:
+            expiry.cancel()
+
+    def _expire(self, future: asyncio.Future[list[ViewRows]], timeout_s: float) -> None:
+        if not future.done():
+            future.set_exception(
+                StoreTimeoutError(
+                    f"feature store '{self._store.kind}': no answer within {timeout_s * 1e3:g} ms"
+                )
+            )
 
     async def _send(self) -> None:
         """One sender: round trips one after another while the policy gives it lookups."""

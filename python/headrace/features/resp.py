@@ -25,10 +25,6 @@ def pack_args(args: Sequence[bytes]) -> bytes:
     return b"".join(bulk(a) for a in args)
 
 
-def pack_mget(keys: Sequence[bytes]) -> bytes:
-    return b"*%d\r\n$4\r\nMGET\r\n%b" % (len(keys) + 1, pack_args(keys))
-
-
 def pack_hmgets(keys: Sequence[bytes], packed_fields: bytes, fields: int) -> bytes:
     """``HMGET key <fields>`` for each key; ``packed_fields`` is ``pack_args(fields)``."""
     head = b"*%d\r\n$5\r\nHMGET\r\n" % (fields + 2)
