@@ -77,6 +77,32 @@ def pin(pid: int, cpu: int) -> None:
         os.sched_setaffinity(pid, {cpu})
 
 
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_int8")
+
+
+def machine_line() -> str:
+    """ISA, kernel, Python and the packages that decide the lookup path, for the table's note."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("flags"):
+                flags = set(line.partition(":")[2].split())
+                break
+    isa = " ".join(f for f in ISA_FLAGS if f in flags) or platform.machine()
+    packages = []
+    for name in ("redis", "hiredis", "uvloop", "numpy"):
+        try:
+            packages.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            packages.append(f"{name} -")
+    return (f"ISA: {isa}; {platform.machine()}, Linux {platform.release()}, Python "
+            f"{platform.python_version()}; {', '.join(packages)}; load "
+            "{:.1f} {:.1f} {:.1f} (1, 5, 15 min)".format(*os.getloadavg()))  # fmt: skip
+
+
 def cpu_ns(pids: list[int]) -> int:
     """CPU time the processes have run (``/proc/PID/schedstat``; scheduler waits excluded)."""
     total = 0
@@ -469,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"# {cpu_model()}, {os.cpu_count()} CPUs; {args.users} users; load "
                   f"{os.getloadavg()[0]:.1f}; pinned: {PINNING}", flush=True)  # fmt: skip
+            print(f"# {machine_line()}", flush=True)
             views, data = make_data(args.users)
             write_snapshots(folder, data)
             uvloop.run(push_redis(redis.url(), data))
@@ -489,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(*lookups)
     if served_rows is not None:
         features_served.print_served(served_rows)
-    print(f"\n# load at the end {os.getloadavg()[0]:.1f}")
+    one, five, fifteen = os.getloadavg()
+    print(f"\n# load at the end {one:.1f} {five:.1f} {fifteen:.1f} (1, 5, 15 min)")
     return 0
 
 
