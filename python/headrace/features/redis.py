@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from headrace.features.config import ViewConfig
 from headrace.features.keys import KeyKind, Keys, key_kind
-from headrace.features.resp import pack_args, round_trip
+from headrace.features.resp import pack_args
 from headrace.features.store import StoreError, ViewRows
 
 if TYPE_CHECKING:
@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 
 ROW_FORMAT = 1
 _HEADER = np.dtype([("schema", "<u4"), ("event_us", "<i8")])
+
+
+def _redis_connection_error() -> type[Exception]:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return RedisConnectionError
 
 
 def open_client(url: str) -> redis.asyncio.Redis:
@@ -62,22 +68,62 @@ def open_client(url: str) -> redis.asyncio.Redis:
 
 class LoopClient:
     """One asyncio client per event loop (redis-py's connections belong to the loop that
-    opened them); made on first use."""
+    opened them); made on first use.
+
+    :meth:`round_trip` keeps the connections it used (at most one per round trip in flight)
+    instead of handing them back to redis-py's pool each time: taking one from the pool costs
+    a lock and its bookkeeping, more than packing a batch. The client's ``aclose`` closes them
+    with the pool's own."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._client: redis.asyncio.Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[Any] = []  # connections of ``_client`` kept for round trips
 
     def get(self) -> redis.asyncio.Redis:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             self._client = open_client(self.url)
             self._loop = loop
+            self._idle = []
         return self._client
+
+    async def round_trip(self, packed: bytes, replies: int) -> list[Any]:
+        """Send ``packed`` (``replies`` read-only commands) on one connection and read every
+        reply. On any error or cancellation the connection is dropped (it may hold unread
+        replies). A kept connection that turns out dead (the server restarted or closed it
+        while it sat idle) is replaced once, as the pool would have before handing it out:
+        the commands only read, so sending them again is safe."""
+        client = self.get()
+        if self._idle:
+            connection = self._idle.pop()
+            try:
+                return await self._exchange(client, connection, packed, replies)
+            except (ConnectionError, OSError, _redis_connection_error()):
+                pass  # dropped already; a fresh connection below
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        return await self._exchange(client, connection, packed, replies)
+
+    async def _exchange(
+        self, client: redis.asyncio.Redis, connection: Any, packed: bytes, replies: int
+    ) -> list[Any]:
+        try:
+            await connection.send_packed_command(packed, check_health=False)
+            out = [await connection.read_response() for _ in range(replies)]
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            await client.connection_pool.release(connection)
+            raise
+        if self._client is client:
+            self._idle.append(connection)
+        else:  # the client was closed or replaced meanwhile
+            await connection.disconnect(nowait=True)
+        return out
 
     async def close(self) -> None:
         client, self._client = self._client, None
+        self._idle = []
         if client is not None and self._loop is asyncio.get_running_loop():
             await client.aclose()
 
@@ -168,7 +214,7 @@ class RedisStore:
     async def read(self, keys: Mapping[str, Keys]) -> list[ViewRows]:
         packed = self._pack(keys)
         try:
-            (raw,) = await round_trip(self._client.get(), packed, 1)
+            (raw,) = await self._client.round_trip(packed, 1)
         except Exception as error:
             raise StoreError(f"redis {self._client.url}: {error!r}") from error
         out = []
