@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import features_served  # noqa: E402
 from bench_common import cpu_model  # noqa: E402
+from bench_machine import machine_line  # noqa: E402
 
 from headrace.backends.base import TensorSpec  # noqa: E402
 from headrace.features import (  # noqa: E402
@@ -75,32 +76,6 @@ PINNING = False  # --pin: only on a quiet machine (pinned, a shared core's other
 def pin(pid: int, cpu: int) -> None:
     if PINNING and (os.cpu_count() or 1) > cpu:
         os.sched_setaffinity(pid, {cpu})
-
-
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_int8")
-
-
-def machine_line() -> str:
-    """ISA, kernel, Python and the packages that decide the lookup path, for the table's note."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("flags"):
-                flags = set(line.partition(":")[2].split())
-                break
-    isa = " ".join(f for f in ISA_FLAGS if f in flags) or platform.machine()
-    packages = []
-    for name in ("redis", "hiredis", "uvloop", "numpy"):
-        try:
-            packages.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            packages.append(f"{name} -")
-    return (f"ISA: {isa}; {platform.machine()}, Linux {platform.release()}, Python "
-            f"{platform.python_version()}; {', '.join(packages)}; load "
-            "{:.1f} {:.1f} {:.1f} (1, 5, 15 min)".format(*os.getloadavg()))  # fmt: skip
 
 
 def cpu_ns(pids: list[int]) -> int:
