@@ -72,6 +72,12 @@ EXTENSIONS = ("model_repository", "model_configuration", "statistics", "schedule
 # Requests a stream may have in flight before the reader waits for answers: bounds the memory one
 # stream can pin while still letting a client pipeline.
 STREAM_MAX_IN_FLIGHT = 256
+# Callers with more time than this left skip the check on arrival: it exists to turn away, for
+# the least it can cost, requests an overloaded model could no longer answer in time, and a
+# queue holding more than a second of work is refused by the batcher itself at submit (the same
+# prediction, on the parsed request). Clients' everyday deadlines (tritonclient, perf_analyzer:
+# none or tens of seconds) then pay nothing for it.
+INTAKE_CHECK_HORIZON_S = 1.0
 
 
 # Memory an RPC in flight may pin on average (request, response, batch share): sizes the default
@@ -171,7 +177,7 @@ class InferenceServicer:
         for the least it can cost."""
         target = convert.request_target(message)
         model = target[0] if target is not None else ""
-        if timeout_s is not None and target is not None:
+        if timeout_s is not None and timeout_s < INTAKE_CHECK_HORIZON_S and target is not None:
             in_flight = self._in_flight_by_model.get(model, 0)
             self._engine.check_deadline(model, target[1], timeout_s, in_flight)
         self._in_flight_by_model[model] = self._in_flight_by_model.get(model, 0) + 1
