@@ -4,6 +4,7 @@
 // never claimed with inline_max_batch_us = 0, nor for a runner that refuses the submitting
 // thread. While submitter threads also claim and run their own jobs, worker-run batches go on,
 // and every ticket is answered once. Prints "ok" or the failures.
+#include "check.h"
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -24,13 +25,8 @@ using headrace::DataType;
 using headrace::StatusCode;
 using headrace::Tensor;
 
-std::atomic<int> failures{0};
-
-void expect(bool condition, const char* what) {
-  if (!condition) {
-    if (failures.fetch_add(1) < 20) std::fprintf(stderr, "FAILED: %s\n", what);
-  }
-}
+using headrace::testing::expect;
+using headrace::testing::failures;
 
 // Echoes its one input; records the threads it ran on.
 class EchoRunner final : public Runner {

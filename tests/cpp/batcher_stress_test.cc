@@ -4,6 +4,7 @@
 // and throws on "poison" requests. Checks every ticket is answered exactly once, each OK answer
 // holds exactly its own rows, the runner never saw a request answered without running, failed
 // batches fail whole and alone, and the statistics add up. Prints "ok" or the failures.
+#include "check.h"
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -33,13 +34,8 @@ using headrace::Tensor;
 using headrace::TimeNs;
 using headrace::StatusCode;
 
-std::atomic<int> failures{0};
-
-void expect(bool condition, const char* what) {
-  if (!condition) {
-    if (failures.fetch_add(1) < 20) std::fprintf(stderr, "FAILED: %s\n", what);
-  }
-}
+using headrace::testing::expect;
+using headrace::testing::failures;
 
 constexpr std::int32_t kPoisonEvery = 97;
 

@@ -3,6 +3,7 @@
 // and odd shapes; out-of-range fragment offsets show up as ASan reports here. Device discovery
 // must answer, never crash, on a machine without a GPU; CudaMlp refuses with "no CUDA device"
 // there. Built with or without CUDA (cuda_absent.cc).
+#include "check.h"
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -21,14 +22,8 @@ namespace {
 using namespace headrace;
 using namespace headrace::cuda;
 
-int failures = 0;
-
-void expect(bool condition, const std::string& what) {
-  if (!condition) {
-    std::fprintf(stderr, "FAILED: %s\n", what.c_str());
-    ++failures;
-  }
-}
+using headrace::testing::expect;
+using headrace::testing::failures;
 
 std::vector<std::int8_t> operand(std::mt19937& rng, std::size_t count, int fill) {
   std::vector<std::int8_t> values(count);
@@ -150,7 +145,7 @@ int main() {
   test_bad_arguments();
   test_no_device();
   if (failures != 0) {
-    std::fprintf(stderr, "%d failure(s)\n", failures);
+    std::fprintf(stderr, "%d failure(s)\n", failures.load());
     return 1;
   }
   std::printf("cuda_packing_test: ok\n");

@@ -1,6 +1,7 @@
 // DriftCountingRunner: batches run by the wrapped runner are counted (inputs, then outputs) into
 // the accumulator from several worker threads at once, exactly as a single-threaded count of the
 // same rows; batches that do not fit the layout are skipped, not counted and not failed.
+#include "check.h"
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -26,14 +27,8 @@ using headrace::drift::DriftAccumulatorOptions;
 using headrace::runners::DriftCountingRunner;
 using headrace::DataType;
 
-int failures = 0;
-
-void expect(bool condition, const char* what) {
-  if (!condition) {
-    std::fprintf(stderr, "FAILED: %s\n", what);
-    ++failures;
-  }
-}
+using headrace::testing::expect;
+using headrace::testing::failures;
 
 constexpr std::int64_t kInputs = 3;
 constexpr std::size_t kThreads = 4;

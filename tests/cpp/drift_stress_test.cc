@@ -2,6 +2,7 @@
 // double) and import counts while others close windows by rows, by time (a fake clock that a
 // thread advances) and by hand, and read windows and snapshots. At the end the closed windows
 // must add up exactly to a single-threaded count of the same data: no value lost or counted twice.
+#include "check.h"
 #include <atomic>
 #include <cstdint>
 #include <chrono>
@@ -20,14 +21,8 @@ using headrace::drift::BinLayout;
 using headrace::drift::DriftAccumulator;
 using headrace::drift::DriftAccumulatorOptions;
 
-int failures = 0;
-
-void expect(bool condition, const char* what) {
-  if (!condition) {
-    std::fprintf(stderr, "FAILED: %s\n", what);
-    ++failures;
-  }
-}
+using headrace::testing::expect;
+using headrace::testing::failures;
 
 constexpr std::size_t kNumerical = 6;
 constexpr std::size_t kCategorical = 2;

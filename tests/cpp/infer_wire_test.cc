@@ -1,6 +1,7 @@
 // Sanitizer test of the ModelInfer wire codec on hostile input: every truncation of a valid
 // request, random byte flips, random garbage, lengths past the end, deep groups. Built and run
 // under AddressSanitizer/UBSan; a read past the message is a sanitizer failure, not a pass.
+#include "check.h"
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -17,14 +18,8 @@ namespace {
 using headrace::tensors::InferOutputView;
 using headrace::tensors::parse_infer_request;
 
-int failures = 0;
-
-void expect(bool condition, const char* what) {
-  if (!condition) {
-    std::fprintf(stderr, "FAILED: %s\n", what);
-    ++failures;
-  }
-}
+using headrace::testing::expect;
+using headrace::testing::failures;
 
 template <typename Fn>
 std::string invalid_message(Fn&& fn) {
@@ -343,7 +338,7 @@ int main() {
   }
 
   if (failures != 0) {
-    std::fprintf(stderr, "%d failures\n", failures);
+    std::fprintf(stderr, "%d failures\n", failures.load());
     return 1;
   }
   std::puts("infer_wire_test: ok");

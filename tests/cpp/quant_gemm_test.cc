@@ -3,6 +3,7 @@
 // row blocks, and the saturation extremes (the largest code times -128 everywhere), with A buffers
 // exactly as long as the kernels may read, so out-of-row reads show. Also feeds the .int8 parser
 // random and damaged bytes. Built and run under ASan/UBSan.
+#include "check.h"
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -23,14 +24,8 @@ namespace {
 
 using namespace headrace::quant;
 
-int failures = 0;
-
-void expect(bool condition, const std::string& what) {
-  if (!condition) {
-    std::fprintf(stderr, "FAILED: %s\n", what.c_str());
-    ++failures;
-  }
-}
+using headrace::testing::expect;
+using headrace::testing::failures;
 
 struct Case {
   std::size_t m, k, n, lda;

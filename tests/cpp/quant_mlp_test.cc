@@ -2,6 +2,7 @@
 // serial results bit for bit (run ThreadSanitizer with -DHEADRACE_SANITIZE=thread); every ISA this
 // CPU runs gives the scalar executor's outputs bit for bit at the same activation bits (7 for
 // avx2, 8 for avx512vnni); NaN input is an error, not UB.
+#include "check.h"
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -19,14 +20,8 @@ namespace {
 
 using namespace headrace::quant;
 
-int failures = 0;
-
-void expect(bool condition, const std::string& what) {
-  if (!condition) {
-    std::fprintf(stderr, "FAILED: %s\n", what.c_str());
-    ++failures;
-  }
-}
+using headrace::testing::expect;
+using headrace::testing::failures;
 
 Int8ModelFile random_model(std::mt19937& rng) {
   const std::vector<std::uint32_t> sizes{37, 70, 45, 9};

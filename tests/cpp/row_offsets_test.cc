@@ -2,6 +2,7 @@
 // shapes are hostile: nothing is allocated per declared row (a 2^40-row empty tensor is split in
 // O(requests)), BYTES row tables stay bounded by the bytes present, and shapes past the extent
 // limit are refused. Built and run under AddressSanitizer/UBSan by `make test`.
+#include "check.h"
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -19,14 +20,8 @@ using namespace headrace::batching;
 using headrace::DataType;
 using headrace::Tensor;
 
-int failures = 0;
-
-void expect(bool condition, const char* what) {
-  if (!condition) {
-    std::fprintf(stderr, "FAILED: %s\n", what);
-    ++failures;
-  }
-}
+using headrace::testing::expect;
+using headrace::testing::failures;
 
 template <typename Fn>
 bool throws_code(headrace::StatusCode code, Fn&& fn) {

@@ -1,5 +1,6 @@
 // Sanitizer test of the tensor codec on hostile input: truncated prefixes, lengths past the end,
 // shapes whose products overflow. Built and run under AddressSanitizer/UBSan by `make test`.
+#include "check.h"
 #include <cstdint>
 #include <cstdio>
 #include <optional>
@@ -13,14 +14,8 @@
 
 namespace {
 
-int failures = 0;
-
-void expect(bool condition, const char* what) {
-  if (!condition) {
-    std::fprintf(stderr, "FAILED: %s\n", what);
-    ++failures;
-  }
-}
+using headrace::testing::expect;
+using headrace::testing::failures;
 
 template <typename Fn>
 bool throws_invalid(Fn&& fn) {
