@@ -33,6 +33,7 @@ from headrace.engine.lookup import lease_route, lease_version, served_version
 from headrace.engine.routed import EngineRouting, signature_of_version
 from headrace.engine.version import ModelVersion
 from headrace.errors import HeadraceError, InvalidArgumentError, NotFoundError
+from headrace.monitoring.drift.quality import QualityWindow
 from headrace.monitoring.drift.served import ServedDrift
 from headrace.monitoring.metrics import Metrics
 from headrace.native import core as _core
@@ -91,6 +92,8 @@ class Engine:
         # A model that becomes ready by any path (repository, MLflow, the watcher) is callable
         # by name: an endpoint of one variant.
         self.models.listeners.append(self._model_published)
+        # Drift monitoring judges the label quality of the variants that run a version.
+        self.metrics.drift_watcher.quality_of = self.variant_quality
 
     @classmethod
     def from_repository(cls, path: str | Path, **settings: Any) -> Engine:
@@ -140,7 +143,11 @@ class Engine:
                 routing = self._routing
                 if routing is None:
                     routing = EngineRouting.build(
-                        self.settings, self.metrics, self._signature, self._shadow_infer
+                        self.settings,
+                        self.metrics,
+                        self._signature,
+                        self._shadow_infer,
+                        self.models.transitions.audit,
                     )
                     for name in self.model_names():
                         routing.endpoints.add_model(name)
@@ -259,6 +266,19 @@ class Engine:
                 "(make one with `headrace profile`)"
             )
         return served.drift
+
+    def variant_quality(self, model: str, version: str) -> list[QualityWindow]:
+        """Label-quality windows of the endpoint variants that run ``model`` at ``version``."""
+        routing = self._routing
+        if routing is None:
+            return []
+        return routing.quality_windows(model, version, self._serving_version)
+
+    def _serving_version(self, model: str, version: str) -> str | None:
+        try:
+            return self.get_version(model, version or None).version_str
+        except NotFoundError:
+            return None
 
     def statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
         if name:

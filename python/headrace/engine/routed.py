@@ -24,15 +24,19 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from headrace.config import ServerSettings
+from headrace.engine.endpoint_audit import EndpointAuditTrail
 from headrace.engine.version import ModelVersion
 from headrace.errors import ConfigError, HeadraceError, StatusCode
+from headrace.monitoring.drift.quality import QualityWindow
 from headrace.monitoring.metrics import Metrics, RequestSeries
-from headrace.routing import Endpoints, FeedbackReceipt, Route, ShadowMirror
+from headrace.registry.audit import AuditLog
+from headrace.routing import Endpoints, FeedbackReceipt, Route, RoutingEvent, ShadowMirror
 from headrace.routing.config import ModelSignature
 
 log = logging.getLogger(__name__)
@@ -101,8 +105,10 @@ class EngineRouting:
         metrics: Metrics,
         shadow_call: ShadowCall,
         feedback_plain_models: bool = False,
+        trail: EndpointAuditTrail | None = None,
     ) -> None:
         self.endpoints = endpoints
+        self.trail = trail
         self.feedback_plain_models = feedback_plain_models
         self.lock = threading.Lock()
         # What shadow copies run through (the engine's unrouted inference); replace it to
@@ -125,20 +131,29 @@ class EngineRouting:
         metrics: Metrics,
         signature_of: SignatureOf,
         shadow_call: ShadowCall,
+        audit: AuditLog | None = None,
     ) -> EngineRouting:
         """Read the endpoints file and the state folder; every declared endpoint is checked
-        against the loaded models (a clear ConfigError / NotFoundError otherwise)."""
+        against the loaded models (a clear ConfigError / NotFoundError otherwise). Endpoint
+        changes go to ``audit`` (the server's audit trail), when there is one."""
         gauges = metrics.routing
+        trail = EndpointAuditTrail(audit)
+
+        def on_event(event: RoutingEvent) -> None:
+            gauges.on_event(event)
+            trail.on_event(event)
+
         endpoints = Endpoints.from_file(
             settings.resolved_endpoints_file(),
             state_dir=state_folder(settings),
             signature_of=signature_of,
-            on_event=gauges.on_event,
+            on_event=on_event,
+            audit=trail.write,
             feedback_max_entries=settings.feedback_max_entries,
             feedback_ttl_s=settings.feedback_ttl_s,
         )
         gauges.watch(endpoints)
-        return cls(endpoints, metrics, shadow_call, settings.feedback_plain_models)
+        return cls(endpoints, metrics, shadow_call, settings.feedback_plain_models, trail)
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -219,6 +234,44 @@ class EngineRouting:
             return self.endpoints.feedback(
                 request_id, reward=reward, label=label, endpoint=endpoint
             )
+
+    # -- label quality, for drift monitoring ----------------------------------------------------
+
+    def quality_windows(
+        self, model: str, version: str, version_of: Callable[[str, str], str | None]
+    ) -> list[QualityWindow]:
+        """The label-quality windows of every variant that runs ``model`` at ``version``
+        (``version_of(model, version_or_alias)`` says which version a variant runs now).
+
+        Called by the drift watcher thread: it reads windows the event loop writes; a closed
+        window no longer changes, the open one may be read between two of its updates."""
+        now_s = time.time()
+        endpoints, rows = self.endpoints, []
+        for name in endpoints.names(include_models=True):
+            try:
+                runtime = endpoints.get(name)
+            except HeadraceError:
+                continue  # deleted since names() was read
+            quality = runtime.config.quality
+            if not quality.labels:
+                continue
+            for index, route in enumerate(runtime.routes):
+                if route.model != model or version_of(route.model, route.version) != version:
+                    continue
+                for window in list(runtime.quality.windows[index]):
+                    rows.append(
+                        QualityWindow(
+                            runtime.name,
+                            route.variant,
+                            window.kind,
+                            window.value,
+                            window.count,
+                            window.start_s,
+                            quality.window_s,
+                            window.start_s + quality.window_s <= now_s,
+                        )
+                    )
+        return rows
 
     # -- shadows -------------------------------------------------------------------------------
 
@@ -324,8 +377,11 @@ class EngineRouting:
             log.error("routing state not written: %s", error)
 
     def close(self) -> None:
-        """Write the state; stop a shadow loop of our own (blocking; not on the loop)."""
+        """Write the state and the queued audit records; stop a shadow loop of our own
+        (blocking; not on the loop)."""
         self.persist()
+        if self.trail is not None:
+            self.trail.close()
         thread, loop = self._own_loop_thread, self._mirror_loop
         if thread is not None and loop is not None and not loop.is_closed():
             mirror = self._mirror
