@@ -121,11 +121,11 @@ def quality_report_json(
     body = {
         "model": model,
         "version": version,
-        "kind": "quality",
+        "alert": "quality",  # a drift alert's report has "features" instead
         "decision": item.decision,
         "metric": window.metric,
         "threshold": threshold(settings, window),
         "min_labels": settings.min_labels,
-        **asdict(window),
+        **asdict(window),  # endpoint, variant, kind (classifier | regressor), value, count, ...
     }
     return json.dumps(body, allow_nan=False)
