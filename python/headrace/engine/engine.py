@@ -30,7 +30,7 @@ from headrace.config import ServerSettings
 from headrace.engine.completions import CompletionRouter
 from headrace.engine.features import EngineFeatures
 from headrace.engine.lookup import lease_route, lease_version, served_version
-from headrace.engine.routed import EngineRouting, signature_of_version
+from headrace.engine.routed import EngineRouting, ShadowHooks, signature_of_version
 from headrace.engine.version import ModelVersion
 from headrace.errors import HeadraceError, InvalidArgumentError, NotFoundError
 from headrace.monitoring.drift.quality import QualityWindow
@@ -146,7 +146,7 @@ class Engine:
                         self.settings,
                         self.metrics,
                         self._signature,
-                        self._shadow_infer,
+                        ShadowHooks(self._shadow_infer, self._primary_busy, self._shadow_rows),
                         self.models.transitions.audit,
                     )
                     for name in self.model_names():
@@ -195,7 +195,8 @@ class Engine:
         return served_version(self.models, name, version)
 
     def _lease(self, name: str, version: str | int | None) -> ServedVersion:
-        return lease_version(self.models, name, version)
+        """A shadow copy's lease (not counted as a client request)."""
+        return lease_version(self.models, name, version, client=False)
 
     def get_version(self, name: str, version: str | int | None = None) -> ModelVersion:
         """The version that serves ``name`` (latest loaded when ``version`` is empty)."""
@@ -469,7 +470,23 @@ class Engine:
             names = served.validator.check(inputs, None)
             return await served.infer_async(inputs, names)
         finally:
-            leased.lease.release()
+            leased.lease.release(client=False)
+
+    def _primary_busy(self, route: Route) -> bool:
+        """Shadows yield to clients: a copy goes out only while the version that answered has
+        an idle instance (fewer client requests in flight than instances)."""
+        try:
+            served = served_version(self.models, route.model, route.version or None)
+        except NotFoundError:
+            return False
+        return served.lease.clients >= max(1, served.version.config.instances)
+
+    def _shadow_rows(self, model: str, version: str) -> int:
+        """The most rows one (coalesced) shadow call may take: the shadow's batch size."""
+        try:
+            return max(1, self.get_version(model, version or None).max_batch_size)
+        except NotFoundError:
+            return 1
 
     def close(self) -> None:
         """Write the routing state, stop shadows, drain and release every model."""

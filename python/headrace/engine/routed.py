@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,25 @@ from headrace.monitoring.metrics import Metrics, RequestSeries
 from headrace.registry.audit import AuditLog
 from headrace.routing import Endpoints, FeedbackReceipt, Route, RoutingEvent, ShadowMirror
 from headrace.routing.config import ModelSignature
+from headrace.routing.shadow import PRIMARY_BUSY
 
 log = logging.getLogger(__name__)
 
 ShadowCall = Callable[[str, str, Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ShadowHooks:
+    """What the mirror needs of the engine: ``call`` runs a copy (model, version, inputs);
+    ``busy(route)`` says the version that answered has no spare capacity (its copies are then
+    dropped as primary_busy: shadows yield to clients); ``rows(model, version)`` bounds a
+    coalesced call (the shadow's batch size)."""
+
+    call: ShadowCall
+    busy: Callable[[Route], bool] = lambda route: False
+    rows: Callable[[str, str], int] = lambda model, version: 0
+
+
 SignatureOf = Callable[[str, str], ModelSignature]
 
 # Failures of the server or the model: they count against a variant (error rate, canary gates).
@@ -103,7 +119,7 @@ class EngineRouting:
         self,
         endpoints: Endpoints,
         metrics: Metrics,
-        shadow_call: ShadowCall,
+        shadow: ShadowHooks,
         feedback_plain_models: bool = False,
         trail: EndpointAuditTrail | None = None,
     ) -> None:
@@ -113,7 +129,8 @@ class EngineRouting:
         self.lock = threading.Lock()
         # What shadow copies run through (the engine's unrouted inference); replace it to
         # observe or hold shadow runs.
-        self.mirror_call: ShadowCall = shadow_call
+        self.mirror_call: ShadowCall = shadow.call
+        self._shadow = shadow
         self._metrics = metrics
         # version label -> variant statistics (one object per endpoint variant, so it stands
         # for the endpoint, variant and model labels) -> series: two dict lookups per request.
@@ -130,7 +147,7 @@ class EngineRouting:
         settings: ServerSettings,
         metrics: Metrics,
         signature_of: SignatureOf,
-        shadow_call: ShadowCall,
+        shadow: ShadowHooks,
         audit: AuditLog | None = None,
     ) -> EngineRouting:
         """Read the endpoints file and the state folder; every declared endpoint is checked
@@ -153,7 +170,7 @@ class EngineRouting:
             feedback_ttl_s=settings.feedback_ttl_s,
         )
         gauges.watch(endpoints)
-        return cls(endpoints, metrics, shadow_call, settings.feedback_plain_models, trail)
+        return cls(endpoints, metrics, shadow, settings.feedback_plain_models, trail)
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -278,6 +295,12 @@ class EngineRouting:
     async def _call_shadow(self, model: str, version: str, inputs: Mapping[str, Any]) -> Any:
         return await self.mirror_call(model, version, inputs)
 
+    def _admit(self, route: Route) -> str | None:
+        return PRIMARY_BUSY if self._shadow.busy(route) else None
+
+    def _new_mirror(self) -> ShadowMirror:
+        return ShadowMirror(self._call_shadow, admit=self._admit, max_rows=self._shadow.rows)
+
     def _offer(self, route: Route, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -299,7 +322,7 @@ class EngineRouting:
             mirror, loop = self._mirror, self._mirror_loop
             if mirror is not None and loop is not None and loop.is_running():
                 return mirror, loop
-            mirror = ShadowMirror(self._call_shadow)
+            mirror = self._new_mirror()
             if running is not None:
                 loop = running
                 mirror.start()
@@ -337,7 +360,7 @@ class EngineRouting:
         running = asyncio.get_running_loop()
         with self._mirror_lock:
             if self._mirror_loop is not running:
-                mirror = ShadowMirror(self._call_shadow)
+                mirror = self._new_mirror()
                 mirror.start()
                 previous, previous_loop = self._mirror, self._mirror_loop
                 self._mirror, self._mirror_loop = mirror, running

@@ -18,24 +18,34 @@ from headrace.errors import NotFoundError
 
 
 class VersionLease:
-    """Counts a version's in-flight requests so that a switch can wait for them to finish."""
+    """Counts a version's in-flight requests so that a switch can wait for them to finish, and
+    among them the clients' (shadow copies are not), which shadows yield to."""
 
     def __init__(self) -> None:
         self._condition = threading.Condition(threading.Lock())
         self._in_flight = 0
+        self._clients = 0
         self._retired = False
 
-    def acquire(self) -> bool:
-        """False once the version is retired: the caller looks up the new snapshot."""
+    @property
+    def clients(self) -> int:
+        """Client requests in flight now (a snapshot, read without the lock)."""
+        return self._clients
+
+    def acquire(self, client: bool = True) -> bool:
+        """False once the version is retired: the caller looks up the new snapshot.
+        ``client``: False for a shadow copy."""
         with self._condition:
             if self._retired:
                 return False
             self._in_flight += 1
+            self._clients += client
             return True
 
-    def release(self) -> None:
+    def release(self, client: bool = True) -> None:
         with self._condition:
             self._in_flight -= 1
+            self._clients -= client
             if self._in_flight == 0 and self._retired:
                 self._condition.notify_all()
 
