@@ -295,24 +295,24 @@ class EngineRouting:
     async def _call_shadow(self, model: str, version: str, inputs: Mapping[str, Any]) -> Any:
         return await self.mirror_call(model, version, inputs)
 
-    def _admit(self, route: Route) -> str | None:
-        return PRIMARY_BUSY if self._shadow.busy(route) else None
-
     def _new_mirror(self) -> ShadowMirror:
-        return ShadowMirror(self._call_shadow, admit=self._admit, max_rows=self._shadow.rows)
+        return ShadowMirror(self._call_shadow, max_rows=self._shadow.rows)
 
     def _offer(self, route: Route, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
+        # Admission is decided now, by the answering thread: the primary's load when the copy
+        # was made, not when another thread gets round to queueing it.
+        refused = PRIMARY_BUSY if self._shadow.busy(route) else None
         mirror, loop = self._mirror, self._mirror_loop
         if mirror is None or loop is None or loop.is_closed() or not loop.is_running():
             mirror, loop = self._start_mirror(running)
         if loop is running:
-            mirror.offer(route, inputs, outputs)
+            mirror.offer(route, inputs, outputs, refused)
         else:
-            loop.call_soon_threadsafe(mirror.offer, route, inputs, outputs)
+            loop.call_soon_threadsafe(mirror.offer, route, inputs, outputs, refused)
 
     def _start_mirror(
         self, running: asyncio.AbstractEventLoop | None

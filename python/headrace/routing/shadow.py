@@ -142,17 +142,25 @@ class ShadowMirror:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def offer(self, route: Route, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
+    def offer(
+        self,
+        route: Route,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        refused: str | None = None,
+    ) -> int:
         """Queue copies of an answered request for its endpoint's shadows; returns how many.
 
-        Call it after the primary's answer is on its way. Never blocks or awaits.
+        Call it after the primary's answer is on its way. Never blocks or awaits. ``refused``:
+        the reason to drop the copies that the caller already decided when it answered (a
+        caller on another thread decides there, when its state is current), else ``admit``
+        decides.
         """
         shadows = route.shadows
         if not shadows:
             return 0
         queued = 0
         quality = route.runtime.config.quality
-        refused: str | None = None
         asked = False
         for target in shadows:
             if target.sample < 1.0 and self._random() >= target.sample:
@@ -161,7 +169,8 @@ class ShadowMirror:
             stats.offered += 1
             if not asked:  # once per request, and only for one that is sampled
                 asked = True
-                refused = self._admit(route) if self._admit is not None else None
+                if refused is None and self._admit is not None:
+                    refused = self._admit(route)
             if refused is not None:
                 stats.drop(refused)
                 continue
