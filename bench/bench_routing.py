@@ -17,9 +17,11 @@
 3. Served (``headrace serve`` as a process on CPU 0, bench/loadgen.py on CPU 1, taskset): c=32
    throughput and p99 of the bare model, a split endpoint of two such models, a one-variant
    endpoint, and the same endpoint with one shadow (sample 1.0, then 0.1). Medians of
-   --repeats runs, rows interleaved so that machine noise spreads over all of them. A shadow
-   at sample 1.0 doubles the model work on the server's one core: its cost is that CPU (the
-   held-shadow test shows it never delays an answer it copies).
+   --repeats runs, rows interleaved so that machine noise spreads over all of them. Shadows
+   yield (routing/shadow.py): copies are dropped while the primary is busy or past the shadow
+   time budget (--shadow-budget-share, default 0.05; set HEADRACE_SHADOW_BUDGET_SHARE for the
+   server), so each shadowed row prints the share of its requests the shadow answered
+   ("mirrored") next to the p99 ratio, and the drops by reason.
 
 Wall time and process CPU time are both shown in-process: on a shared machine CPU time is the
 steadier of the two. Writes bench/results/routing.json.

@@ -254,7 +254,8 @@ def test_changes_persist_across_a_restart(tmp_path: Path) -> None:
 
 
 def test_shadows_of_blocking_and_async_callers(make_engine: Callable[..., Engine]) -> None:
-    engine = make_engine()
+    # Every copy is counted here: no time budget (it is tested with a fake clock in test_shadow).
+    engine = make_engine(shadow_budget_share=1.0)
     engine.endpoints.create(
         {
             "name": "shadowed",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -122,8 +123,10 @@ class EngineRouting:
         shadow: ShadowHooks,
         feedback_plain_models: bool = False,
         trail: EndpointAuditTrail | None = None,
+        budget_share: float = 1.0,
     ) -> None:
         self.endpoints = endpoints
+        self._budget_share = budget_share  # of wall time for shadow calls (ShadowMirror)
         self.trail = trail
         self.feedback_plain_models = feedback_plain_models
         self.lock = threading.Lock()
@@ -170,7 +173,14 @@ class EngineRouting:
             feedback_ttl_s=settings.feedback_ttl_s,
         )
         gauges.watch(endpoints)
-        return cls(endpoints, metrics, shadow, settings.feedback_plain_models, trail)
+        return cls(
+            endpoints,
+            metrics,
+            shadow,
+            settings.feedback_plain_models,
+            trail,
+            settings.shadow_budget_share,
+        )
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -296,7 +306,13 @@ class EngineRouting:
         return await self.mirror_call(model, version, inputs)
 
     def _new_mirror(self) -> ShadowMirror:
-        return ShadowMirror(self._call_shadow, max_rows=self._shadow.rows)
+        return ShadowMirror(
+            self._call_shadow,
+            max_rows=self._shadow.rows,
+            # a share of each CPU this process may run on: shadow calls on several cores at
+            # once each charge their own time
+            budget_share=min(1.0, self._budget_share * len(os.sched_getaffinity(0))),
+        )
 
     def _offer(self, route: Route, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
         try:

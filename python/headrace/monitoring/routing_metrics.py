@@ -134,7 +134,8 @@ class _EndpointCollector:
         shadow_dropped = CounterMetricFamily(
             "headrace_shadow_dropped",
             "Shadow copies not sent, by reason: primary_busy (the primary had no idle instance: "
-            "shadows yield to clients), queue_full (the shadow fell behind)",
+            "shadows yield to clients), over_budget (shadow calls used their share of time), "
+            "queue_full (the shadow fell behind)",
             labels=["endpoint", "shadow", "reason"],
         )
         mirrored = GaugeMetricFamily(

@@ -87,7 +87,8 @@ class ShadowReport:
     abs_delta_max: float
     latency_p50_ms: float
     latency_p99_ms: float
-    dropped_by: dict[str, int] = field(default_factory=dict)  # primary_busy | queue_full
+    # primary_busy | over_budget | queue_full
+    dropped_by: dict[str, int] = field(default_factory=dict)
     mirrored: float = math.nan  # completed / offered
 
 

@@ -3,8 +3,10 @@ endpoint's shadows, and what they answer is compared with what the primary answe
 
 Shadow copies are best-effort and yield to client requests. :meth:`ShadowMirror.offer` never
 waits: a copy is dropped and counted by reason (``dropped_by``) when the injected ``admit`` says
-the primary has no spare capacity (``primary_busy``: the engine's rule, in ``engine/routed.py``)
-or when the bounded queue is full (``queue_full``: the shadow fell behind). Worker tasks take
+the primary has no spare capacity (``primary_busy``: the engine's rule, in ``engine/routed.py``),
+when shadow calls have used up their share of wall time (``over_budget``: a token bucket that
+refills at ``budget_share`` of the clock and is charged each call's duration), or when the
+bounded queue is full (``queue_full``: the shadow fell behind). Worker tasks take
 copies off the queue and call the injected ``call(model, version, inputs)`` (the engine's own
 inference); copies queued together for the same shadow are coalesced into one call (their rows
 concatenated, up to ``max_rows(model, version)`` rows), so a burst of answers costs the event
@@ -43,6 +45,7 @@ MaxRows = Callable[[str, str], int]
 
 PRIMARY_BUSY = "primary_busy"
 QUEUE_FULL = "queue_full"
+OVER_BUDGET = "over_budget"
 
 # Copies waiting for a shadow: beyond this, new copies are dropped (and counted) rather than
 # holding more requests' inputs in memory while a shadow falls behind.
@@ -51,6 +54,9 @@ DEFAULT_WORKERS = 4
 # Copies a worker takes off the queue at once, to coalesce: more means fewer, larger shadow
 # calls, and longer before the last copy of a burst is compared.
 MAX_COALESCED_COPIES = 64
+# The shadow-time budget's bucket holds at most this much (ns of shadow calls): a burst of copies
+# after a quiet spell, against how far shadows may run ahead of their share.
+BUDGET_BURST_NS = 20_000_000
 
 _Item = tuple[ShadowTarget, QualityConfig, Mapping[str, Any], Mapping[str, Any]]
 
@@ -107,9 +113,15 @@ class ShadowMirror:
         clock_ns: Callable[[], int] = time.monotonic_ns,
         admit: Admit | None = None,
         max_rows: MaxRows | None = None,
+        budget_share: float = 1.0,
     ) -> None:
         if queue_size < 1 or workers < 1:
             raise ValueError("a shadow mirror needs queue_size >= 1 and workers >= 1")
+        if not 0 < budget_share <= 1:
+            raise ValueError("a shadow mirror's budget_share is in (0, 1]")
+        self._budget_share = budget_share
+        self._budget_ns = float(BUDGET_BURST_NS)  # the bucket, full; may go below 0
+        self._budget_at_ns = clock_ns()
         self._call = call
         self._admit = admit
         self._max_rows = max_rows
@@ -171,6 +183,8 @@ class ShadowMirror:
                 asked = True
                 if refused is None and self._admit is not None:
                     refused = self._admit(route)
+                if refused is None and not self._within_budget():
+                    refused = OVER_BUDGET
             if refused is not None:
                 stats.drop(refused)
                 continue
@@ -181,6 +195,16 @@ class ShadowMirror:
             else:
                 queued += 1
         return queued
+
+    def _within_budget(self) -> bool:
+        """Refill the bucket to now; whether shadow calls are within their share."""
+        if self._budget_share >= 1.0:
+            return True
+        now_ns = self._clock_ns()
+        refill = (now_ns - self._budget_at_ns) * self._budget_share
+        self._budget_at_ns = now_ns
+        self._budget_ns = min(float(BUDGET_BURST_NS), self._budget_ns + refill)
+        return self._budget_ns > 0
 
     def _take(self, first: _Item) -> list[list[_Item]]:
         """``first`` and the copies queued behind it (up to MAX_COALESCED_COPIES), grouped into
@@ -237,10 +261,12 @@ class ShadowMirror:
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            self._budget_ns -= self._clock_ns() - started_ns
             stats.errors += len(items)
             log.debug("shadow %s (%s) failed: %s", target.name, target.model, error)
             return
         latency_ns = self._clock_ns() - started_ns
+        self._budget_ns -= latency_ns
         answers = [answer] if len(items) == 1 else _split(answer, [_rows(i[2]) for i in items])
         for (_, quality, _, primary), mine in zip(items, answers, strict=True):
             stats.latency_ns.add(latency_ns)

@@ -13,7 +13,7 @@ import pytest
 from headrace.routing import Endpoints, ShadowMirror
 from headrace.routing.config import QualityConfig
 from headrace.routing.shadow import compare
-from unit.routing.routing_support import endpoint
+from unit.routing.routing_support import FakeClock, endpoint
 
 SCORES = np.array([[0.9, 0.1], [0.3, 0.7]], dtype=np.float32)
 
@@ -227,6 +227,40 @@ def test_queued_copies_are_coalesced_into_one_call_and_compared_each() -> None:
         # disagrees; the int64 copy's second row (argmax 1 for the primary) disagrees too.
         assert stats.agreement == 5 / 7
         assert mirror.in_flight == 0 and mirror.queued == 0
+        await mirror.stop()
+
+    asyncio.run(scenario())
+
+
+def test_shadow_calls_keep_to_their_share_of_time() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+
+        async def shadow(model: str, version: str, inputs: Mapping[str, Any]) -> Any:
+            clock.advance(0.030)  # each call takes 30 ms of the clock
+            return {"probs": SCORES}
+
+        routing = mirrored()
+        mirror = ShadowMirror(shadow, workers=1, budget_share=0.1, clock_ns=clock)
+        mirror.start()
+
+        async def request() -> None:
+            await primary_request(routing, mirror, {"x": X})
+            while mirror.in_flight or mirror.queued:
+                await asyncio.sleep(0)
+
+        await request()  # within the 20 ms burst: sent, and its 30 ms charged
+        stats = routing.report("e").shadows[0]
+        assert (stats.completed, stats.dropped) == (1, 0)
+        for _ in range(3):  # the bucket is 10 ms short: refilled at 10 % of the clock ...
+            await request()
+        assert routing.report("e").shadows[0].dropped_by == {"over_budget": 3}
+        clock.advance(0.099)  # ... 9.9 ms later it is still short
+        await request()
+        clock.advance(0.002)  # and positive 0.2 ms later
+        await request()
+        final = routing.report("e").shadows[0]
+        assert (final.completed, final.dropped_by) == (2, {"over_budget": 4})
         await mirror.stop()
 
     asyncio.run(scenario())
