@@ -50,7 +50,7 @@ def add_parser(commands: Any) -> None:
     routing.add_argument(
         "--shadow-budget-share",
         type=float,
-        help="share of wall time shadow calls may take; beyond it copies drop (0.05; 1: all)",
+        help="share of CPU time shadow calls may take; beyond it copies drop (0.05; 1: all)",
     )
     routing.add_argument(
         "--feedback-plain-models",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -307,11 +306,7 @@ class EngineRouting:
 
     def _new_mirror(self) -> ShadowMirror:
         return ShadowMirror(
-            self._call_shadow,
-            max_rows=self._shadow.rows,
-            # a share of each CPU this process may run on: shadow calls on several cores at
-            # once each charge their own time
-            budget_share=min(1.0, self._budget_share * len(os.sched_getaffinity(0))),
+            self._call_shadow, max_rows=self._shadow.rows, budget_share=self._budget_share
         )
 
     def _offer(self, route: Route, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:

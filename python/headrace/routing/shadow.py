@@ -4,8 +4,9 @@ endpoint's shadows, and what they answer is compared with what the primary answe
 Shadow copies are best-effort and yield to client requests. :meth:`ShadowMirror.offer` never
 waits: a copy is dropped and counted by reason (``dropped_by``) when the injected ``admit`` says
 the primary has no spare capacity (``primary_busy``: the engine's rule, in ``engine/routed.py``),
-when shadow calls have used up their share of wall time (``over_budget``: a token bucket that
-refills at ``budget_share`` of the clock and is charged each call's duration), or when the
+when shadow calls have used up their share of the time (``over_budget``: a token bucket that
+refills at ``budget_share`` of the process's CPU time and is charged each call's duration), or
+when the
 bounded queue is full (``queue_full``: the shadow fell behind). Worker tasks take
 copies off the queue and call the injected ``call(model, version, inputs)`` (the engine's own
 inference); copies queued together for the same shadow are coalesced into one call (their rows
@@ -114,6 +115,7 @@ class ShadowMirror:
         admit: Admit | None = None,
         max_rows: MaxRows | None = None,
         budget_share: float = 1.0,
+        budget_clock_ns: Callable[[], int] = time.process_time_ns,
     ) -> None:
         if queue_size < 1 or workers < 1:
             raise ValueError("a shadow mirror needs queue_size >= 1 and workers >= 1")
@@ -121,7 +123,11 @@ class ShadowMirror:
             raise ValueError("a shadow mirror's budget_share is in (0, 1]")
         self._budget_share = budget_share
         self._budget_ns = float(BUDGET_BURST_NS)  # the bucket, full; may go below 0
-        self._budget_at_ns = clock_ns()
+        # The bucket refills with the process's CPU time, not the wall clock: a server starved
+        # of CPU by its neighbours gives its shadows less, not more (calls are charged their
+        # wall duration, which starvation only lengthens).
+        self._budget_clock_ns = budget_clock_ns
+        self._budget_at_ns = budget_clock_ns()
         self._call = call
         self._admit = admit
         self._max_rows = max_rows
@@ -200,7 +206,7 @@ class ShadowMirror:
         """Refill the bucket to now; whether shadow calls are within their share."""
         if self._budget_share >= 1.0:
             return True
-        now_ns = self._clock_ns()
+        now_ns = self._budget_clock_ns()
         refill = (now_ns - self._budget_at_ns) * self._budget_share
         self._budget_at_ns = now_ns
         self._budget_ns = min(float(BUDGET_BURST_NS), self._budget_ns + refill)

@@ -241,7 +241,10 @@ def test_shadow_calls_keep_to_their_share_of_time() -> None:
             return {"probs": SCORES}
 
         routing = mirrored()
-        mirror = ShadowMirror(shadow, workers=1, budget_share=0.1, clock_ns=clock)
+        # One clock for both: the calls' duration and the CPU time the bucket refills with.
+        mirror = ShadowMirror(
+            shadow, workers=1, budget_share=0.1, clock_ns=clock, budget_clock_ns=clock
+        )
         mirror.start()
 
         async def request() -> None:
