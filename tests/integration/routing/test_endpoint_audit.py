@@ -134,6 +134,19 @@ def test_admin_changes_are_audited_with_actor_and_change(audited: Any) -> None:
     )
     assert (rolled_back.before, rolled_back.after) == ({"active": "green"}, {"active": "blue"})
     assert deleted.after == {} and deleted.before["name"] == "made"
+    # GetAuditLog answers them with `endpoints` (or an endpoint's name).
+    with grpc.insecure_channel(running.address) as channel:
+        admin = wire.Stub(channel, wire.ADMIN_SERVICE)
+        entries = admin.GetAuditLog(pb.GetAuditLogRequest(endpoint="bg"), metadata=metadata)
+        every = admin.GetAuditLog(pb.GetAuditLogRequest(endpoints=True), metadata=metadata)
+        models = admin.GetAuditLog(pb.GetAuditLogRequest(), metadata=metadata)
+    assert [(e.kind, e.action, e.actor) for e in entries.entries] == [
+        ("endpoint", "switch", "token:admin.token"),
+        ("endpoint", "rollback", "token:admin.token"),
+    ]
+    assert json.loads(entries.entries[0].change_to) == {"active": "green"}
+    assert len(every.entries) == 5
+    assert models.entries and {e.kind for e in models.entries} == {"model"}
     # Model transitions are read as before, the endpoint records beside them.
     with AuditLog(audit) as trail:
         models = trail.read()
