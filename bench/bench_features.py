@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import features_served  # noqa: E402
 from bench_common import cpu_model  # noqa: E402
+from bench_machine import machine_line  # noqa: E402
 
 from headrace.backends.base import TensorSpec  # noqa: E402
 from headrace.features import (  # noqa: E402
@@ -469,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"# {cpu_model()}, {os.cpu_count()} CPUs; {args.users} users; load "
                   f"{os.getloadavg()[0]:.1f}; pinned: {PINNING}", flush=True)  # fmt: skip
+            print(f"# {machine_line()}", flush=True)
             views, data = make_data(args.users)
             write_snapshots(folder, data)
             uvloop.run(push_redis(redis.url(), data))
@@ -489,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(*lookups)
     if served_rows is not None:
         features_served.print_served(served_rows)
-    print(f"\n# load at the end {os.getloadavg()[0]:.1f}")
+    one, five, fifteen = os.getloadavg()
+    print(f"\n# load at the end {one:.1f} {five:.1f} {fifteen:.1f} (1, 5, 15 min)")
     return 0
 
 

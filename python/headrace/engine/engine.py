@@ -400,21 +400,39 @@ class Engine:
         caller's remaining time (a gRPC deadline); the earlier of it and ``timeout_us`` wins.
         Inputs may be wire BYTES (``WireBytes``, from the server's parser): they are checked
         against the model without being expanded."""
-        route = self._route(model, version, parameters, inputs)
-        request_id = request_id or self._ids.next()
+        return await self.infer_request(
+            InferRequest(
+                model,
+                inputs,
+                version,
+                outputs,
+                request_id,
+                declared_datatypes,
+                priority,
+                timeout_us,
+                timeout_s,
+                parameters if parameters is not None else {},
+            )
+        )
+
+    async def infer_request(self, request: InferRequest) -> InferResult:
+        """:meth:`infer_async` of a domain request (what the server decodes): the request path
+        itself, one coroutine deep, as the server calls it for every request."""
+        inputs = request.inputs
+        route = self._route(request.model, request.version, request.parameters, inputs)
+        request_id = request.request_id or self._ids.next()
         start_ns = time.perf_counter_ns()
         served: ModelVersion | None = None
         try:
             leased = lease_route(self.models, route)
             served = leased.version
             try:
-                names = served.validator.check(inputs, outputs, declared_datatypes)
-                deadline = deadline_ns(timeout_us, timeout_s)
+                names = served.validator.check(inputs, request.outputs, request.declared_datatypes)
                 result = await served.infer_async(
                     inputs,
                     names,
-                    priority,
-                    deadline,
+                    request.priority,
+                    deadline_ns(request.timeout_us, request.timeout_s),
                     request_id=request_id,
                     endpoint=route.endpoint,
                     variant=route.variant,
@@ -425,21 +443,6 @@ class Engine:
             self._failed(route, served, error, start_ns)
             raise
         return self._answer(route, served, request_id, inputs, result, start_ns)
-
-    async def infer_request(self, request: InferRequest) -> InferResult:
-        """:meth:`infer_async` of a domain request (what the server decodes)."""
-        return await self.infer_async(
-            request.model,
-            request.inputs,
-            request.version,
-            request.outputs,
-            request_id=request.request_id,
-            parameters=request.parameters,
-            declared_datatypes=request.declared_datatypes,
-            priority=request.priority,
-            timeout_us=request.timeout_us,
-            timeout_s=request.timeout_s,
-        )
 
     def check_deadline(
         self, model: str, version: str, timeout_s: float, in_flight: int = 0

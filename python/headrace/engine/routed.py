@@ -216,8 +216,7 @@ class EngineRouting:
             series = by_variant.get(route.stats) if by_variant is not None else None
             if series is None:
                 series = self._new_series(route, version)
-            series.success += 1
-        series.duration.observe(latency_ns / 1e9)  # thread-safe by itself: outside the lock
+            series.observe(latency_ns)
         if route.shadows:
             self._offer(route, inputs, outputs)
 

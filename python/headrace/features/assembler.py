@@ -16,7 +16,6 @@ Semantics of a value that is not there:
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -216,19 +215,17 @@ class FeatureJoiner:
                 self._metrics.lookup_duration.observe(time.monotonic() - start)
             return rows
         try:
-            async with asyncio.timeout(self._timeout_s):
-                return await self.coalescer.lookup(keys)
-        except (StoreError, TimeoutError) as error:
+            return await self.coalescer.lookup(keys, self._timeout_s)
+        except StoreError as error:
             reason = "error"
-            if isinstance(error, TimeoutError | StoreTimeoutError):
+            if isinstance(error, StoreTimeoutError):
                 reason = "timeout"
             elif isinstance(error, BreakerOpenError):
                 reason = "breaker_open"
             if self._metrics is not None:
                 self._metrics.errors[reason].inc()
             if self.config.on_store_error == "unavailable":
-                detail = str(error) or f"no answer within {self.config.timeout_ms:g} ms"
-                raise UnavailableError(f"features of model '{self.model}': {detail}") from None
+                raise UnavailableError(f"features of model '{self.model}': {error}") from None
             return None
 
     def _fill(
@@ -250,7 +247,11 @@ class FeatureJoiner:
         else:
             np.copyto(block, np.where(present, rows.values, self._defaults[index]))
         if self._metrics is not None:
-            self._count(index, rows, stale, 0 if complete else int(present.size - present.sum()))
+            if complete and stale is None:  # every key found (a present value implies it)
+                self._metrics.hits[index].inc(len(rows.found))
+            else:
+                missing = 0 if complete else int(present.size - present.sum())
+                self._count(index, rows, stale, missing)
         if not complete and self.config.on_missing == "error":
             raise NotFoundError(self._missing_message(index, rows, stale, present, keys))
 
@@ -327,8 +328,11 @@ class FeatureJoiner:
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _round_trip_done(self, trip: RoundTrip) -> None:
-        if self._metrics is not None and trip.ok:
-            self._metrics.lookup_duration.observe(trip.duration_s)
+        if self._metrics is not None:
+            self._metrics.round_trips.inc()
+            self._metrics.store_lookups.inc(trip.lookups)
+            if trip.ok:
+                self._metrics.lookup_duration.observe(trip.duration_s)
 
     def _breaker_changed(self, state: BreakerState) -> None:
         if self._metrics is not None:

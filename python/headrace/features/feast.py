@@ -25,7 +25,7 @@ from headrace.features.feast_layout import (
 )
 from headrace.features.keys import Keys, key_kind
 from headrace.features.redis import LoopClient
-from headrace.features.resp import pack_args, pack_hmgets, round_trip
+from headrace.features.resp import pack_args, pack_hmgets
 from headrace.features.store import StoreError, ViewRows
 
 
@@ -86,7 +86,7 @@ class FeastStore:
             counts.append(len(names))
             commands.append(pack_hmgets(names, group.packed_fields, len(group.fields)))
         try:
-            replies = await round_trip(self._client.get(), b"".join(commands), sum(counts))
+            replies = await self._client.round_trip(b"".join(commands), sum(counts))
         except Exception as error:
             raise StoreError(f"redis {self._client.url} (feast): {error!r}") from error
         out: list[ViewRows | None] = [None] * len(self._views)

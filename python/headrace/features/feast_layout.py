@@ -156,10 +156,37 @@ def _varints(
     return value.view(np.int64), ok
 
 
+_IS_VARINT_TAG = np.zeros(256, np.bool_)
+_IS_VARINT_TAG[list(_VARINT_TAGS)] = True
+_UNIFORM = {5: (_FLOAT_TAG, "<f4"), 9: (_DOUBLE_TAG, "<f8")}
+
+
+def _decode_uniform(raw: Sequence[bytes | None]) -> npt.NDArray[np.float32] | None:
+    """The usual view of Feast floats (or doubles): every value one tag and a fixed-size
+    number, read as one ``[n, 1 + size]`` byte table. None when the values are not so."""
+    first = raw[0]
+    assert first is not None
+    width = len(first)
+    kind = _UNIFORM.get(width)
+    if kind is None or first[0] != kind[0]:
+        return None
+    if set(map(len, raw)) != {width}:  # type: ignore[arg-type]  # no None: the caller checked
+        return None
+    data = b"".join(raw)  # type: ignore[arg-type]
+    table = np.frombuffer(data, np.uint8).reshape(len(raw), width)
+    if not (table[:, 0] == kind[0]).all():
+        return None
+    return table[:, 1:].copy().view(kind[1])[:, 0].astype(np.float32)
+
+
 def _decode_values(
     raw: Sequence[bytes | None], names: Sequence[str]
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     n = len(raw)
+    if n and None not in raw:
+        uniform = _decode_uniform(raw)  # every value a float (or every one a double)
+        if uniform is not None:
+            return uniform, np.ones(n, np.bool_)
     values = np.zeros(n, np.float32)
     present = np.zeros(n, np.bool_)
     if n == 0:
@@ -182,7 +209,7 @@ def _decode_values(
         values[doubles] = _fixed(buf, starts[doubles], 8)
         present[doubles] = True
         done |= doubles
-    varints = np.isin(tags, _VARINT_TAGS) & (lengths >= 2) & (lengths <= _MAX_VARINT + 1)
+    varints = _IS_VARINT_TAG[tags] & (lengths >= 2) & (lengths <= _MAX_VARINT + 1)
     if varints.any():
         where = np.flatnonzero(varints)
         decoded, ok = _varints(buf, starts[where], lengths[where])

@@ -11,6 +11,9 @@ thread. Families (``model``, ``version`` on each):
 * ``headrace_feature_store_errors_total{store, reason}`` — ``error``, ``timeout``,
   ``breaker_open``: lookups that fell back to ``on_store_error``.
 * ``headrace_feature_breaker_state{store}`` — 0 closed, 1 half-open, 2 open.
+* ``headrace_feature_store_round_trips_total{store}`` and
+  ``headrace_feature_store_lookups_total{store}`` — round trips to a remote store, and the
+  requests' lookups they carried: their ratio is how far concurrent lookups were merged.
 """
 
 from __future__ import annotations
@@ -55,6 +58,18 @@ class FeatureMetrics:
             (*_LABELS, "store", "reason"),
             registry=registry,
         )
+        self.round_trips = Counter(
+            "headrace_feature_store_round_trips",
+            "Round trips to a remote feature store (answered or failed)",
+            (*_LABELS, "store"),
+            registry=registry,
+        )
+        self.store_lookups = Counter(
+            "headrace_feature_store_lookups",
+            "Requests' lookups carried by round trips to a remote feature store",
+            (*_LABELS, "store"),
+            registry=registry,
+        )
         self.breaker_state = Gauge(
             "headrace_feature_breaker_state",
             "Feature store breaker: 0 closed, 1 half-open, 2 open",
@@ -77,6 +92,8 @@ class FeatureMetrics:
                 for reason in ("error", "timeout", "breaker_open")
             },
             breaker_state=self.breaker_state.labels(*labels, store),
+            round_trips=self.round_trips.labels(*labels, store),
+            store_lookups=self.store_lookups.labels(*labels, store),
         )
 
 
@@ -91,3 +108,5 @@ class ModelFeatureMetrics:
     defaults: tuple[Any, ...]
     errors: dict[str, Any]
     breaker_state: Any
+    round_trips: Any
+    store_lookups: Any

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from headrace.features.config import ViewConfig
 from headrace.features.keys import KeyKind, Keys, key_kind
-from headrace.features.resp import pack_mget, round_trip
+from headrace.features.resp import pack_args
 from headrace.features.store import StoreError, ViewRows
 
 if TYPE_CHECKING:
@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 
 ROW_FORMAT = 1
 _HEADER = np.dtype([("schema", "<u4"), ("event_us", "<i8")])
+
+
+def _redis_connection_error() -> type[Exception]:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return RedisConnectionError
 
 
 def open_client(url: str) -> redis.asyncio.Redis:
@@ -62,22 +68,62 @@ def open_client(url: str) -> redis.asyncio.Redis:
 
 class LoopClient:
     """One asyncio client per event loop (redis-py's connections belong to the loop that
-    opened them); made on first use."""
+    opened them); made on first use.
+
+    :meth:`round_trip` keeps the connections it used (at most one per round trip in flight)
+    instead of handing them back to redis-py's pool each time: taking one from the pool costs
+    a lock and its bookkeeping, more than packing a batch. The client's ``aclose`` closes them
+    with the pool's own."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._client: redis.asyncio.Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[Any] = []  # connections of ``_client`` kept for round trips
 
     def get(self) -> redis.asyncio.Redis:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             self._client = open_client(self.url)
             self._loop = loop
+            self._idle = []
         return self._client
+
+    async def round_trip(self, packed: bytes, replies: int) -> list[Any]:
+        """Send ``packed`` (``replies`` read-only commands) on one connection and read every
+        reply. On any error or cancellation the connection is dropped (it may hold unread
+        replies). A kept connection that turns out dead (the server restarted or closed it
+        while it sat idle) is replaced once, as the pool would have before handing it out:
+        the commands only read, so sending them again is safe."""
+        client = self.get()
+        if self._idle:
+            connection = self._idle.pop()
+            try:
+                return await self._exchange(client, connection, packed, replies)
+            except (ConnectionError, OSError, _redis_connection_error()):
+                pass  # dropped already; a fresh connection below
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        return await self._exchange(client, connection, packed, replies)
+
+    async def _exchange(
+        self, client: redis.asyncio.Redis, connection: Any, packed: bytes, replies: int
+    ) -> list[Any]:
+        try:
+            await connection.send_packed_command(packed, check_health=False)
+            out = [await connection.read_response() for _ in range(replies)]
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            await client.connection_pool.release(connection)
+            raise
+        if self._client is client:
+            self._idle.append(connection)
+        else:  # the client was closed or replaced meanwhile
+            await connection.disconnect(nowait=True)
+        return out
 
     async def close(self) -> None:
         client, self._client = self._client, None
+        self._idle = []
         if client is not None and self._loop is asyncio.get_running_loop():
             await client.aclose()
 
@@ -138,6 +184,8 @@ class _Schema:
         self.raw = raw
         self.width = len(names)
         self.row_bytes = _HEADER.itemsize + 4 * self.width
+        # A row as stored, read in place: header fields then the values.
+        self.dtype = np.dtype([("schema", "<u4"), ("event_us", "<i8"), ("v", "<f4", (self.width,))])
         where = {name: i for i, name in enumerate(names)}
         self.columns = np.array([where.get(f, -1) for f in view.features], dtype=np.intp)
         self.known = self.columns >= 0
@@ -155,25 +203,45 @@ class RedisStore:
         self._views = list(views)
         self._client = LoopClient(url)
         self._schemas: dict[str, _Schema] = {}
-        self._schema_keys = [schema_key(v.name) for v in self._views]
+        self._packed_schema_keys = pack_args([schema_key(v.name) for v in self._views])
+        # Per view: the RESP bulk string of an INT64 row key, less its length and key text.
+        self._templates: list[tuple[ViewConfig, bytes, int]] = []
+        for view in self._views:
+            head = f"hr:{view.name}:i:".encode()
+            template = b"$%d\r\n" + head.replace(b"%", b"%%") + b"%b\r\n"
+            self._templates.append((view, template, len(head)))
 
     async def read(self, keys: Mapping[str, Keys]) -> list[ViewRows]:
-        request = list(self._schema_keys)
-        spans = []
-        for view in self._views:
-            view_keys = keys[view.entity]
-            start = len(request)
-            request.extend(row_keys(view.name, view_keys))
-            spans.append((start, len(request)))
+        packed = self._pack(keys)
         try:
-            (raw,) = await round_trip(self._client.get(), pack_mget(request), 1)
+            (raw,) = await self._client.round_trip(packed, 1)
         except Exception as error:
             raise StoreError(f"redis {self._client.url}: {error!r}") from error
         out = []
+        start = len(self._views)
         for index, view in enumerate(self._views):
-            start, end = spans[index]
+            end = start + len(keys[view.entity])
             out.append(self._decode(view, raw[index], raw[start:end]))
+            start = end
         return out
+
+    def _pack(self, keys: Mapping[str, Keys]) -> bytes:
+        """One ``MGET``: every view's schema key, then each view's row keys. A key's text is
+        made once per entity input, then placed into each view's bulk-string template."""
+        texts: dict[str, list[bytes]] = {}
+        parts = [self._packed_schema_keys]
+        count = len(self._views)
+        for view, template, head_length in self._templates:
+            view_keys = keys[view.entity]
+            count += len(view_keys)
+            if view_keys.dtype != np.int64:
+                parts.append(pack_args(row_keys(view.name, view_keys)))
+                continue
+            text = texts.get(view.entity)
+            if text is None:
+                text = texts[view.entity] = [b"%d" % k for k in view_keys.tolist()]
+            parts.append(b"".join([template % (head_length + len(t), t) for t in text]))
+        return b"*%d\r\n$4\r\nMGET\r\n%b" % (count + 1, b"".join(parts))
 
     def _schema(self, view: ViewConfig, raw: bytes) -> _Schema:
         schema = self._schemas.get(view.name)
@@ -187,6 +255,24 @@ class RedisStore:
         if raw_schema is None:
             return ViewRows.empty(n, len(view.features))  # the view was never pushed
         schema = self._schema(view, raw_schema)
+        if n and None not in raw and set(map(len, raw)) == {schema.row_bytes}:
+            # The usual case: every key has a row of this schema's size. One buffer, one
+            # structured view over it, no copy.
+            table = np.frombuffer(b"".join(raw), schema.dtype)
+            if (table["schema"] == schema.id).all():
+                stored = table["v"]
+                if schema.identity:
+                    picked = stored
+                else:
+                    picked = np.full((n, len(view.features)), np.nan, np.float32)
+                    picked[:, schema.known] = stored[:, schema.columns[schema.known]]
+                present = ~np.isnan(picked)
+                return ViewRows(picked, present, np.ones(n, np.bool_), table["event_us"] / 1e6)
+        return self._decode_mixed(view, schema, raw)
+
+    def _decode_mixed(self, view: ViewConfig, schema: _Schema, raw: list[Any]) -> ViewRows:
+        """Rows absent, of another size or of another schema among the rows of this one."""
+        n = len(raw)
         size = schema.row_bytes
         # Rows of the wrong size (another schema's) or absent are left out, then placed back.
         rows = [r for r in raw if r is not None and len(r) == size]

@@ -1,4 +1,5 @@
-"""One pipelined round trip over a redis-py asyncio connection, with commands packed here.
+"""RESP commands packed here, for one pipelined round trip over a redis-py asyncio connection
+(:meth:`headrace.features.redis.LoopClient.round_trip`).
 
 redis-py's ``Pipeline`` builds a Python object per command and packs every argument on each
 call; a batch of 32 ``HMGET`` of 11 fields then costs more CPU than the round trip itself. The
@@ -9,10 +10,10 @@ byte joins. The connection, its socket handling and the hiredis reply parser sta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import redis.asyncio
+    pass
 
 
 def bulk(value: bytes) -> bytes:
@@ -25,26 +26,7 @@ def pack_args(args: Sequence[bytes]) -> bytes:
     return b"".join(bulk(a) for a in args)
 
 
-def pack_mget(keys: Sequence[bytes]) -> bytes:
-    return b"*%d\r\n$4\r\nMGET\r\n%b" % (len(keys) + 1, pack_args(keys))
-
-
 def pack_hmgets(keys: Sequence[bytes], packed_fields: bytes, fields: int) -> bytes:
     """``HMGET key <fields>`` for each key; ``packed_fields`` is ``pack_args(fields)``."""
     head = b"*%d\r\n$5\r\nHMGET\r\n" % (fields + 2)
     return b"".join(head + bulk(k) + packed_fields for k in keys)
-
-
-async def round_trip(client: redis.asyncio.Redis, packed: bytes, replies: int) -> list[Any]:
-    """Send ``packed`` (``replies`` commands) on one pooled connection and read every reply.
-    On any error or cancellation the connection is dropped (it may hold unread replies)."""
-    pool = client.connection_pool
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        await connection.send_packed_command(packed, check_health=False)
-        return [await connection.read_response() for _ in range(replies)]
-    except BaseException:
-        await connection.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(connection)

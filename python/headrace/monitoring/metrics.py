@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -27,7 +27,10 @@ from headrace.monitoring.lifecycle_metrics import LifecycleMetrics
 from headrace.monitoring.routing_metrics import RoutingMetrics
 
 # 25 µs .. ~26 s, doubling: fine resolution where a small model's latency lives.
-LATENCY_BUCKETS_S = tuple(25e-6 * 2**i for i in range(21))
+_FIRST_BUCKET_NS = 25_000
+LATENCY_BUCKETS_S = tuple(_FIRST_BUCKET_NS * 2**i / 1e9 for i in range(21))
+_INF_BUCKET = len(LATENCY_BUCKETS_S)
+_LATENCY_BOUNDS = (*(repr(bound) for bound in LATENCY_BUCKETS_S), "+Inf")  # the `le` labels
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 _LABELS = ("model", "version")
@@ -42,20 +45,32 @@ class VersionStatisticsSource(Protocol):
 
 
 class RequestSeries:
-    """The request series of one (model, version, endpoint, variant): the latency histogram's
-    child looked up once, a success count exported at scrape time (no Prometheus update per
-    success beyond the histogram), and failure counters per status code.
+    """The request series of one (model, version, endpoint, variant): counts kept as plain
+    numbers by the request path and exported at scrape time -- successes, and the latency
+    histogram (LATENCY_BUCKETS_S, doubling from 25 us, so a latency's bucket is the bit length
+    of its multiple of 25 us: no Prometheus object, lock or bisect per request) -- and failure
+    counters per status code (a cold path).
 
-    Written by the thread that answers the request (the event loop, or a blocking caller holding
-    the engine's routing lock)."""
+    Written by the thread that answers the request holding the engine's routing lock (the event
+    loop, or a blocking caller), read at scrape time."""
 
-    __slots__ = ("_failure", "duration", "labels", "success")
+    __slots__ = ("_failure", "duration_counts", "duration_sum_ns", "labels", "success")
 
     def __init__(self, metrics: Metrics, labels: tuple[str, str, str, str]) -> None:
         self.labels = labels
-        self.duration = metrics.request_duration.labels(*labels)
         self._failure = metrics.request_failure
         self.success = 0
+        # One count per finite bucket, then +Inf; not cumulative (made so at scrape time).
+        self.duration_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.duration_sum_ns = 0
+
+    def observe(self, latency_ns: int) -> None:
+        """One successful request's latency (called with the routing lock held)."""
+        self.success += 1
+        self.duration_sum_ns += latency_ns
+        # The smallest i with latency <= 25 us x 2^i: multiples of 25 us, rounded up, minus one.
+        bucket = (max(0, latency_ns - 1) // _FIRST_BUCKET_NS).bit_length()
+        self.duration_counts[min(bucket, _INF_BUCKET)] += 1
 
     def failed(self, code: str) -> None:
         self._failure.labels(*self.labels, code).inc()
@@ -71,13 +86,6 @@ class Metrics:
             "headrace_inference_request_failure",
             "Failed inference requests",
             (*REQUEST_LABELS, "code"),
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            "headrace_inference_request_duration_seconds",
-            "End-to-end request time inside the server",
-            REQUEST_LABELS,
-            buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self._series: dict[tuple[str, str, str, str], RequestSeries] = {}
@@ -161,8 +169,19 @@ class _VersionCollector:
             "Successful inference requests",
             labels=list(REQUEST_LABELS),
         )
+        duration = HistogramMetricFamily(
+            "headrace_inference_request_duration_seconds",
+            "End-to-end request time inside the server (successful requests)",
+            labels=list(REQUEST_LABELS),
+        )
         for series in self._metrics.all_series():
             success.add_metric(list(series.labels), series.success)
+            counts = list(series.duration_counts)  # a copy: requests keep counting meanwhile
+            cumulative, latency_buckets = 0, []
+            for le, in_bucket in zip(_LATENCY_BOUNDS, counts, strict=True):
+                cumulative += in_bucket
+                latency_buckets.append((le, cumulative))
+            duration.add_metric(list(series.labels), latency_buckets, series.duration_sum_ns / 1e9)
         inference = CounterMetricFamily(
             "headrace_inference_count", "Rows inferred (batch dimension summed)", labels=labels
         )
@@ -240,6 +259,7 @@ class _VersionCollector:
             batch_size.add_metric(values, buckets, total_rows)
         yield from (
             success,
+            duration,
             inference,
             executions,
             queue,

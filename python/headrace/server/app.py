@@ -19,7 +19,7 @@ from headrace.config import ServerSettings
 from headrace.engine import Engine
 from headrace.errors import HeadraceError
 from headrace.server.admin import AdminServicer
-from headrace.server.auth import AccessInterceptor, AccessPolicy
+from headrace.server.auth import AccessPolicy, guarded
 from headrace.server.feedback import FeedbackServicer
 from headrace.server.health import SERVING, HealthServicer, ReflectionServicer
 from headrace.server.servicer import InferenceServicer
@@ -46,10 +46,14 @@ def _unimplemented(name: str, streaming: bool) -> Any:
 
 
 def service_handlers(
-    service: ServiceDescriptor, servicer: object, raw: frozenset[str] = frozenset()
+    service: ServiceDescriptor,
+    servicer: object,
+    policy: AccessPolicy,
+    raw: frozenset[str] = frozenset(),
 ) -> grpc.GenericRpcHandler[Any, Any]:
-    """One handler per method of ``service``, bound to the servicer's method of the same name.
-    Methods named in ``raw`` take and return bytes (the core parses and writes them)."""
+    """One handler per method of ``service``, bound to the servicer's method of the same name
+    behind the access policy's check for that method (auth.guarded). Methods named in ``raw``
+    take and return bytes (the core parses and writes them)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         behaviour = getattr(servicer, method.name, None)
@@ -69,7 +73,8 @@ def service_handlers(
             + ("stream" if method.server_streaming else "unary")
         )
         factory = getattr(grpc, f"{kind}_rpc_method_handler")
-        handlers[method.name] = factory(behaviour, **codec)
+        path = f"/{service.full_name}/{method.name}"
+        handlers[method.name] = factory(guarded(policy, path, behaviour), **codec)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
@@ -101,10 +106,7 @@ class Server:
         policy = AccessPolicy.from_settings(s)
         if not policy.control_enabled:
             log.warning("control RPCs are %s", policy.why_control_off)
-        server = grpc.aio.server(
-            options=channel_options(s.max_message_bytes),
-            interceptors=(AccessInterceptor(policy),),
-        )
+        server = grpc.aio.server(options=channel_options(s.max_message_bytes))
         services = [
             wire.INFERENCE_SERVICE,
             wire.ADMIN_SERVICE,
@@ -119,13 +121,14 @@ class Server:
                 service_handlers(
                     wire.INFERENCE_SERVICE,
                     self._servicer,
+                    policy,
                     raw=frozenset({"ModelInfer", "ModelStreamInfer"}),
                 ),
-                service_handlers(wire.ADMIN_SERVICE, self._admin),
-                service_handlers(wire.FEEDBACK_SERVICE, self._feedback),
-                service_handlers(wire.HEALTH_SERVICE, self._health),
-                service_handlers(REFLECTION_SERVICES[0], reflection),
-                service_handlers(REFLECTION_SERVICES[1], reflection_alpha),
+                service_handlers(wire.ADMIN_SERVICE, self._admin, policy),
+                service_handlers(wire.FEEDBACK_SERVICE, self._feedback, policy),
+                service_handlers(wire.HEALTH_SERVICE, self._health, policy),
+                service_handlers(REFLECTION_SERVICES[0], reflection, policy),
+                service_handlers(REFLECTION_SERVICES[1], reflection_alpha, policy),
             )
         )
         address = f"{s.host}:{s.grpc_port}"

@@ -32,6 +32,11 @@ FEATURES = ("age", "spend_30d", "clicks")
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
+    return write_model_dir(tmp_path)
+
+
+def write_model_dir(tmp_path: Path) -> Path:
+    """The users and items snapshots the tests push."""
     snapshots.write(tmp_path / "users.parquet", snapshots.user_table(rows=200, seed=3))
     items = pa.table(
         {

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from headrace.errors import InternalError
 from headrace.features import (
     Breaker,
     BreakerPolicy,
@@ -206,11 +207,70 @@ def test_an_answer_that_cannot_be_shared_fails_its_lookups_not_the_coalescer(
         store = GatedStore(inner)
         coalescer = make(store)
         store.garbled = True  # one view configured, two answered
-        with pytest.raises(ValueError):
+        with pytest.raises(InternalError, match="answered 2 views"):
             await coalescer.lookup(keys(1000))
         assert coalescer.breaker.state == BreakerState.CLOSED  # not the store's fault
         store.garbled = False
         (rows,) = await coalescer.lookup(keys(1000))
         assert rows.found.tolist() == [True]
+
+    asyncio.run(main())
+
+
+def test_a_lookup_deadline_covers_its_wait_and_leaves_the_round_trip_to_the_others(
+    inner: EmbeddedStore,
+) -> None:
+    async def main() -> None:
+        store = GatedStore(inner)
+        coalescer = make(store, timeout_s=3600.0)  # the round trip itself is not bounded here
+        store.gate.clear()
+        staying = asyncio.create_task(coalescer.lookup(keys(1003)))
+        with pytest.raises(StoreError, match="no answer within 50 ms"):
+            await coalescer.lookup(keys(1000), timeout_s=0.05)
+        assert coalescer.round_trips_in_flight == 1  # still out, for the caller that stayed
+        store.gate.set()
+        (rows,) = await staying
+        assert rows.found.tolist() == [True]
+        assert coalescer.breaker.state == BreakerState.CLOSED  # a caller's deadline, not a failure
+
+    asyncio.run(main())
+
+
+def test_one_sender_carries_round_trip_after_round_trip_and_counts_them(
+    inner: EmbeddedStore,
+) -> None:
+    async def main() -> None:
+        store = GatedStore(inner)
+        coalescer = make(store)
+        store.gate.clear()
+        first = asyncio.create_task(coalescer.lookup(keys(1000)))
+        while not store.reads:
+            await asyncio.sleep(0)
+        second = [asyncio.create_task(coalescer.lookup(keys(1003 + 3 * i))) for i in range(5)]
+        while coalescer.pending_lookups < 6:
+            await asyncio.sleep(0)
+        store.gate.set()
+        await asyncio.gather(first, *second)
+        assert [len(r["user_id"]) for r in store.reads] == [1, 5]
+        assert (coalescer.round_trips, coalescer.lookups) == (2, 6)
+        # Two slots: a lookup arriving while one round trip is held goes out on the second.
+        wide = LookupCoalescer(
+            store,
+            ["user_id"],
+            timeout_s=5.0,
+            breaker=Breaker(BreakerPolicy()),
+            policy=CoalescePolicy(max_round_trips_in_flight=2),
+        )
+        store.reads.clear()
+        store.gate.clear()
+        held = asyncio.create_task(wide.lookup(keys(1000)))
+        while wide.round_trips_in_flight < 1:
+            await asyncio.sleep(0)
+        other = asyncio.create_task(wide.lookup(keys(1003)))
+        while wide.round_trips_in_flight < 2:
+            await asyncio.sleep(0)
+        store.gate.set()
+        await asyncio.gather(held, other)
+        assert [r["user_id"] for r in store.reads] == [[1000], [1003]]
 
     asyncio.run(main())
