@@ -194,8 +194,7 @@ class Engine:
     def _served(self, name: str, version: str | int | None) -> ServedVersion:
         return served_version(self.models, name, version)
 
-    def _lease(self, name: str, version: str | int | None) -> ServedVersion:
-        """A shadow copy's lease (not counted as a client request)."""
+    def _lease(self, name: str, version: str | int | None) -> ServedVersion:  # shadow copies'
         return lease_version(self.models, name, version, client=False)
 
     def get_version(self, name: str, version: str | int | None = None) -> ModelVersion:
@@ -466,12 +465,13 @@ class Engine:
     async def _shadow_infer(
         self, model: str, version: str, inputs: Mapping[str, InputTensor]
     ) -> dict[str, npt.NDArray[Any]]:
-        """A shadow copy: the model itself, unrouted and uncounted as a client request."""
+        """A shadow copy: the model itself, unrouted and uncounted as a client request, at the
+        batcher's lowest priority (its last level; 0 when it has no priority levels)."""
         leased = self._lease(model, version or None)
         try:
             served = leased.version
             names = served.validator.check(inputs, None)
-            return await served.infer_async(inputs, names)
+            return await served.infer_async(inputs, names, served.config.batching.priority_levels)
         finally:
             leased.lease.release(client=False)
 
