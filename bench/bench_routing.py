@@ -17,9 +17,11 @@
 3. Served (``headrace serve`` as a process on CPU 0, bench/loadgen.py on CPU 1, taskset): c=32
    throughput and p99 of the bare model, a split endpoint of two such models, a one-variant
    endpoint, and the same endpoint with one shadow (sample 1.0, then 0.1). Medians of
-   --repeats runs, rows interleaved so that machine noise spreads over all of them. A shadow
-   at sample 1.0 doubles the model work on the server's one core: its cost is that CPU (the
-   held-shadow test shows it never delays an answer it copies).
+   --repeats runs, rows interleaved so that machine noise spreads over all of them. Shadows
+   yield (routing/shadow.py): copies are dropped while the primary is busy or past the shadow
+   time budget (--shadow-budget-share, default 0.05; set HEADRACE_SHADOW_BUDGET_SHARE for the
+   server), so each shadowed row prints the share of its requests the shadow answered
+   ("mirrored") next to the p99 ratio, and the drops by reason.
 
 Wall time and process CPU time are both shown in-process: on a shared machine CPU time is the
 steadier of the two. Writes bench/results/routing.json.
@@ -247,9 +249,30 @@ SERVED_ROWS = (
     ("sampled", "endpoint, 1 variant + 1 shadow at 10 %"),
 )
 CONCURRENCY = 32
+SHADOW_ROWS = ("single", "shadowed", "sampled")
 
 
-def served(work: Path, duration_s: float, repeats: int) -> list[dict[str, Any]]:
+def shadow_counts(target: str, endpoint: str) -> tuple[int, int, dict[str, int]]:
+    """(primary requests, shadow copies answered, copies dropped by reason) of an endpoint, from
+    the server's experiment report."""
+    from headrace.client import Client
+    from headrace.wire import admin as pb
+
+    with Client(target) as client:
+        report = client.admin(
+            "GetExperimentReport", pb.GetExperimentReportRequest(endpoint=endpoint)
+        )
+    requests = sum(v.requests for v in report.variants)
+    if not report.shadows:
+        return requests, 0, {}
+    shadow = report.shadows[0]
+    by_reason = dict(shadow.dropped_by) if hasattr(shadow, "dropped_by") else {}
+    return requests, shadow.completed + shadow.errors, by_reason or {"any": shadow.dropped}
+
+
+def served(
+    work: Path, duration_s: float, repeats: int, shadow_only: bool = False
+) -> list[dict[str, Any]]:
     import bench_serving as serving  # type: ignore[import-not-found]
 
     spec = serving.MODELS["tabular"]
@@ -257,20 +280,34 @@ def served(work: Path, duration_s: float, repeats: int) -> list[dict[str, Any]]:
     paths = serving.write_models([spec, other], work / "onnx")
     repo = serving.headrace_repository(work / "repo", "auto", paths)
     (repo / "_endpoints.toml").write_text(SERVED_ENDPOINTS)
-    runs: dict[str, list[Any]] = {name: [] for name, _ in SERVED_ROWS}
+    served_rows = [r for r in SERVED_ROWS if not shadow_only or r[0] in SHADOW_ROWS]
+    runs: dict[str, list[Any]] = {name: [] for name, _ in served_rows}
+    mirrored: dict[str, list[float]] = {name: [] for name, _ in served_rows}
+    dropped: dict[str, dict[str, int]] = {name: {} for name, _ in served_rows}
     server = serving.headrace_server(
-        repo, work / "headrace.log", serving.SERVER_CPUS, [name for name, _ in SERVED_ROWS]
+        repo, work / "headrace.log", serving.SERVER_CPUS, [name for name, _ in served_rows]
     )
     with server:
         for repeat in range(repeats):
-            for name, _ in SERVED_ROWS:
+            for name, _ in served_rows:
                 cell = serving.Cell(serving.ModelSpec(name, spec.sizes, 0), "loadgen", CONCURRENCY)
+                shadowed = name in SHADOW_ROWS and name != "single"
+                before = shadow_counts(server.target, name) if shadowed else None
                 measured = serving.run_loadgen(server.target, cell, duration_s, serving.CLIENT_CPUS)
                 runs[name].append(measured)
+                share = ""
+                if before is not None:
+                    after = shadow_counts(server.target, name)
+                    fraction = (after[1] - before[1]) / max(1, after[0] - before[0])
+                    mirrored[name].append(fraction)
+                    for reason, count in after[2].items():
+                        drops = count - before[2].get(reason, 0)
+                        dropped[name][reason] = dropped[name].get(reason, 0) + drops
+                    share = f" mirrored {fraction:.1%}"
                 print(f"#   run {repeat + 1}: {name:<9} {measured.rows_per_s:>8.0f} req/s "
-                      f"p99 {measured.p99_us:>7.0f} us", flush=True)  # fmt: skip
+                      f"p99 {measured.p99_us:>7.0f} us{share}", flush=True)  # fmt: skip
     rows = []
-    for name, what in SERVED_ROWS:
+    for name, what in served_rows:
         rows.append(
             {
                 "model_name": name,
@@ -278,24 +315,33 @@ def served(work: Path, duration_s: float, repeats: int) -> list[dict[str, Any]]:
                 "requests_per_s": statistics.median(m.rows_per_s for m in runs[name]),
                 "p50_us": statistics.median(m.p50_us for m in runs[name]),
                 "p99_us": statistics.median(m.p99_us for m in runs[name]),
+                "mirrored": statistics.median(mirrored[name]) if mirrored[name] else None,
+                "dropped_by": dropped[name],
             }
         )
     return rows
 
 
 def print_served(rows: list[dict[str, Any]]) -> None:
-    bare, single = rows[0], rows[2]
-    print(f"{'model_name':<10} {'what':<36} {'req/s':>8} {'p50 us':>8} {'p99 us':>8} {'vs':>14}")
+    """The table; a shadowed row's p99 ratio is against the same endpoint without a shadow, and
+    beside it the share of primary requests whose copy the shadow answered (a dropped copy is
+    no agreement: read the two together)."""
+    by_name = {row["model_name"]: row for row in rows}
+    bare, single = by_name.get("tabular"), by_name["single"]
+    print(f"{'model_name':<10} {'what':<36} {'req/s':>8} {'p50 us':>8} {'p99 us':>8} {'vs':>14} "
+          f"{'mirrored':>9}  dropped")  # fmt: skip
     for row in rows:
         reference = single if row["model_name"] in ("shadowed", "sampled") else bare
         versus = (
             f"p99 x{row['p99_us'] / reference['p99_us']:.2f}"
-            if row is not reference and row is not bare
+            if reference is not None and row is not reference and row is not bare
             else ""
         )
+        share = "" if row.get("mirrored") is None else f"{row['mirrored']:.1%}"
+        drops = " ".join(f"{k}={v}" for k, v in sorted(row.get("dropped_by", {}).items()) if v)
         print(
             f"{row['model_name']:<10} {row['what']:<36} {row['requests_per_s']:>8.0f} "
-            f"{row['p50_us']:>8.0f} {row['p99_us']:>8.0f} {versus:>14}"
+            f"{row['p50_us']:>8.0f} {row['p99_us']:>8.0f} {versus:>14} {share:>9}  {drops}"
         )
 
 
@@ -307,6 +353,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--no-served", action="store_true", help="skip the served rows")
+    parser.add_argument(
+        "--shadow-only", action="store_true", help="only the served shadow rows (no in-process)"
+    )
     parser.add_argument("--duration-s", type=float, default=5.0, help="per served run")
     parser.add_argument("--repeats", type=int, default=3, help="served runs per row")
     parser.add_argument("--out", type=Path, default=Path("bench/results/routing.json"))
@@ -323,26 +372,29 @@ def main() -> None:
             results.append({"strategy": strategy, "what": what, "wall_ns": wall, "cpu_ns": cpu})
             print(f"{strategy:<16} {what:<27} {wall:>9.0f} {cpu:>9.0f}", flush=True)
 
-    measure(cases(make_routing()), requests)
+    report: dict[str, Any] = {"cpu": cpu_model(), "results": results}
+    if not args.shadow_only:
+        measure(cases(make_routing()), requests)
     from headrace.engine import Engine
 
     with tempfile.TemporaryDirectory() as folder:
-        engine = Engine.from_repository(engine_repository(Path(folder)), metrics_port=-1)
-        try:
-            rows = engine_cases(engine)
-            measure(rows[:3], requests)
-            measure(rows[3:], max(1_000, requests // 20))  # each runs the model
-        finally:
-            engine.close()
-        floor = results[-5]["cpu_ns"]
-        print(f"# routing adds {results[-4]['cpu_ns'] - floor:.0f} ns CPU per request to a plain "
-              f"model, {results[-3]['cpu_ns'] - floor:.0f} ns to a split endpoint")  # fmt: skip
-        report: dict[str, Any] = {"cpu": cpu_model(), "results": results}
+        if not args.shadow_only:
+            engine = Engine.from_repository(engine_repository(Path(folder)), metrics_port=-1)
+            try:
+                rows = engine_cases(engine)
+                measure(rows[:3], requests)
+                measure(rows[3:], max(1_000, requests // 20))  # each runs the model
+            finally:
+                engine.close()
+            floor = results[-5]["cpu_ns"]
+            plain, split = results[-4]["cpu_ns"] - floor, results[-3]["cpu_ns"] - floor
+            print(f"# routing adds {plain:.0f} ns CPU per request to a plain model, "
+                  f"{split:.0f} ns to a split endpoint")  # fmt: skip
         if not args.no_served:
             duration, repeats = (2.0, 1) if args.quick else (args.duration_s, args.repeats)
             print(f"# served: c={CONCURRENCY}, server on CPU 0, loadgen on CPU 1, "
                   f"{repeats} x {duration:g} s per row, medians")  # fmt: skip
-            report["served"] = served(Path(folder), duration, repeats)
+            report["served"] = served(Path(folder), duration, repeats, args.shadow_only)
             print_served(report["served"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -254,7 +255,8 @@ def test_changes_persist_across_a_restart(tmp_path: Path) -> None:
 
 
 def test_shadows_of_blocking_and_async_callers(make_engine: Callable[..., Engine]) -> None:
-    engine = make_engine()
+    # Every copy is counted here: no time budget (it is tested with a fake clock in test_shadow).
+    engine = make_engine(shadow_budget_share=1.0)
     engine.endpoints.create(
         {
             "name": "shadowed",
@@ -403,3 +405,36 @@ def test_label_quality_gauge(make_engine: Callable[..., Engine]) -> None:
     gauge = 'headrace_variant_quality{endpoint="labelled",kind="classifier",variant="x"}'
     assert metric(engine, gauge) == 0.5
     assert metric(engine, 'headrace_variant_quality_rows{endpoint="labelled",variant="x"}') == 2
+
+
+def test_shadow_copies_run_at_the_batchers_lowest_priority(tmp_path: Path) -> None:
+    repo = build_repo(tmp_path, None)
+    onnx_models.write_model(
+        repo,
+        "c",
+        onnx_models.mlp([8, 16, 2], seed=2),
+        toml="max_batch_size = 8\n[batching]\npriority_levels = 3\ndefault_priority_level = 1\n",
+    )
+    engine = Engine(ServerSettings(model_repository=repo, shadow_budget_share=1.0))
+    try:
+        engine.load_repository()
+        served = engine.get_version("c")
+        real, seen = served.infer_async, []
+
+        async def spy(inputs: Any, names: Any, priority: int = 0, *args: Any, **kw: Any) -> Any:
+            seen.append(priority)
+            return await real(inputs, names, priority, *args, **kw)
+
+        served.infer_async = spy  # type: ignore[method-assign]
+        engine.endpoints.create(
+            {
+                "name": "shadowed",
+                "variants": [{"name": "main", "model": "a"}],
+                "shadows": [{"name": "low", "model": "c"}],
+            }
+        )
+        engine.infer("shadowed", X)
+        wait_for(lambda: engine.endpoints.report("shadowed").shadows[0].completed == 1, "a copy")
+        assert seen == [3]  # the last of its 3 levels
+    finally:
+        engine.close()

@@ -50,3 +50,15 @@ def test_counts_stay_exact_across_threads() -> None:
     for thread in threads:
         thread.join()
     assert lease.retire(timeout_s=0.0) == 1
+
+
+def test_shadow_copies_are_in_flight_but_not_clients() -> None:
+    lease = VersionLease()
+    assert lease.acquire() and lease.acquire(client=False) and lease.acquire(client=False)
+    assert (lease.clients, lease._in_flight()) == (1, 3)
+    lease.release(client=False)
+    lease.release()
+    assert (lease.clients, lease._in_flight()) == (0, 1)
+    lease.release(client=False)
+    assert lease.retire(1.0) == 0
+    assert not lease.acquire(client=False) and lease.clients == 0 and lease._in_flight() == 0

@@ -119,6 +119,10 @@ def _number(value: float, digits: int = 3) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}g}"
 
 
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1%}"
+
+
 def format_report(report: Any) -> str:
     """The experiment report as text: one row per variant, then the shadows and the caveat."""
     lines = [f"endpoint {report.endpoint} ({report.strategy}), control {report.control}"]
@@ -145,9 +149,12 @@ def format_report(report: Any) -> str:
             kind = "accuracy" if v.quality.kind == "classifier" else "MAE"
             lines.append(f"{'':<14} {kind} {_number(v.quality.value)} over {v.quality.count} rows")
     for s in report.shadows:
+        # The mirrored share first: agreement is measured over the copies that were answered.
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.dropped_by.items()))
         lines.append(
-            f"shadow {s.name} ({s.model}): offered {s.offered}, dropped {s.dropped}, errors "
-            f"{s.errors}, agreement {_number(s.agreement)}, |delta| p99 {_number(s.abs_delta_p99)}"
+            f"shadow {s.name} ({s.model}): mirrored {_percent(s.mirrored)} of {s.offered} sampled"
+            f", dropped {s.dropped}{f' ({reasons})' if reasons else ''}, errors {s.errors}, "
+            f"agreement {_number(s.agreement)}, |delta| p99 {_number(s.abs_delta_p99)}"
             f", p99 {_number(s.latency_p99_ms)} ms"
         )
     for event in report.events[-5:]:

@@ -48,6 +48,11 @@ def add_parser(commands: Any) -> None:
     )
     routing.add_argument("--feedback-ttl-s", type=float, help="feedback window per answer (3600)")
     routing.add_argument(
+        "--shadow-budget-share",
+        type=float,
+        help="share of CPU time shadow calls may take; beyond it copies drop (0.05; 1: all)",
+    )
+    routing.add_argument(
         "--feedback-plain-models",
         action="store_true",
         default=None,
@@ -116,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             "feedback_max_entries": args.feedback_max_entries,
             "feedback_ttl_s": args.feedback_ttl_s,
             "feedback_plain_models": args.feedback_plain_models,
+            "shadow_budget_share": args.shadow_budget_share,
             "served_log": args.served_log,
             "mlflow_uri": args.mlflow_uri,
             "models": args.models,

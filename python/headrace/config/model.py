@@ -290,6 +290,12 @@ class DriftSettings(ConfigModel):
     trigger_webhook: Annotated[str | None, BeforeValidator(_webhook)] = None
     trigger_command: Annotated[tuple[str, ...] | None, BeforeValidator(_command)] = None
     cooldown_s: Annotated[Number, Field(ge=0)] = 3600.0  # at most one firing per cooldown
+    # Model quality from labels (endpoints with [endpoint.quality] labels = true), per variant
+    # running this version and quality window: a closed window with min_labels labelled rows
+    # alerts below min_accuracy (a classifier) or above max_mae (a regressor), like drift.
+    min_accuracy: Annotated[Number, Field(ge=0, le=1)] | None = None
+    max_mae: Annotated[Number, Field(ge=0)] | None = None
+    min_labels: Annotated[Int, Field(ge=1)] = 30
 
     def check(self) -> None:
         if self.psi_alert < self.psi_warn:

@@ -66,6 +66,11 @@ class ServerSettings(BaseSettings):
     # endpoint of one variant) only when this is on: remembering costs about a microsecond per
     # request, which a model nobody sends feedback for should not pay.
     feedback_plain_models: bool = False
+    # Shadow calls may take at most this share of the server's CPU time (a token bucket charged
+    # each call's duration; copies beyond it are dropped as over_budget and counted): what
+    # mirroring may cost a saturated server, against how much of the traffic a shadow sees.
+    # 1: no budget.
+    shadow_budget_share: float = Field(default=0.05, gt=0, le=1)
     # -- online features (features/) --
     # Where every row served by a model with [features] is logged (Parquet, rotated; read back
     # with headrace.features.read_served_log); None: no log.

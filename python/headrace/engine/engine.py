@@ -30,9 +30,10 @@ from headrace.config import ServerSettings
 from headrace.engine.completions import CompletionRouter
 from headrace.engine.features import EngineFeatures
 from headrace.engine.lookup import lease_route, lease_version, served_version
-from headrace.engine.routed import EngineRouting, signature_of_version
+from headrace.engine.routed import EngineRouting, ShadowHooks, signature_of_version
 from headrace.engine.version import ModelVersion
 from headrace.errors import HeadraceError, InvalidArgumentError, NotFoundError
+from headrace.monitoring.drift.quality import QualityWindow
 from headrace.monitoring.drift.served import ServedDrift
 from headrace.monitoring.metrics import Metrics
 from headrace.native import core as _core
@@ -91,6 +92,8 @@ class Engine:
         # A model that becomes ready by any path (repository, MLflow, the watcher) is callable
         # by name: an endpoint of one variant.
         self.models.listeners.append(self._model_published)
+        # Drift monitoring judges the label quality of the variants that run a version.
+        self.metrics.drift_watcher.quality_of = self.variant_quality
 
     @classmethod
     def from_repository(cls, path: str | Path, **settings: Any) -> Engine:
@@ -140,7 +143,11 @@ class Engine:
                 routing = self._routing
                 if routing is None:
                     routing = EngineRouting.build(
-                        self.settings, self.metrics, self._signature, self._shadow_infer
+                        self.settings,
+                        self.metrics,
+                        self._signature,
+                        ShadowHooks(self._shadow_infer, self._primary_busy, self._shadow_rows),
+                        self.models.transitions.audit,
                     )
                     for name in self.model_names():
                         routing.endpoints.add_model(name)
@@ -187,8 +194,8 @@ class Engine:
     def _served(self, name: str, version: str | int | None) -> ServedVersion:
         return served_version(self.models, name, version)
 
-    def _lease(self, name: str, version: str | int | None) -> ServedVersion:
-        return lease_version(self.models, name, version)
+    def _lease(self, name: str, version: str | int | None) -> ServedVersion:  # shadow copies'
+        return lease_version(self.models, name, version, client=False)
 
     def get_version(self, name: str, version: str | int | None = None) -> ModelVersion:
         """The version that serves ``name`` (latest loaded when ``version`` is empty)."""
@@ -259,6 +266,19 @@ class Engine:
                 "(make one with `headrace profile`)"
             )
         return served.drift
+
+    def variant_quality(self, model: str, version: str) -> list[QualityWindow]:
+        """Label-quality windows of the endpoint variants that run ``model`` at ``version``."""
+        routing = self._routing
+        if routing is None:
+            return []
+        return routing.quality_windows(model, version, self._serving_version)
+
+    def _serving_version(self, model: str, version: str) -> str | None:
+        try:
+            return self.get_version(model, version or None).version_str
+        except NotFoundError:
+            return None
 
     def statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
         if name:
@@ -445,14 +465,31 @@ class Engine:
     async def _shadow_infer(
         self, model: str, version: str, inputs: Mapping[str, InputTensor]
     ) -> dict[str, npt.NDArray[Any]]:
-        """A shadow copy: the model itself, unrouted and uncounted as a client request."""
+        """A shadow copy: the model itself, unrouted and uncounted as a client request, at the
+        batcher's lowest priority (its last level; 0 when it has no priority levels)."""
         leased = self._lease(model, version or None)
         try:
             served = leased.version
             names = served.validator.check(inputs, None)
-            return await served.infer_async(inputs, names)
+            return await served.infer_async(inputs, names, served.config.batching.priority_levels)
         finally:
-            leased.lease.release()
+            leased.lease.release(client=False)
+
+    def _primary_busy(self, route: Route) -> bool:
+        """Shadows yield to clients: a copy goes out only while the version that answered has
+        an idle instance (fewer client requests in flight than instances)."""
+        try:
+            served = served_version(self.models, route.model, route.version or None)
+        except NotFoundError:
+            return False
+        return served.lease.clients >= max(1, served.version.config.instances)
+
+    def _shadow_rows(self, model: str, version: str) -> int:
+        """The most rows one (coalesced) shadow call may take: the shadow's batch size."""
+        try:
+            return max(1, self.get_version(model, version or None).max_batch_size)
+        except NotFoundError:
+            return 1
 
     def close(self) -> None:
         """Write the routing state, stop shadows, drain and release every model."""

@@ -31,11 +31,14 @@ def served_version(models: ModelManager, name: str, version: str | int | None) -
     return model.resolve(version)  # a number, or an alias of the model
 
 
-def lease_version(models: ModelManager, name: str, version: str | int | None) -> ServedVersion:
-    """The serving version, with one in-flight request counted on it (release after)."""
+def lease_version(
+    models: ModelManager, name: str, version: str | int | None, client: bool = True
+) -> ServedVersion:
+    """The serving version, with one in-flight request counted on it (release after, with the
+    same ``client``: False for a shadow copy)."""
     for _ in range(LEASE_ATTEMPTS):
         served = served_version(models, name, version)
-        if served.lease.acquire():
+        if served.lease.acquire(client):
             return served
     raise UnavailableError(f"model '{name}' is being swapped; retry")
 

@@ -24,20 +24,40 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from headrace.config import ServerSettings
+from headrace.engine.endpoint_audit import EndpointAuditTrail
 from headrace.engine.version import ModelVersion
 from headrace.errors import ConfigError, HeadraceError, StatusCode
+from headrace.monitoring.drift.quality import QualityWindow
 from headrace.monitoring.metrics import Metrics, RequestSeries
-from headrace.routing import Endpoints, FeedbackReceipt, Route, ShadowMirror
+from headrace.registry.audit import AuditLog
+from headrace.routing import Endpoints, FeedbackReceipt, Route, RoutingEvent, ShadowMirror
 from headrace.routing.config import ModelSignature
+from headrace.routing.shadow import PRIMARY_BUSY
 
 log = logging.getLogger(__name__)
 
 ShadowCall = Callable[[str, str, Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ShadowHooks:
+    """What the mirror needs of the engine: ``call`` runs a copy (model, version, inputs);
+    ``busy(route)`` says the version that answered has no spare capacity (its copies are then
+    dropped as primary_busy: shadows yield to clients); ``rows(model, version)`` bounds a
+    coalesced call (the shadow's batch size)."""
+
+    call: ShadowCall
+    busy: Callable[[Route], bool] = lambda route: False
+    rows: Callable[[str, str], int] = lambda model, version: 0
+
+
 SignatureOf = Callable[[str, str], ModelSignature]
 
 # Failures of the server or the model: they count against a variant (error rate, canary gates).
@@ -99,15 +119,20 @@ class EngineRouting:
         self,
         endpoints: Endpoints,
         metrics: Metrics,
-        shadow_call: ShadowCall,
+        shadow: ShadowHooks,
         feedback_plain_models: bool = False,
+        trail: EndpointAuditTrail | None = None,
+        budget_share: float = 1.0,
     ) -> None:
         self.endpoints = endpoints
+        self._budget_share = budget_share  # of wall time for shadow calls (ShadowMirror)
+        self.trail = trail
         self.feedback_plain_models = feedback_plain_models
         self.lock = threading.Lock()
         # What shadow copies run through (the engine's unrouted inference); replace it to
         # observe or hold shadow runs.
-        self.mirror_call: ShadowCall = shadow_call
+        self.mirror_call: ShadowCall = shadow.call
+        self._shadow = shadow
         self._metrics = metrics
         # version label -> variant statistics (one object per endpoint variant, so it stands
         # for the endpoint, variant and model labels) -> series: two dict lookups per request.
@@ -124,21 +149,37 @@ class EngineRouting:
         settings: ServerSettings,
         metrics: Metrics,
         signature_of: SignatureOf,
-        shadow_call: ShadowCall,
+        shadow: ShadowHooks,
+        audit: AuditLog | None = None,
     ) -> EngineRouting:
         """Read the endpoints file and the state folder; every declared endpoint is checked
-        against the loaded models (a clear ConfigError / NotFoundError otherwise)."""
+        against the loaded models (a clear ConfigError / NotFoundError otherwise). Endpoint
+        changes go to ``audit`` (the server's audit trail), when there is one."""
         gauges = metrics.routing
+        trail = EndpointAuditTrail(audit)
+
+        def on_event(event: RoutingEvent) -> None:
+            gauges.on_event(event)
+            trail.on_event(event)
+
         endpoints = Endpoints.from_file(
             settings.resolved_endpoints_file(),
             state_dir=state_folder(settings),
             signature_of=signature_of,
-            on_event=gauges.on_event,
+            on_event=on_event,
+            audit=trail.write,
             feedback_max_entries=settings.feedback_max_entries,
             feedback_ttl_s=settings.feedback_ttl_s,
         )
         gauges.watch(endpoints)
-        return cls(endpoints, metrics, shadow_call, settings.feedback_plain_models)
+        return cls(
+            endpoints,
+            metrics,
+            shadow,
+            settings.feedback_plain_models,
+            trail,
+            settings.shadow_budget_share,
+        )
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -219,23 +260,69 @@ class EngineRouting:
                 request_id, reward=reward, label=label, endpoint=endpoint
             )
 
+    # -- label quality, for drift monitoring ----------------------------------------------------
+
+    def quality_windows(
+        self, model: str, version: str, version_of: Callable[[str, str], str | None]
+    ) -> list[QualityWindow]:
+        """The label-quality windows of every variant that runs ``model`` at ``version``
+        (``version_of(model, version_or_alias)`` says which version a variant runs now).
+
+        Called by the drift watcher thread: it reads windows the event loop writes; a closed
+        window no longer changes, the open one may be read between two of its updates."""
+        now_s = time.time()
+        endpoints, rows = self.endpoints, []
+        for name in endpoints.names(include_models=True):
+            try:
+                runtime = endpoints.get(name)
+            except HeadraceError:
+                continue  # deleted since names() was read
+            quality = runtime.config.quality
+            if not quality.labels:
+                continue
+            for index, route in enumerate(runtime.routes):
+                if route.model != model or version_of(route.model, route.version) != version:
+                    continue
+                for window in list(runtime.quality.windows[index]):
+                    rows.append(
+                        QualityWindow(
+                            runtime.name,
+                            route.variant,
+                            window.kind,
+                            window.value,
+                            window.count,
+                            window.start_s,
+                            quality.window_s,
+                            window.start_s + quality.window_s <= now_s,
+                        )
+                    )
+        return rows
+
     # -- shadows -------------------------------------------------------------------------------
 
     async def _call_shadow(self, model: str, version: str, inputs: Mapping[str, Any]) -> Any:
         return await self.mirror_call(model, version, inputs)
+
+    def _new_mirror(self) -> ShadowMirror:
+        return ShadowMirror(
+            self._call_shadow, max_rows=self._shadow.rows, budget_share=self._budget_share
+        )
 
     def _offer(self, route: Route, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
+        # Admission is decided now, by the answering thread: the primary's load when the copy
+        # was made, not when another thread gets round to queueing it.
+        refused = PRIMARY_BUSY if self._shadow.busy(route) else None
         mirror, loop = self._mirror, self._mirror_loop
         if mirror is None or loop is None or loop.is_closed() or not loop.is_running():
             mirror, loop = self._start_mirror(running)
         if loop is running:
-            mirror.offer(route, inputs, outputs)
+            mirror.offer(route, inputs, outputs, refused)
         else:
-            loop.call_soon_threadsafe(mirror.offer, route, inputs, outputs)
+            loop.call_soon_threadsafe(mirror.offer, route, inputs, outputs, refused)
 
     def _start_mirror(
         self, running: asyncio.AbstractEventLoop | None
@@ -245,7 +332,7 @@ class EngineRouting:
             mirror, loop = self._mirror, self._mirror_loop
             if mirror is not None and loop is not None and loop.is_running():
                 return mirror, loop
-            mirror = ShadowMirror(self._call_shadow)
+            mirror = self._new_mirror()
             if running is not None:
                 loop = running
                 mirror.start()
@@ -283,7 +370,7 @@ class EngineRouting:
         running = asyncio.get_running_loop()
         with self._mirror_lock:
             if self._mirror_loop is not running:
-                mirror = ShadowMirror(self._call_shadow)
+                mirror = self._new_mirror()
                 mirror.start()
                 previous, previous_loop = self._mirror, self._mirror_loop
                 self._mirror, self._mirror_loop = mirror, running
@@ -323,8 +410,11 @@ class EngineRouting:
             log.error("routing state not written: %s", error)
 
     def close(self) -> None:
-        """Write the state; stop a shadow loop of our own (blocking; not on the loop)."""
+        """Write the state and the queued audit records; stop a shadow loop of our own
+        (blocking; not on the loop)."""
         self.persist()
+        if self.trail is not None:
+            self.trail.close()
         thread, loop = self._own_loop_thread, self._mirror_loop
         if thread is not None and loop is not None and not loop.is_closed():
             mirror = self._mirror

@@ -131,6 +131,19 @@ class _EndpointCollector:
             "mismatched: not comparable)",
             labels=["endpoint", "shadow", "outcome"],
         )
+        shadow_dropped = CounterMetricFamily(
+            "headrace_shadow_dropped",
+            "Shadow copies not sent, by reason: primary_busy (the primary had no idle instance: "
+            "shadows yield to clients), over_budget (shadow calls used their share of time), "
+            "queue_full (the shadow fell behind)",
+            labels=["endpoint", "shadow", "reason"],
+        )
+        mirrored = GaugeMetricFamily(
+            "headrace_shadow_mirrored_ratio",
+            "Share of sampled requests whose copy the shadow answered (what agreement is "
+            "measured over; the rest were dropped or failed)",
+            labels=["endpoint", "shadow"],
+        )
         allocation = GaugeMetricFamily(
             "headrace_bandit_allocation",
             "Share of requests a bandit endpoint sends to each variant now",
@@ -172,6 +185,7 @@ class _EndpointCollector:
                 except Exception:  # deleted since names() was read
                     continue
                 self._endpoint(runtime, agreement, shadow_requests, allocation, canary, active)
+                self._shadows(runtime, shadow_dropped, mirrored)
                 self._quality(runtime, quality, labelled)
             store = endpoints.feedback_store
             remembered.add_metric([], len(store))
@@ -179,6 +193,8 @@ class _EndpointCollector:
         yield from (
             agreement,
             shadow_requests,
+            shadow_dropped,
+            mirrored,
             allocation,
             canary,
             active,
@@ -213,6 +229,17 @@ class _EndpointCollector:
         if runtime.config.strategy == "blue_green":
             for index, variant in enumerate(variants):
                 active.add_metric([name, variant], 1.0 if index == runtime.active else 0.0)
+
+    @staticmethod
+    def _shadows(
+        runtime: EndpointRuntime, dropped: CounterMetricFamily, mirrored: GaugeMetricFamily
+    ) -> None:
+        for shadow in runtime.shadows:
+            stats = shadow.stats
+            for reason, count in list(stats.dropped_by.items()):
+                dropped.add_metric([runtime.name, shadow.name, reason], count)
+            if stats.offered:
+                mirrored.add_metric([runtime.name, shadow.name], stats.mirrored)
 
     @staticmethod
     def _quality(

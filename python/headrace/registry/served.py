@@ -29,31 +29,45 @@ def _counted(counter: itertools.count[int]) -> int:
 
 
 class VersionLease:
-    """Counts a version's in-flight requests so that a switch can wait for them to finish.
+    """Counts a version's in-flight requests so that a switch can wait for them to finish, and
+    among them the clients' (shadow copies are not), which shadows yield to.
 
-    Every request acquires and releases one, so the counting takes no lock: two
-    ``itertools.count`` objects, whose ``next()`` is atomic under the GIL, count acquisitions and
-    releases (in flight = their difference). An acquire counts itself *before* it reads the
-    retired flag and takes itself back when the flag is set, so a retire that has set the flag
-    and then sees nothing in flight cannot miss a request that will still run. Only the retiring
-    side waits, on a condition that a release signals once the version is retired."""
+    Every request acquires and releases one, so the counting takes no lock: ``itertools.count``
+    objects, whose ``next()`` is atomic under the GIL, count acquisitions and releases (in flight
+    = their difference), and a shadow copy's among them. An acquire counts itself *before* it
+    reads the retired flag and takes itself back when the flag is set, so a retire that has set
+    the flag and then sees nothing in flight cannot miss a request that will still run. Only the
+    retiring side waits, on a condition that a release signals once the version is retired."""
 
     def __init__(self) -> None:
         self._acquired = itertools.count()
         self._released = itertools.count()
+        self._shadows_acquired = itertools.count()
+        self._shadows_released = itertools.count()
         self._retired = False
         self._condition = threading.Condition(threading.Lock())
 
-    def acquire(self) -> bool:
-        """False once the version is retired: the caller looks up the new snapshot."""
+    @property
+    def clients(self) -> int:
+        """Client requests in flight now (shadow copies not counted): a snapshot."""
+        shadows = _counted(self._shadows_acquired) - _counted(self._shadows_released)
+        return max(0, self._in_flight() - shadows)
+
+    def acquire(self, client: bool = True) -> bool:
+        """False once the version is retired: the caller looks up the new snapshot.
+        ``client``: False for a shadow copy (release it alike)."""
+        if not client:
+            next(self._shadows_acquired)
         next(self._acquired)
         if self._retired:
-            self.release()
+            self.release(client)
             return False
         return True
 
-    def release(self) -> None:
+    def release(self, client: bool = True) -> None:
         next(self._released)
+        if not client:
+            next(self._shadows_released)
         if self._retired:
             with self._condition:
                 self._condition.notify_all()

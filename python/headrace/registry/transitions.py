@@ -8,7 +8,7 @@ from pathlib import Path
 
 from headrace.errors import FailedPreconditionError
 from headrace.monitoring.lifecycle_metrics import LifecycleMetrics
-from headrace.registry.audit import AuditLog, AuditOutcome, AuditRecord
+from headrace.registry.audit import AuditLog, AuditOutcome, AuditRecord, EndpointAuditRecord
 
 log = logging.getLogger("headrace.registry.transitions")
 
@@ -75,6 +75,22 @@ class TransitionLog:
             )
         return self.audit.read(
             model, since_unix_s, until_unix_s, limit if limit else DEFAULT_READ_LIMIT
+        )
+
+    def read_endpoints(
+        self,
+        endpoint: str | None = None,
+        since_unix_s: float | None = None,
+        until_unix_s: float | None = None,
+        limit: int | None = None,
+    ) -> list[EndpointAuditRecord]:
+        """Endpoint changes (written by the engine's routing into the same trail)."""
+        if self.audit is None:
+            raise FailedPreconditionError(
+                "this server keeps no audit trail: start it with --audit-log PATH"
+            )
+        return self.audit.read_endpoints(
+            endpoint, since_unix_s, until_unix_s, limit if limit else DEFAULT_READ_LIMIT
         )
 
     def close(self) -> None:

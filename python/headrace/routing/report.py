@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from headrace.routing.canary import CanaryState
@@ -87,6 +87,9 @@ class ShadowReport:
     abs_delta_max: float
     latency_p50_ms: float
     latency_p99_ms: float
+    # primary_busy | over_budget | queue_full
+    dropped_by: dict[str, int] = field(default_factory=dict)
+    mirrored: float = math.nan  # completed / offered
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,8 @@ def _shadow_report(runtime: EndpointRuntime) -> tuple[ShadowReport, ...]:
                 version=shadow.version,
                 offered=s.offered,
                 dropped=s.dropped,
+                dropped_by=dict(s.dropped_by),
+                mirrored=s.mirrored,
                 completed=s.completed,
                 errors=s.errors,
                 mismatched=s.mismatched,

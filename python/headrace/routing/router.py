@@ -46,7 +46,7 @@ from headrace.routing.feedback import (
 )
 from headrace.routing.persistence import STATE_FILE, SavedState, load_state, save_state
 from headrace.routing.report import ExperimentReport, build_report
-from headrace.routing.runtime import EndpointRuntime, Route, RoutingEvent
+from headrace.routing.runtime import OPERATOR, EndpointRuntime, Route, RoutingEvent
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,15 @@ class FeedbackItem:
     endpoint: str | None = None
 
 
+def changed_keys(
+    old: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(before, after): the top-level keys whose values differ, each side's value (None where a
+    side lacks the key)."""
+    keys = [k for k in (*old, *(k for k in new if k not in old)) if old.get(k) != new.get(k)]
+    return {k: old.get(k) for k in keys}, {k: new.get(k) for k in keys}
+
+
 class Endpoints:
     """The endpoint table, the feedback memory and the routing state folder."""
 
@@ -90,8 +99,13 @@ class Endpoints:
         feedback_max_entries: int = 100_000,
         feedback_ttl_s: float = 3600.0,
         on_event: Callable[[RoutingEvent], None] | None = None,
+        audit: Callable[[RoutingEvent], None] | None = None,
     ) -> None:
         self._state_dir = state_dir
+        # Sees an operator's change before it takes effect (and before the state folder is
+        # written); if it raises, the change is not made: a change nobody could audit does not
+        # happen. The router's own decisions (a canary's rollback) go to on_event only.
+        self._audit = audit
         self._signature_of = signature_of
         self._seed = seed if seed is not None else os.urandom(8).hex()
         self._clock_ns = clock_ns
@@ -303,20 +317,34 @@ class Endpoints:
             names |= set(self._implicit)
         return sorted(names)
 
-    def create(self, config: EndpointConfig | Mapping[str, Any]) -> EndpointRuntime:
+    def create(
+        self, config: EndpointConfig | Mapping[str, Any], *, actor: str = OPERATOR
+    ) -> EndpointRuntime:
+        """A new endpoint; ``actor`` (who asks) goes to the audit trail, as for every change."""
         config = self._config(config)
         with self._lock:
             if config.name in self._table:
                 raise EndpointExistsError(f"endpoint '{config.name}' already exists")
             self._check(config)
             runtime = EndpointRuntime(config, seed=self._seed, now_ns=self._clock_ns())
+            event = runtime.record(
+                "created",
+                f"endpoint '{config.name}' created",
+                actor=actor,
+                after=config.to_toml_dict(),
+                keep=False,
+            )
+            self._audit_change(event)
+            runtime.events.append(event)
             self._table = {**self._table, config.name: runtime}
             self._overrides[config.name] = config.to_toml_dict()
             self._save_locked()
-        self._emit(runtime.record("created", f"endpoint '{config.name}' created"))
+        self._emit(event)
         return runtime
 
-    def update(self, config: EndpointConfig | Mapping[str, Any]) -> EndpointRuntime:
+    def update(
+        self, config: EndpointConfig | Mapping[str, Any], *, actor: str = OPERATOR
+    ) -> EndpointRuntime:
         config = self._config(config)
         with self._lock:
             previous = self._table.get(config.name)
@@ -326,38 +354,63 @@ class Endpoints:
             runtime = EndpointRuntime(
                 config, seed=self._seed, now_ns=self._clock_ns(), previous=previous
             )
+            before, after = changed_keys(previous.config.to_toml_dict(), config.to_toml_dict())
+            event = runtime.record(
+                "updated",
+                f"endpoint '{config.name}' updated"
+                + (f": {', '.join(sorted(after))}" if after else " (no change)"),
+                actor=actor,
+                before=before,
+                after=after,
+                keep=False,
+            )
+            self._audit_change(event)
+            runtime.events.append(event)
             self._table = {**self._table, config.name: runtime}
             self._overrides[config.name] = config.to_toml_dict()
             self._save_locked()
-        self._emit(runtime.record("updated", f"endpoint '{config.name}' updated"))
+        self._emit(event)
         return runtime
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, actor: str = OPERATOR) -> None:
         with self._lock:
             runtime = self._table.get(name)
             if runtime is None:
                 raise NotFoundError(f"unknown endpoint '{name}'")
+            event = runtime.record(
+                "deleted",
+                f"endpoint '{name}' deleted",
+                actor=actor,
+                before=runtime.config.to_toml_dict(),
+                keep=False,
+            )
+            self._audit_change(event)
+            runtime.events.append(event)
             self._table = {k: v for k, v in self._table.items() if k != name}
             runtime.deleted = True
             self._overrides[name] = None
             self._save_locked()
-        self._emit(runtime.record("deleted", f"endpoint '{name}' deleted"))
+        self._emit(event)
 
-    def switch(self, name: str, to: str | None = None) -> RoutingEvent:
+    def switch(self, name: str, to: str | None = None, *, actor: str = OPERATOR) -> RoutingEvent:
         """Blue-green: the next request goes to ``to`` (default: the inactive colour)."""
         with self._lock:
-            event = self._declared(name).switch(to)
+            event = self._declared(name).switch(to, actor=actor, before_apply=self._audit_change)
             self._save_locked()
         self._emit(event)
         return event
 
-    def rollback(self, name: str) -> RoutingEvent:
+    def rollback(self, name: str, *, actor: str = OPERATOR) -> RoutingEvent:
         """Blue-green: back to the previous colour; canary: the candidate to 0 %."""
         with self._lock:
-            event = self._declared(name).rollback()
+            event = self._declared(name).rollback(actor=actor, before_apply=self._audit_change)
             self._save_locked()
         self._emit(event)
         return event
+
+    def _audit_change(self, event: RoutingEvent) -> None:
+        if self._audit is not None and event.before != event.after:
+            self._audit(event)
 
     def add_model(self, name: str) -> None:
         """A plain model that clients may call by name (an endpoint of one variant)."""

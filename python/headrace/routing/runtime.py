@@ -17,7 +17,7 @@ import json
 import random
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +30,19 @@ from headrace.routing.split import SLOTS, initial_table, key_bytes, key_slot, re
 from headrace.routing.stats import ShadowStats, VariantStats
 
 EVENTS_KEPT = 100  # recent events per endpoint, for the report (the full trail goes to on_event)
+# The actor of what the router decides by itself (a canary's gates); an operator's change names
+# the caller (the admin RPC's identity), or OPERATOR when called in-process.
+CANARY_ACTOR = "canary"
+OPERATOR = "admin"
 
 
 @dataclass(frozen=True)
 class RoutingEvent:
-    """Something the router decided or was told: for logs, metrics and the audit trail."""
+    """Something the router decided or was told: for logs, metrics and the audit trail.
+
+    ``before`` and ``after`` hold what changed (the config keys of an update, the active colour,
+    the candidate's percent); ``actor`` who changed it.
+    """
 
     time_s: float  # wall clock
     endpoint: str
@@ -42,6 +50,9 @@ class RoutingEvent:
     detail: str
     variant: str = ""
     fields: Mapping[str, Any] = field(default_factory=dict)
+    actor: str = CANARY_ACTOR
+    before: Mapping[str, Any] = field(default_factory=dict)
+    after: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ShadowTarget:
@@ -223,8 +234,10 @@ class EndpointRuntime:
         self, index: int, ok: bool, latency_ns: int, now_ns: int
     ) -> RoutingEvent | None:
         """Count an outcome in the canary's step (the variant's own stats are counted apart)."""
-        assert self.ramp is not None
-        return self._canary_event(self.ramp.observe(index, ok, latency_ns, now_ns))
+        ramp = self.ramp
+        assert ramp is not None
+        before = ramp.candidate_percent
+        return self._canary_event(ramp.observe(index, ok, latency_ns, now_ns), before)
 
     def reward(self, index: int, reward: float, now_ns: int) -> RoutingEvent | None:
         """Count a reward (already checked finite, and by :meth:`check_reward`)."""
@@ -232,14 +245,20 @@ class EndpointRuntime:
         if self.bandit is not None:
             self.bandit.refresh()
         if self.ramp is not None:
-            return self._canary_event(self.ramp.reward(index, reward, now_ns))
+            before = self.ramp.candidate_percent
+            return self._canary_event(self.ramp.reward(index, reward, now_ns), before)
         return None
 
     def check_reward(self, reward: float) -> None:
         if self.bandit is not None:
             self.bandit.check_reward(reward)
 
-    def _canary_event(self, decision: CanaryDecision | None) -> RoutingEvent | None:
+    def _canary_event(
+        self,
+        decision: CanaryDecision | None,
+        before_percent: float,
+        actor: str = CANARY_ACTOR,
+    ) -> RoutingEvent | None:
         if decision is None:
             return None
         ramp = self.ramp
@@ -256,17 +275,50 @@ class EndpointRuntime:
             "step": f"candidate '{candidate}' advanced to {ramp.candidate_percent:g} %: "
             f"{decision.reason}",
         }[kind]
-        return self.record(kind, detail, candidate, candidate_percent=ramp.candidate_percent)
+        return self.record(
+            kind,
+            detail,
+            candidate,
+            actor=actor,
+            before={"candidate_percent": before_percent},
+            after={"candidate_percent": ramp.candidate_percent},
+            reason=decision.reason,
+            candidate_percent=ramp.candidate_percent,
+        )
 
-    def record(self, kind: str, detail: str, variant: str = "", **fields: Any) -> RoutingEvent:
-        event = RoutingEvent(time.time(), self.name, kind, detail, variant, fields)
-        self.events.append(event)
+    def record(
+        self,
+        kind: str,
+        detail: str,
+        variant: str = "",
+        *,
+        actor: str = OPERATOR,
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+        keep: bool = True,
+        **fields: Any,
+    ) -> RoutingEvent:
+        """A new event; ``keep`` adds it to the recent events (the report's) at once."""
+        event = RoutingEvent(
+            time.time(), self.name, kind, detail, variant, fields, actor, before or {}, after or {}
+        )
+        if keep:
+            self.events.append(event)
         return event
 
     # -- operator actions --------------------------------------------------------------------------
 
-    def switch(self, to: str | None, kind: str = "switch") -> RoutingEvent:
-        """Blue-green: make ``to`` (default: the other colour) active for the next request."""
+    def switch(
+        self,
+        to: str | None,
+        kind: str = "switch",
+        actor: str = OPERATOR,
+        before_apply: Callable[[RoutingEvent], None] | None = None,
+    ) -> RoutingEvent:
+        """Blue-green: make ``to`` (default: the other colour) active for the next request.
+
+        ``before_apply`` sees the event before the change takes effect (the audit trail); if it
+        raises, nothing changes."""
         if self.config.strategy != "blue_green":
             raise InvalidArgumentError(
                 f"endpoint '{self.name}' has strategy '{self.config.strategy}'; "
@@ -276,23 +328,56 @@ class EndpointRuntime:
         old = self.active
         variant = self.routes[target].variant
         if target == old:
-            return self.record(kind, f"variant '{variant}' is already active", variant)
+            return self.record(kind, f"variant '{variant}' is already active", variant, actor=actor)
+        event = self.record(
+            kind,
+            f"active variant '{self.routes[old].variant}' -> '{variant}'",
+            variant,
+            actor=actor,
+            before={"active": self.routes[old].variant},
+            after={"active": variant},
+            keep=False,
+        )
+        if before_apply is not None:
+            before_apply(event)
         # One assignment: the next resolve() reads the new colour, requests in flight finish
         # on the old one (both stay loaded), so no request fails across the switch.
         self.previous_active, self.active = old, target
-        return self.record(
-            kind, f"active variant '{self.routes[old].variant}' -> '{variant}'", variant
-        )
+        self.events.append(event)
+        return event
 
-    def rollback(self) -> RoutingEvent:
+    def rollback(
+        self,
+        actor: str = OPERATOR,
+        before_apply: Callable[[RoutingEvent], None] | None = None,
+    ) -> RoutingEvent:
         """Blue-green: back to the colour before the last switch. Canary: candidate to 0 %."""
         if self.config.strategy == "blue_green":
-            return self.switch(self.routes[self.previous_active].variant, kind="rollback")
-        if self.ramp is not None:
+            return self.switch(
+                self.routes[self.previous_active].variant,
+                kind="rollback",
+                actor=actor,
+                before_apply=before_apply,
+            )
+        ramp = self.ramp
+        if ramp is not None:
             decision = CanaryDecision(CanaryAction.ROLLBACK, "rolled back by an operator")
-            self.ramp.apply(decision, 0)
-            event = self._canary_event(decision)
-            assert event is not None
+            candidate = self.routes[CANDIDATE].variant
+            event = self.record(
+                "rollback",
+                f"candidate '{candidate}' rolled back to 0 %: {decision.reason}",
+                candidate,
+                actor=actor,
+                before={"candidate_percent": ramp.candidate_percent},
+                after={"candidate_percent": 0.0},
+                keep=False,
+                reason=decision.reason,
+                candidate_percent=0.0,
+            )
+            if before_apply is not None:
+                before_apply(event)
+            ramp.apply(decision, 0)
+            self.events.append(event)
             return event
         raise InvalidArgumentError(
             f"endpoint '{self.name}' has strategy '{self.config.strategy}'; "

@@ -1,14 +1,23 @@
 """Shadow mirroring: after the primary has answered, copies of sampled requests go to the
 endpoint's shadows, and what they answer is compared with what the primary answered.
 
-:meth:`ShadowMirror.offer` never waits: it puts the copy on a bounded asyncio queue, and when the
-queue is full the copy is dropped and counted. Worker tasks take copies off the queue and call the
-injected ``call(model, version, inputs)`` (the engine's own inference), so a slow or failing
-shadow costs the primary path one ``put_nowait`` per copy and nothing else.
+Shadow copies are best-effort and yield to client requests. :meth:`ShadowMirror.offer` never
+waits: a copy is dropped and counted by reason (``dropped_by``) when the injected ``admit`` says
+the primary has no spare capacity (``primary_busy``: the engine's rule, in ``engine/routed.py``),
+when shadow calls have used up their share of the time (``over_budget``: a token bucket that
+refills at ``budget_share`` of the process's CPU time and is charged each call's duration), or
+when the
+bounded queue is full (``queue_full``: the shadow fell behind). Worker tasks take
+copies off the queue and call the injected ``call(model, version, inputs)`` (the engine's own
+inference); copies queued together for the same shadow are coalesced into one call (their rows
+concatenated, up to ``max_rows(model, version)`` rows), so a burst of answers costs the event
+loop and the shadow's model one call, not one per copy. A slow or failing shadow costs the
+primary path one ``put_nowait`` per copy and nothing else.
 
 Comparison per shadow (see :class:`~headrace.routing.stats.ShadowStats`): a classifier's answers
 agree when their argmax agree on every row; other answers agree when every element's |Δ| is
-within the shadow's ``tolerance``. The largest |Δ| of each request goes to a histogram.
+within the shadow's ``tolerance``. The largest |Δ| of each request goes to a histogram. The
+share of sampled requests the shadow answered (``mirrored``) is reported beside the agreement.
 """
 
 from __future__ import annotations
@@ -30,11 +39,25 @@ from headrace.routing.runtime import Route, ShadowTarget
 log = logging.getLogger(__name__)
 
 ShadowCall = Callable[[str, str, Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
+# The reason to drop a copy of an answered request rather than queue it, or None to admit it.
+Admit = Callable[[Route], str | None]
+# The most rows one shadow call may take (the shadow model's batch size); 0: no bound.
+MaxRows = Callable[[str, str], int]
+
+PRIMARY_BUSY = "primary_busy"
+QUEUE_FULL = "queue_full"
+OVER_BUDGET = "over_budget"
 
 # Copies waiting for a shadow: beyond this, new copies are dropped (and counted) rather than
 # holding more requests' inputs in memory while a shadow falls behind.
 DEFAULT_QUEUE_SIZE = 1024
 DEFAULT_WORKERS = 4
+# Copies a worker takes off the queue at once, to coalesce: more means fewer, larger shadow
+# calls, and longer before the last copy of a burst is compared.
+MAX_COALESCED_COPIES = 64
+# The shadow-time budget's bucket holds at most this much (ns of shadow calls): a burst of copies
+# after a quiet spell, against how far shadows may run ahead of their share.
+BUDGET_BURST_NS = 20_000_000
 
 _Item = tuple[ShadowTarget, QualityConfig, Mapping[str, Any], Mapping[str, Any]]
 
@@ -89,16 +112,32 @@ class ShadowMirror:
         workers: int = DEFAULT_WORKERS,
         seed: int | str | None = None,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        admit: Admit | None = None,
+        max_rows: MaxRows | None = None,
+        budget_share: float = 1.0,
+        budget_clock_ns: Callable[[], int] = time.process_time_ns,
     ) -> None:
         if queue_size < 1 or workers < 1:
             raise ValueError("a shadow mirror needs queue_size >= 1 and workers >= 1")
+        if not 0 < budget_share <= 1:
+            raise ValueError("a shadow mirror's budget_share is in (0, 1]")
+        self._budget_share = budget_share
+        self._budget_ns = float(BUDGET_BURST_NS)  # the bucket, full; may go below 0
+        # The bucket refills with the process's CPU time, not the wall clock: a server starved
+        # of CPU by its neighbours gives its shadows less, not more (calls are charged their
+        # wall duration, which starvation only lengthens).
+        self._budget_clock_ns = budget_clock_ns
+        self._budget_at_ns = budget_clock_ns()
         self._call = call
+        self._admit = admit
+        self._max_rows = max_rows
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
         self._workers_wanted = workers
         self._workers: list[asyncio.Task[None]] = []
         self._random = random.Random(seed).random
         self._clock_ns = clock_ns
-        self.in_flight = 0  # shadow calls started and not finished
+        self.in_flight = 0  # copies in shadow calls started and not finished
+        self.calls = 0  # shadow calls made (fewer than copies when coalesced)
 
     @property
     def queued(self) -> int:
@@ -121,50 +160,124 @@ class ShadowMirror:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def offer(self, route: Route, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> int:
+    def offer(
+        self,
+        route: Route,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        refused: str | None = None,
+    ) -> int:
         """Queue copies of an answered request for its endpoint's shadows; returns how many.
 
-        Call it after the primary's answer is on its way. Never blocks or awaits.
+        Call it after the primary's answer is on its way. Never blocks or awaits. ``refused``:
+        the reason to drop the copies that the caller already decided when it answered (a
+        caller on another thread decides there, when its state is current), else ``admit``
+        decides.
         """
         shadows = route.shadows
         if not shadows:
             return 0
         queued = 0
         quality = route.runtime.config.quality
+        asked = False
         for target in shadows:
             if target.sample < 1.0 and self._random() >= target.sample:
                 continue
             stats = target.stats
             stats.offered += 1
+            if not asked:  # once per request, and only for one that is sampled
+                asked = True
+                if refused is None and self._admit is not None:
+                    refused = self._admit(route)
+                if refused is None and not self._within_budget():
+                    refused = OVER_BUDGET
+            if refused is not None:
+                stats.drop(refused)
+                continue
             try:
                 self._queue.put_nowait((target, quality, inputs, outputs))
             except asyncio.QueueFull:
-                stats.dropped += 1
+                stats.drop(QUEUE_FULL)
             else:
                 queued += 1
         return queued
 
+    def _within_budget(self) -> bool:
+        """Refill the bucket to now; whether shadow calls are within their share."""
+        if self._budget_share >= 1.0:
+            return True
+        now_ns = self._budget_clock_ns()
+        refill = (now_ns - self._budget_at_ns) * self._budget_share
+        self._budget_at_ns = now_ns
+        self._budget_ns = min(float(BUDGET_BURST_NS), self._budget_ns + refill)
+        return self._budget_ns > 0
+
+    def _take(self, first: _Item) -> list[list[_Item]]:
+        """``first`` and the copies queued behind it (up to MAX_COALESCED_COPIES), grouped into
+        calls: copies of one shadow whose inputs concatenate, within its row bound."""
+        queue = self._queue
+        items = [first]
+        while len(items) < MAX_COALESCED_COPIES and not queue.empty():
+            items.append(queue.get_nowait())
+        groups: dict[Any, list[_Item]] = {}
+        calls: list[list[_Item]] = []
+        for item in items:
+            key = _concat_key(item)
+            if key is None:
+                calls.append([item])
+                continue
+            group = groups.get(key)
+            rows = _rows(item[2])
+            if group is not None:
+                limit = self._max_rows(item[0].model, item[0].version) if self._max_rows else 0
+                if not limit or sum(_rows(i[2]) for i in group) + rows <= limit:
+                    group.append(item)
+                    continue
+            groups[key] = group = [item]
+            calls.append(group)
+        return calls
+
     async def _work(self) -> None:
         queue = self._queue
         while True:
-            target, quality, inputs, primary = await queue.get()
-            stats = target.stats
-            started_ns = self._clock_ns()
-            self.in_flight += 1
+            calls = self._take(await queue.get())
+            taken = pending = sum(len(c) for c in calls)
+            self.in_flight += taken
             try:
-                answer = await self._call(target.model, target.version, inputs)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                stats.errors += 1
-                log.debug("shadow %s (%s) failed: %s", target.name, target.model, error)
-                continue
+                for items in calls:
+                    try:
+                        await self._run(items)
+                    finally:
+                        self.in_flight -= len(items)
+                        pending -= len(items)
             finally:
-                self.in_flight -= 1
-                queue.task_done()
-            stats.latency_ns.add(self._clock_ns() - started_ns)
+                self.in_flight -= pending  # cancelled before their call
+                for _ in range(taken):
+                    queue.task_done()
+
+    async def _run(self, items: list[_Item]) -> None:
+        """One shadow call for ``items`` (one copy, or copies coalesced), then the comparisons."""
+        target = items[0][0]
+        stats = target.stats
+        started_ns = self._clock_ns()
+        self.calls += 1
+        inputs = items[0][2] if len(items) == 1 else _concatenate([i[2] for i in items])
+        try:
+            answer = await self._call(target.model, target.version, inputs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._budget_ns -= self._clock_ns() - started_ns
+            stats.errors += len(items)
+            log.debug("shadow %s (%s) failed: %s", target.name, target.model, error)
+            return
+        latency_ns = self._clock_ns() - started_ns
+        self._budget_ns -= latency_ns
+        answers = [answer] if len(items) == 1 else _split(answer, [_rows(i[2]) for i in items])
+        for (_, quality, _, primary), mine in zip(items, answers, strict=True):
+            stats.latency_ns.add(latency_ns)
             stats.completed += 1
-            compared = compare(quality, target.tolerance, primary, answer)
+            compared = None if mine is None else compare(quality, target.tolerance, primary, mine)
             if compared is None:
                 stats.mismatched += 1
                 continue
@@ -172,3 +285,46 @@ class ShadowMirror:
             stats.compared += 1
             stats.agreed += int(agreed)
             stats.abs_delta.add(largest)
+
+
+def _rows(inputs: Mapping[str, Any]) -> int:
+    return int(next(iter(inputs.values())).shape[0])
+
+
+def _concat_key(item: _Item) -> Any:
+    """What copies must share to run as one call (None: this copy runs alone): the shadow, and
+    per input its name, dtype and shape after the first axis; every input numpy with the same
+    rows (wire BYTES and other tensors run alone)."""
+    inputs = item[2]
+    if not inputs:
+        return None
+    key: list[Any] = [id(item[0])]
+    rows = -1
+    for name, value in inputs.items():
+        if not isinstance(value, np.ndarray) or value.ndim == 0 or value.dtype.kind == "O":
+            return None
+        if rows < 0:
+            rows = value.shape[0]
+        elif value.shape[0] != rows:
+            return None
+        key.append((name, value.dtype.str, value.shape[1:]))
+    return tuple(key)
+
+
+def _concatenate(inputs: list[Mapping[str, Any]]) -> dict[str, Any]:
+    return {name: np.concatenate([i[name] for i in inputs]) for name in inputs[0]}
+
+
+def _split(answer: Mapping[str, Any], rows: list[int]) -> list[Mapping[str, Any] | None]:
+    """Each copy's rows of a coalesced answer; None for every copy when an output does not have
+    one row per input row (it cannot be told apart)."""
+    total = sum(rows)
+    arrays = {name: np.asarray(value) for name, value in answer.items()}
+    if any(a.ndim == 0 or a.shape[0] != total for a in arrays.values()):
+        return [None] * len(rows)
+    parts: list[Mapping[str, Any] | None] = []
+    start = 0
+    for count in rows:
+        parts.append({name: a[start : start + count] for name, a in arrays.items()})
+        start += count
+    return parts

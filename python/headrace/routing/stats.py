@@ -201,7 +201,7 @@ class ShadowStats:
     """How a shadow compares with the primary that answered."""
 
     offered: int = 0  # requests sampled for this shadow
-    dropped: int = 0  # sampled but the queue was full
+    dropped: int = 0  # sampled but not sent: the primary was busy or the shadow's queue full
     completed: int = 0  # the shadow answered
     mismatched: int = 0  # answered with outputs missing or shaped unlike the primary's
     errors: int = 0  # the shadow call failed
@@ -211,6 +211,17 @@ class ShadowStats:
     def __post_init__(self) -> None:
         self.latency_ns = latency_histogram()
         self.abs_delta = delta_histogram()  # the largest |Δ| element per request
+        self.dropped_by: dict[str, int] = {}  # reason -> copies (see routing/shadow.py)
+
+    def drop(self, reason: str, copies: int = 1) -> None:
+        self.dropped += copies
+        self.dropped_by[reason] = self.dropped_by.get(reason, 0) + copies
+
+    @property
+    def mirrored(self) -> float:
+        """The share of sampled requests whose copy the shadow answered: what agreement is
+        measured over (a dropped copy says nothing about agreement)."""
+        return self.completed / self.offered if self.offered else math.nan
 
     @property
     def agreement(self) -> float:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from headrace.engine import Engine
 from headrace.monitoring.drift import DriftReport
+from headrace.monitoring.drift.quality import QualityWindow, judge
 from headrace.monitoring.drift.served import ServedDrift
 from headrace.server.admin_endpoints import EndpointAdmin
 from headrace.server.admin_models import ModelAdmin
@@ -27,9 +29,46 @@ def _number(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def drift_report_message(served: ServedDrift, report: DriftReport) -> Any:
-    """A DriftReport as the wire's GetDriftReportResponse."""
+def _window_decision(served: ServedDrift, window: QualityWindow) -> str:
+    if not window.closed:
+        return "open"
+    if window.count < served.settings.min_labels:
+        return "too_few"
+    return judge(served.settings, window)
+
+
+def drift_report_message(
+    served: ServedDrift, report: DriftReport, quality: Sequence[QualityWindow] = ()
+) -> Any:
+    """A DriftReport, and the label quality of the variants running the version, as the wire's
+    GetDriftReportResponse."""
+    settings = served.settings
+    newest: dict[tuple[str, str], str] = {}
+    windows = []
+    for window in quality:
+        decision = _window_decision(served, window)
+        if decision in ("ok", "alert"):
+            newest[(window.endpoint, window.variant)] = decision
+        windows.append(
+            pb.QualityWindow(
+                endpoint=window.endpoint,
+                variant=window.variant,
+                kind=window.kind,
+                metric=window.metric,
+                value=window.value,
+                count=window.count,
+                window_start_s=window.window_start_s,
+                window_s=window.window_s,
+                closed=window.closed,
+                decision=decision,
+            )
+        )
     return pb.GetDriftReportResponse(
+        quality=windows,
+        min_accuracy=_number(settings.min_accuracy),
+        max_mae=_number(settings.max_mae),
+        min_labels=settings.min_labels,
+        quality_decision="alert" if "alert" in newest.values() else "ok",
         model=served.model,
         version=served.version,
         windows=report.windows,
@@ -72,4 +111,7 @@ class AdminServicer(EndpointAdmin, ModelAdmin):
         served = self._engine.drift(request.model, request.version or None)
         # Merging windows and the statistics take the accumulator's lock: off the event loop.
         report = await asyncio.to_thread(served.report, int(request.windows))
-        return drift_report_message(served, report)
+        quality = await asyncio.to_thread(
+            self._engine.variant_quality, served.model, served.version
+        )
+        return drift_report_message(served, report, quality)

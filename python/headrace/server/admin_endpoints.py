@@ -2,14 +2,16 @@
 report, over an Engine.
 
 The endpoint messages carry endpoints.toml's keys, so configs convert with ``json_format`` alone.
-Operations that change endpoints write the routing state folder: they run off the event loop.
+Operations that change endpoints write the routing state folder and the audit trail (with the
+caller's identity, as model transitions name it: ``admin_models.ModelAdmin.actor``): they run off
+the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -76,24 +78,31 @@ class EndpointAdmin:
     """The endpoint RPCs of ``headrace.v1.AdminService`` (mixed into AdminServicer)."""
 
     _engine: Engine
+    actor: Callable[[Context], str]  # who calls, for the audit trail (ModelAdmin's)
 
     @unary_errors
     async def CreateEndpoint(self, request: Any, context: Context) -> Any:
         data = endpoint_data(request.endpoint)
-        runtime = await asyncio.to_thread(self._engine.endpoints.create, data)
+        runtime = await asyncio.to_thread(
+            self._engine.endpoints.create, data, actor=self.actor(context)
+        )
         return pb.CreateEndpointResponse(endpoint=endpoint_message(runtime))
 
     @unary_errors
     async def UpdateEndpoint(self, request: Any, context: Context) -> Any:
         data = endpoint_data(request.endpoint)
-        runtime = await asyncio.to_thread(self._engine.endpoints.update, data)
+        runtime = await asyncio.to_thread(
+            self._engine.endpoints.update, data, actor=self.actor(context)
+        )
         return pb.UpdateEndpointResponse(endpoint=endpoint_message(runtime))
 
     @unary_errors
     async def DeleteEndpoint(self, request: Any, context: Context) -> Any:
         if not request.name:
             raise InvalidArgumentError("DeleteEndpoint needs a name")
-        await asyncio.to_thread(self._engine.endpoints.delete, request.name)
+        await asyncio.to_thread(
+            self._engine.endpoints.delete, request.name, actor=self.actor(context)
+        )
         return pb.DeleteEndpointResponse()
 
     @unary_errors
@@ -115,7 +124,12 @@ class EndpointAdmin:
     @unary_errors
     async def Switch(self, request: Any, context: Context) -> Any:
         endpoints = self._engine.endpoints
-        event = await asyncio.to_thread(endpoints.switch, request.endpoint, request.variant or None)
+        event = await asyncio.to_thread(
+            endpoints.switch,
+            request.endpoint,
+            request.variant or None,
+            actor=self.actor(context),
+        )
         runtime = endpoints.get(request.endpoint)
         return pb.SwitchResponse(
             active=runtime.routes[runtime.active].variant, event=event_message(event)
@@ -123,7 +137,9 @@ class EndpointAdmin:
 
     @unary_errors
     async def Rollback(self, request: Any, context: Context) -> Any:
-        event = await asyncio.to_thread(self._engine.endpoints.rollback, request.endpoint)
+        event = await asyncio.to_thread(
+            self._engine.endpoints.rollback, request.endpoint, actor=self.actor(context)
+        )
         return pb.RollbackResponse(event=event_message(event))
 
     @unary_errors

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ import grpc
 
 from headrace.engine import Engine
 from headrace.errors import InvalidArgumentError, NotFoundError
-from headrace.registry.audit import AuditRecord
+from headrace.registry.audit import AuditRecord, EndpointAuditRecord
 from headrace.registry.manager import Transition
 from headrace.registry.views import ModelView
 from headrace.server.auth import read_token
@@ -91,6 +92,26 @@ def audit_entry_message(record: AuditRecord) -> Any:
         load_ms=_number(record.load_ms),
         warm_ms=_number(record.warm_ms),
         drain_ms=_number(record.drain_ms),
+        kind=record.kind,
+    )
+
+
+def endpoint_entry_message(record: EndpointAuditRecord) -> Any:
+    return pb.AuditEntry(
+        time_s=record.time_unix_s,
+        time=record.time.isoformat().replace("+00:00", "Z"),
+        actor=record.actor,
+        reason=record.reason,
+        download_ms=math.nan,
+        load_ms=math.nan,
+        warm_ms=math.nan,
+        drain_ms=math.nan,
+        kind=record.kind,
+        endpoint=record.endpoint,
+        action=str(record.action),
+        variant=record.variant,
+        change_from=json.dumps(record.before, sort_keys=True, default=str),
+        change_to=json.dumps(record.after, sort_keys=True, default=str),
     )
 
 
@@ -167,8 +188,18 @@ class ModelAdmin:
     async def GetAuditLog(self, request: Any, context: Context) -> Any:
         if request.since_s < 0 or request.until_s < 0:
             raise InvalidArgumentError("since_s and until_s are seconds since the epoch (>= 0)")
+        transitions = self._engine.models.transitions
+        if request.endpoints or request.endpoint:
+            changes = await asyncio.to_thread(
+                transitions.read_endpoints,
+                request.endpoint or None,
+                request.since_s or None,
+                request.until_s or None,
+                request.limit or None,
+            )
+            return pb.GetAuditLogResponse(entries=[endpoint_entry_message(r) for r in changes])
         records = await asyncio.to_thread(
-            self._engine.models.transitions.read,
+            transitions.read,
             request.model or None,
             request.since_s or None,
             request.until_s or None,

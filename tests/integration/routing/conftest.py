@@ -24,7 +24,9 @@ def routing_server(
     routing_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     state = tmp_path_factory.mktemp("routing-state")
-    running, thread = start_server(routing_repo, state_dir=state)
+    # Shadow copies are counted exactly in these tests: no time budget for shadow calls (it is
+    # tested with a fake clock in unit/routing/test_shadow.py).
+    running, thread = start_server(routing_repo, state_dir=state, shadow_budget_share=1.0)
     yield running
     stop_server(running, thread)
 

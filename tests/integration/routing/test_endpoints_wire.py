@@ -131,6 +131,50 @@ def test_blue_green_switch_under_16_callers_fails_nothing(
     )
 
 
+def test_copies_are_dropped_not_queued_while_the_primary_is_saturated(
+    routing_server: RunningServer, admin_stub: Any
+) -> None:
+    engine = engine_of(routing_server)
+    routing = engine.routing
+    model = engine.models.get("a")
+    assert model is not None and model.latest is not None
+    lease = model.latest.lease
+
+    def shadow() -> Any:
+        return routing.endpoints.report("shadowed").shadows[0]
+
+    before = shadow()
+    busy_before = before.dropped_by.get("primary_busy", 0)
+    # A client request in flight on the primary's one instance, as a held request holds it:
+    # the state the mirror's admission reads.
+    assert lease.acquire()
+    try:
+        report = drive(routing_server.address, "answers", model="shadowed", n=8)
+        assert [a["variant"] for a in report["answers"]] == ["main"] * 8
+        mirror = routing.mirror
+        assert mirror is not None and mirror.queued == 0  # dropped, not queued
+        during = shadow()
+        assert during.dropped_by["primary_busy"] == busy_before + 8
+        assert during.completed + during.errors == before.completed + before.errors
+    finally:
+        lease.release()
+    drive(routing_server.address, "answers", model="shadowed", n=4)
+    wait_for(lambda: shadow().completed == before.completed + 4, "the 4 admitted copies")
+    after = shadow()
+    assert after.dropped == before.dropped + 8 and after.offered == before.offered + 12
+    assert math.isclose(after.mirrored, after.completed / after.offered)
+    url = f"http://127.0.0.1:{routing_server.metrics_port}/metrics"
+    with urllib.request.urlopen(url) as response:
+        text = response.read().decode()
+    dropped = (
+        'headrace_shadow_dropped_total{endpoint="shadowed",reason="primary_busy",shadow="next"}'
+    )
+    assert f"{dropped} {float(busy_before + 8)}" in text
+    assert 'headrace_shadow_mirrored_ratio{endpoint="shadowed",shadow="next"}' in text
+    wire_report = engine.endpoints.report("shadowed")
+    assert wire_report.shadows[0].dropped_by["primary_busy"] == busy_before + 8
+
+
 def test_a_slow_shadow_does_not_hold_the_primary(routing_server: RunningServer) -> None:
     routing = engine_of(routing_server).routing
     gate, entered = threading.Event(), threading.Event()

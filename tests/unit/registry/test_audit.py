@@ -130,3 +130,37 @@ def test_every_acknowledged_record_survives_kill_9(tmp_path: Path) -> None:
     assert numbers[:acknowledged] == list(range(1, acknowledged + 1))
     assert numbers == list(range(1, len(numbers) + 1))
     assert all(r.cause == AuditCause.ALIAS_MOVED and r.actor == "poller" for r in records)
+
+
+def test_endpoint_records_beside_model_records_and_lines_without_kind(tmp_path: Path) -> None:
+    from headrace.registry.audit import EndpointAction, EndpointAuditRecord
+
+    path = tmp_path / "log.jsonl"
+    # A line written before records had a kind is a model record.
+    old = json.loads(record("fraud", 2, 99.0).to_json())
+    del old["kind"]
+    path.write_text(json.dumps(old) + "\n")
+    switched = EndpointAuditRecord(
+        endpoint="bg",
+        action=EndpointAction.SWITCH,
+        actor="token:admin",
+        before={"active": "blue"},
+        after={"active": "green"},
+        variant="green",
+        time_unix_s=100.0,
+    )
+    with AuditLog(path) as audit:
+        audit.append(switched)
+        audit.append(record("fraud", 3, 101.0))
+        audit.append(EndpointAuditRecord("bg", "canary_rollback", "canary", time_unix_s=102.0))
+        assert [(r.model, r.to_version) for r in audit.read()] == [("fraud", 2), ("fraud", 3)]
+        endpoints = audit.read_endpoints("bg")
+        assert endpoints[0] == switched
+        assert [r.action for r in endpoints] == ["switch", "canary_rollback"]
+        assert audit.read_endpoints(since_unix_s=101.0, limit=5)[0].actor == "canary"
+        assert audit.read_endpoints("other") == []
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line.get("kind") for line in lines] == [None, "endpoint", "model", "endpoint"]
+    assert (lines[1]["from"], lines[1]["to"]) == ({"active": "blue"}, {"active": "green"})
+    with pytest.raises(InvalidArgumentError, match="not a valid EndpointAction"):
+        EndpointAuditRecord("bg", "teleported", "admin")

@@ -171,3 +171,31 @@ def test_real_valued_rewards_use_welch(make_endpoints: MakeEndpoints) -> None:
         0.95, len(rewards["b"]) - 1, loc=np.mean(rewards["b"]), scale=stats.sem(rewards["b"])
     )
     assert (b.rewards.ci_low, b.rewards.ci_high) == pytest.approx((low, high), rel=1e-6)
+
+
+def test_the_cli_report_puts_the_mirrored_share_beside_the_agreement() -> None:
+    from headrace.cli.endpoints import format_report
+    from headrace.wire import admin as pb
+
+    report = pb.GetExperimentReportResponse(
+        endpoint="e",
+        strategy="split",
+        control="a",
+        shadows=[
+            pb.ShadowReport(
+                name="next",
+                model="m",
+                offered=200,
+                dropped=150,
+                dropped_by={"primary_busy": 140, "queue_full": 10},
+                completed=50,
+                mirrored=0.25,
+                agreement=1.0,
+            )
+        ],
+    )
+    line = next(x for x in format_report(report).splitlines() if x.startswith("shadow"))
+    assert line.startswith(
+        "shadow next (m): mirrored 25.0% of 200 sampled, dropped 150 (primary_busy 140, "
+        "queue_full 10), errors 0, agreement 1"
+    )

@@ -13,7 +13,7 @@ import pytest
 from headrace.routing import Endpoints, ShadowMirror
 from headrace.routing.config import QualityConfig
 from headrace.routing.shadow import compare
-from unit.routing.routing_support import endpoint
+from unit.routing.routing_support import FakeClock, endpoint
 
 SCORES = np.array([[0.9, 0.1], [0.3, 0.7]], dtype=np.float32)
 
@@ -162,3 +162,108 @@ def test_bytes_outputs_agree_when_equal() -> None:
     words = np.array([b"yes", b"no"], dtype=object)
     assert compare(quality, 0.0, {"w": words}, {"w": words.copy()}) == (True, 0.0)
     assert compare(quality, 0.0, {"w": words}, {"w": words[::-1].copy()}) == (False, float("inf"))
+
+
+def test_a_busy_primary_drops_copies_by_reason_and_none_are_queued() -> None:
+    async def scenario() -> None:
+        calls: list[int] = []
+
+        async def shadow(model: str, version: str, inputs: Mapping[str, Any]) -> Any:
+            calls.append(len(inputs["x"]))
+            return {"probs": SCORES}
+
+        busy = True
+        routing = mirrored()
+        mirror = ShadowMirror(
+            shadow, queue_size=8, workers=1, admit=lambda route: "primary_busy" if busy else None
+        )
+        for _ in range(20):
+            assert mirror.offer(routing.resolve("e"), {"x": X}, {"probs": SCORES}) == 0
+        assert mirror.queued == 0 and mirror.in_flight == 0
+        stats = routing.report("e").shadows[0]
+        assert (stats.offered, stats.dropped, stats.dropped_by) == (20, 20, {"primary_busy": 20})
+        busy = False
+        mirror.start()
+        await primary_request(routing, mirror, {"x": X})
+        while routing.report("e").shadows[0].completed < 1:
+            await asyncio.sleep(0)
+        final = routing.report("e").shadows[0]
+        assert (final.completed, final.dropped, final.mirrored) == (1, 20, 1 / 21)
+        await mirror.stop()
+
+    asyncio.run(scenario())
+
+
+X = np.arange(4, dtype=np.float32).reshape(2, 2)
+
+
+def test_queued_copies_are_coalesced_into_one_call_and_compared_each() -> None:
+    async def scenario() -> None:
+        calls: list[int] = []
+
+        async def shadow(model: str, version: str, inputs: Mapping[str, Any]) -> Any:
+            x = np.asarray(inputs["x"])
+            calls.append(len(x))
+            # each row's answer: the primary's scores, flipped for rows whose first input is 6
+            probs = np.tile(SCORES[:1], (len(x), 1))
+            probs[x[:, 0] == 6] = SCORES[0, ::-1]
+            return {"probs": probs}
+
+        routing = mirrored()
+        mirror = ShadowMirror(shadow, queue_size=64, workers=1, max_rows=lambda m, v: 5)
+        route = routing.resolve("e")
+        for i in range(6):  # queued before any worker runs: one burst of answers
+            x = np.full((1, 2), float(i + 1), dtype=np.float32)
+            mirror.offer(route, {"x": x}, {"probs": SCORES[:1]})
+        mirror.offer(route, {"x": X.astype(np.int64)}, {"probs": SCORES})  # another dtype
+        mirror.start()
+        while routing.report("e").shadows[0].completed < 7:
+            await asyncio.sleep(0)
+        # 6 one-row copies within 5 rows a call: 5 + 1; the int64 copy runs alone.
+        assert sorted(calls) == [1, 2, 5] and mirror.calls == 3
+        stats = routing.report("e").shadows[0]
+        assert (stats.completed, stats.mismatched) == (7, 0)
+        # Each copy is compared with its own rows: of the coalesced ones only the copy of 6
+        # disagrees; the int64 copy's second row (argmax 1 for the primary) disagrees too.
+        assert stats.agreement == 5 / 7
+        assert mirror.in_flight == 0 and mirror.queued == 0
+        await mirror.stop()
+
+    asyncio.run(scenario())
+
+
+def test_shadow_calls_keep_to_their_share_of_time() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+
+        async def shadow(model: str, version: str, inputs: Mapping[str, Any]) -> Any:
+            clock.advance(0.030)  # each call takes 30 ms of the clock
+            return {"probs": SCORES}
+
+        routing = mirrored()
+        # One clock for both: the calls' duration and the CPU time the bucket refills with.
+        mirror = ShadowMirror(
+            shadow, workers=1, budget_share=0.1, clock_ns=clock, budget_clock_ns=clock
+        )
+        mirror.start()
+
+        async def request() -> None:
+            await primary_request(routing, mirror, {"x": X})
+            while mirror.in_flight or mirror.queued:
+                await asyncio.sleep(0)
+
+        await request()  # within the 20 ms burst: sent, and its 30 ms charged
+        stats = routing.report("e").shadows[0]
+        assert (stats.completed, stats.dropped) == (1, 0)
+        for _ in range(3):  # the bucket is 10 ms short: refilled at 10 % of the clock ...
+            await request()
+        assert routing.report("e").shadows[0].dropped_by == {"over_budget": 3}
+        clock.advance(0.099)  # ... 9.9 ms later it is still short
+        await request()
+        clock.advance(0.002)  # and positive 0.2 ms later
+        await request()
+        final = routing.report("e").shadows[0]
+        assert (final.completed, final.dropped_by) == (2, {"over_budget": 4})
+        await mirror.stop()
+
+    asyncio.run(scenario())

@@ -4,10 +4,12 @@ and test, and the retraining trigger's firings."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from headrace.monitoring.drift.monitor import DriftReport
+from headrace.monitoring.drift.quality import JudgedWindow
 
 _DRIFT_LABELS = ("model", "version", "feature", "test")
 
@@ -37,7 +39,9 @@ class DriftMetrics:
         self.detected = Gauge(
             "headrace_drift_detected",
             "1 when the last closed window drifted: test=psi for PSI >= psi_alert, test=ks|chi2 "
-            "for a significant test after correction",
+            "for a significant test after correction; feature=quality:<endpoint>/<variant> with "
+            "test=accuracy|mae when its last judged label-quality window failed [drift]'s "
+            "min_accuracy or max_mae",
             _DRIFT_LABELS,
             registry=registry,
         )
@@ -48,7 +52,19 @@ class DriftMetrics:
             registry=registry,
         )
         self._published: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._quality_published: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._lock = threading.Lock()
+
+    def publish_quality(self, model: str, version: str, judged: Sequence[JudgedWindow]) -> None:
+        """``headrace_drift_detected`` for judged label-quality windows: 1 while failing."""
+        for item in judged:
+            window = item.window
+            self.detected.labels(model, version, window.feature, window.metric).set(
+                float(item.decision == "alert")
+            )
+            with self._lock:
+                seen = self._quality_published.setdefault((model, version), set())
+                seen.add((window.feature, window.metric))
 
     def publish(self, model: str, version: str, report: DriftReport, psi_alert: float) -> None:
         seen: set[tuple[str, str]] = set()
@@ -69,6 +85,7 @@ class DriftMetrics:
         """Drop a version's series (it stopped serving)."""
         with self._lock:
             seen = self._published.pop((model, version), set())
+            seen |= self._quality_published.pop((model, version), set())
         for feature, test in seen:
             for gauge in (self.psi, self.statistic, self.p_value, self.detected):
                 try:

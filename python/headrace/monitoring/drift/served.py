@@ -18,7 +18,9 @@ Where the work happens, and why:
 
 An alert *starts* when the last window's decision is ``alert`` and the previous window's was not.
 A start fires the trigger unless it fired less than ``cooldown_s`` ago; every firing is logged and
-counted in ``headrace_drift_trigger_firings_total{model, version, outcome}``.
+counted in ``headrace_drift_trigger_firings_total{model, version, outcome}``. Label quality of the
+endpoint variants running the version alerts the same way (``quality.py``): ``check`` takes their
+windows from the watcher.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from headrace.errors import HeadraceError, InvalidArgumentError
 from headrace.monitoring.drift.gauges import DriftMetrics
 from headrace.monitoring.drift.monitor import DriftMonitor, DriftReport
 from headrace.monitoring.drift.profile import ReferenceProfile
+from headrace.monitoring.drift.quality import QualityAlerts, QualityWindow, quality_report_json
 from headrace.monitoring.drift.triggers import RetrainingTrigger
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,7 @@ class ServedDrift:
         self._check_lock = threading.Lock()
         self._observe_failed = False
         self.last_report: DriftReport | None = None
+        self.quality = QualityAlerts(settings)
 
     @property
     def profile(self) -> ReferenceProfile:
@@ -119,9 +123,14 @@ class ServedDrift:
             return None
         return self.monitor.accumulator
 
-    def check(self) -> bool:
+    def check(self, quality: Sequence[QualityWindow] = ()) -> bool:
         """Close a window whose time is up; if windows closed since the last check, publish the
-        last one's statistics and fire the trigger when an alert starts. True if any closed."""
+        last one's statistics and fire the trigger when an alert starts. True if any closed.
+
+        ``quality``: the label-quality windows of the variants running this version; closed ones
+        are judged by the ``[drift]`` quality rules and alert alike."""
+        if quality and self.quality.configured:
+            self._check_quality(quality)
         with self._check_lock:
             self.monitor.poll()
             closed = self.monitor.windows_closed
@@ -156,6 +165,28 @@ class ServedDrift:
             )
             self.trigger.alert_started(self.report_json(start))
         return True
+
+    def _check_quality(self, windows: Sequence[QualityWindow]) -> None:
+        judged, started = self.quality.update(windows)
+        if judged and self._metrics is not None:
+            self._metrics.publish_quality(self.model, self.version, judged)
+        for start in started:
+            window = start.window
+            log.warning(
+                "quality alert on model %s version %s: endpoint %s variant %s %s %.4g over %d "
+                "labelled rows in the window from %s",
+                self.model,
+                self.version,
+                window.endpoint,
+                window.variant,
+                window.metric,
+                window.value,
+                window.count,
+                window.window_start_s,
+            )
+            self.trigger.alert_started(
+                quality_report_json(self.model, self.version, self.settings, start)
+            )
 
     def report_json(self, report: DriftReport) -> str:
         body = report.to_dict()

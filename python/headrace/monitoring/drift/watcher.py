@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 
+from headrace.monitoring.drift.quality import QualitySource, QualityWindow
 from headrace.monitoring.drift.served import ServedDrift
 
 log = logging.getLogger(__name__)
@@ -18,6 +20,9 @@ class DriftWatcher:
 
     def __init__(self, interval_s: float = 0.25) -> None:
         self.interval_s = interval_s
+        # The label-quality windows of the endpoint variants running a version (the engine's,
+        # set once it has endpoints); None: quality is not judged.
+        self.quality_of: QualitySource | None = None
         self._served: list[ServedDrift] = []
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -37,6 +42,12 @@ class DriftWatcher:
                 self._served.remove(served)
             self._condition.notify_all()
 
+    def _quality(self, served: ServedDrift) -> Sequence[QualityWindow]:
+        source = self.quality_of
+        if source is None or not served.quality.configured:
+            return ()
+        return source(served.model, served.version)
+
     def _run(self) -> None:
         while True:
             with self._condition:
@@ -46,7 +57,7 @@ class DriftWatcher:
                 served = list(self._served)
             for item in served:
                 try:
-                    item.check()
+                    item.check(self._quality(item))
                 except Exception:  # one version's failure must not stop the others' checks
                     log.exception("drift check of model %s version %s", item.model, item.version)
             with self._condition:
