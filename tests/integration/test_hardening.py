@@ -234,22 +234,37 @@ def _calibrated_batch_s(client: Client) -> float:
     return one_row.ns / one_row.count / 1e9
 
 
-def test_a_deadline_the_model_cannot_meet_is_refused_unrun(
-    served: ServeProcess,
-) -> None:
-    with Client(served.address) as client:
-        batch_s = _calibrated_batch_s(client)
-        before = stats(client, "slow")
-        counted = counters(served, "slow")
-        with pytest.raises(UnavailableError, match="cannot answer before the request's deadline"):
-            client.infer("slow", {"x": np.ones((1, SLOW_WIDTH), np.float32)}, timeout_s=batch_s / 2)
-        after = stats(client, "slow")
+def _refusal_attempt(served: ServeProcess, client: Client, batch_s: float) -> bool:
+    """A request whose deadline is half the model's batch time: True when it was refused on
+    arrival with nothing run or queued for it; False when the attempt proves nothing (on a busy
+    machine the cost model may predict under half the mean it was calibrated on, and the
+    request runs, or it arrives already expired)."""
+    before = stats(client, "slow")
+    counted = counters(served, "slow")
+    try:
+        client.infer("slow", {"x": np.ones((1, SLOW_WIDTH), np.float32)}, timeout_s=batch_s / 2)
+    except UnavailableError as error:
+        assert "cannot answer before the request's deadline" in error.message, error.message
+    except DeadlineExceededError:
+        return False
+    else:
+        return False
+    after = stats(client, "slow")
     now = counters(served, "slow")
     assert now["inference_deadline_refused_requests"] == (
         counted["inference_deadline_refused_requests"] + 1
     )
     assert after.inference_count == before.inference_count  # nothing ran for it
     assert after.inference_stats.queue.count == before.inference_stats.queue.count
+    return True
+
+
+def test_a_deadline_the_model_cannot_meet_is_refused_unrun(served: ServeProcess) -> None:
+    with Client(served.address) as client:
+        for _attempt in range(3):
+            if _refusal_attempt(served, client, _calibrated_batch_s(client)):
+                return
+    raise AssertionError("a deadline of half the batch time was never refused on arrival")
 
 
 def _doomed_attempt(served: ServeProcess, client: Client, batch_s: float) -> bool | None:
