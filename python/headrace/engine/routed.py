@@ -305,7 +305,10 @@ class EngineRouting:
 
     def _new_mirror(self) -> ShadowMirror:
         return ShadowMirror(
-            self._call_shadow, max_rows=self._shadow.rows, budget_share=self._budget_share
+            self._call_shadow,
+            admit=self._busy_primary,
+            max_rows=self._shadow.rows,
+            budget_share=self._budget_share,
         )
 
     def _offer(self, route: Route, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
@@ -313,16 +316,21 @@ class EngineRouting:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        # Admission is decided now, by the answering thread: the primary's load when the copy
-        # was made, not when another thread gets round to queueing it.
-        refused = PRIMARY_BUSY if self._shadow.busy(route) else None
+        # Admission is decided by the answering thread: the primary's load when the copy was
+        # made, not when another thread gets round to queueing it. On the mirror's own loop
+        # the mirror asks only for a copy it sampled (most requests of a sampled shadow are
+        # not copied, and the question costs a few reads of the lease's counters).
         mirror, loop = self._mirror, self._mirror_loop
         if mirror is None or loop is None or loop.is_closed() or not loop.is_running():
             mirror, loop = self._start_mirror(running)
         if loop is running:
-            mirror.offer(route, inputs, outputs, refused)
+            mirror.offer(route, inputs, outputs)
         else:
+            refused = self._busy_primary(route)
             loop.call_soon_threadsafe(mirror.offer, route, inputs, outputs, refused)
+
+    def _busy_primary(self, route: Route) -> str | None:
+        return PRIMARY_BUSY if self._shadow.busy(route) else None
 
     def _start_mirror(
         self, running: asyncio.AbstractEventLoop | None
