@@ -39,7 +39,7 @@ from headrace.monitoring.metrics import Metrics, RequestSeries
 from headrace.registry.audit import AuditLog
 from headrace.routing import Endpoints, FeedbackReceipt, Route, RoutingEvent, ShadowMirror
 from headrace.routing.config import ModelSignature
-from headrace.routing.shadow import PRIMARY_BUSY
+from headrace.routing.shadow import ADMITTED, PRIMARY_BUSY
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ class EngineRouting:
         if loop is running:
             mirror.offer(route, inputs, outputs)
         else:
-            refused = self._busy_primary(route)
+            refused = self._busy_primary(route) or ADMITTED
             loop.call_soon_threadsafe(mirror.offer, route, inputs, outputs, refused)
 
     def _busy_primary(self, route: Route) -> str | None:

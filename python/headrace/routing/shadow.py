@@ -47,6 +47,9 @@ MaxRows = Callable[[str, str], int]
 PRIMARY_BUSY = "primary_busy"
 QUEUE_FULL = "queue_full"
 OVER_BUDGET = "over_budget"
+# What a caller passes as ``refused`` when it has already admitted the copies (no drop reason):
+# the mirror then does not ask again, later, on its own thread.
+ADMITTED = ""
 
 # Copies waiting for a shadow: beyond this, new copies are dropped (and counted) rather than
 # holding more requests' inputs in memory while a shadow falls behind.
@@ -170,9 +173,9 @@ class ShadowMirror:
         """Queue copies of an answered request for its endpoint's shadows; returns how many.
 
         Call it after the primary's answer is on its way. Never blocks or awaits. ``refused``:
-        the reason to drop the copies that the caller already decided when it answered (a
-        caller on another thread decides there, when its state is current), else ``admit``
-        decides.
+        what the caller already decided when it answered (a caller on another thread decides
+        there, when its state is current): a reason to drop the copies, or ADMITTED; None lets
+        ``admit`` decide, for a sampled copy only.
         """
         shadows = route.shadows
         if not shadows:
@@ -189,9 +192,9 @@ class ShadowMirror:
                 asked = True
                 if refused is None and self._admit is not None:
                     refused = self._admit(route)
-                if refused is None and not self._within_budget():
+                if not refused and not self._within_budget():
                     refused = OVER_BUDGET
-            if refused is not None:
+            if refused:
                 stats.drop(refused)
                 continue
             try:
