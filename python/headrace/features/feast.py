@@ -3,13 +3,18 @@
 Feast keeps one hash per (entity key, project) holding every view that shares the join key (see
 :mod:`headrace.features.feast_layout`). Feast's own server reads view by view; here the views of
 one join key are read together — one ``HMGET`` per distinct entity key with every view's feature
-fields and ``_ts`` fields — and all of a batch's ``HMGET`` go out in one pipeline: one round trip.
+fields and then their ``_ts`` fields — and all of a batch's ``HMGET`` go out in one write: one
+round trip, its replies parsed by one hiredis reader (:func:`headrace.features.resp.read_replies`).
+The feature values of a group of views are then joined into one buffer and decoded together
+(:func:`headrace.features.feast_layout.decode_spans`): no Python object per value after hiredis.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from typing import Any
 
 import numpy as np
 
@@ -17,8 +22,8 @@ from headrace.errors import InternalError
 from headrace.features.config import ViewConfig
 from headrace.features.feast_layout import (
     ValueDecodeError,
+    decode_spans,
     decode_timestamps,
-    decode_values,
     entity_keys,
     feature_field,
     timestamp_field,
@@ -36,9 +41,11 @@ class _Group:
     entity: str
     join_key: str
     views: tuple[int, ...]  # indices into the store's views
-    fields: tuple[bytes, ...]  # every view's feature fields then its _ts field
+    fields: tuple[bytes, ...]  # every view's feature fields, then every view's _ts field
     packed_fields: bytes  # ``fields`` in RESP, made once
-    offsets: tuple[int, ...]  # where each view's fields start in ``fields``
+    offsets: tuple[int, ...]  # where each view's feature fields start in ``fields``
+    features: int  # feature fields (the _ts fields follow them)
+    names: tuple[str, ...]  # each feature field's name in errors
 
 
 class FeastStore:
@@ -57,12 +64,15 @@ class FeastStore:
         groups = []
         for (entity, join_key), members in by_key.items():
             fields: list[bytes] = []
+            names: list[str] = []
             offsets = []
             for index in members:
                 view = self._views[index]
                 offsets.append(len(fields))
                 fields.extend(feature_field(view.name, f) for f in view.features)
-                fields.append(timestamp_field(view.name))
+                names.extend(f"feast view '{view.name}' '{f}'" for f in view.features)
+            features = len(fields)
+            fields.extend(timestamp_field(self._views[index].name) for index in members)
             groups.append(
                 _Group(
                     entity,
@@ -71,6 +81,8 @@ class FeastStore:
                     tuple(fields),
                     pack_args(fields),
                     tuple(offsets),
+                    features,
+                    tuple(names),
                 )
             )
         self._groups = groups
@@ -92,29 +104,51 @@ class FeastStore:
         out: list[ViewRows | None] = [None] * len(self._views)
         start = 0
         for group, count in zip(self._groups, counts, strict=True):
-            group_replies = replies[start : start + count]
+            self._decode(group, replies[start : start + count], out)
             start += count
-            for index, offset in zip(group.views, group.offsets, strict=True):
-                out[index] = self._decode(self._views[index], group_replies, offset)
         return [rows for rows in out if rows is not None]
 
-    def _decode(self, view: ViewConfig, replies: list[list[bytes | None]], offset: int) -> ViewRows:
+    def _decode(self, group: _Group, replies: list[Any], out: list[ViewRows | None]) -> None:
+        """Every view of ``group`` from its ``HMGET`` replies (one per key), into ``out``."""
         n = len(replies)
-        width = len(view.features)
-        end = offset + width
-        stamps = [reply[end] for reply in replies]
-        found = np.fromiter((s is not None for s in stamps), dtype=np.bool_, count=n)
-        flat = [value for reply in replies for value in reply[offset:end]]
-        names = [f"feast view '{view.name}' '{feature}'" for feature in view.features]
+        width = len(group.fields)
+        flat = list(chain.from_iterable(replies))
+        if len(flat) != n * width:
+            raise StoreError(f"redis {self._client.url} (feast): HMGET answered the wrong shape")
+        nil = None in flat
+        if nil:  # absent fields (keys or views not in Redis): no bytes, length 0
+            flat = [b"" if item is None else item for item in flat]
+        lengths = np.fromiter(map(len, flat), dtype=np.intp, count=n * width).reshape(n, width)
+        starts = np.cumsum(lengths).reshape(n, width) - lengths
+        features = group.features
         try:
-            values, present = decode_values(flat, names)
+            values, present = decode_spans(
+                b"".join(flat),
+                starts[:, :features].ravel(),
+                lengths[:, :features].ravel(),
+                group.names,
+            )
         except ValueDecodeError as error:
             # The data, not the store, is wrong: an error for the callers, not a store failure.
             raise InternalError(str(error)) from None
-        present = present.reshape(n, width)
-        present &= found[:, None]
-        event_time = decode_timestamps(stamps) if view.max_age_s > 0 else None
-        return ViewRows(values.reshape(n, width), present, found, event_time)
+        values = values.reshape(n, features)
+        present = present.reshape(n, features)
+        for k, (index, offset) in enumerate(zip(group.views, group.offsets, strict=True)):
+            view = self._views[index]
+            end = offset + len(view.features)
+            stamp = features + k  # the view's _ts field
+            if nil:
+                found = np.fromiter(
+                    (reply[stamp] is not None for reply in replies), dtype=np.bool_, count=n
+                )
+                view_present = present[:, offset:end] & found[:, None]
+            else:
+                found = np.ones(n, np.bool_)
+                view_present = present[:, offset:end]
+            event_time = None
+            if view.max_age_s > 0:
+                event_time = decode_timestamps([reply[stamp] for reply in replies])
+            out[index] = ViewRows(values[:, offset:end], view_present, found, event_time)
 
     async def ping(self) -> None:
         try:

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from headrace.features.config import ViewConfig
 from headrace.features.keys import KeyKind, Keys, key_kind
-from headrace.features.resp import pack_args
+from headrace.features.resp import connection_stream, pack_args, read_replies
 from headrace.features.store import StoreError, ViewRows
 
 if TYPE_CHECKING:
@@ -110,7 +110,11 @@ class LoopClient:
     ) -> list[Any]:
         try:
             await connection.send_packed_command(packed, check_health=False)
-            out = [await connection.read_response() for _ in range(replies)]
+            stream = connection_stream(connection)
+            if stream is not None:  # every reply through one hiredis reader (resp module)
+                out = await read_replies(stream, replies)
+            else:
+                out = [await connection.read_response() for _ in range(replies)]
         except BaseException:
             await connection.disconnect(nowait=True)
             await client.connection_pool.release(connection)
