@@ -115,10 +115,14 @@ class FeastStore:
         flat = list(chain.from_iterable(replies))
         if len(flat) != n * width:
             raise StoreError(f"redis {self._client.url} (feast): HMGET answered the wrong shape")
-        nil = None in flat
-        if nil:  # absent fields (keys or views not in Redis): no bytes, length 0
+        nil = False
+        try:  # (cheaper than looking for None first: ``None in flat`` compares every item)
+            lengths = np.fromiter(map(len, flat), dtype=np.intp, count=n * width)
+        except TypeError:  # absent fields (keys or views not in Redis): no bytes, length 0
+            nil = True
             flat = [b"" if item is None else item for item in flat]
-        lengths = np.fromiter(map(len, flat), dtype=np.intp, count=n * width).reshape(n, width)
+            lengths = np.fromiter(map(len, flat), dtype=np.intp, count=n * width)
+        lengths = lengths.reshape(n, width)
         starts = np.cumsum(lengths).reshape(n, width) - lengths
         features = group.features
         try:
