@@ -29,7 +29,7 @@ from headrace.features.feast_layout import (
     timestamp_field,
 )
 from headrace.features.keys import Keys, key_kind
-from headrace.features.redis import LoopClient
+from headrace.features.redis import LoopClient, describe
 from headrace.features.resp import pack_args, pack_hmgets
 from headrace.features.store import StoreError, ViewRows
 
@@ -100,7 +100,7 @@ class FeastStore:
         try:
             replies = await self._client.round_trip(b"".join(commands), sum(counts))
         except Exception as error:
-            raise StoreError(f"redis {self._client.url} (feast): {error!r}") from error
+            raise StoreError(f"redis {self._client.url} (feast): {describe(error)}") from error
         out: list[ViewRows | None] = [None] * len(self._views)
         start = 0
         for group, count in zip(self._groups, counts, strict=True):
@@ -158,7 +158,7 @@ class FeastStore:
         try:
             await self._client.get().ping()
         except Exception as error:
-            raise StoreError(f"redis {self._client.url}: {error!r}") from error
+            raise StoreError(f"redis {self._client.url}: {describe(error)}") from error
 
     def entity_datatype(self, entity: str) -> str | None:
         return None

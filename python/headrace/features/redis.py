@@ -66,6 +66,13 @@ def open_client(url: str) -> redis.asyncio.Redis:
     return client
 
 
+def describe(error: BaseException) -> str:
+    """An error for a message: its type and text (redis-py's repr of its errors drops the
+    text: ``server:ResponseError``)."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 class LoopClient:
     """One asyncio client per event loop (redis-py's connections belong to the loop that
     opened them); made on first use.
@@ -220,7 +227,7 @@ class RedisStore:
         try:
             (raw,) = await self._client.round_trip(packed, 1)
         except Exception as error:
-            raise StoreError(f"redis {self._client.url}: {error!r}") from error
+            raise StoreError(f"redis {self._client.url}: {describe(error)}") from error
         out = []
         start = len(self._views)
         for index, view in enumerate(self._views):
@@ -315,7 +322,7 @@ class RedisStore:
         try:
             await self._client.get().ping()
         except Exception as error:
-            raise StoreError(f"redis {self._client.url}: {error!r}") from error
+            raise StoreError(f"redis {self._client.url}: {describe(error)}") from error
 
     def entity_datatype(self, entity: str) -> str | None:
         return None
