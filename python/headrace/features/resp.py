@@ -39,6 +39,12 @@ def pack_hmgets(keys: Sequence[bytes], packed_fields: bytes, fields: int) -> byt
     return b"".join([head + bulk(k) + packed_fields for k in keys])
 
 
+def pack_key_commands(command: bytes, keys: Sequence[bytes]) -> bytes:
+    """``<command> key`` for each key (HGETALL, HLEN)."""
+    head = b"*2\r\n" + bulk(command)
+    return b"".join([head + bulk(k) for k in keys])
+
+
 def connection_stream(connection: Any) -> asyncio.StreamReader | None:
     """The stream a connected redis-py asyncio connection reads its replies from (its
     ``_reader``), or None where this redis-py keeps it elsewhere (the caller then reads reply

@@ -126,3 +126,50 @@ def test_the_installed_redis_py_connection_gives_its_stream(redis_server: RedisS
             await client.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("query", ["", "?protocol=3"], ids=["resp2", "resp3"])
+def test_wide_reads_take_whole_hashes_and_pick_the_same_rows(
+    redis_server: RedisServer, redis_db: int, query: str
+) -> None:
+    """Asking for all 102 fields of 102-field hashes: from the second round trip on, HGETALL;
+    hashes listing their fields in another order, holding one view only, or absent read the
+    same as through HMGET. RESP2 (lists, the store's own choice) and RESP3 (maps, when the
+    URL asks for it)."""
+    floats, ints = write_feast_layout(redis_server, redis_db)
+    client = redis_server.client(redis_db)
+    (reordered, one_view) = entity_keys("user_id", "INT64", [10, 11], PROJECT)
+    fields = client.hgetall(reordered)
+    client.delete(reordered)
+    client.hset(reordered, mapping=dict(reversed(list(fields.items()))))
+    client.hdel(one_view, timestamp_field("wide_i"), *(feature_field("wide_i", f"i{j}")
+                                                      for j in range(INTS)))  # fmt: skip
+    client.close()
+    users = np.array([3, 10, 11, USERS + 5, 3, 12, 10], np.int64)
+
+    async def main() -> list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        store = FeastStore(VIEWS, redis_server.url(redis_db) + query, PROJECT)
+        reads = []
+        try:
+            for _ in range(3):
+                rows = await store.read({"user_id": users})
+                reads.append([(r.values, r.present, r.found) for r in rows])
+            return reads
+        finally:
+            await store.close()
+
+    redis_server.reset_stats()
+    narrow, wide, again = asyncio.run(main())
+    assert redis_server.command_calls("hmget") == len(users)
+    assert redis_server.command_calls("hgetall") == 2 * len(users)
+    for first, second, third in zip(narrow, wide, again, strict=True):
+        for a, b, c in zip(first, second, third, strict=True):
+            assert np.array_equal(a, b) and np.array_equal(a, c)
+    (f_values, f_present, f_found), (i_values, i_present, i_found) = wide
+    assert f_found.tolist() == [True, True, True, False, True, True, True]
+    assert i_found.tolist() == [True, True, False, False, True, True, True]
+    known = [0, 1, 2, 4, 5, 6]
+    assert np.array_equal(f_values[known], floats[users[known]])
+    assert f_present[known].all() and not f_present[3].any()
+    assert np.array_equal(i_values[[0, 1, 4, 5, 6]], ints[users[[0, 1, 4, 5, 6]]])
+    assert not i_present[[2, 3]].any()
