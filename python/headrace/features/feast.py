@@ -179,11 +179,11 @@ class FeastStore:
             raise StoreError(f"redis {self._client.url} (feast): HMGET answered the wrong shape")
         nil = False
         try:  # (cheaper than looking for None first: ``None in flat`` compares every item)
-            lengths = np.fromiter(map(len, flat), dtype=np.intp, count=n * width)
+            lengths = np.array(list(map(len, flat)), dtype=np.intp)
         except TypeError:  # absent fields (keys or views not in Redis): no bytes, length 0
             nil = True
             flat = [b"" if item is None else item for item in flat]
-            lengths = np.fromiter(map(len, flat), dtype=np.intp, count=n * width)
+            lengths = np.array(list(map(len, flat)), dtype=np.intp)
         lengths = lengths.reshape(n, width)
         starts = np.cumsum(lengths).reshape(n, width) - lengths
         features = group.features
