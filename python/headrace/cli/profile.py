@@ -84,10 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"headrace profile: {message}", file=sys.stderr)
         return 2
     outputs = profile.metadata.get("outputs", "")
+    store = profile.metadata.get("features_store")
     print(
         f"profiled {profile.rows} rows of model {args.model} version "
         f"{profile.metadata.get('version')}: {len(profile.features)} features (outputs: "
         f"{outputs}) -> {target}"
+        + (f"\nthe inputs as served: features assembled from the {store} store" if store else "")
     )
     return 0
 

@@ -120,20 +120,6 @@ def _value_message() -> type:
 _NUMERIC = ("float_val", "double_val", "int64_val", "int32_val", "bool_val", "unix_timestamp_val")
 
 
-def decode_values(
-    raw: Sequence[bytes | None], names: Sequence[str]
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """Decode serialised ``feast.types.Value`` s to float32 and a present mask. ``raw`` is
-    row-major over ``names`` (value i is feature ``names[i % len(names)]``, named in errors).
-    Values beyond float32's range become +-inf, as in any cast to the model's FP32 input.
-
-    The scalar variants Feast writes for numeric features — one tag and a fixed32, fixed64
-    or varint — are decoded for the whole batch at once with numpy; anything else (nulls,
-    text, lists) goes through the protobuf runtime one by one."""
-    with np.errstate(over="ignore"):
-        return _decode_values(raw, names)
-
-
 def _fixed(buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp], width: int) -> Any:
     at = starts[:, None] + 1 + np.arange(width)
     return buf[at].copy().view(f"<f{width}")[:, 0]
@@ -179,27 +165,61 @@ def _decode_uniform(raw: Sequence[bytes | None]) -> npt.NDArray[np.float32] | No
     return table[:, 1:].copy().view(kind[1])[:, 0].astype(np.float32)
 
 
-def _decode_values(
+def decode_values(
     raw: Sequence[bytes | None], names: Sequence[str]
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Decode serialised ``feast.types.Value`` s to float32 and a present mask. ``raw`` is
+    row-major over ``names`` (value i is feature ``names[i % len(names)]``, named in errors).
+    Values beyond float32's range become +-inf, as in any cast to the model's FP32 input."""
     n = len(raw)
-    if n and None not in raw:
-        uniform = _decode_uniform(raw)  # every value a float (or every one a double)
-        if uniform is not None:
-            return uniform, np.ones(n, np.bool_)
+    with np.errstate(over="ignore"):
+        if n and None not in raw:
+            uniform = _decode_uniform(raw)  # every value a float (or every one a double)
+            if uniform is not None:
+                return uniform, np.ones(n, np.bool_)
+        items = [r or b"" for r in raw]
+        lengths = np.fromiter(map(len, items), dtype=np.intp, count=n)
+        return _decode_spans(b"".join(items), np.cumsum(lengths) - lengths, lengths, names)
+
+
+def decode_spans(
+    data: bytes,
+    starts: npt.NDArray[np.intp],
+    lengths: npt.NDArray[np.intp],
+    names: Sequence[str],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """:func:`decode_values` of the values ``data[starts[i] : starts[i] + lengths[i]]`` (a
+    length of 0: missing), without a Python object per value: a round trip's replies joined
+    once decode every view of a hash together."""
+    with np.errstate(over="ignore"):
+        return _decode_spans(data, starts, lengths, names)
+
+
+def _decode_spans(
+    data: bytes,
+    starts: npt.NDArray[np.intp],
+    lengths: npt.NDArray[np.intp],
+    names: Sequence[str],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """The scalar variants Feast writes for numeric features — one tag and a fixed32, fixed64
+    or varint — decoded for the whole batch at once with numpy; anything else (nulls, text,
+    lists) goes through the protobuf runtime one by one."""
+    n = len(lengths)
     values = np.zeros(n, np.float32)
     present = np.zeros(n, np.bool_)
     if n == 0:
         return values, present
-    items = [r or b"" for r in raw]
-    lengths = np.fromiter(map(len, items), dtype=np.intp, count=n)
-    buf = np.frombuffer(b"".join(items), np.uint8)
-    starts = np.cumsum(lengths) - lengths
-    tags = np.zeros(n, np.uint8)
+    buf = np.frombuffer(data, np.uint8)
     filled = lengths > 0
-    tags[filled] = buf[starts[filled]]
+    tags = np.zeros(n, np.uint8)
+    if filled.all():
+        tags = buf[starts]
+    else:
+        tags[filled] = buf[starts[filled]]
     done = ~filled  # absent field or empty Value: Feast's null
     floats = (tags == _FLOAT_TAG) & (lengths == 5)
+    if floats.all():  # the usual view of floats: nothing else to look at
+        return _fixed(buf, starts, 4), np.ones(n, np.bool_)
     if floats.any():
         values[floats] = _fixed(buf, starts[floats], 4)
         present[floats] = True
@@ -221,12 +241,14 @@ def _decode_values(
         done[where] = True
     rest = np.flatnonzero(~done)
     if rest.size:
-        _decode_slowly(raw, rest, names, values, present)
+        _decode_slowly(data, starts, lengths, rest, names, values, present)
     return values, present
 
 
 def _decode_slowly(
-    raw: Sequence[bytes | None],
+    data: bytes,
+    starts: npt.NDArray[np.intp],
+    lengths: npt.NDArray[np.intp],
     indices: npt.NDArray[np.intp],
     names: Sequence[str],
     values: npt.NDArray[np.float32],
@@ -235,9 +257,10 @@ def _decode_slowly(
     message = _value_message()()
     for i in indices.tolist():
         what = names[i % len(names)]
+        start = int(starts[i])
         message.Clear()
         try:
-            message.ParseFromString(raw[i])
+            message.ParseFromString(data[start : start + int(lengths[i])])
         except Exception as error:
             raise ValueDecodeError(f"{what}: not a feast.types.Value ({error})") from None
         variant = message.WhichOneof("val")

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from headrace.features.feast_layout import (
     ValueDecodeError,
+    decode_spans,
     decode_timestamps,
     decode_values,
     entity_keys,
@@ -117,6 +118,40 @@ def test_mixed_columns_decode_one_by_one(raw: list[bytes | None]) -> None:
             with np.errstate(over="ignore"):
                 expected = np.float32(getattr(message, message.WhichOneof("val") or "float_val"))
             assert values[i] == expected
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.binary(max_size=5),  # bytes before the value: other replies, RESP framing
+            st.one_of(
+                st.none(),
+                st.floats(width=32, allow_nan=False).map(lambda f: value(float_val=f)),
+                st.integers(-(2**63), 2**63 - 1).map(lambda i: value(int64_val=i)),
+                st.booleans().map(lambda b: value(bool_val=b)),
+                st.floats(allow_nan=False).map(lambda d: value(double_val=d)),
+                st.just(value(null_val=Value_pb2.NULL)),
+            ),
+        ),
+        max_size=30,
+    )
+)
+def test_values_decoded_in_place_in_a_larger_buffer_equal_values_decoded_alone(
+    items: list[tuple[bytes, bytes | None]],
+) -> None:
+    data = b""
+    starts, lengths = [], []
+    for gap, item in items:
+        data += gap
+        starts.append(len(data))
+        lengths.append(len(item or b""))
+        data += item or b""
+    values, present = decode_spans(
+        data + b"\xff", np.array(starts, np.intp), np.array(lengths, np.intp), ["f", "g"]
+    )
+    want_values, want_present = decode_values([item for _, item in items], ["f", "g"])
+    assert present.tolist() == want_present.tolist()
+    assert values.tolist() == want_values.tolist()
 
 
 def test_text_values_cannot_fill_a_float_input() -> None:

@@ -18,6 +18,11 @@ import numpy.typing as npt
 from headrace.config import ServerSettings
 from headrace.datatypes import DATATYPE_TO_NUMPY
 from headrace.errors import InvalidArgumentError
+from headrace.monitoring.drift.features_profile import (
+    column_names,
+    run_with_features,
+    store_description,
+)
 from headrace.monitoring.drift.profile import (
     DEFAULT_BINS,
     ReferenceProfile,
@@ -98,20 +103,17 @@ def profile_model(
         chunk = chunk_rows or served.max_batch_size or total
         if served.max_batch_size:
             chunk = min(chunk, served.max_batch_size)
-        parts: dict[str, list[npt.NDArray[Any]]] = {}
-        for start in range(0, total, chunk):
-            result = engine.infer(
-                model,
-                {name: a[start : start + chunk] for name, a in inputs.items()},
-                served.version_str,
-            )
-            for name, array in result.outputs.items():
-                parts.setdefault(name, []).append(array)
-        outputs = {name: np.concatenate(arrays) for name, arrays in parts.items()}
+        features = served.config.features
+        if features is not None:  # profile what the model receives: ``into`` assembled
+            inputs, outputs = run_with_features(served, inputs, chunk)
+        else:
+            outputs = _run(engine, model, served.version_str, inputs, total, chunk)
         clash = set(inputs) & set(outputs)
         if clash:
             raise InvalidArgumentError(f"inputs and outputs share names: {sorted(clash)}")
         input_names, _, _ = split_columns(inputs)
+        if features is not None:
+            input_names = column_names(features, inputs, input_names)
         output_names, _, _ = split_columns(outputs)
         if settings.feature_names is not None:
             if len(settings.feature_names) != len(input_names):
@@ -132,8 +134,29 @@ def profile_model(
             version=served.version_str,
             outputs=",".join(outputs),
         )
+        if features is not None:
+            profile.metadata["features_store"] = store_description(features)
         target = out if out is not None else served.directory / REFERENCE_FILE
         profile.save(target)
         return profile, target
     finally:
         engine.close()
+
+
+def _run(
+    engine: Any,
+    model: str,
+    version: str,
+    inputs: dict[str, npt.NDArray[Any]],
+    total: int,
+    chunk: int,
+) -> dict[str, npt.NDArray[Any]]:
+    """The model's outputs on ``inputs``, ``chunk`` rows per inference call."""
+    parts: dict[str, list[npt.NDArray[Any]]] = {}
+    for start in range(0, total, chunk):
+        result = engine.infer(
+            model, {name: a[start : start + chunk] for name, a in inputs.items()}, version
+        )
+        for name, array in result.outputs.items():
+            parts.setdefault(name, []).append(array)
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
