@@ -15,7 +15,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from headrace.engine.engine import Engine, deadline_ns
+    from headrace.engine.engine import Engine
+    from headrace.engine.validation import deadline_ns
     from headrace.engine.version import ModelVersion
     from headrace.types import InferResult, ModelIndexEntry, ModelMetadata, VersionStatistics
 
@@ -31,7 +32,7 @@ __all__ = [
 
 _WHERE = {
     "Engine": "headrace.engine.engine",
-    "deadline_ns": "headrace.engine.engine",
+    "deadline_ns": "headrace.engine.validation",
     "ModelVersion": "headrace.engine.version",
     "InferResult": "headrace.types",
     "ModelIndexEntry": "headrace.types",

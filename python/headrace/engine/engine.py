@@ -31,12 +31,12 @@ from headrace.engine.completions import CompletionRouter
 from headrace.engine.features import EngineFeatures
 from headrace.engine.lookup import lease_route, lease_version, served_version
 from headrace.engine.routed import EngineRouting, ShadowHooks, signature_of_version
+from headrace.engine.validation import deadline_ns
 from headrace.engine.version import ModelVersion
 from headrace.errors import HeadraceError, InvalidArgumentError, NotFoundError
 from headrace.monitoring.drift.quality import QualityWindow
 from headrace.monitoring.drift.served import ServedDrift
 from headrace.monitoring.metrics import Metrics
-from headrace.native import core as _core
 from headrace.registry.filesystem import FilesystemRepository
 from headrace.registry.follow import RegistryFollower
 from headrace.registry.manager import ModelManager, ServedVersion
@@ -50,20 +50,6 @@ from headrace.types import (
     ModelMetadata,
     VersionStatistics,
 )
-
-
-def deadline_ns(timeout_us: int, timeout_s: float | None) -> int:
-    """An absolute deadline on the core's steady clock; 0 means none."""
-    if timeout_us < 0:
-        raise InvalidArgumentError(f"timeout must be >= 0 microseconds, got {timeout_us}")
-    budgets_ns = []
-    if timeout_us > 0:
-        budgets_ns.append(timeout_us * 1000)
-    if timeout_s is not None:
-        budgets_ns.append(max(0, int(timeout_s * 1e9)))
-    if not budgets_ns:
-        return 0
-    return int(_core.monotonic_ns()) + max(1, min(budgets_ns))
 
 
 class Engine:
@@ -116,12 +102,14 @@ class Engine:
         """(Re)load a model from the repository: new versions load and warm up first, then
         replace the old ones, which drain. A failure leaves the old versions serving."""
         self.models.load(name)
-        self.routing.endpoints.add_model(name)
+        if self._routing is not None:  # else built on first use, from every ready model
+            self._routing.endpoints.add_model(name)
 
     def unload_model(self, name: str) -> None:
         """Stop serving a model; requests already running finish."""
         self.models.unload(name)
-        self.routing.endpoints.remove_model(name)
+        if self._routing is not None:
+            self._routing.endpoints.remove_model(name)
 
     def _model_published(self, name: str, ready: bool) -> None:
         routing = self._routing

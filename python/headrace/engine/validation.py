@@ -14,6 +14,7 @@ import numpy.typing as npt
 from headrace.config import ModelConfig, TensorConfig
 from headrace.datatypes import DATATYPE_TO_NUMPY
 from headrace.errors import ConfigError, InvalidArgumentError
+from headrace.native import core as _core
 from headrace.types import InputTensor, TensorSpec
 
 # Without a model.toml, a model whose inputs all have a dynamic first dim is batched this wide.
@@ -216,3 +217,17 @@ def zero_inputs(inputs: tuple[TensorSpec, ...]) -> dict[str, npt.NDArray[Any]]:
         else:
             arrays[spec.name] = np.zeros(shape, dtype=DATATYPE_TO_NUMPY[spec.datatype])
     return arrays
+
+
+def deadline_ns(timeout_us: int, timeout_s: float | None) -> int:
+    """An absolute deadline on the core's steady clock; 0 means none."""
+    if timeout_us < 0:
+        raise InvalidArgumentError(f"timeout must be >= 0 microseconds, got {timeout_us}")
+    budgets_ns = []
+    if timeout_us > 0:
+        budgets_ns.append(timeout_us * 1000)
+    if timeout_s is not None:
+        budgets_ns.append(max(0, int(timeout_s * 1e9)))
+    if not budgets_ns:
+        return 0
+    return int(_core.monotonic_ns()) + max(1, min(budgets_ns))

@@ -25,10 +25,9 @@ NAMES = ["user_stats.age", "user_stats.spend_30d", "item_stats.ctr_7d", "amount"
 
 
 def write_repository(root: Path, redis_url: str) -> Path:
-    repo = served_repo.write_repository(root, redis_url)
-    # `headrace profile` loads one model; the endpoint over the others would not resolve.
-    (repo / "_endpoints.toml").unlink()
-    return repo
+    # The repository's _endpoints.toml names models the profile does not load: a profile runs
+    # its one version directly, never through the endpoints (which would not resolve).
+    return served_repo.write_repository(root, redis_url)
 
 
 def write_requests(path: Path) -> dict[str, np.ndarray]:

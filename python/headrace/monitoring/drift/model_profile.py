@@ -107,7 +107,7 @@ def profile_model(
         if features is not None:  # profile what the model receives: ``into`` assembled
             inputs, outputs = run_with_features(served, inputs, chunk)
         else:
-            outputs = _run(engine, model, served.version_str, inputs, total, chunk)
+            outputs = _run(served, inputs, total, chunk)
         clash = set(inputs) & set(outputs)
         if clash:
             raise InvalidArgumentError(f"inputs and outputs share names: {sorted(clash)}")
@@ -144,19 +144,18 @@ def profile_model(
 
 
 def _run(
-    engine: Any,
-    model: str,
-    version: str,
+    served: Any,  # the loaded ModelVersion
     inputs: dict[str, npt.NDArray[Any]],
     total: int,
     chunk: int,
 ) -> dict[str, npt.NDArray[Any]]:
-    """The model's outputs on ``inputs``, ``chunk`` rows per inference call."""
+    """The version's outputs on ``inputs``, ``chunk`` rows per inference call. The version
+    runs them itself: a profile is of one model version, never routed (the repository's
+    endpoints may name models this offline engine has not loaded)."""
     parts: dict[str, list[npt.NDArray[Any]]] = {}
     for start in range(0, total, chunk):
-        result = engine.infer(
-            model, {name: a[start : start + chunk] for name, a in inputs.items()}, version
-        )
-        for name, array in result.outputs.items():
+        rows = {name: a[start : start + chunk] for name, a in inputs.items()}
+        outputs = served.infer(rows, served.validator.check(rows, None))
+        for name, array in outputs.items():
             parts.setdefault(name, []).append(array)
     return {name: np.concatenate(arrays) for name, arrays in parts.items()}
