@@ -181,7 +181,14 @@ def engine_cases(engine: Any) -> list[tuple[str, str, Callable[[int], None]]]:
     served = engine.get_version("tabular")
     x = {"x": np.ones((1, 32), np.float32)}
     outputs = engine.infer("tabular", x).outputs
-    histogram = engine.metrics.request_duration.labels("tabular", "1", "bench", "bench")
+    # The engine's own latency histogram before endpoints: a Prometheus Histogram per request.
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from headrace.monitoring.metrics import LATENCY_BUCKETS_S
+
+    histogram = Histogram(
+        "bench_latency", "", buckets=LATENCY_BUCKETS_S, registry=CollectorRegistry()
+    )
 
     def before_routing(n: int) -> None:
         # The per-request work the engine did before endpoints: the latency histogram (then in
