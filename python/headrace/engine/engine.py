@@ -454,12 +454,14 @@ class Engine:
         self, model: str, version: str, inputs: Mapping[str, InputTensor]
     ) -> dict[str, npt.NDArray[Any]]:
         """A shadow copy: the model itself, unrouted and uncounted as a client request, at the
-        batcher's lowest priority (its last level; 0 when it has no priority levels)."""
+        batcher's lowest priority (its last level; 0 when it has no priority levels), and never
+        run inline on the event loop that serves the clients."""
         leased = self._lease(model, version or None)
         try:
             served = leased.version
             names = served.validator.check(inputs, None)
-            return await served.infer_async(inputs, names, served.config.batching.priority_levels)
+            priority = served.config.batching.priority_levels
+            return await served.infer_async(inputs, names, priority, inline=False)
         finally:
             leased.lease.release(client=False)
 

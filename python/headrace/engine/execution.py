@@ -46,8 +46,10 @@ class Execution(Protocol):
         output_names: Sequence[str],
         priority: int,
         deadline_ns: int,
+        inline: bool = True,
     ) -> Arrays:
-        """Run one request; the event loop only awaits."""
+        """Run one request; the event loop only awaits. ``inline=False``: a batch is never run
+        on the caller's thread, however cheap (shadow copies: never on the event loop)."""
         ...
 
     def check_deadline(self, deadline_ns: int, in_flight: int = 0) -> None:
@@ -119,9 +121,14 @@ class BatchedExecution:
         output_names: Sequence[str],
         priority: int,
         deadline_ns: int,
+        inline: bool = True,
     ) -> Arrays:
         # A cancelled caller's request leaves the batcher's queue.
-        ticket, done = self._submit(inputs, priority, deadline_ns)
+        if inline:
+            ticket, done = self._submit(inputs, priority, deadline_ns)
+        else:
+            arrays: list[Any] = [inputs[name] for name in self._input_names]
+            ticket, done = self._batcher.submit(arrays, priority, deadline_ns), None
         if done is None:
             future = self._completions.future_for(ticket)
             try:
@@ -221,6 +228,7 @@ class DirectExecution:
         output_names: Sequence[str],
         priority: int,
         deadline_ns: int,
+        inline: bool = True,  # never inline here: every run is on an instance thread
     ) -> Arrays:
         start_ns = time.perf_counter_ns()
         self.check_deadline(deadline_ns)

@@ -414,24 +414,25 @@ class ModelVersion:
         request_id: str | None = None,
         endpoint: str | None = None,
         variant: str | None = None,
+        inline: bool = True,
     ) -> dict[str, npt.NDArray[Any]]:
         """Run one validated request; the event loop only awaits (a cancelled caller's request
         leaves the batcher's queue). A features model takes the client's inputs and assembles
         the model's here, before the batcher; with a ``request_id`` (a client's request, not a
         shadow copy) its served rows then go to the served log, with the endpoint and variant
-        that answered."""
+        that answered. ``inline=False`` keeps even a cheap batch off the calling thread."""
         assert self.execution is not None, "version not started"
         start_ns = time.perf_counter_ns()
         try:
             if self.features is None:
                 outputs = await self.execution.infer_async(
-                    inputs, output_names, priority, deadline_ns
+                    inputs, output_names, priority, deadline_ns, inline
                 )
             else:
                 client = expanded(inputs)  # the joiner reads the entity keys' elements
                 feed = await self.features.assemble(client)
                 outputs = await self.execution.infer_async(
-                    feed, output_names, priority, deadline_ns
+                    feed, output_names, priority, deadline_ns, inline
                 )
         except HeadraceError as error:
             self._record_request(False, time.perf_counter_ns() - start_ns, error)
