@@ -86,12 +86,15 @@ class BatchedExecution:
         self._output_names = list(output_names)
 
     def _submit(
-        self, inputs: Inputs, priority: int, deadline_ns: int
+        self, inputs: Inputs, priority: int, deadline_ns: int, inline: bool = True
     ) -> tuple[int, Outputs | None]:
         """Queue a request: (ticket, None), or (ticket, outputs) when its batch was cheap enough
-        to run right here (its completion is then taken at once: no wake-up, no future)."""
+        to run right here (its completion is then taken at once: no wake-up, no future) and
+        ``inline`` allows that."""
         # Arrays, and wire BYTES: the core's own BytesTensor, which the batcher takes as it is.
         arrays: list[Any] = [inputs[name] for name in self._input_names]
+        if not inline:
+            return self._batcher.submit(arrays, priority, deadline_ns), None
         ticket, ran_here = self._batcher.submit_or_run(arrays, priority, deadline_ns)
         if ran_here:
             return ticket, self._completions.take_now(ticket)
@@ -124,11 +127,7 @@ class BatchedExecution:
         inline: bool = True,
     ) -> Arrays:
         # A cancelled caller's request leaves the batcher's queue.
-        if inline:
-            ticket, done = self._submit(inputs, priority, deadline_ns)
-        else:
-            arrays: list[Any] = [inputs[name] for name in self._input_names]
-            ticket, done = self._batcher.submit(arrays, priority, deadline_ns), None
+        ticket, done = self._submit(inputs, priority, deadline_ns, inline)
         if done is None:
             future = self._completions.future_for(ticket)
             try:

@@ -41,12 +41,6 @@ CONTROL_METHODS = frozenset(
     }
 )
 CONTROL_SERVICE_PREFIX = "/headrace.v1.AdminService/"
-INFERENCE_METHODS = frozenset(
-    {
-        "/inference.GRPCInferenceService/ModelInfer",
-        "/inference.GRPCInferenceService/ModelStreamInfer",
-    }
-)
 # Health and reflection stay open: orchestrators probe them without credentials.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 

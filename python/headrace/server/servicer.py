@@ -25,7 +25,7 @@ from headrace.errors import (
     UnimplementedError,
 )
 from headrace.server import convert
-from headrace.server.status import describe, grpc_code, unary_errors
+from headrace.server.status import describe, unary_errors
 from headrace.wire import inference as pb
 
 log = logging.getLogger(__name__)
@@ -216,17 +216,16 @@ class InferenceServicer:
             self._refuse_over_cap()
             model = self._admit(message, timeout_s)
         except HeadraceError as error:
-            context.set_code(grpc_code(error.code))
-            context.set_details(error.message)
-            return b""
-        self._in_flight += 1
-        try:
-            return await self._infer_raw(message, timeout_s)
-        except Exception as error:
             code, text = describe(error)
-        finally:
-            self._in_flight -= 1
-            self._done(model)
+        else:
+            self._in_flight += 1
+            try:
+                return await self._infer_raw(message, timeout_s)
+            except Exception as error:
+                code, text = describe(error)
+            finally:
+                self._in_flight -= 1
+                self._done(model)
         context.set_code(code)
         context.set_details(text)
         return b""
@@ -288,9 +287,10 @@ class InferenceServicer:
         loop = asyncio.get_running_loop()
         try:
             # One timeout for the whole stream, armed while a write is pending and disarmed
-            # after it: a stalled reader's write is cancelled after stall_timeout_s, and no
-            # task or timer object is made per answer (asyncio.wait_for per write cost ~20 %
-            # of a c=32 stream's throughput).
+            # after it: a stalled reader's write is cancelled after stall_timeout_s, without a
+            # task per answer as asyncio.wait_for made (no throughput change measured). The
+            # abort below does not reach the client while that write is still pending in gRPC's
+            # core (a known gap: the stream stays open, its memory bounded by the slots).
             async with asyncio.timeout(None) as stall:
                 while True:
                     item = await answers.get()

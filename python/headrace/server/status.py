@@ -17,11 +17,11 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
+_GRPC_CODES = {candidate.value[0]: candidate for candidate in grpc.StatusCode}
+
+
 def grpc_code(code: StatusCode) -> grpc.StatusCode:
-    for candidate in grpc.StatusCode:
-        if candidate.value[0] == int(code):
-            return candidate
-    return grpc.StatusCode.INTERNAL
+    return _GRPC_CODES.get(int(code), grpc.StatusCode.INTERNAL)
 
 
 def describe(error: BaseException) -> tuple[grpc.StatusCode, str]:
