@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from bench_common import cpu_model  # type: ignore[import-not-found]
 
-from headrace.routing import Endpoints, RequestIds, ShadowMirror, parse_endpoints
+from headrace.routing import Endpoints, ShadowMirror, parse_endpoints
 
 TWO = [{"name": "a", "model": "model_a"}, {"name": "b", "model": "model_b"}]
 ENDPOINTS: list[dict[str, Any]] = [
@@ -75,6 +75,35 @@ def timed(function: Callable[[int], None], requests: int, runs: int) -> tuple[fl
     return statistics.median(walls), statistics.median(cpus)
 
 
+def interleaved(
+    rows: list[tuple[str, str, Callable[[int], None]]],
+    requests: int,
+    runs: int,
+    results: list[dict[str, Any]],
+) -> list[float]:
+    """Run ``rows`` in turns (row 0 is the floor); print and record each row's medians;
+    return, per later row, the median over turns of its CPU ns minus the floor's."""
+    for _, _, function in rows:
+        function(min(requests, 2_000))  # warm up
+    walls: list[list[float]] = [[] for _ in rows]
+    cpus: list[list[float]] = [[] for _ in rows]
+    for _ in range(runs):
+        for index, (_, _, function) in enumerate(rows):
+            cpu0, wall0 = time.process_time_ns(), time.perf_counter_ns()
+            function(requests)
+            wall1, cpu1 = time.perf_counter_ns(), time.process_time_ns()
+            walls[index].append((wall1 - wall0) / requests)
+            cpus[index].append((cpu1 - cpu0) / requests)
+    for index, (strategy, what, _) in enumerate(rows):
+        wall, cpu = statistics.median(walls[index]), statistics.median(cpus[index])
+        results.append({"strategy": strategy, "what": what, "wall_ns": wall, "cpu_ns": cpu})
+        print(f"{strategy:<16} {what:<27} {wall:>9.0f} {cpu:>9.0f}", flush=True)
+    return [
+        statistics.median(c - f for c, f in zip(cpus[index], cpus[0], strict=True))
+        for index in range(1, len(rows))
+    ]
+
+
 def make_routing() -> Endpoints:
     routing = Endpoints(parse_endpoints({"endpoint": ENDPOINTS}, "bench"), seed="bench")
     routing.add_model("plain")
@@ -83,7 +112,7 @@ def make_routing() -> Endpoints:
 
 def cases(routing: Endpoints) -> list[tuple[str, str, Callable[[int], None]]]:
     outputs = {"y": np.zeros((1, 2), dtype=np.float32)}
-    ids = RequestIds()
+    numbered = routing.feedback_store.ids.numbered  # ids as the engine assigns them
     users = [{"user_id": f"user-{i}"} for i in range(1024)]
     resolve, complete, feedback = routing.resolve, routing.complete, routing.feedback
 
@@ -107,16 +136,16 @@ def cases(routing: Endpoints) -> list[tuple[str, str, Callable[[int], None]]]:
         def run(n: int) -> None:
             for i in range(n):
                 route = resolve(name, "", users[i & 1023] if sticky else None)
-                complete(route, ok=True, latency_ns=1_000_000, request_id=ids.next(),
-                         outputs=outputs)  # fmt: skip
+                seq, request_id = numbered()
+                complete(route, True, 1_000_000, request_id, outputs, seq)
 
         return run
 
     def with_feedback(name: str) -> Callable[[int], None]:
         def run(n: int) -> None:
             for i in range(n):
-                request_id = ids.next()
-                complete(resolve(name), ok=True, latency_ns=1_000_000, request_id=request_id)
+                seq, request_id = numbered()
+                complete(resolve(name), True, 1_000_000, request_id, None, seq)
                 feedback(request_id, reward=float(i % 16 == 0))
 
         return run
@@ -200,12 +229,13 @@ def engine_cases(engine: Any) -> list[tuple[str, str, Callable[[int], None]]]:
 
     def with_routing(name: str) -> Callable[[int], None]:
         def run(n: int) -> None:
-            resolve, answered, ids = routing.resolve, routing.answered, RequestIds()
+            resolve, answered = routing.resolve, routing.answered
+            numbered = routing.endpoints.feedback_store.ids.numbered  # as the engine assigns ids
             for _ in range(n):
                 route = resolve(name, "", None, x)
-                request_id = ids.next()
+                seq, request_id = numbered()
                 start = time.perf_counter_ns()
-                answered(route, "1", request_id, x, outputs, time.perf_counter_ns() - start)
+                answered(route, "1", request_id, x, outputs, time.perf_counter_ns() - start, seq)
                 InferResult(route.endpoint, "1", outputs, request_id, served.output_datatypes,
                             {PIN_PARAMETER: route.variant})  # fmt: skip
 
@@ -389,14 +419,16 @@ def main() -> None:
             engine = Engine.from_repository(engine_repository(Path(folder)), metrics_port=-1)
             try:
                 rows = engine_cases(engine)
-                measure(rows[:3], requests)
+                # The floor and the routed rows take turns, run by run, and each run's
+                # difference to the floor of the same turn is kept: this machine's speed
+                # drifts by tens of percent over a minute, more than what is measured here.
+                added = interleaved(rows[:3], requests, runs, results)
                 measure(rows[3:], max(1_000, requests // 20))  # each runs the model
             finally:
                 engine.close()
-            floor = results[-5]["cpu_ns"]
-            plain, split = results[-4]["cpu_ns"] - floor, results[-3]["cpu_ns"] - floor
-            print(f"# routing adds {plain:.0f} ns CPU per request to a plain model, "
-                  f"{split:.0f} ns to a split endpoint")  # fmt: skip
+            print(f"# routing adds {added[0]:.0f} ns CPU per request to a plain model, "
+                  f"{added[1]:.0f} ns to a split endpoint (medians of per-turn differences "
+                  "to the floor)")  # fmt: skip
         if not args.no_served:
             duration, repeats = (2.0, 1) if args.quick else (args.duration_s, args.repeats)
             print(f"# served: c={CONCURRENCY}, server on CPU 0, loadgen on CPU 1, "

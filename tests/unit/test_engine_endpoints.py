@@ -6,6 +6,7 @@ series carry endpoint and variant labels."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -407,25 +408,31 @@ def test_label_quality_gauge(make_engine: Callable[..., Engine]) -> None:
     assert metric(engine, 'headrace_variant_quality_rows{endpoint="labelled",variant="x"}') == 2
 
 
-def test_shadow_copies_run_at_the_batchers_lowest_priority(tmp_path: Path) -> None:
+def test_shadow_copies_run_on_idle_priority_threads_outside_the_batcher(tmp_path: Path) -> None:
+    """A shadow copy's model runs on a thread the OS schedules only when the CPU is otherwise
+    idle (SCHED_IDLE), not through the batcher whose worker threads run client batches."""
     repo = build_repo(tmp_path, None)
     onnx_models.write_model(
-        repo,
-        "c",
-        onnx_models.mlp([8, 16, 2], seed=2),
-        toml="max_batch_size = 8\n[batching]\npriority_levels = 3\ndefault_priority_level = 1\n",
+        repo, "c", onnx_models.mlp([8, 16, 2], seed=2), toml="max_batch_size = 8\n"
     )
     engine = Engine(ServerSettings(model_repository=repo, shadow_budget_share=1.0))
     try:
         engine.load_repository()
         served = engine.get_version("c")
-        real, seen = served.infer_async, []
+        real_copy, real_batched = served.run_copy, served.infer_async
+        policies: list[int] = []
+        batched: list[int] = []
 
-        async def spy(inputs: Any, names: Any, priority: int = 0, *args: Any, **kw: Any) -> Any:
-            seen.append(priority)
-            return await real(inputs, names, priority, *args, **kw)
+        def spy_copy(inputs: Any, names: Any) -> Any:
+            policies.append(os.sched_getscheduler(0))
+            return real_copy(inputs, names)
 
-        served.infer_async = spy  # type: ignore[method-assign]
+        async def spy_batched(*args: Any, **kw: Any) -> Any:
+            batched.append(1)
+            return await real_batched(*args, **kw)
+
+        served.run_copy = spy_copy  # type: ignore[method-assign]
+        served.infer_async = spy_batched  # type: ignore[method-assign]
         engine.endpoints.create(
             {
                 "name": "shadowed",
@@ -435,6 +442,9 @@ def test_shadow_copies_run_at_the_batchers_lowest_priority(tmp_path: Path) -> No
         )
         engine.infer("shadowed", X)
         wait_for(lambda: engine.endpoints.report("shadowed").shadows[0].completed == 1, "a copy")
-        assert seen == [3]  # the last of its 3 levels
+        assert policies == [os.SCHED_IDLE] and batched == []
+        assert engine.shadows.idle.priorities == ["idle"]
+        # the copy is counted in the shadow model's request statistics, as a batched one was
+        assert served.statistics().success_count == 1
     finally:
         engine.close()

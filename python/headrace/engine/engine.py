@@ -29,8 +29,9 @@ import numpy.typing as npt
 from headrace.config import ServerSettings
 from headrace.engine.completions import CompletionRouter
 from headrace.engine.features import EngineFeatures
-from headrace.engine.lookup import lease_route, lease_version, served_version
-from headrace.engine.routed import EngineRouting, ShadowHooks, signature_of_version
+from headrace.engine.lookup import lease_route, served_version
+from headrace.engine.routed import EngineRouting, signature_of_version
+from headrace.engine.shadows import EngineShadows
 from headrace.engine.validation import deadline_ns
 from headrace.engine.version import ModelVersion
 from headrace.errors import HeadraceError, InvalidArgumentError, NotFoundError
@@ -70,6 +71,8 @@ class Engine:
             repository, self.settings, self.metrics, self.completions, features=self.features
         )
         self._routing: EngineRouting | None = None
+        # Shadow copies run on idle-priority threads (engine/shadows.py).
+        self.shadows = EngineShadows(self.models)
         self._routing_lock = threading.Lock()
         self._ids = RequestIds()  # ids for requests sent without one (feedback refers to them)
         # MLflow aliases and the watched repository; started by the server, or in-process by
@@ -134,8 +137,9 @@ class Engine:
                         self.settings,
                         self.metrics,
                         self._signature,
-                        ShadowHooks(self._shadow_infer, self._primary_busy, self._shadow_rows),
+                        self.shadows.hooks(),
                         self.models.transitions.audit,
+                        self._ids,
                     )
                     for name in self.model_names():
                         routing.endpoints.add_model(name)
@@ -181,9 +185,6 @@ class Engine:
 
     def _served(self, name: str, version: str | int | None) -> ServedVersion:
         return served_version(self.models, name, version)
-
-    def _lease(self, name: str, version: str | int | None) -> ServedVersion:  # shadow copies'
-        return lease_version(self.models, name, version, client=False)
 
     def get_version(self, name: str, version: str | int | None = None) -> ModelVersion:
         """The version that serves ``name`` (latest loaded when ``version`` is empty)."""
@@ -304,12 +305,15 @@ class Engine:
         route: Route,
         served: ModelVersion,
         request_id: str,
+        seq: int,
         inputs: Mapping[str, InputTensor],
         outputs: dict[str, npt.NDArray[Any]],
         start_ns: int,
     ) -> InferResult:
         latency_ns = time.perf_counter_ns() - start_ns
-        self.routing.answered(route, served.version_str, request_id, inputs, outputs, latency_ns)
+        self.routing.answered(
+            route, served.version_str, request_id, inputs, outputs, latency_ns, seq
+        )
         return InferResult(
             route.endpoint,
             served.version_str,
@@ -345,7 +349,7 @@ class Engine:
         (time allowed in the queue; 0 for the model's default) have Triton's meaning."""
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
         route = self._route(model, version, parameters, arrays)
-        request_id = request_id or self._ids.next()
+        seq, request_id = (-1, request_id) if request_id else self._ids.numbered()
         start_ns = time.perf_counter_ns()
         served: ModelVersion | None = None
         try:
@@ -367,7 +371,7 @@ class Engine:
         except HeadraceError as error:
             self._failed(route, served, error, start_ns)
             raise
-        return self._answer(route, served, request_id, arrays, result, start_ns)
+        return self._answer(route, served, request_id, seq, arrays, result, start_ns)
 
     async def infer_async(
         self,
@@ -407,7 +411,7 @@ class Engine:
         itself, one coroutine deep, as the server calls it for every request."""
         inputs = request.inputs
         route = self._route(request.model, request.version, request.parameters, inputs)
-        request_id = request.request_id or self._ids.next()
+        seq, request_id = (-1, request.request_id) if request.request_id else self._ids.numbered()
         start_ns = time.perf_counter_ns()
         served: ModelVersion | None = None
         try:
@@ -429,7 +433,7 @@ class Engine:
         except HeadraceError as error:
             self._failed(route, served, error, start_ns)
             raise
-        return self._answer(route, served, request_id, inputs, result, start_ns)
+        return self._answer(route, served, request_id, seq, inputs, result, start_ns)
 
     def check_deadline(
         self, model: str, version: str, timeout_s: float, in_flight: int = 0
@@ -450,40 +454,10 @@ class Engine:
             return
         served.version.check_deadline(deadline_ns(0, timeout_s), in_flight)
 
-    async def _shadow_infer(
-        self, model: str, version: str, inputs: Mapping[str, InputTensor]
-    ) -> dict[str, npt.NDArray[Any]]:
-        """A shadow copy: the model itself, unrouted and uncounted as a client request, at the
-        batcher's lowest priority (its last level; 0 when it has no priority levels), and never
-        run inline on the event loop that serves the clients."""
-        leased = self._lease(model, version or None)
-        try:
-            served = leased.version
-            names = served.validator.check(inputs, None)
-            priority = served.config.batching.priority_levels
-            return await served.infer_async(inputs, names, priority, inline=False)
-        finally:
-            leased.lease.release(client=False)
-
-    def _primary_busy(self, route: Route) -> bool:
-        """Shadows yield to clients: a copy goes out only while the version that answered has
-        an idle instance (fewer client requests in flight than instances)."""
-        try:
-            served = served_version(self.models, route.model, route.version or None)
-        except NotFoundError:
-            return False
-        return served.lease.clients >= max(1, served.version.config.instances)
-
-    def _shadow_rows(self, model: str, version: str) -> int:
-        """The most rows one (coalesced) shadow call may take: the shadow's batch size."""
-        try:
-            return max(1, self.get_version(model, version or None).max_batch_size)
-        except NotFoundError:
-            return 1
-
     def close(self) -> None:
         """Write the routing state, stop shadows, drain and release every model."""
         if self._routing is not None:
             self._routing.close()
+        self.shadows.close()
         self.models.close()
         self.features.close()

@@ -37,7 +37,14 @@ from headrace.errors import ConfigError, HeadraceError, StatusCode
 from headrace.monitoring.drift.quality import QualityWindow
 from headrace.monitoring.metrics import Metrics, RequestSeries
 from headrace.registry.audit import AuditLog
-from headrace.routing import Endpoints, FeedbackReceipt, Route, RoutingEvent, ShadowMirror
+from headrace.routing import (
+    Endpoints,
+    FeedbackReceipt,
+    RequestIds,
+    Route,
+    RoutingEvent,
+    ShadowMirror,
+)
 from headrace.routing.config import ModelSignature
 from headrace.routing.shadow import ADMITTED, PRIMARY_BUSY
 
@@ -151,6 +158,7 @@ class EngineRouting:
         signature_of: SignatureOf,
         shadow: ShadowHooks,
         audit: AuditLog | None = None,
+        request_ids: RequestIds | None = None,
     ) -> EngineRouting:
         """Read the endpoints file and the state folder; every declared endpoint is checked
         against the loaded models (a clear ConfigError / NotFoundError otherwise). Endpoint
@@ -170,6 +178,7 @@ class EngineRouting:
             audit=trail.write,
             feedback_max_entries=settings.feedback_max_entries,
             feedback_ttl_s=settings.feedback_ttl_s,
+            request_ids=request_ids,
         )
         gauges.watch(endpoints)
         return cls(
@@ -201,17 +210,17 @@ class EngineRouting:
         inputs: Mapping[str, Any],
         outputs: Mapping[str, Any],
         latency_ns: int,
+        seq: int = -1,
     ) -> None:
         """Count a successful answer, remember its id for feedback (declared endpoints, and
-        plain models when ``feedback_plain_models``); offer it to the endpoint's shadows."""
+        plain models when ``feedback_plain_models``); offer it to the endpoint's shadows.
+        ``seq``: the id's number when the engine assigned it (``RequestIds.numbered``)."""
         with self.lock:
             if route.runtime.implicit and not self.feedback_plain_models:
                 # A plain model: no strategy, no feedback memory; what complete() would do.
                 route.stats.observe(True, latency_ns)
             else:
-                self.endpoints.complete(
-                    route, ok=True, latency_ns=latency_ns, request_id=request_id, outputs=outputs
-                )
+                self.endpoints.complete(route, True, latency_ns, request_id, outputs, seq)
             by_variant = self._series.get(version)
             series = by_variant.get(route.stats) if by_variant is not None else None
             if series is None:

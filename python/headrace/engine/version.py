@@ -35,11 +35,11 @@ from headrace.engine.validation import (
     utf8_texts,
     zero_inputs,
 )
-from headrace.errors import ConfigError, HeadraceError, UnavailableError
+from headrace.errors import ConfigError, HeadraceError, UnavailableError, runner_failure
 from headrace.monitoring.drift.served import ServedDrift, load_served_drift, reference_stamp
 from headrace.monitoring.metrics import Metrics
 from headrace.native import core as _core
-from headrace.types import InputTensor, TensorSpec, VersionStatistics
+from headrace.types import InputTensor, TensorSpec, VersionStatistics, as_array
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +350,25 @@ class ModelVersion:
         if self.drift is not None:
             self.drift.observe(prepared, arrays, output_names)
         return arrays
+
+    def run_copy(
+        self, inputs: Mapping[str, InputTensor], output_names: Sequence[str]
+    ) -> dict[str, npt.NDArray[Any]]:
+        """Run validated inputs on the calling thread, outside the batcher (a shadow copy, on an
+        idle-priority thread: engine/shadows.py). Counted in Triton's request statistics and in
+        drift like any run; a runner's failure reads as every runner failure does."""
+        start_ns = time.perf_counter_ns()
+        try:
+            arrays = self._run_direct({n: as_array(t) for n, t in inputs.items()}, output_names)
+        except HeadraceError as error:
+            self._record_request(False, time.perf_counter_ns() - start_ns, error)
+            raise
+        except Exception as error:
+            failure = runner_failure(error)
+            self._record_request(False, time.perf_counter_ns() - start_ns, failure)
+            raise failure from error
+        self._record_request(True, time.perf_counter_ns() - start_ns, None)
+        return dict(zip(output_names, arrays, strict=True))
 
     def _run_batch(self, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
         """The batcher's Python runner: called on a core worker thread, holding the GIL only

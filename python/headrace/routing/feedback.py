@@ -13,16 +13,15 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 
 from headrace.errors import HeadraceError, InvalidArgumentError, NotFoundError, StatusCode
 from headrace.routing.config import QualityConfig
-
-_Owner = TypeVar("_Owner")
 
 # The largest quality output kept per remembered answer (a classifier's scores for a few rows,
 # a regressor's values): beyond it the answer is remembered without it and a label is refused.
@@ -38,19 +37,34 @@ class FeedbackAlreadyGivenError(HeadraceError):
     code = StatusCode.ALREADY_EXISTS
 
 
+class Answer(Protocol):
+    """What answered a request, as the feedback memory keeps it (the router's ``Route``)."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def index(self) -> int: ...  # the variant's place in its endpoint
+
+
+_Answer = TypeVar("_Answer", bound=Answer)
+
+
 @dataclass(frozen=True, slots=True)
-class Served(Generic[_Owner]):
+class Served(Generic[_Answer]):
     """One answered request, as feedback finds it by its id."""
 
     request_id: str
     slot: int
-    owner: _Owner  # the endpoint's runtime state
-    endpoint: str
-    variant_index: int
+    answer: _Answer  # the route that answered: endpoint runtime, variant index, endpoint name
     time_ns: int
     output: np.ndarray[Any, Any] | None  # the copied quality output, when labels are taken
     rewarded: bool
     labelled: bool
+
+    @property
+    def endpoint(self) -> str:
+        return self.answer.endpoint
 
 
 def kept_output(config: QualityConfig, outputs: Mapping[str, Any] | None) -> Any:
@@ -73,111 +87,170 @@ def kept_output(config: QualityConfig, outputs: Mapping[str, Any] | None) -> Any
 SWEEP_EVERY = 64
 SWEEP_MAX = 256
 
-# Fields of an entry (a list, so the flags can change in place); _SLOT is its place in the ring.
-_OWNER, _ENDPOINT, _VARIANT, _TIME, _OUTPUT, _FLAGS, _SLOT = range(7)
 
-
-class FeedbackStore(Generic[_Owner]):
+class FeedbackStore(Generic[_Answer]):
     """request id -> what answered it: the last ``max_entries`` answers, none older than TTL.
 
-    A ring of ids in answer order says which id leaves when a new one comes; a dict finds an
-    id's entry. Written on the event-loop thread (remember, on each answer; mark, on feedback);
-    not thread-safe by itself.
+    Two rings of ``max_entries`` slots each. Ids the server assigned (``ids``: a request sent
+    without one) carry their sequence number, so an assigned answer goes to slot ``seq %
+    max_entries`` of the assigned ring and is found again by parsing its id: no dict, no
+    search. Ids a client chose go to the client ring in answer order (the newest takes the
+    oldest's slot) and a dict finds their slot. What a slot remembers lives in parallel
+    preallocated arrays (answer, time, flags), so remembering allocates no container: the
+    garbage collector never has a hundred thousand live entries to traverse, and an assigned
+    answer costs a few item stores (a dict entry per answer plus a list per entry cost about a
+    microsecond a request, between cache misses in a 100k-entry dict and collections).
+
+    Expiry: a client-ring entry older than the TTL is swept from the old end as answers arrive;
+    any entry is refused once older than the TTL. Written on the event-loop thread (remember,
+    on each answer; mark, on feedback); not thread-safe by itself.
     """
 
-    def __init__(self, max_entries: int = 100_000, ttl_s: float = 3600.0) -> None:
+    def __init__(
+        self, max_entries: int = 100_000, ttl_s: float = 3600.0, ids: RequestIds | None = None
+    ) -> None:
         if max_entries < 1 or not ttl_s > 0:
             raise InvalidArgumentError("feedback memory needs max_entries >= 1 and ttl_s > 0")
         self.max_entries = max_entries
         self.ttl_ns = int(ttl_s * 1e9)
-        self._entries: dict[str, list[Any]] = {}
-        self._ring: list[str | None] = [None] * max_entries
-        self._next = 0  # the ring slot the next answer takes (the oldest, once the ring is full)
-        self._sweep = 0  # the oldest slot the sweep has not passed; slots _sweep.._next-1 are live
+        # the ids this store can find without a dict (give them out with ids.numbered())
+        self.ids = ids if ids is not None else RequestIds()
+        self._assigned_prefix = self.ids.prefix + "-"
+        n = max_entries
+        # slots [0, n): the client ring; [n, 2n): the assigned ring
+        self._slots: dict[str, int] = {}  # client id -> its slot
+        self._ids: list[str | None] = [None] * n  # client slot -> the id it remembers
+        self._seqs = array("q", [-1]) * n  # assigned slot - n -> the sequence number, or -1
+        self._answers: list[Any] = [None] * (2 * n)
+        self._times = array("q", bytes(16 * n))
+        self._flags = bytearray(2 * n)
+        # slot -> the kept quality output (only endpoints that take labels keep one)
+        self._outputs: dict[int, Any] = {}
+        self._next = 0  # the client slot the next answer takes (the oldest once the ring is full)
+        self._sweep = 0  # the oldest client slot the sweep has not passed
         self.evicted = 0  # live entries dropped for room: a sign max_entries is small
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Entries remembered (client ids not yet swept, assigned ids not yet overwritten)."""
+        return len(self._slots) + self.max_entries - self._seqs.count(-1)
 
     def remember(
         self,
         request_id: str,
-        owner: _Owner,
-        endpoint: str,
-        variant_index: int,
+        answer: _Answer,
         now_ns: int,
         output: Any = None,
+        seq: int = -1,
     ) -> None:
-        entries, ring, slot = self._entries, self._ring, self._next
-        old = ring[slot]
+        """Remember an answer; ``seq`` is the number of an id from ``ids.numbered()`` (-1: the
+        client chose the id)."""
+        if seq >= 0:
+            slot = seq % self.max_entries
+            seqs = self._seqs
+            if seqs[slot] >= 0 and now_ns - self._times[slot + self.max_entries] <= self.ttl_ns:
+                self.evicted += 1  # a live entry overwritten
+            seqs[slot] = seq
+            slot += self.max_entries
+        else:
+            slot = self._remember_client(request_id, now_ns)
+        self._answers[slot] = answer
+        self._times[slot] = now_ns
+        self._flags[slot] = 0
+        outputs = self._outputs
+        if output is not None:
+            outputs[slot] = output
+        elif outputs:
+            outputs.pop(slot, None)
+
+    def _remember_client(self, request_id: str, now_ns: int) -> int:
+        slots, ids, slot = self._slots, self._ids, self._next
+        old = ids[slot]
         if old is not None:
-            entry = entries.get(old)
-            # the id may have been answered again since, in a newer slot: keep that entry
-            if entry is not None and entry[_SLOT] == slot:
-                del entries[old]
-                if now_ns - entry[_TIME] <= self.ttl_ns:
+            # the id may have been answered again since, in a newer slot: keep that one
+            if slots.get(old) == slot:
+                del slots[old]
+                if now_ns - self._times[slot] <= self.ttl_ns:
                     self.evicted += 1
             if self._sweep == slot:
                 self._sweep = slot + 1 if slot + 1 < self.max_entries else 0
-        ring[slot] = request_id
-        # a reused id: the newest answer is the one the client means
-        entries[request_id] = [owner, endpoint, variant_index, now_ns, output, 0, slot]
+        ids[slot] = request_id
+        slots[request_id] = slot  # a reused id: the newest answer is the one the client means
         self._next = slot + 1 if slot + 1 < self.max_entries else 0
         if not self._next % SWEEP_EVERY:
             self.sweep(now_ns)
+        return slot
 
     def sweep(self, now_ns: int, limit: int = SWEEP_MAX) -> int:
-        """Drop up to ``limit`` expired entries from the old end; returns how many."""
-        entries, ring, dropped = self._entries, self._ring, 0
+        """Drop up to ``limit`` expired client-id entries from the old end; returns how many."""
+        slots, ids, dropped = self._slots, self._ids, 0
         cursor = self._sweep
         for _ in range(limit):
-            request_id = ring[cursor]
+            request_id = ids[cursor]
             if request_id is None:
                 break  # the sweep caught up with the newest answer
-            entry = entries.get(request_id)
-            if entry is not None and entry[_SLOT] == cursor:
-                if now_ns - entry[_TIME] <= self.ttl_ns:
+            if slots.get(request_id) == cursor:
+                if now_ns - self._times[cursor] <= self.ttl_ns:
                     break
-                del entries[request_id]
+                del slots[request_id]
                 dropped += 1
-            ring[cursor] = None
+            ids[cursor] = None
+            self._answers[cursor] = None
+            if self._outputs:
+                self._outputs.pop(cursor, None)
             cursor = cursor + 1 if cursor + 1 < self.max_entries else 0
         self._sweep = cursor
         return dropped
 
-    def lookup(self, request_id: str, now_ns: int) -> Served[_Owner]:
-        entry = self._entries.get(request_id)
-        if entry is None:
+    def _find(self, request_id: str) -> int:
+        """The slot remembering ``request_id``, or -1."""
+        slot = self._slots.get(request_id)
+        if slot is not None:
+            return slot
+        prefix = self._assigned_prefix
+        if request_id.startswith(prefix):
+            tail = request_id[len(prefix) :]
+            if tail.isascii() and tail.isdigit() and len(tail) < 19:
+                seq = int(tail)
+                index = seq % self.max_entries
+                if self._seqs[index] == seq:
+                    return index + self.max_entries
+        return -1
+
+    def lookup(self, request_id: str, now_ns: int) -> Served[_Answer]:
+        slot = self._find(request_id)
+        if slot < 0:
             raise NotFoundError(
                 f"no answered request with id '{request_id}' is remembered (unknown, or "
                 f"dropped: the last {self.max_entries} answers are kept)"
             )
-        if now_ns - entry[_TIME] > self.ttl_ns:
-            del self._entries[request_id]  # its ring slot is cleared when the sweep passes it
+        if now_ns - self._times[slot] > self.ttl_ns:
+            if slot < self.max_entries:
+                del self._slots[request_id]  # its ring slot is cleared when the sweep passes it
+            else:
+                self._seqs[slot - self.max_entries] = -1
             raise NotFoundError(
                 f"request '{request_id}' was answered more than {self.ttl_ns / 1e9:g} s ago; "
                 "its feedback window has expired"
             )
-        flags = entry[_FLAGS]
+        flags = self._flags[slot]
         return Served(
             request_id,
-            entry[_SLOT],
-            entry[_OWNER],
-            entry[_ENDPOINT],
-            entry[_VARIANT],
-            entry[_TIME],
-            entry[_OUTPUT],
+            slot,
+            self._answers[slot],
+            self._times[slot],
+            self._outputs.get(slot),
             bool(flags & _REWARDED),
             bool(flags & _LABELLED),
         )
 
     def mark(
-        self, served: Served[_Owner], *, rewarded: bool = False, labelled: bool = False
+        self, served: Served[_Answer], *, rewarded: bool = False, labelled: bool = False
     ) -> None:
         """Record that a reward or label for this answer was counted."""
-        entry = self._entries.get(served.request_id)
-        if entry is not None and entry[_SLOT] == served.slot:
-            entry[_FLAGS] |= (_REWARDED if rewarded else 0) | (_LABELLED if labelled else 0)
+        if self._find(served.request_id) == served.slot:
+            self._flags[served.slot] |= (_REWARDED if rewarded else 0) | (
+                _LABELLED if labelled else 0
+            )
 
 
 class RequestIds:
@@ -188,11 +261,17 @@ class RequestIds:
     """
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex()
+        self.prefix = os.urandom(8).hex()
         self._counter = itertools.count(1)
 
     def next(self) -> str:
-        return f"{self._prefix}-{next(self._counter)}"
+        return f"{self.prefix}-{next(self._counter)}"
+
+    def numbered(self) -> tuple[int, str]:
+        """(sequence number, id): the number lets a FeedbackStore built with these ids keep
+        the answer without a dict (``remember(..., seq=number)``)."""
+        seq = next(self._counter)
+        return seq, f"{self.prefix}-{seq}"
 
 
 def check_reward(reward: float) -> float:

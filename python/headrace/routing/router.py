@@ -39,6 +39,7 @@ from headrace.routing.config import (
 from headrace.routing.feedback import (
     FeedbackAlreadyGivenError,
     FeedbackStore,
+    RequestIds,
     check_reward,
     kept_output,
     labelled_output,
@@ -100,6 +101,7 @@ class Endpoints:
         feedback_ttl_s: float = 3600.0,
         on_event: Callable[[RoutingEvent], None] | None = None,
         audit: Callable[[RoutingEvent], None] | None = None,
+        request_ids: RequestIds | None = None,
     ) -> None:
         self._state_dir = state_dir
         # Sees an operator's change before it takes effect (and before the state folder is
@@ -113,8 +115,8 @@ class Endpoints:
         self._on_event = on_event
         self._lock = threading.Lock()
         self._dirty = False
-        self.feedback_store: FeedbackStore[EndpointRuntime] = FeedbackStore(
-            feedback_max_entries, feedback_ttl_s
+        self.feedback_store: FeedbackStore[Route] = FeedbackStore(
+            feedback_max_entries, feedback_ttl_s, request_ids
         )
         self._implicit: dict[str, EndpointRuntime] = {}
         declared = {c.name: c for c in configs}
@@ -177,13 +179,14 @@ class Endpoints:
     def complete(
         self,
         route: Route,
-        *,
         ok: bool,
         latency_ns: int,
         request_id: str | None = None,
         outputs: Mapping[str, Any] | None = None,
+        seq: int = -1,
     ) -> None:
-        """Count a request's outcome; remember a successful answer's id for feedback.
+        """Count a request's outcome; remember a successful answer's id for feedback (``seq``:
+        the id's number when it came from ``feedback_store.ids.numbered()``).
 
         ``ok`` is False for failures of the server or model (INTERNAL, UNAVAILABLE, deadline),
         not for a client's bad input; ``latency_ns`` is an int. ``outputs`` (by name) are read
@@ -192,18 +195,16 @@ class Endpoints:
         route.stats.observe(ok, latency_ns)
         runtime = route.runtime
         ramp = runtime.ramp
-        if ramp is None and request_id is None:
-            return
+        if ramp is None and (not ok or request_id is None):
+            return  # the common case below is kept short: it runs for every request
         now_ns = self._clock_ns()
         if ok and request_id is not None:
-            quality = runtime.config.quality
             self.feedback_store.remember(
                 request_id,
-                runtime,
-                runtime.name,
-                route.index,
+                route,
                 now_ns,
-                kept_output(quality, outputs) if quality.labels else None,
+                kept_output(runtime.config.quality, outputs) if runtime.keeps_labels else None,
+                seq,
             )
         if ramp is not None:
             event = runtime.canary_outcome(route.index, ok, latency_ns, now_ns)
@@ -238,7 +239,7 @@ class Endpoints:
                 f"request '{request_id}' was answered by endpoint '{served.endpoint}', "
                 f"not '{endpoint}'"
             )
-        runtime, index = self._current(served.owner, served.variant_index, request_id)
+        runtime, index = self._current(served.answer.runtime, served.answer.index, request_id)
         scored = None
         if value is not None:
             if served.rewarded:

@@ -252,7 +252,42 @@ def test_request_ids_are_unique() -> None:
 def test_a_sweep_is_bounded() -> None:
     store: FeedbackStore[None] = FeedbackStore(max_entries=10_000, ttl_s=1)
     for i in range(1_000):
-        store.remember(str(i), None, "e", 0, now_ns=0)
+        store.remember(str(i), None, now_ns=0)  # type: ignore[type-var]
     assert store.sweep(now_ns=2 * 10**9) == SWEEP_MAX
     assert len(store) == 1_000 - SWEEP_MAX
     assert store.sweep(now_ns=0) == 0  # nothing expired yet at that time
+
+
+def test_assigned_ids_are_found_by_their_number_without_the_dict(
+    make_endpoints: MakeEndpoints, clock: FakeClock
+) -> None:
+    """Ids the server assigns go to a ring by their number: found again, bounded by count
+    (the older of two ids sharing a slot is gone, and counted as evicted), refused after the
+    TTL; a client's id that merely looks like an assigned one is not confused with it."""
+    routing = make_endpoints(
+        endpoint(name="e", variants=variants(("a", 1))),
+        feedback_max_entries=4,
+        feedback_ttl_s=600,
+    )
+    store = routing.feedback_store
+    numbered = [store.ids.numbered() for _ in range(6)]
+    for seq, request_id in numbered[:4]:
+        route = routing.resolve("e")
+        routing.complete(route, True, 1_000_000, request_id, None, seq)
+    assert len(store) == 4 and len(store._slots) == 0  # no dict entry for an assigned id
+    assert routing.feedback(numbered[0][1], reward=1.0) == FeedbackReceipt("e", "a")
+    with pytest.raises(FeedbackAlreadyGivenError):
+        routing.feedback(numbered[0][1], reward=1.0)
+    for seq, request_id in numbered[4:]:  # take the slots of the first two
+        routing.complete(routing.resolve("e"), True, 1_000_000, request_id, None, seq)
+    assert store.evicted == 2 and len(store) == 4
+    for _, gone in numbered[:2]:
+        with pytest.raises(NotFoundError, match="the last 4 answers are kept"):
+            routing.feedback(gone, reward=1.0)
+    for forged in (numbered[2][1] + "0", numbered[2][1].replace("-", "+"), store.ids.prefix):
+        with pytest.raises(NotFoundError):
+            routing.feedback(forged, reward=1.0)
+    clock.advance(601)
+    with pytest.raises(NotFoundError, match="answered more than 600 s ago"):
+        routing.feedback(numbered[3][1], reward=1.0)
+    assert len(store) == 3  # the expired one was dropped when found
