@@ -307,8 +307,20 @@ def shadow_counts(target: str, endpoint: str) -> tuple[int, int, dict[str, int]]
     return requests, shadow.completed + shadow.errors, by_reason or {"any": shadow.dropped}
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (/proc/PID/stat)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def served(
-    work: Path, duration_s: float, repeats: int, shadow_only: bool = False
+    work: Path,
+    duration_s: float,
+    repeats: int,
+    shadow_only: bool = False,
+    concurrency: int = CONCURRENCY,
 ) -> list[dict[str, Any]]:
     import bench_serving as serving  # type: ignore[import-not-found]
 
@@ -321,16 +333,23 @@ def served(
     runs: dict[str, list[Any]] = {name: [] for name, _ in served_rows}
     mirrored: dict[str, list[float]] = {name: [] for name, _ in served_rows}
     dropped: dict[str, dict[str, int]] = {name: {} for name, _ in served_rows}
+    busy: dict[str, list[float]] = {name: [] for name, _ in served_rows}
     server = serving.headrace_server(
         repo, work / "headrace.log", serving.SERVER_CPUS, [name for name, _ in served_rows]
     )
     with server:
         for repeat in range(repeats):
             for name, _ in served_rows:
-                cell = serving.Cell(serving.ModelSpec(name, spec.sizes, 0), "loadgen", CONCURRENCY)
+                cell = serving.Cell(serving.ModelSpec(name, spec.sizes, 0), "loadgen", concurrency)
                 shadowed = name in SHADOW_ROWS and name != "single"
                 before = shadow_counts(server.target, name) if shadowed else None
+                assert server.process is not None
+                cpu_s, wall_s = process_cpu_s(server.process.pid), time.perf_counter()
                 measured = serving.run_loadgen(server.target, cell, duration_s, serving.CLIENT_CPUS)
+                # the server's share of its one CPU over the loadgen run (warm-up included)
+                busy[name].append(
+                    (process_cpu_s(server.process.pid) - cpu_s) / (time.perf_counter() - wall_s)
+                )
                 runs[name].append(measured)
                 share = ""
                 if before is not None:
@@ -342,7 +361,8 @@ def served(
                         dropped[name][reason] = dropped[name].get(reason, 0) + drops
                     share = f" mirrored {fraction:.1%}"
                 print(f"#   run {repeat + 1}: {name:<9} {measured.rows_per_s:>8.0f} req/s "
-                      f"p99 {measured.p99_us:>7.0f} us{share}", flush=True)  # fmt: skip
+                      f"p99 {measured.p99_us:>7.0f} us server busy {busy[name][-1]:.0%}{share}",
+                      flush=True)  # fmt: skip
     rows = []
     for name, what in served_rows:
         rows.append(
@@ -353,6 +373,7 @@ def served(
                 "p50_us": statistics.median(m.p50_us for m in runs[name]),
                 "p99_us": statistics.median(m.p99_us for m in runs[name]),
                 "mirrored": statistics.median(mirrored[name]) if mirrored[name] else None,
+                "server_busy": statistics.median(busy[name]),
                 "dropped_by": dropped[name],
             }
         )
@@ -366,7 +387,7 @@ def print_served(rows: list[dict[str, Any]]) -> None:
     by_name = {row["model_name"]: row for row in rows}
     bare, single = by_name.get("tabular"), by_name["single"]
     print(f"{'model_name':<10} {'what':<36} {'req/s':>8} {'p50 us':>8} {'p99 us':>8} {'vs':>14} "
-          f"{'mirrored':>9}  dropped")  # fmt: skip
+          f"{'busy':>5} {'mirrored':>9}  dropped")  # fmt: skip
     for row in rows:
         reference = single if row["model_name"] in ("shadowed", "sampled") else bare
         versus = (
@@ -378,7 +399,8 @@ def print_served(rows: list[dict[str, Any]]) -> None:
         drops = " ".join(f"{k}={v}" for k, v in sorted(row.get("dropped_by", {}).items()) if v)
         print(
             f"{row['model_name']:<10} {row['what']:<36} {row['requests_per_s']:>8.0f} "
-            f"{row['p50_us']:>8.0f} {row['p99_us']:>8.0f} {versus:>14} {share:>9}  {drops}"
+            f"{row['p50_us']:>8.0f} {row['p99_us']:>8.0f} {versus:>14} "
+            f"{row['server_busy']:>5.0%} {share:>9}  {drops}"
         )
 
 
@@ -395,6 +417,12 @@ def main() -> None:
     )
     parser.add_argument("--duration-s", type=float, default=5.0, help="per served run")
     parser.add_argument("--repeats", type=int, default=3, help="served runs per row")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=CONCURRENCY,
+        help="served callers (32 saturates one server core; 2 leaves it idle time)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/routing.json"))
     args = parser.parse_args()
     requests, runs = (20_000, 3) if args.quick else (args.requests, args.runs)
@@ -431,9 +459,11 @@ def main() -> None:
                   "to the floor)")  # fmt: skip
         if not args.no_served:
             duration, repeats = (2.0, 1) if args.quick else (args.duration_s, args.repeats)
-            print(f"# served: c={CONCURRENCY}, server on CPU 0, loadgen on CPU 1, "
+            print(f"# served: c={args.concurrency}, server on CPU 0, loadgen on CPU 1, "
                   f"{repeats} x {duration:g} s per row, medians")  # fmt: skip
-            report["served"] = served(Path(folder), duration, repeats, args.shadow_only)
+            report["served"] = served(
+                Path(folder), duration, repeats, args.shadow_only, args.concurrency
+            )
             print_served(report["served"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

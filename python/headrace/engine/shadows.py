@@ -23,10 +23,12 @@ Threads: ``call`` runs on the mirror's event loop; runs happen on the idle threa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -63,23 +65,36 @@ def lower_thread_priority() -> str:
         return ""
 
 
+def restore_thread_priority(lowered: str) -> None:
+    """Undo :func:`lower_thread_priority` on the calling thread."""
+    try:
+        if lowered == "idle":
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        elif lowered == "nice":
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 0)
+    except OSError:  # raising a nice value back needs privileges: stay low
+        pass
+
+
+@contextlib.contextmanager
+def idle_priority() -> Iterator[str]:
+    """Run the block at idle CPU priority. Entered around a native run that releases the GIL
+    (ONNX Runtime's): a thread that held the GIL at idle priority could be kept off the CPU
+    by any busy thread while the event loop waits for that GIL (priority inversion), so the
+    Python parts of a copy run at normal priority and only the GIL-free compute yields."""
+    lowered = lower_thread_priority()
+    try:
+        yield lowered
+    finally:
+        restore_thread_priority(lowered)
+
+
 class IdleThreads:
-    """A thread pool whose threads run at the lowest CPU priority the OS grants."""
+    """A thread pool for shadow runs, which enter :func:`idle_priority` around their compute."""
 
     def __init__(self, threads: int | None = None, name: str = "headrace-shadow") -> None:
         count = threads if threads is not None else min(MAX_IDLE_THREADS, os.cpu_count() or 1)
-        self.priorities: list[str] = []  # what each started thread got, for logs and tests
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(1, count), thread_name_prefix=name, initializer=self._start_thread
-        )
-
-    def _start_thread(self) -> None:
-        priority = lower_thread_priority()
-        with self._lock:
-            self.priorities.append(priority)
-        if not priority:
-            log.warning("shadow copies run at normal CPU priority: lowering it was refused")
+        self._executor = ThreadPoolExecutor(max_workers=max(1, count), thread_name_prefix=name)
 
     def submit(self, function: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
         """Run ``function(*args)`` on an idle thread; a future of the running loop."""
@@ -119,8 +134,8 @@ class EngineShadows:
         self, model: str, version: str, inputs: Mapping[str, InputTensor]
     ) -> Mapping[str, npt.NDArray[Any]]:
         """A shadow copy: the model itself, unrouted and uncounted as a client request, on an
-        idle-priority thread (a features model: through its batcher at the lowest priority,
-        never inline on the event loop)."""
+        idle-priority thread, answered with the CPU time it took (a features model: through
+        its batcher at the lowest priority, never inline on the event loop)."""
         leased: ServedVersion | None = lease_version(self._models, model, version or None, False)
         assert leased is not None
         try:
@@ -159,10 +174,21 @@ class EngineShadows:
             self._idle.close()
 
 
+class CopyAnswer(dict[str, Any]):
+    """A shadow copy's outputs and the CPU time its run took on its idle thread (``cost_ns``:
+    what the mirror charges against the shadows' share, rather than the wall time an idle
+    thread spends waiting for a free CPU)."""
+
+    cost_ns: int = 0
+
+
 def _run_leased(
     leased: ServedVersion, inputs: Mapping[str, InputTensor], names: list[str]
-) -> dict[str, npt.NDArray[Any]]:
+) -> CopyAnswer:
     try:
-        return leased.version.run_copy(inputs, names)
+        started_ns = time.thread_time_ns()
+        answer = CopyAnswer(leased.version.run_copy(inputs, names, idle_priority))
+        answer.cost_ns = time.thread_time_ns() - started_ns
+        return answer
     finally:
         leased.lease.release(client=False)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -343,23 +344,32 @@ class ModelVersion:
         return 1
 
     def _run_direct(
-        self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        output_names: Sequence[str],
+        running: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> list[npt.NDArray[Any]]:
         prepared = self.prepare_inputs(inputs)
-        arrays = self.backend.run(prepared, output_names)
+        with running():  # around the backend's run alone (shadow copies: idle CPU priority)
+            arrays = self.backend.run(prepared, output_names)
         if self.drift is not None:
             self.drift.observe(prepared, arrays, output_names)
         return arrays
 
     def run_copy(
-        self, inputs: Mapping[str, InputTensor], output_names: Sequence[str]
+        self,
+        inputs: Mapping[str, InputTensor],
+        output_names: Sequence[str],
+        running: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> dict[str, npt.NDArray[Any]]:
-        """Run validated inputs on the calling thread, outside the batcher (a shadow copy, on an
-        idle-priority thread: engine/shadows.py). Counted in Triton's request statistics and in
-        drift like any run; a runner's failure reads as every runner failure does."""
+        """Run validated inputs on the calling thread, outside the batcher (a shadow copy:
+        engine/shadows.py), with ``running()`` entered around the backend's run alone. Counted
+        in Triton's request statistics and in drift like any run; a runner's failure reads as
+        every runner failure does."""
         start_ns = time.perf_counter_ns()
+        expanded = {n: as_array(t) for n, t in inputs.items()}
         try:
-            arrays = self._run_direct({n: as_array(t) for n, t in inputs.items()}, output_names)
+            arrays = self._run_direct(expanded, output_names, running)
         except HeadraceError as error:
             self._record_request(False, time.perf_counter_ns() - start_ns, error)
             raise

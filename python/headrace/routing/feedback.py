@@ -144,23 +144,24 @@ class FeedbackStore(Generic[_Answer]):
     ) -> None:
         """Remember an answer; ``seq`` is the number of an id from ``ids.numbered()`` (-1: the
         client chose the id)."""
+        times = self._times
         if seq >= 0:
-            slot = seq % self.max_entries
+            n = self.max_entries
+            slot = seq % n
             seqs = self._seqs
-            if seqs[slot] >= 0 and now_ns - self._times[slot + self.max_entries] <= self.ttl_ns:
+            if seqs[slot] >= 0 and now_ns - times[slot + n] <= self.ttl_ns:
                 self.evicted += 1  # a live entry overwritten
             seqs[slot] = seq
-            slot += self.max_entries
+            slot += n
         else:
             slot = self._remember_client(request_id, now_ns)
         self._answers[slot] = answer
-        self._times[slot] = now_ns
+        times[slot] = now_ns
         self._flags[slot] = 0
-        outputs = self._outputs
         if output is not None:
-            outputs[slot] = output
-        elif outputs:
-            outputs.pop(slot, None)
+            self._outputs[slot] = output
+        elif self._outputs:
+            self._outputs.pop(slot, None)
 
     def _remember_client(self, request_id: str, now_ns: int) -> int:
         slots, ids, slot = self._slots, self._ids, self._next

@@ -267,3 +267,33 @@ def test_shadow_calls_keep_to_their_share_of_time() -> None:
         await mirror.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_call_that_reports_its_cost_is_charged_that_not_its_wall_time() -> None:
+    """A copy run on an idle-priority thread waits for a free CPU, which costs clients
+    nothing: such a call reports the CPU time it used (``cost_ns``) and that is charged."""
+
+    class Answer(dict[str, Any]):
+        cost_ns = 1_000_000  # 1 ms of CPU
+
+    async def scenario() -> None:
+        clock = FakeClock()
+
+        async def shadow(model: str, version: str, inputs: Mapping[str, Any]) -> Any:
+            clock.advance(0.030)  # 30 ms of the clock pass while it waits and runs
+            return Answer(probs=SCORES)
+
+        routing = mirrored()
+        mirror = ShadowMirror(
+            shadow, workers=1, budget_share=0.1, clock_ns=clock, budget_clock_ns=clock
+        )
+        mirror.start()
+        for _ in range(10):  # 10 x 1 ms charged, refilled by 10 x 3 ms: never short
+            await primary_request(routing, mirror, {"x": X})
+            while mirror.in_flight or mirror.queued:
+                await asyncio.sleep(0)
+        final = routing.report("e").shadows[0]
+        assert (final.completed, final.dropped) == (10, 0)
+        await mirror.stop()
+
+    asyncio.run(scenario())
