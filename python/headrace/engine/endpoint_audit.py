@@ -18,7 +18,7 @@ from typing import Any
 from headrace.errors import HeadraceError, UnavailableError
 from headrace.registry.audit import AuditLog, EndpointAction, EndpointAuditRecord
 from headrace.routing import RoutingEvent
-from headrace.routing.runtime import CANARY_ACTOR
+from headrace.routing.events import CANARY_ACTOR
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,12 @@ request id for feedback, and offer the answer to the endpoint's shadows. A plain
 endpoint of one variant, so every request takes the same path.
 
 Threads: routing state has one writer at a time. The event loop and blocking callers
-(``Engine.infer`` from any thread) both take :attr:`EngineRouting.lock` around the short routing
-calls (an uncontended lock costs tens of nanoseconds; nothing blocking runs under it). Admin
-operations run on any thread: ``Endpoints`` serializes them itself and swaps its table whole.
+(``Engine.infer`` from any thread) both take :attr:`EngineRouting.lock` around the calls that
+count an outcome (nothing blocking runs under it). Choosing a variant takes no lock: it reads the
+strategy's state, and its only writes -- a refill of pre-drawn choices (split, Thompson) -- may
+race under the GIL without harm (a refill lost to another thread's is drawn from the same
+distribution). Admin operations run on any thread: ``Endpoints`` serializes them itself and
+swaps its table whole.
 
 Shadow copies go to a :class:`~headrace.routing.ShadowMirror` on an event loop: the server's, or
 the first running loop that answers a shadowed request, or, for blocking callers when none runs,
@@ -132,6 +135,9 @@ class EngineRouting:
         budget_share: float = 1.0,
     ) -> None:
         self.endpoints = endpoints
+        # The variant that serves a request (Endpoints.resolve: name, version, parameters,
+        # inputs): bound directly, without a lock (see the module's note on threads).
+        self.resolve: Callable[..., Route] = endpoints.resolve
         self._budget_share = budget_share  # of wall time for shadow calls (ShadowMirror)
         self.trail = trail
         self.feedback_plain_models = feedback_plain_models
@@ -191,16 +197,6 @@ class EngineRouting:
         )
 
     # -- the request path ----------------------------------------------------------------------
-
-    def resolve(
-        self,
-        name: str,
-        version: str,
-        parameters: Mapping[str, Any] | None,
-        inputs: Mapping[str, Any] | None,
-    ) -> Route:
-        with self.lock:
-            return self.endpoints.resolve(name, version, parameters, inputs)
 
     def answered(
         self,

@@ -24,6 +24,7 @@ from headrace.routing.config import (
     parse_endpoint,
     parse_endpoints,
 )
+from headrace.routing.events import RoutingEvent
 from headrace.routing.feedback import FeedbackAlreadyGivenError, RequestIds
 from headrace.routing.report import ExperimentReport
 from headrace.routing.router import (
@@ -33,7 +34,7 @@ from headrace.routing.router import (
     FeedbackItem,
     FeedbackReceipt,
 )
-from headrace.routing.runtime import Route, RoutingEvent
+from headrace.routing.runtime import Route
 from headrace.routing.shadow import ShadowMirror
 
 __all__ = [

@@ -91,7 +91,10 @@ def ucb1(counts: Sequence[int], means: Sequence[float], c: float) -> int:
 
 
 class Bandit:
-    """The arms' reward statistics and the next choices; written by the event-loop thread only."""
+    """The arms' reward statistics and the next choices. Rewards are written with the engine's
+    routing lock held; ``choose`` runs without it, from any thread (under the GIL a list's pop
+    and extend are atomic, and a choice drawn from arms a reward is updating is as good as one
+    drawn a moment earlier)."""
 
     def __init__(self, settings: BanditConfig, arms: list[RewardStats], seed: int) -> None:
         self.settings = settings
@@ -105,9 +108,11 @@ class Bandit:
         algorithm = self.settings.algorithm
         if algorithm == "thompson":
             queue = self._queue
-            if not queue:
-                queue.extend(reversed(self._thompson(THOMPSON_BATCH)))
-            return queue.pop()
+            while True:  # a pop that another thread emptied first refills (no lock is held)
+                try:
+                    return queue.pop()
+                except IndexError:
+                    queue.extend(reversed(self._thompson(THOMPSON_BATCH)))
         if algorithm == "epsilon_greedy":
             u = self._random.random()
             return epsilon_greedy(

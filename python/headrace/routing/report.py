@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headrace.routing.canary import CanaryState
-from headrace.routing.runtime import EndpointRuntime, RoutingEvent
+from headrace.routing.events import RoutingEvent
+from headrace.routing.runtime import EndpointRuntime
 from headrace.routing.significance import (
     NO_TEST,
     TestResult,

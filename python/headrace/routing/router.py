@@ -4,8 +4,10 @@ The engine's whole interface to routing (see the package docstring for the call 
 :meth:`Endpoints.resolve` before running a request, :meth:`Endpoints.complete` after answering
 it, :meth:`Endpoints.feedback` for the Feedback RPC, and the admin methods for AdminService.
 
-Threads: ``resolve``, ``complete`` and ``feedback`` run on the event-loop thread (they share
-unlocked counters). Admin methods may run on any thread (the engine should run them with
+Threads: ``complete`` and ``feedback`` run on one thread at a time (they share unlocked
+counters: the engine holds its routing lock around them); ``resolve`` may run on any thread
+without that lock (choosing reads the strategy's state; its refills of pre-drawn choices may race
+without harm under the GIL). Admin methods may run on any thread (the engine should run them with
 ``asyncio.to_thread``, as they write the state folder): they are serialized by a lock and swap
 the endpoint table whole, so ``resolve`` sees the old endpoint or the new one.
 """
@@ -36,6 +38,7 @@ from headrace.routing.config import (
     load_endpoints_file,
     parse_endpoint,
 )
+from headrace.routing.events import OPERATOR, RoutingEvent
 from headrace.routing.feedback import (
     FeedbackAlreadyGivenError,
     FeedbackStore,
@@ -47,7 +50,7 @@ from headrace.routing.feedback import (
 )
 from headrace.routing.persistence import STATE_FILE, SavedState, load_state, save_state
 from headrace.routing.report import ExperimentReport, build_report
-from headrace.routing.runtime import OPERATOR, EndpointRuntime, Route, RoutingEvent
+from headrace.routing.runtime import EndpointRuntime, Route
 
 log = logging.getLogger(__name__)
 

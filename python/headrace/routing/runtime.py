@@ -1,7 +1,8 @@
 """One endpoint's live state: its routes, the strategy's state, statistics and recent events.
 
-The event-loop thread calls :meth:`EndpointRuntime.choose` and :meth:`EndpointRuntime.complete`
-(the only writers of counters and strategy state). Admin operations build a new runtime from the
+One thread at a time counts outcomes (the engine's routing lock: the only writer of counters and
+strategy state); ``choose_route`` runs on any thread without it (its refills of pre-drawn choices
+may race harmlessly under the GIL). Admin operations build a new runtime from the
 old one and swap it into the table, carrying over what still applies (a variant's statistics and
 bandit arm when its model and version are unchanged, the split table, the active colour), so a
 request never sees a half-made endpoint. ``switch``/``rollback`` assign one field and may run on
@@ -18,7 +19,6 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from headrace.errors import InvalidArgumentError
 from headrace.routing.bandit import Bandit
 from headrace.routing.canary import BASELINE, CANDIDATE, CanaryAction, CanaryDecision, CanaryRamp
 from headrace.routing.config import EndpointConfig
+from headrace.routing.events import CANARY_ACTOR, OPERATOR, RoutingEvent
 from headrace.routing.feedback import QualityWindows
 from headrace.routing.split import SLOTS, initial_table, key_bytes, key_slot, rebalance
 from headrace.routing.stats import ShadowStats, VariantStats
@@ -35,29 +36,6 @@ from headrace.routing.stats import ShadowStats, VariantStats
 # and a table lookup (~400 ns here); a weight change discards at most this many draws.
 SPLIT_DRAWS = 1024
 EVENTS_KEPT = 100  # recent events per endpoint, for the report (the full trail goes to on_event)
-# The actor of what the router decides by itself (a canary's gates); an operator's change names
-# the caller (the admin RPC's identity), or OPERATOR when called in-process.
-CANARY_ACTOR = "canary"
-OPERATOR = "admin"
-
-
-@dataclass(frozen=True)
-class RoutingEvent:
-    """Something the router decided or was told: for logs, metrics and the audit trail.
-
-    ``before`` and ``after`` hold what changed (the config keys of an update, the active colour,
-    the candidate's percent); ``actor`` who changed it.
-    """
-
-    time_s: float  # wall clock
-    endpoint: str
-    kind: str  # rollback | promotion | step | switch | created | updated | deleted
-    detail: str
-    variant: str = ""
-    fields: Mapping[str, Any] = field(default_factory=dict)
-    actor: str = CANARY_ACTOR
-    before: Mapping[str, Any] = field(default_factory=dict)
-    after: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ShadowTarget:
@@ -229,8 +207,9 @@ class EndpointRuntime:
         slots = self._split_rng.integers(0, SLOTS, SPLIT_DRAWS)
         owners = np.frombuffer(self._table, dtype=np.uint8)[slots].tolist()
         routes = self.routes
-        self._draws = iter([routes[i] for i in owners])
-        return next(self._draws)
+        draws: Iterator[Route] = iter([routes[i] for i in owners])
+        self._draws = draws  # another thread's refill may replace it: take ours from our own
+        return next(draws)
 
     def _choose_canary(
         self, parameters: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None

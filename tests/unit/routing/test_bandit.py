@@ -122,3 +122,37 @@ def test_pure_choices() -> None:
     assert ucb1([100, 100], [0.5, 0.6], 2**0.5) == 1
     draws = thompson_bernoulli([900.0, 10.0], [100.0, 990.0], np.random.default_rng(0), 1_000)
     assert draws.count(0) == 1_000
+
+
+@pytest.mark.parametrize("algorithm", ["thompson", None])
+def test_choices_from_many_threads_at_once_need_no_lock(algorithm: str | None) -> None:
+    """The engine resolves without a lock (engine/routed.py): threads that choose at once, with
+    the interpreter switching between them as often as it can, each get a variant every time
+    (a Thompson queue emptied by another thread between its check and its pop refills)."""
+    import sys
+    import threading
+
+    routing = Endpoints([bandit_endpoint(algorithm)], seed="threads")  # type: ignore[list-item]
+    counts: list[int] = []
+    failures: list[BaseException] = []
+
+    def choose() -> None:
+        mine = 0
+        try:
+            for _ in range(20_000):
+                mine += routing.resolve("e").variant in ("a", "b")
+        except BaseException as error:  # reported below
+            failures.append(error)
+        counts.append(mine)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=choose) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == [] and counts == [20_000] * 8
