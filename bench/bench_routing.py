@@ -11,9 +11,10 @@
 2. Through the engine (``Engine.routing``, an MLP loaded from a repository): what the engine does
    per request beyond running the model, with routing (resolve, request id, answered: counters,
    request series, feedback memory, the result's ``headrace_variant``) against what it did before
-   routing (the latency histogram and the result). The difference is what routing adds; the
-   target is <= 2 us for a plain model. Then whole ``Engine.infer`` calls, plain model vs a
-   split endpoint, for scale.
+   routing (the latency histogram and the result), for a plain model and an endpoint of each
+   strategy (split, sticky split, canary, blue-green, the three bandits). The difference is what
+   routing adds; the target (issue #12) is <= 2 us per request. Then whole ``Engine.infer``
+   calls, plain model vs a split endpoint, for scale.
 3. Served (``headrace serve`` as a process on CPU 0, bench/loadgen.py on CPU 1, taskset): c=32
    throughput and p99 of the bare model, a split endpoint of two such models, a one-variant
    endpoint, and the same endpoint with one shadow (sample 1.0, then 0.1). Medians of
@@ -183,11 +184,56 @@ def cases(routing: Endpoints) -> list[tuple[str, str, Callable[[int], None]]]:
 
 # -- 2. through the engine ------------------------------------------------------------------
 
-ENGINE_ENDPOINTS = """
+ENGINE_VARIANTS = '[{ name = "a", model = "tabular" }, { name = "b", model = "tabular_b" }]'
+ENGINE_ENDPOINTS = f"""
 [[endpoint]]
 name = "split"
-variants = [{ name = "a", model = "tabular", weight = 50 }, { name = "b", model = "tabular_b" }]
+variants = [{{ name = "a", model = "tabular", weight = 50 }}, {{ name = "b", model = "tabular_b" }}]
+
+[[endpoint]]
+name = "split_sticky"
+sticky_key = "user_id"
+variants = [{{ name = "a", model = "tabular", weight = 50 }}, {{ name = "b", model = "tabular_b" }}]
+
+[[endpoint]]
+name = "canary"
+strategy = "canary"
+variants = {ENGINE_VARIANTS}
+canary = {{ step_s = 1e9 }}
+
+[[endpoint]]
+name = "blue_green"
+strategy = "blue_green"
+variants = {ENGINE_VARIANTS}
+
+[[endpoint]]
+name = "thompson"
+strategy = "bandit"
+variants = {ENGINE_VARIANTS}
+
+[[endpoint]]
+name = "epsilon_greedy"
+strategy = "bandit"
+variants = {ENGINE_VARIANTS}
+bandit = {{ algorithm = "epsilon_greedy" }}
+
+[[endpoint]]
+name = "ucb1"
+strategy = "bandit"
+variants = {ENGINE_VARIANTS}
+bandit = {{ algorithm = "ucb1" }}
 """
+# The engine rows after the floor: (row name, endpoint, request parameters).
+ENGINE_ROUTED = (
+    ("plain model", "tabular", None),
+    ("split", "split", None),
+    ("split, sticky", "split_sticky", {"user_id": "customer-1234"}),
+    ("canary", "canary", None),
+    ("blue_green", "blue_green", None),
+    ("thompson", "thompson", None),
+    ("epsilon_greedy", "epsilon_greedy", None),
+    ("ucb1", "ucb1", None),
+)
 
 
 def engine_repository(folder: Path) -> Path:
@@ -227,12 +273,12 @@ def engine_cases(engine: Any) -> list[tuple[str, str, Callable[[int], None]]]:
             histogram.observe((time.perf_counter_ns() - start) / 1e9)
             InferResult("tabular", served.version_str, outputs, "", served.output_datatypes)
 
-    def with_routing(name: str) -> Callable[[int], None]:
+    def with_routing(name: str, parameters: dict[str, str] | None) -> Callable[[int], None]:
         def run(n: int) -> None:
             resolve, answered = routing.resolve, routing.answered
             numbered = routing.endpoints.feedback_store.ids.numbered  # as the engine assigns ids
             for _ in range(n):
-                route = resolve(name, "", None, x)
+                route = resolve(name, "", parameters, x)
                 seq, request_id = numbered()
                 start = time.perf_counter_ns()
                 answered(route, "1", request_id, x, outputs, time.perf_counter_ns() - start, seq)
@@ -250,8 +296,10 @@ def engine_cases(engine: Any) -> list[tuple[str, str, Callable[[int], None]]]:
 
     return [
         ("engine", "before routing (floor)", before_routing),
-        ("engine", "plain model, routed", with_routing("tabular")),
-        ("engine", "split endpoint, routed", with_routing("split")),
+        *(
+            ("engine", f"{row}, routed", with_routing(name, parameters))
+            for row, name, parameters in ENGINE_ROUTED
+        ),
         ("engine", "Engine.infer plain", whole("tabular")),
         ("engine", "Engine.infer split", whole("split")),
     ]
@@ -450,13 +498,16 @@ def main() -> None:
                 # The floor and the routed rows take turns, run by run, and each run's
                 # difference to the floor of the same turn is kept: this machine's speed
                 # drifts by tens of percent over a minute, more than what is measured here.
-                added = interleaved(rows[:3], requests, runs, results)
-                measure(rows[3:], max(1_000, requests // 20))  # each runs the model
+                routed = 1 + len(ENGINE_ROUTED)
+                added = interleaved(rows[:routed], requests, runs, results)
+                measure(rows[routed:], max(1_000, requests // 20))  # each runs the model
             finally:
                 engine.close()
-            print(f"# routing adds {added[0]:.0f} ns CPU per request to a plain model, "
-                  f"{added[1]:.0f} ns to a split endpoint (medians of per-turn differences "
-                  "to the floor)")  # fmt: skip
+            print("# routing adds, ns CPU per request (medians of per-turn differences to the "
+                  "floor; target <= 2000):")  # fmt: skip
+            for (row, _, _), ns in zip(ENGINE_ROUTED, added, strict=True):
+                print(f"#   {row:<16} {ns:>6.0f}")
+            report["routing_adds_ns"] = dict(zip((r[0] for r in ENGINE_ROUTED), added, strict=True))
         if not args.no_served:
             duration, repeats = (2.0, 1) if args.quick else (args.duration_s, args.repeats)
             print(f"# served: c={args.concurrency}, server on CPU 0, loadgen on CPU 1, "

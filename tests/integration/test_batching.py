@@ -140,12 +140,14 @@ def wait_for(what: str, condition: Callable[[], bool], timeout_s: float = 30.0) 
         time.sleep(0.002)
 
 
-def _hold_the_instance(address: str, model: str) -> concurrent.futures.Future[object]:
+def _hold_the_instance(
+    address: str, model: str, rows: int = BLOCKER_ROWS
+) -> concurrent.futures.Future[object]:
     pool = concurrent.futures.ThreadPoolExecutor(1)
 
     def call() -> object:
         with Client(address) as client:
-            return client.infer(model, {"x": np.ones((BLOCKER_ROWS, SIZE), np.float32)})
+            return client.infer(model, {"x": np.ones((rows, SIZE), np.float32)})
 
     future = pool.submit(call)
     pool.shutdown(wait=False)
@@ -265,13 +267,13 @@ LOW_ROWS = 3000  # more rows than max_batch_size: each request runs alone
 HIGH_ROWS = 3001  # tells the high-priority request's batch apart in the batch statistics
 
 
-def _priority_attempt(server: RunningServer, client: Client) -> str | None:
+def _priority_attempt(server: RunningServer, client: Client, blocker_rows: int) -> str | None:
     """Three priority-2 requests and then one priority-1 request behind a blocker: which ran
     first after the blocker ("high" or "low"), read from the server's batch statistics while
     exactly one of them has run; None when the attempt proves nothing (the blocker ended before
     all four were seen queued together, or two had run before the statistics were read)."""
     before = stats(client, "prioritised")
-    blocker = _hold_the_instance(server.address, "prioritised")
+    blocker = _hold_the_instance(server.address, "prioritised", blocker_rows)
     _wait_until_running(client, "prioritised", before)
     running = stats(client, "prioritised")
     high_batches = _batches_of(running, HIGH_ROWS)
@@ -319,10 +321,12 @@ def test_priority_one_runs_before_queued_priority_two(batching_server: RunningSe
     # Decided by state: once all four requests are seen queued at one instant behind the
     # blocker, the scheduler must run the priority-1 one first, whatever the timing; the server's
     # own batch statistics say which ran first (not the order answers reached client threads).
-    # An attempt that cannot tell is repeated.
+    # An attempt that cannot tell is repeated, with a blocker twice as long (up to 4x): on a busy
+    # machine the four requests may take longer to queue than the first blocker holds.
     with Client(batching_server.address) as client:
-        for _attempt in range(5):
-            first = _priority_attempt(batching_server, client)
+        for attempt in range(5):
+            rows = BLOCKER_ROWS * min(2**attempt, 4)
+            first = _priority_attempt(batching_server, client, rows)
             if first is not None:
                 assert first == "high"
                 break

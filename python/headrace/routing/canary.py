@@ -182,7 +182,10 @@ class CanaryRamp:
             return None
         self._windows[index].observe(ok, latency_ns)
         self.step_requests += 1
-        return self._maybe_decide(now_ns)
+        self._since_check += 1  # _maybe_decide's count, inline: this runs for every request
+        if self._since_check < CHECK_EVERY:
+            return None
+        return self._maybe_decide(now_ns, counted=True)
 
     def reward(self, index: int, reward: float, now_ns: int) -> CanaryDecision | None:
         if self.state is not CanaryState.RAMPING:
@@ -190,8 +193,9 @@ class CanaryRamp:
         self._windows[index].rewards.add(reward)
         return self._maybe_decide(now_ns)
 
-    def _maybe_decide(self, now_ns: int) -> CanaryDecision | None:
-        self._since_check += 1
+    def _maybe_decide(self, now_ns: int, counted: bool = False) -> CanaryDecision | None:
+        if not counted:
+            self._since_check += 1
         if self._since_check < CHECK_EVERY:
             return None
         self._since_check = 0

@@ -35,6 +35,10 @@ from headrace.routing.stats import ShadowStats, VariantStats
 # Random split decisions drawn per numpy call: ~40 ns a request instead of a Python random()
 # and a table lookup (~400 ns here); a weight change discards at most this many draws.
 SPLIT_DRAWS = 1024
+# Sticky string keys whose slots an endpoint remembers (at most this many, each at most this
+# long): a few MB at worst, for ~0.5 us less per sticky request.
+STICKY_CACHED_KEYS = 65_536
+STICKY_CACHED_KEY_CHARS = 64
 EVENTS_KEPT = 100  # recent events per endpoint, for the report (the full trail goes to on_event)
 
 
@@ -120,6 +124,8 @@ class EndpointRuntime:
         self.fingerprint = _fingerprint(config)
         self.sticky_key = config.sticky_key
         self.salt = zlib.crc32(config.name.encode())
+        # sticky key (a short string: a request parameter such as a user id) -> its slot
+        self._sticky_slots: dict[str, int] = {}
         self._random = random.Random(f"{seed}:{config.name}").random
         self.shadows = tuple(
             ShadowTarget(s.name, s.model, s.version, s.sample, s.tolerance) for s in config.shadows
@@ -178,6 +184,16 @@ class EndpointRuntime:
             value = inputs.get(key)
         if value is None:
             return -1
+        if type(value) is str and len(value) <= STICKY_CACHED_KEY_CHARS:
+            # Returning users send the same key again: a dict lookup instead of encoding and
+            # hashing it. Bounded: cleared when full (the slots are recomputed as keys return).
+            cached = self._sticky_slots.get(value)
+            if cached is None:
+                cached = key_slot(value.encode(), self.salt)
+                if len(self._sticky_slots) >= STICKY_CACHED_KEYS:
+                    self._sticky_slots.clear()
+                self._sticky_slots[value] = cached
+            return cached
         data = key_bytes(value)
         return -1 if data is None else key_slot(data, self.salt)
 
@@ -244,7 +260,8 @@ class EndpointRuntime:
         ramp = self.ramp
         assert ramp is not None
         before = ramp.candidate_percent
-        return self._canary_event(ramp.observe(index, ok, latency_ns, now_ns), before)
+        decision = ramp.observe(index, ok, latency_ns, now_ns)
+        return None if decision is None else self._canary_event(decision, before)
 
     def reward(self, index: int, reward: float, now_ns: int) -> RoutingEvent | None:
         """Count a reward (already checked finite, and by :meth:`check_reward`)."""

@@ -156,3 +156,17 @@ def test_choices_from_many_threads_at_once_need_no_lock(algorithm: str | None) -
     finally:
         sys.setswitchinterval(interval)
     assert failures == [] and counts == [20_000] * 8
+
+
+def test_a_reward_reaches_thompson_choices_within_the_lag() -> None:
+    """Thompson choices are drawn THOMPSON_BATCH at a time; a reward cuts those still queued to
+    THOMPSON_LAG, so later choices come from the posterior that counts it."""
+    from headrace.routing.bandit import THOMPSON_BATCH, THOMPSON_LAG
+
+    routing = Endpoints([bandit_endpoint("thompson")], seed="lag")  # type: ignore[list-item]
+    route = routing.resolve("e")
+    bandit = routing.get("e").bandit
+    assert bandit is not None and len(bandit._queue) == THOMPSON_BATCH - 1
+    routing.complete(route, ok=True, latency_ns=1_000, request_id="r1")
+    routing.feedback("r1", reward=1.0)
+    assert len(bandit._queue) == THOMPSON_LAG

@@ -55,6 +55,37 @@ def test_a_sticky_key_always_gets_the_same_variant(make_endpoints: MakeEndpoints
     assert 200 <= shares["a"] <= 300
 
 
+def test_sticky_slots_remembered_for_string_keys_stay_bounded_and_exact(
+    make_endpoints: MakeEndpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A string key's slot is remembered (no hash per returning user) in a bounded table; a key
+    gets the variant its hash gives whether it was remembered, forgotten when the table was
+    cleared, too long to remember, or sent as an input tensor instead of a parameter."""
+    import numpy as np
+
+    from headrace.routing import runtime
+
+    monkeypatch.setattr(runtime, "STICKY_CACHED_KEYS", 100)
+    routing = make_endpoints(
+        endpoint(name="e", sticky_key="user_id", variants=variants(("a", 50), ("b", 50)))
+    )
+    live = routing.get("e")
+    table = live.table
+    assert table is not None
+
+    def expected(key: str) -> str:
+        return live.routes[table[key_slot(key.encode(), live.salt)]].variant
+
+    keys = [f"user-{i}" for i in range(250)] + ["x" * 65, "x" * 200]
+    for _ in range(2):
+        for key in keys:
+            assert routing.resolve("e", "", {"user_id": key}).variant == expected(key)
+            assert len(live._sticky_slots) <= 100
+    assert "x" * 65 not in live._sticky_slots  # longer than STICKY_CACHED_KEY_CHARS
+    tensor = {"user_id": np.array([b"user-7"], dtype=object)}
+    assert routing.resolve("e", "", None, tensor).variant == expected("user-7")
+
+
 def test_a_sticky_key_may_be_an_input_tensor(make_endpoints: MakeEndpoints) -> None:
     import numpy as np
 
