@@ -199,7 +199,7 @@ variants = [{{ name = "a", model = "tabular", weight = 50 }}, {{ name = "b", mod
 name = "canary"
 strategy = "canary"
 variants = {ENGINE_VARIANTS}
-canary = {{ step_s = 1e9 }}
+canary = {{ step_s = 1e9, max_p99_ratio = 1000 }}  # ramps throughout: gates read, none fails
 
 [[endpoint]]
 name = "blue_green"

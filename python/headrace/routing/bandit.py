@@ -30,11 +30,14 @@ THOMPSON_LAG = 64
 def thompson_bernoulli(
     successes: Sequence[float], failures: Sequence[float], rng: np.random.Generator, draws: int
 ) -> list[int]:
-    """``draws`` arms, each the argmax of one sample from every arm's Beta(1+s, 1+f)."""
-    alpha = np.asarray(successes, dtype=np.float64) + 1.0
-    beta = np.asarray(failures, dtype=np.float64) + 1.0
-    samples = rng.beta(alpha, beta, size=(draws, alpha.size))
-    chosen: list[int] = samples.argmax(axis=1).tolist()
+    """``draws`` arms, each the argmax of one sample from every arm's Beta(1+s, 1+f).
+
+    One call per arm with scalar parameters: numpy's beta with array parameters broadcasts per
+    sample, ~1.5x the time for the same draws."""
+    samples = np.empty((len(successes), draws))
+    for arm, (s, f) in enumerate(zip(successes, failures, strict=True)):
+        samples[arm] = rng.beta(1.0 + s, 1.0 + f, draws)
+    chosen: list[int] = samples.argmax(axis=0).tolist()
     return chosen
 
 

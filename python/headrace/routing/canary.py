@@ -20,10 +20,13 @@ from headrace.routing.split import SLOTS
 from headrace.routing.stats import VariantStats
 
 BASELINE, CANDIDATE = 0, 1
-# Gates are judged every this many outcomes of the endpoint: reading two p99s costs tens of
-# microseconds, too much for every request, and a rollback a few dozen requests later (a few of
-# them on the candidate at a 5 % step) changes nothing that matters.
-CHECK_EVERY = 64
+# Gates are judged after this many outcomes of the endpoint, or sooner once CHECK_INTERVAL_NS
+# has passed since the last judgement: reading two p99s costs ~20 us, too much for every request
+# (~80 ns a request at 256), and a rollback within 256 requests or 50 ms, whichever comes first
+# (a dozen requests on the candidate at a 5 % step; at low traffic, the next request after
+# 50 ms), changes nothing that matters.
+CHECK_EVERY = 256
+CHECK_INTERVAL_NS = 50_000_000
 
 
 class CanaryAction(enum.Enum):
@@ -156,6 +159,7 @@ class CanaryRamp:
         self.step_started_ns = now_ns
         self.step_requests = 0
         self._since_check = 0
+        self._checked_ns = now_ns
         self._windows = (_Window(), _Window())
 
     def _update_percent(self) -> None:
@@ -182,10 +186,10 @@ class CanaryRamp:
             return None
         self._windows[index].observe(ok, latency_ns)
         self.step_requests += 1
-        self._since_check += 1  # _maybe_decide's count, inline: this runs for every request
-        if self._since_check < CHECK_EVERY:
+        self._since_check += 1  # _maybe_decide's test, inline: this runs for every request
+        if self._since_check < CHECK_EVERY and now_ns - self._checked_ns < CHECK_INTERVAL_NS:
             return None
-        return self._maybe_decide(now_ns, counted=True)
+        return self._decide(now_ns)
 
     def reward(self, index: int, reward: float, now_ns: int) -> CanaryDecision | None:
         if self.state is not CanaryState.RAMPING:
@@ -193,12 +197,15 @@ class CanaryRamp:
         self._windows[index].rewards.add(reward)
         return self._maybe_decide(now_ns)
 
-    def _maybe_decide(self, now_ns: int, counted: bool = False) -> CanaryDecision | None:
-        if not counted:
-            self._since_check += 1
-        if self._since_check < CHECK_EVERY:
+    def _maybe_decide(self, now_ns: int) -> CanaryDecision | None:
+        self._since_check += 1
+        if self._since_check < CHECK_EVERY and now_ns - self._checked_ns < CHECK_INTERVAL_NS:
             return None
+        return self._decide(now_ns)
+
+    def _decide(self, now_ns: int) -> CanaryDecision | None:
         self._since_check = 0
+        self._checked_ns = now_ns
         decision = decide(self.settings, self.view(), now_ns)
         return self.apply(decision, now_ns)
 

@@ -209,10 +209,13 @@ class Endpoints:
                 kept_output(runtime.config.quality, outputs) if runtime.keeps_labels else None,
                 seq,
             )
-        if ramp is not None:
-            event = runtime.canary_outcome(route.index, ok, latency_ns, now_ns)
-            if event is not None:
-                self._emit(event, dirty=True)
+        if ramp is not None:  # the canary's step counts (the variant's own are counted above)
+            before = ramp.candidate_percent
+            decision = ramp.observe(route.index, ok, latency_ns, now_ns)
+            if decision is not None:
+                event = runtime.canary_event(decision, before)
+                if event is not None:
+                    self._emit(event, dirty=True)
 
     # -- feedback (event-loop thread) ------------------------------------------------------------
 

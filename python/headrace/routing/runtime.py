@@ -253,16 +253,6 @@ class EndpointRuntime:
 
     # -- outcomes (event-loop thread) ------------------------------------------------------------
 
-    def canary_outcome(
-        self, index: int, ok: bool, latency_ns: int, now_ns: int
-    ) -> RoutingEvent | None:
-        """Count an outcome in the canary's step (the variant's own stats are counted apart)."""
-        ramp = self.ramp
-        assert ramp is not None
-        before = ramp.candidate_percent
-        decision = ramp.observe(index, ok, latency_ns, now_ns)
-        return None if decision is None else self._canary_event(decision, before)
-
     def reward(self, index: int, reward: float, now_ns: int) -> RoutingEvent | None:
         """Count a reward (already checked finite, and by :meth:`check_reward`)."""
         self.stats[index].rewards.add(reward)
@@ -270,14 +260,14 @@ class EndpointRuntime:
             self.bandit.refresh()
         if self.ramp is not None:
             before = self.ramp.candidate_percent
-            return self._canary_event(self.ramp.reward(index, reward, now_ns), before)
+            return self.canary_event(self.ramp.reward(index, reward, now_ns), before)
         return None
 
     def check_reward(self, reward: float) -> None:
         if self.bandit is not None:
             self.bandit.check_reward(reward)
 
-    def _canary_event(
+    def canary_event(  # a decision of the ramp's, as the event the router emits
         self,
         decision: CanaryDecision | None,
         before_percent: float,

@@ -101,6 +101,32 @@ def test_a_failing_candidate_is_rolled_back_to_zero(
     assert [e.kind for e in routing.report("fraud").events] == ["rollback"]
 
 
+def test_gates_are_judged_every_check_every_outcomes_or_after_the_check_interval(
+    make_endpoints: MakeEndpoints, clock: FakeClock
+) -> None:
+    """A failing candidate is rolled back at the first judgement: after CHECK_EVERY outcomes at
+    high traffic (no clock passes), or at the first outcome CHECK_INTERVAL_NS after the last
+    judgement at low traffic -- never later."""
+    from headrace.routing.canary import CHECK_EVERY, CHECK_INTERVAL_NS
+
+    # min_requests 1: the gate can judge from the first failure on
+    busy = make_endpoints(canary(min_requests=1, steps=[50, 100]))
+    rng = random.Random(3)
+    serve(busy, clock, CHECK_EVERY - 1, candidate_error_rate=1.0, seconds_between=0, rng=rng)
+    assert percent(busy) == 50  # not judged yet
+    serve(busy, clock, 1, candidate_error_rate=1.0, seconds_between=0, rng=rng)
+    assert percent(busy) == 0
+
+    quiet = make_endpoints(canary(min_requests=1, steps=[50, 100]))
+    served = Counter[str]()
+    while served["cand"] == 0:  # requests 1 ms apart until the candidate has failed once
+        served += serve(quiet, clock, 1, candidate_error_rate=1.0, seconds_between=0.001, rng=rng)
+    assert sum(served.values()) < CHECK_EVERY and percent(quiet) == 50
+    clock.advance(CHECK_INTERVAL_NS / 1e9)
+    serve(quiet, clock, 1, candidate_error_rate=1.0, seconds_between=0, rng=rng)
+    assert percent(quiet) == 0
+
+
 def test_the_rollback_is_persisted(
     make_endpoints: MakeEndpoints, clock: FakeClock, tmp_path: Any
 ) -> None:
