@@ -12,12 +12,13 @@ from __future__ import annotations
 import enum
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from headrace.routing.config import CanaryConfig
 from headrace.routing.split import SLOTS
-from headrace.routing.stats import VariantStats
+from headrace.routing.stats import RewardStats, VariantStats, ns_quantile
 
 BASELINE, CANDIDATE = 0, 1
 # Gates are judged after this many outcomes of the endpoint, or sooner once CHECK_INTERVAL_NS
@@ -124,26 +125,39 @@ def decide(settings: CanaryConfig, view: CanaryView, now_ns: int) -> CanaryDecis
     return CanaryDecision(CanaryAction.ADVANCE, f"passed step {settings.steps[view.step_index]} %")
 
 
-class _Window(VariantStats):
-    """One variant's counts during the current step."""
+class _StepStart:
+    """What one variant had counted when the step began: the step's window is the variant's
+    statistics now minus these (so a request is counted once, in the variant's statistics)."""
 
-    __slots__ = ()
+    __slots__ = ("counts", "errors", "requests", "rewards")
 
-    def view(self) -> ArmWindow:
+    def __init__(self, stats: VariantStats) -> None:
+        self.requests = stats.requests
+        self.errors = stats.errors
+        self.counts = list(stats.latency_ns.counts)
+        self.rewards = RewardStats()  # rewards given during the step (not derivable by difference)
+
+    def window(self, stats: VariantStats) -> ArmWindow:
+        requests = stats.requests - self.requests
+        p99_ns = math.nan
+        if requests:
+            now = stats.latency_ns.counts
+            p99_ns = ns_quantile([a - b for a, b in zip(now, self.counts, strict=True)], 0.99)
         return ArmWindow(
-            self.requests,
-            self.errors,
-            self.latency_ns.quantile(0.99) if self.requests else math.nan,
-            self.rewards.count,
-            self.rewards.mean,
+            requests, stats.errors - self.errors, p99_ns, self.rewards.count, self.rewards.mean
         )
 
 
 class CanaryRamp:
     """The mutable side of a canary endpoint; the event-loop thread is its only writer."""
 
-    def __init__(self, settings: CanaryConfig, seed: int, now_ns: int) -> None:
+    def __init__(
+        self, settings: CanaryConfig, seed: int, now_ns: int, arms: Sequence[VariantStats]
+    ) -> None:
         self.settings = settings
+        # The endpoint's variant statistics (baseline, candidate), counted by the router for
+        # every outcome; the ramp reads them at step starts and judgements only.
+        self.arms = arms
         self.state = CanaryState.RAMPING
         self.step_index = 0
         ranks = list(range(SLOTS))
@@ -160,7 +174,12 @@ class CanaryRamp:
         self.step_requests = 0
         self._since_check = 0
         self._checked_ns = now_ns
-        self._windows = (_Window(), _Window())
+        self.mark_step_start()
+
+    def mark_step_start(self) -> None:
+        """Take the variants' counts as the step's start (also after the endpoint's statistics
+        were carried over from an earlier version of it)."""
+        self._starts = (_StepStart(self.arms[BASELINE]), _StepStart(self.arms[CANDIDATE]))
 
     def _update_percent(self) -> None:
         if self.state is CanaryState.ROLLED_BACK:
@@ -175,16 +194,20 @@ class CanaryRamp:
         self.candidate_ranks = percent * (SLOTS / 100.0)
 
     def view(self) -> CanaryView:
-        base, cand = self._windows
+        base, cand = self._starts
         return CanaryView(
-            self.step_index, self.step_started_ns, self.step_requests, base.view(), cand.view()
+            self.step_index,
+            self.step_started_ns,
+            self.step_requests,
+            base.window(self.arms[BASELINE]),
+            cand.window(self.arms[CANDIDATE]),
         )
 
-    def observe(self, index: int, ok: bool, latency_ns: int, now_ns: int) -> CanaryDecision | None:
-        """Count one outcome; returns the decision when it changed the ramp."""
+    def observe(self, now_ns: int) -> CanaryDecision | None:
+        """One more outcome, already counted in its variant's statistics (the step's window is
+        read from them); returns the decision when it changed the ramp."""
         if self.state is not CanaryState.RAMPING:
             return None
-        self._windows[index].observe(ok, latency_ns)
         self.step_requests += 1
         self._since_check += 1  # _maybe_decide's test, inline: this runs for every request
         if self._since_check < CHECK_EVERY and now_ns - self._checked_ns < CHECK_INTERVAL_NS:
@@ -194,7 +217,7 @@ class CanaryRamp:
     def reward(self, index: int, reward: float, now_ns: int) -> CanaryDecision | None:
         if self.state is not CanaryState.RAMPING:
             return None
-        self._windows[index].rewards.add(reward)
+        self._starts[index].rewards.add(reward)
         return self._maybe_decide(now_ns)
 
     def _maybe_decide(self, now_ns: int) -> CanaryDecision | None:

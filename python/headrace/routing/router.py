@@ -211,7 +211,7 @@ class Endpoints:
             )
         if ramp is not None:  # the canary's step counts (the variant's own are counted above)
             before = ramp.candidate_percent
-            decision = ramp.observe(route.index, ok, latency_ns, now_ns)
+            decision = ramp.observe(now_ns)
             if decision is not None:
                 event = runtime.canary_event(decision, before)
                 if event is not None:

@@ -145,7 +145,7 @@ class EndpointRuntime:
         self._split_rng = np.random.default_rng(list(f"{seed}:{config.name}:split".encode()))
         self.table = initial_table(config.weights()) if config.strategy == "split" else None
         self.ramp = (
-            CanaryRamp(config.canary_settings(), self.salt, now_ns)
+            CanaryRamp(config.canary_settings(), self.salt, now_ns, self.stats)
             if config.strategy == "canary"
             else None
         )
@@ -447,6 +447,9 @@ class EndpointRuntime:
             ]
             if same and self.config.canary_settings() == previous.config.canary_settings():
                 self.ramp = previous.ramp  # an unrelated change (a shadow) keeps the ramp going
+                self.ramp.arms = self.stats  # the same variants' statistics (carried over above)
+        if self.ramp is not None and self.ramp is not previous.ramp:
+            self.ramp.mark_step_start()  # statistics carried over are history, not this step
         # A switched colour survives an update that leaves the blue-green settings alone.
         old_active = previous.routes[previous.active].variant
         if (

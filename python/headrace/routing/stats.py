@@ -115,10 +115,15 @@ class NsHistogram:
 
     def quantile(self, q: float) -> float:
         """The q-quantile in ns (a bucket's midpoint); NaN when empty."""
-        total = sum(self.counts)
-        if total == 0:
-            return math.nan
-        return _ns_bucket_mid(_rank_bucket(self.counts, q, total))
+        return ns_quantile(self.counts, q)
+
+
+def ns_quantile(counts: list[int], q: float) -> float:
+    """The q-quantile in ns of NsHistogram counts (a bucket's midpoint); NaN when empty."""
+    total = sum(counts)
+    if total == 0:
+        return math.nan
+    return _ns_bucket_mid(_rank_bucket(counts, q, total))
 
 
 def latency_histogram() -> NsHistogram:

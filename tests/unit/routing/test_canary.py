@@ -235,6 +235,25 @@ def test_updating_the_candidate_restarts_the_ramp(make_endpoints: MakeEndpoints)
     assert percent(routing) == 5
 
 
+def test_a_new_ramp_judges_only_its_own_steps_outcomes(
+    make_endpoints: MakeEndpoints, clock: FakeClock
+) -> None:
+    """Step windows are the variants' statistics since the step began. New canary settings on
+    the same variants start a new ramp: the variants' statistics carry over (the report keeps
+    them), but failures counted before the update are not this step's."""
+    lenient = canary(max_error_rate_delta=1.0)
+    routing = make_endpoints(lenient)
+    rng = random.Random(4)
+    serve(routing, clock, 3_000, candidate_error_rate=0.5, rng=rng)  # fails a lot, tolerated
+    assert percent(routing) == 5
+    routing.update(canary(max_error_rate_delta=0.01))  # strict now: a new ramp
+    assert routing.report("fraud").variants[1].errors > 0  # the history is kept...
+    serve(routing, clock, 6_100, rng=rng)  # ...and a healthy candidate passes its 60 s step
+    assert percent(routing) == 25
+    serve(routing, clock, 3_000, candidate_error_rate=0.5, rng=rng)  # failing again: judged
+    assert percent(routing) == 0
+
+
 def window(requests: int, errors: int = 0, p99_ms: float = 10, rewards: int = 0, mean: float = 0):
     return ArmWindow(requests, errors, p99_ms * MS, rewards, mean)
 
