@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -107,24 +107,30 @@ class Bandit:
         self._generator = np.random.default_rng(seed)
         self._queue: list[int] = []
         self._greedy = 0
+        self._epsilon = settings.epsilon
+        # The next arm to try: bound once per algorithm (no dispatch on every request).
+        self.choose: Callable[[], int] = {
+            "thompson": self._choose_thompson,
+            "epsilon_greedy": self._choose_epsilon_greedy,
+            "ucb1": self._choose_greedy,  # deterministic between rewards, recomputed on each
+        }[settings.algorithm]
 
-    def choose(self) -> int:
-        algorithm = self.settings.algorithm
-        if algorithm == "thompson":
-            queue = self._queue
-            while True:  # a pop that another thread emptied first refills (no lock is held)
-                try:
-                    return queue.pop()
-                except IndexError:
-                    queue.extend(reversed(self._thompson(THOMPSON_BATCH)))
-        if algorithm == "epsilon_greedy":
-            u = self._random.random()
-            if u >= self.settings.epsilon:  # exploit: no second draw, no call
-                return self._greedy
-            return epsilon_greedy(
-                self._greedy, len(self.arms), self.settings.epsilon, u, self._random.random()
-            )
-        return self._greedy  # ucb1: deterministic between rewards, recomputed on each
+    def _choose_thompson(self) -> int:
+        queue = self._queue
+        while True:  # a pop that another thread emptied first refills (no lock is held)
+            try:
+                return queue.pop()
+            except IndexError:
+                queue.extend(reversed(self._thompson(THOMPSON_BATCH)))
+
+    def _choose_epsilon_greedy(self) -> int:
+        u = self._random.random()
+        if u >= self._epsilon:  # exploit: no second draw, no call
+            return self._greedy
+        return epsilon_greedy(self._greedy, len(self.arms), self._epsilon, u, self._random.random())
+
+    def _choose_greedy(self) -> int:
+        return self._greedy
 
     def _thompson(self, draws: int) -> list[int]:
         arms = self.arms
