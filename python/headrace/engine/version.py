@@ -367,8 +367,8 @@ class ModelVersion:
         in Triton's request statistics and in drift like any run; a runner's failure reads as
         every runner failure does."""
         start_ns = time.perf_counter_ns()
-        expanded = {n: as_array(t) for n, t in inputs.items()}
         try:
+            expanded = {n: as_array(t) for n, t in inputs.items()}
             arrays = self._run_direct(expanded, output_names, running)
         except HeadraceError as error:
             self._record_request(False, time.perf_counter_ns() - start_ns, error)

@@ -189,7 +189,7 @@ class EndpointRuntime:
             # hashing it. Bounded: cleared when full (the slots are recomputed as keys return).
             cached = self._sticky_slots.get(value)
             if cached is None:
-                cached = key_slot(value.encode(), self.salt)
+                cached = key_slot(value.encode(), self.salt)  # a str's bytes, as key_bytes
                 if len(self._sticky_slots) >= STICKY_CACHED_KEYS:
                     self._sticky_slots.clear()
                 self._sticky_slots[value] = cached
