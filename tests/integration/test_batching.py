@@ -267,11 +267,14 @@ LOW_ROWS = 3000  # more rows than max_batch_size: each request runs alone
 HIGH_ROWS = 3001  # tells the high-priority request's batch apart in the batch statistics
 
 
-def _priority_attempt(server: RunningServer, client: Client, blocker_rows: int) -> str | None:
+def _priority_attempt(
+    server: RunningServer, client: Client, blocker_rows: int, attempts: list[str]
+) -> str | None:
     """Three priority-2 requests and then one priority-1 request behind a blocker: which ran
     first after the blocker ("high" or "low"), read from the server's batch statistics while
     exactly one of them has run; None when the attempt proves nothing (the blocker ended before
-    all four were seen queued together, or two had run before the statistics were read)."""
+    all four were seen queued together, or two had run before the statistics were read). What
+    the attempt saw is appended to ``attempts`` (the message if no attempt can tell)."""
     before = stats(client, "prioritised")
     blocker = _hold_the_instance(server.address, "prioritised", blocker_rows)
     _wait_until_running(client, "prioritised", before)
@@ -284,7 +287,9 @@ def _priority_attempt(server: RunningServer, client: Client, blocker_rows: int) 
         client.infer("prioritised", {"x": x}, parameters={"priority": priority})
 
     def queued(count: int) -> bool:
-        if scheduler(server, "prioritised")["pending"] == count:
+        pending = scheduler(server, "prioritised")["pending"]
+        seen["pending"] = f"{pending:g} of {count}"  # the last count seen, for the failure message
+        if pending == count:
             seen["together"] = "yes"
             return True
         return False
@@ -302,7 +307,7 @@ def _priority_attempt(server: RunningServer, client: Client, blocker_rows: int) 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         calls = [pool.submit(call, LOW_ROWS, 2) for _ in range(3)]
         wait_for("the low-priority requests are queued", lambda: queued(3) or blocker_ended())
-        seen.clear()
+        seen.pop("together", None)
         calls.append(pool.submit(call, HIGH_ROWS, 1))
         wait_for("all four are queued", lambda: queued(4) or blocker_ended())
         if "together" in seen:
@@ -310,6 +315,10 @@ def _priority_attempt(server: RunningServer, client: Client, blocker_rows: int) 
         for future in calls:
             future.result(30)
     blocker.result(30)
+    attempts.append(
+        f"blocker {blocker_rows} rows: pending {seen.get('pending')}, "
+        f"together {'together' in seen}, first {seen.get('first')}"
+    )
     return seen.get("first") if "together" in seen else None
 
 
@@ -323,15 +332,18 @@ def test_priority_one_runs_before_queued_priority_two(batching_server: RunningSe
     # own batch statistics say which ran first (not the order answers reached client threads).
     # An attempt that cannot tell is repeated, with a blocker twice as long (up to 4x): on a busy
     # machine the four requests may take longer to queue than the first blocker holds.
+    attempts: list[str] = []
     with Client(batching_server.address) as client:
-        for attempt in range(5):
+        for attempt in range(8):
             rows = BLOCKER_ROWS * min(2**attempt, 4)
-            first = _priority_attempt(batching_server, client, rows)
+            first = _priority_attempt(batching_server, client, rows, attempts)
             if first is not None:
                 assert first == "high"
                 break
         else:
-            raise AssertionError("no attempt saw the four requests queued together")
+            raise AssertionError(
+                "no attempt saw the four requests queued together: " + "; ".join(attempts)
+            )
         with pytest.raises(InvalidArgumentError, match="priority 3 is outside"):
             client.infer(
                 "prioritised", {"x": np.ones((1, SIZE), np.float32)}, parameters={"priority": 3}
