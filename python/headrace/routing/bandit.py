@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,8 @@ from headrace.routing.stats import RewardStats
 # requests; with feedback seconds to minutes late, 64 requests of lag change nothing.
 THOMPSON_BATCH = 256
 THOMPSON_LAG = 64
+
+Choice = TypeVar("Choice")  # what a choice returns for an arm (the endpoint's routes)
 
 
 def thompson_bernoulli(
@@ -94,43 +96,58 @@ def ucb1(counts: Sequence[int], means: Sequence[float], c: float) -> int:
     return best
 
 
-class Bandit:
+class Bandit(Generic[Choice]):
     """The arms' reward statistics and the next choices. Rewards are written with the engine's
     routing lock held; ``choose`` runs without it, from any thread (under the GIL a list's pop
     and extend are atomic, and a choice drawn from arms a reward is updating is as good as one
-    drawn a moment earlier)."""
+    drawn a moment earlier).
 
-    def __init__(self, settings: BanditConfig, arms: list[RewardStats], seed: int) -> None:
+    ``choices[i]`` is what a choice of arm ``i`` returns: the endpoint hands its routes, so
+    ``choose`` is its strategy's whole per-request call (no index to look up after it).
+    """
+
+    def __init__(
+        self,
+        settings: BanditConfig,
+        arms: list[RewardStats],
+        seed: int,
+        choices: Sequence[Choice],
+    ) -> None:
         self.settings = settings
         self.arms = arms  # the variants' own reward statistics, shared with the report
+        self.choices = choices
         self._random = random.Random(seed)
         self._generator = np.random.default_rng(seed)
-        self._queue: list[int] = []
+        self._queue: list[Choice] = []
         self._greedy = 0
+        self._greedy_choice = choices[0]
         self._epsilon = settings.epsilon
-        # The next arm to try: bound once per algorithm (no dispatch on every request).
-        self.choose: Callable[[], int] = {
+        # The next choice (the request's parameters and inputs are not read): bound once per
+        # algorithm, no dispatch on every request.
+        self.choose: Callable[[Any, Any], Choice] = {
             "thompson": self._choose_thompson,
             "epsilon_greedy": self._choose_epsilon_greedy,
             "ucb1": self._choose_greedy,  # deterministic between rewards, recomputed on each
         }[settings.algorithm]
 
-    def _choose_thompson(self) -> int:
+    def _choose_thompson(self, parameters: Any = None, inputs: Any = None) -> Choice:
         queue = self._queue
         while True:  # a pop that another thread emptied first refills (no lock is held)
             try:
                 return queue.pop()
             except IndexError:
-                queue.extend(reversed(self._thompson(THOMPSON_BATCH)))
+                choices = self.choices
+                queue.extend([choices[arm] for arm in reversed(self._thompson(THOMPSON_BATCH))])
 
-    def _choose_epsilon_greedy(self) -> int:
+    def _choose_epsilon_greedy(self, parameters: Any = None, inputs: Any = None) -> Choice:
         u = self._random.random()
         if u >= self._epsilon:  # exploit: no second draw, no call
-            return self._greedy
-        return epsilon_greedy(self._greedy, len(self.arms), self._epsilon, u, self._random.random())
+            return self._greedy_choice
+        arm = epsilon_greedy(self._greedy, len(self.arms), self._epsilon, u, self._random.random())
+        return self.choices[arm]
 
-    def _choose_greedy(self) -> int:
-        return self._greedy
+    def _choose_greedy(self, parameters: Any = None, inputs: Any = None) -> Choice:
+        return self._greedy_choice
 
     def _thompson(self, draws: int) -> list[int]:
         arms = self.arms
@@ -164,6 +181,7 @@ class Bandit:
             self._greedy = ucb1(counts, means, self.settings.ucb_c)
         else:
             self._greedy = greedy_arm(counts, means)
+        self._greedy_choice = self.choices[self._greedy]
 
     def state_dict(self) -> dict[str, Any]:
         return {"arms": [a.state() for a in self.arms]}

@@ -28,6 +28,7 @@ BASELINE, CANDIDATE = 0, 1
 # 50 ms), changes nothing that matters.
 CHECK_EVERY = 256
 CHECK_INTERVAL_NS = 50_000_000
+NEVER = 2**63  # countdown and check_due_ns of a ramp that has ended (no judgement is due)
 
 
 class CanaryAction(enum.Enum):
@@ -171,10 +172,15 @@ class CanaryRamp:
     def _start_step(self, index: int, now_ns: int) -> None:
         self.step_index = index
         self.step_started_ns = now_ns
-        self.step_requests = 0
-        self._since_check = 0
-        self._checked_ns = now_ns
+        self._schedule_check(now_ns)
         self.mark_step_start()
+
+    def _schedule_check(self, now_ns: int) -> None:
+        # The next judgement is due after ``countdown`` more outcomes or at ``check_due_ns``,
+        # whichever comes first: two plain attributes that the router tests for every request
+        # (Endpoints.complete), so a request that decides nothing costs no call here.
+        self.countdown = CHECK_EVERY
+        self.check_due_ns = now_ns + CHECK_INTERVAL_NS
 
     def mark_step_start(self) -> None:
         """Take the variants' counts as the step's start (also after the endpoint's statistics
@@ -182,6 +188,8 @@ class CanaryRamp:
         self._starts = (_StepStart(self.arms[BASELINE]), _StepStart(self.arms[CANDIDATE]))
 
     def _update_percent(self) -> None:
+        if self.state is not CanaryState.RAMPING:  # ended: nothing more to judge
+            self.countdown = self.check_due_ns = NEVER
         if self.state is CanaryState.ROLLED_BACK:
             percent = 0.0
         elif self.state is CanaryState.PROMOTED:
@@ -195,40 +203,35 @@ class CanaryRamp:
 
     def view(self) -> CanaryView:
         base, cand = self._starts
+        baseline, candidate = base.window(self.arms[BASELINE]), cand.window(self.arms[CANDIDATE])
         return CanaryView(
             self.step_index,
             self.step_started_ns,
-            self.step_requests,
-            base.window(self.arms[BASELINE]),
-            cand.window(self.arms[CANDIDATE]),
+            baseline.requests + candidate.requests,  # the endpoint's outcomes during the step
+            baseline,
+            candidate,
         )
 
     def observe(self, now_ns: int) -> CanaryDecision | None:
         """One more outcome, already counted in its variant's statistics (the step's window is
-        read from them); returns the decision when it changed the ramp."""
-        if self.state is not CanaryState.RAMPING:
+        read from them); returns the decision when it changed the ramp. Endpoints.complete
+        makes this test inline and calls :meth:`judge` itself (it runs for every request)."""
+        self.countdown -= 1
+        if self.countdown > 0 and now_ns < self.check_due_ns:
             return None
-        self.step_requests += 1
-        self._since_check += 1  # _maybe_decide's test, inline: this runs for every request
-        if self._since_check < CHECK_EVERY and now_ns - self._checked_ns < CHECK_INTERVAL_NS:
-            return None
-        return self._decide(now_ns)
+        return self.judge(now_ns)
 
     def reward(self, index: int, reward: float, now_ns: int) -> CanaryDecision | None:
         if self.state is not CanaryState.RAMPING:
             return None
         self._starts[index].rewards.add(reward)
-        return self._maybe_decide(now_ns)
+        return self.observe(now_ns)
 
-    def _maybe_decide(self, now_ns: int) -> CanaryDecision | None:
-        self._since_check += 1
-        if self._since_check < CHECK_EVERY and now_ns - self._checked_ns < CHECK_INTERVAL_NS:
+    def judge(self, now_ns: int) -> CanaryDecision | None:
+        """Judge the step now (its judgement was due); the decision when it changed the ramp."""
+        if self.state is not CanaryState.RAMPING:
             return None
-        return self._decide(now_ns)
-
-    def _decide(self, now_ns: int) -> CanaryDecision | None:
-        self._since_check = 0
-        self._checked_ns = now_ns
+        self._schedule_check(now_ns)
         decision = decide(self.settings, self.view(), now_ns)
         return self.apply(decision, now_ns)
 

@@ -209,13 +209,15 @@ class Endpoints:
                 kept_output(runtime.config.quality, outputs) if runtime.keeps_labels else None,
                 seq,
             )
-        if ramp is not None:  # the canary's step counts (the variant's own are counted above)
-            before = ramp.candidate_percent
-            decision = ramp.observe(now_ns)
-            if decision is not None:
-                event = runtime.canary_event(decision, before)
-                if event is not None:
-                    self._emit(event, dirty=True)
+        if ramp is not None:  # CanaryRamp.observe, inline: is a judgement of the step due?
+            ramp.countdown -= 1
+            if ramp.countdown <= 0 or now_ns >= ramp.check_due_ns:
+                before = ramp.candidate_percent
+                decision = ramp.judge(now_ns)
+                if decision is not None:
+                    event = runtime.canary_event(decision, before)
+                    if event is not None:
+                        self._emit(event, dirty=True)
 
     # -- feedback (event-loop thread) ------------------------------------------------------------
 

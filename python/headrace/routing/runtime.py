@@ -149,11 +149,12 @@ class EndpointRuntime:
             if config.strategy == "canary"
             else None
         )
-        self.bandit = (
+        self.bandit: Bandit[Route] | None = (
             Bandit(
                 config.bandit_settings(),
                 [stats.rewards for stats in self.stats],
                 zlib.crc32(f"{seed}:{config.name}".encode()),
+                self.routes,
             )
             if config.strategy == "bandit"
             else None
@@ -161,12 +162,16 @@ class EndpointRuntime:
         active = config.blue_green.active if config.blue_green else None
         self.active = self.index_of[active] if active else 0
         self.previous_active = 1 - self.active if config.strategy == "blue_green" else 0
-        self.choose_route = {
-            "split": self._choose_split,
-            "canary": self._choose_canary,
-            "blue_green": self._choose_blue_green,
-            "bandit": self._choose_bandit,
-        }[config.strategy]
+        # The strategy's choice, bound once (a bandit's choose returns the route itself).
+        self.choose_route: Callable[[Mapping[str, Any] | None, Mapping[str, Any] | None], Route]
+        if self.bandit is not None:
+            self.choose_route = self.bandit.choose
+        else:
+            self.choose_route = {
+                "split": self._choose_split,
+                "canary": self._choose_canary,
+                "blue_green": self._choose_blue_green,
+            }[config.strategy]
         if previous is not None:
             self._carry_over(previous)
 
@@ -243,13 +248,6 @@ class EndpointRuntime:
         self, parameters: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None
     ) -> Route:
         return self.routes[self.active]
-
-    def _choose_bandit(
-        self, parameters: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None
-    ) -> Route:
-        bandit = self.bandit
-        assert bandit is not None
-        return self.routes[bandit.choose()]
 
     # -- outcomes (event-loop thread) ------------------------------------------------------------
 
