@@ -7,7 +7,6 @@ A snapshot is replaced, never changed: a request reads it without a lock, picks 
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Mapping
@@ -21,62 +20,46 @@ from headrace.errors import NotFoundError
 RETIRE_POLL_S = 0.05
 
 
-def _counted(counter: itertools.count[int]) -> int:
-    """How many values ``counter`` has handed out, read without taking one: its repr is
-    ``count(N)``, produced in C under the GIL (a consistent read, unlike a stored copy of the
-    last ``next()`` that another thread may overwrite with an older value)."""
-    return int(repr(counter)[len("count(") : -1])
-
-
 class VersionLease:
     """Counts a version's in-flight requests so that a switch can wait for them to finish, and
     among them the clients' (shadow copies are not), which shadows yield to.
 
-    Every request acquires and releases one, so the counting takes no lock: ``itertools.count``
-    objects, whose ``next()`` is atomic under the GIL, count acquisitions and releases (in flight
-    = their difference), and a shadow copy's among them. An acquire counts itself *before* it
-    reads the retired flag and takes itself back when the flag is set, so a retire that has set
+    Every request acquires and releases one, so the counting takes no lock: a request in flight
+    is one token in a list (``append`` to acquire, ``pop`` to release: each one C call, atomic
+    under the GIL), client requests and shadow copies in lists apart, so that the count is a
+    ``len`` -- read for every answer of a mirrored endpoint. An acquire adds its token *before*
+    it reads the retired flag and takes it back when the flag is set, so a retire that has set
     the flag and then sees nothing in flight cannot miss a request that will still run. Only the
     retiring side waits, on a condition that a release signals once the version is retired."""
 
     def __init__(self) -> None:
-        self._acquired = itertools.count()
-        self._released = itertools.count()
-        self._shadows_acquired = itertools.count()
-        self._shadows_released = itertools.count()
+        self._clients: list[None] = []
+        self._shadows: list[None] = []
         self._retired = False
         self._condition = threading.Condition(threading.Lock())
 
     @property
     def clients(self) -> int:
         """Client requests in flight now (shadow copies not counted): a snapshot."""
-        shadows = _counted(self._shadows_acquired) - _counted(self._shadows_released)
-        return max(0, self._in_flight() - shadows)
+        return len(self._clients)
 
     def acquire(self, client: bool = True) -> bool:
         """False once the version is retired: the caller looks up the new snapshot.
         ``client``: False for a shadow copy (release it alike)."""
-        if not client:
-            next(self._shadows_acquired)
-        next(self._acquired)
+        (self._clients if client else self._shadows).append(None)
         if self._retired:
             self.release(client)
             return False
         return True
 
     def release(self, client: bool = True) -> None:
-        next(self._released)
-        if not client:
-            next(self._shadows_released)
+        (self._clients if client else self._shadows).pop()
         if self._retired:
             with self._condition:
                 self._condition.notify_all()
 
     def _in_flight(self) -> int:
-        # Releases are read first: one counted between the two reads can only make the
-        # difference larger, never show a request as gone while it runs.
-        released = _counted(self._released)
-        return max(0, _counted(self._acquired) - released)
+        return len(self._clients) + len(self._shadows)
 
     def retire(self, timeout_s: float) -> int:
         """No new request from now on; wait for those in flight. Returns how many remain."""
