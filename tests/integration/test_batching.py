@@ -293,6 +293,7 @@ def _priority_attempt(
     blocker = _hold_the_instance(server.address, "prioritised", blocker_rows)
     _wait_until_running(client, "prioritised", before)
     running = stats(client, "prioritised")
+    high_before, low_before = _batches_of(running, HIGH_ROWS), _batches_of(running, low_rows)
     seen: dict[str, str] = {}
 
     def call(rows: int, priority: int) -> None:
@@ -312,8 +313,8 @@ def _priority_attempt(
 
     def first_run_known() -> bool:
         now = stats(client, "prioritised")  # one snapshot: the batch counts agree
-        high = _batches_of(now, HIGH_ROWS) - _batches_of(running, HIGH_ROWS)
-        low = _batches_of(now, low_rows) - _batches_of(running, low_rows)
+        high = _batches_of(now, HIGH_ROWS) - high_before
+        low = _batches_of(now, low_rows) - low_before
         if high and not low:
             seen["first"] = "high"
         elif low and not high:
