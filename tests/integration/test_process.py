@@ -141,3 +141,51 @@ def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path)
     for i, value in results.items():
         assert isinstance(value, np.ndarray), f"request {i}: {value!r}"
         assert value.shape == (384, 384)
+
+
+def _thread_policies(pid: int) -> dict[int, int]:
+    """Scheduling policy of every thread of ``pid``, by thread id."""
+    policies = {}
+    for entry in os.listdir(f"/proc/{pid}/task"):
+        try:
+            policies[int(entry)] = os.sched_getscheduler(int(entry))
+        except ProcessLookupError:  # ended meanwhile
+            continue
+    return policies
+
+
+@pytest.mark.parametrize("policy", ["batch", "normal"])
+def test_helper_threads_yield_to_the_event_loop(tmp_path: Path, policy: str) -> None:
+    """Every thread of the server but the event loop's (the main thread) runs under the helper
+    policy, SCHED_BATCH by default: gRPC's threads, the batcher's, those of a model loaded after
+    start (its load runs on the loop's executor) and those a model without a batch dimension
+    runs on (started by the loop's thread at its first request: they set the policy when they
+    start). "normal" leaves all of them to the kernel's default."""
+    repo = tmp_path / "models"
+    onnx_models.write_model(repo, "first", onnx_models.mlp([4, 8, 2]))
+    onnx_models.write_model(
+        repo, "unbatched", onnx_models.mlp([4, 8, 2], seed=2), toml="max_batch_size = 0\n"
+    )
+    serving = ServeProcess(
+        ["--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "-1"],
+        env={"HEADRACE_HELPER_THREAD_POLICY": policy},
+    )
+    pid = serving.process.pid
+    try:
+        with Client(serving.address) as client:
+            before = set(_thread_policies(pid))
+            # Threads started after the sweep: a loaded model's batcher, an unbatched model's.
+            onnx_models.write_model(repo, "later", onnx_models.mlp([4, 8, 2], seed=1))
+            client.load_model("later")
+            x = np.ones((2, 4), np.float32)
+            for model in ("first", "later", "unbatched"):
+                assert client.infer(model, {"x": x}).outputs["y"].shape == (2, 2)
+            policies = _thread_policies(pid)
+        helper = os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER
+        assert policies.pop(pid) == os.SCHED_OTHER  # the event loop keeps wake-up preemption
+        assert len(policies) >= 4  # gRPC's and the batchers' threads at least
+        assert set(policies) - before, "loading a model started no thread"
+        wrong = {tid: p for tid, p in policies.items() if p not in (helper, os.SCHED_IDLE)}
+        assert not wrong, f"threads not under the helper policy {policy}: {wrong}"
+    finally:
+        serving.terminate()

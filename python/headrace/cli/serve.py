@@ -88,6 +88,11 @@ def add_parser(commands: Any) -> None:
     load = serve.add_argument_group("load")
     load.add_argument("--max-inflight-rpcs", type=int, help="cap (default: from memory)")
     load.add_argument("--stream-stall-timeout-s", type=float, help="cancel a stalled reader (30)")
+    load.add_argument(
+        "--helper-thread-policy",
+        choices=("batch", "normal"),
+        help="batch (default): threads other than the event loop do not preempt it on wake-up",
+    )
     serve.set_defaults(handler=run)
 
 
@@ -116,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             "trust_model_triggers": args.trust_model_triggers,
             "max_inflight_rpcs": args.max_inflight_rpcs,
             "stream_stall_timeout_s": args.stream_stall_timeout_s,
+            "helper_thread_policy": args.helper_thread_policy,
             "endpoints_file": args.endpoints,
             "state_dir": args.state_dir,
             "feedback_max_entries": args.feedback_max_entries,

@@ -102,6 +102,10 @@ class ServerSettings(BaseSettings):
     max_inflight_rpcs: int = Field(default=0, ge=0)
     # A stream whose reader takes no answer for this long is cancelled.
     stream_stall_timeout_s: float = Field(default=30.0, gt=0)
+    # Threads other than the event loop's (gRPC's, the batcher's, the metrics server's): "batch"
+    # runs them under Linux's SCHED_BATCH, so that their wake-ups do not preempt the loop on a
+    # shared core (thread_policy.py); "normal" leaves the kernel's default.
+    helper_thread_policy: Literal["batch", "normal"] = "batch"
 
     def resolved_endpoints_file(self) -> Path | None:
         """The endpoints file to read: the setting, else the repository's `_endpoints.toml`."""

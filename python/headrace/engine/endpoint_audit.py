@@ -19,6 +19,7 @@ from headrace.errors import HeadraceError, UnavailableError
 from headrace.registry.audit import AuditLog, EndpointAction, EndpointAuditRecord
 from headrace.routing import RoutingEvent
 from headrace.routing.events import CANARY_ACTOR
+from headrace.thread_policy import start_helper_thread
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,9 @@ class EndpointAuditTrail:
         self.audit = audit
         self._writer: ThreadPoolExecutor | None = None
         if audit is not None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="headrace-endpoint-audit")
+            self._writer = ThreadPoolExecutor(
+                1, thread_name_prefix="headrace-endpoint-audit", initializer=start_helper_thread
+            )
 
     def write(self, event: RoutingEvent) -> None:
         """An operator's change, before it takes effect (the router's ``audit`` hook)."""

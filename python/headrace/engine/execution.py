@@ -21,6 +21,7 @@ import numpy.typing as npt
 from headrace.engine.completions import CompletionRouter, Outputs
 from headrace.errors import DeadlineExceededError, runner_failure
 from headrace.native import core as _core
+from headrace.thread_policy import start_helper_thread
 from headrace.types import BatchStatistics, InputTensor, VersionStatistics, as_array
 
 Arrays = dict[str, npt.NDArray[Any]]
@@ -181,7 +182,9 @@ class DirectExecution:
         self._run = run
         self._rows = rows
         self._executor = ThreadPoolExecutor(
-            max_workers=max(1, instances), thread_name_prefix=f"headrace-{name}"
+            max_workers=max(1, instances),
+            thread_name_prefix=f"headrace-{name}",
+            initializer=start_helper_thread,
         )
         self._lock = threading.Lock()
         self._stats = VersionStatistics(name, "")

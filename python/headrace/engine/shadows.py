@@ -39,6 +39,7 @@ from headrace.engine.routed import ShadowHooks
 from headrace.errors import NotFoundError
 from headrace.registry.manager import ModelManager, ServedVersion
 from headrace.routing import Route
+from headrace.thread_policy import start_helper_thread
 from headrace.types import InputTensor
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,21 @@ def lower_thread_priority() -> str:
         return ""
 
 
-def restore_thread_priority(lowered: str) -> None:
-    """Undo :func:`lower_thread_priority` on the calling thread."""
+def thread_policy() -> int | None:
+    """The calling thread's scheduling policy (None where it cannot be read)."""
+    try:
+        return os.sched_getscheduler(0)
+    except (AttributeError, OSError):
+        return None
+
+
+def restore_thread_priority(lowered: str, policy: int | None = None) -> None:
+    """Undo :func:`lower_thread_priority` on the calling thread: back to ``policy`` (what
+    :func:`thread_policy` read before; SCHED_OTHER when unknown) after SCHED_IDLE."""
     try:
         if lowered == "idle":
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            restored = os.SCHED_OTHER if policy is None else policy
+            os.sched_setscheduler(0, restored, os.sched_param(0))
         elif lowered == "nice":
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 0)
     except OSError:  # raising a nice value back needs privileges: stay low
@@ -82,11 +93,13 @@ def idle_priority() -> Iterator[str]:
     (ONNX Runtime's): a thread that held the GIL at idle priority could be kept off the CPU
     by any busy thread while the event loop waits for that GIL (priority inversion), so the
     Python parts of a copy run at normal priority and only the GIL-free compute yields."""
+    # A helper thread of the server is SCHED_BATCH (thread_policy.py): it returns to that.
+    policy = thread_policy()
     lowered = lower_thread_priority()
     try:
         yield lowered
     finally:
-        restore_thread_priority(lowered)
+        restore_thread_priority(lowered, policy)
 
 
 class IdleThreads:
@@ -94,7 +107,9 @@ class IdleThreads:
 
     def __init__(self, threads: int | None = None, name: str = "headrace-shadow") -> None:
         count = threads if threads is not None else min(MAX_IDLE_THREADS, os.cpu_count() or 1)
-        self._executor = ThreadPoolExecutor(max_workers=max(1, count), thread_name_prefix=name)
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, count), thread_name_prefix=name, initializer=start_helper_thread
+        )
 
     def submit(self, function: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
         """Run ``function(*args)`` on an idle thread; a future of the running loop."""

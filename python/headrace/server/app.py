@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from headrace.server.auth import AccessPolicy, guarded
 from headrace.server.feedback import FeedbackServicer
 from headrace.server.health import SERVING, HealthServicer, ReflectionServicer
 from headrace.server.servicer import InferenceServicer
+from headrace.thread_policy import prefer_event_loop, set_helper_policy, start_helper_thread
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,12 @@ class Server:
 
 
 async def _serve(settings: ServerSettings) -> int:
+    loop = asyncio.get_running_loop()
+    # Executor threads (model loads) and the batcher threads they start are helpers too.
+    set_helper_policy(settings.helper_thread_policy)
+    loop.set_default_executor(
+        ThreadPoolExecutor(thread_name_prefix="headrace-io", initializer=start_helper_thread)
+    )
     engine = Engine(settings)
     try:
         await asyncio.to_thread(engine.load_repository)
@@ -203,8 +211,9 @@ async def _serve(settings: ServerSettings) -> int:
         await asyncio.to_thread(engine.close)
         print(f"headrace serve: {error.message}", file=sys.stderr, flush=True)
         return 2
+    # Every thread the server started is running now: all but this one yield to the loop.
+    prefer_event_loop(settings.helper_thread_policy)
     stop_requested = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
         if stop_requested.is_set():
