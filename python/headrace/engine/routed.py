@@ -326,6 +326,9 @@ class EngineRouting:
         # the mirror asks only for a copy it sampled (most requests of a sampled shadow are
         # not copied, and the question costs a few reads of the lease's counters).
         mirror, loop = self._mirror, self._mirror_loop
+        if mirror is not None and loop is running is not None:  # the server's case
+            mirror.offer(route, inputs, outputs)
+            return
         if mirror is None or loop is None or loop.is_closed() or not loop.is_running():
             mirror, loop = self._start_mirror(running)
         if loop is running:

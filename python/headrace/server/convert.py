@@ -28,7 +28,8 @@ def parse_request(message: bytes, max_elements: int) -> InferRequest | None:
     (then decode it with ``decode_infer_request``). BYTES inputs are ``BytesTensor``: nothing is
     made per element (nor their length prefixes walked) before the model is known to take them,
     so a request for a missing model costs no more than its bytes."""
-    parsed = _core.parse_infer_request(message, max_elements, expand_bytes=False)
+    # expand_bytes=False, passed by position: pybind11's keyword matching cost ~300 ns a call.
+    parsed = _core.parse_infer_request(message, max_elements, False)
     name, version, request_id, parameters, tensors, output_names, typed = parsed
     if typed:
         return None
