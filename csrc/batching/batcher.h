@@ -9,6 +9,9 @@
 // They take the Batcher's mutex briefly and never run the model or free request tensors under it
 // (freeing may need the GIL, and a Python caller must not hold the GIL while it waits for the
 // mutex: the bindings release it first). The destructor shuts down without draining and joins.
+// The threads are named "batch-scheduler" and "batch-worker" (top -H, ps -L, profilers); they
+// inherit the scheduling policy of the thread that builds the Batcher (headrace serve's helper
+// policy, thread_policy.py).
 #pragma once
 
 #include <condition_variable>

@@ -143,13 +143,14 @@ def test_sigterm_answers_every_request_in_flight_then_exits_zero(tmp_path: Path)
         assert value.shape == (384, 384)
 
 
-def _thread_policies(pid: int) -> dict[int, int]:
-    """Scheduling policy of every thread of ``pid``, by thread id."""
+def _thread_policies(pid: int) -> dict[int, tuple[str, int]]:
+    """(name, scheduling policy) of every thread of ``pid``, by thread id."""
     policies = {}
     for entry in os.listdir(f"/proc/{pid}/task"):
         try:
-            policies[int(entry)] = os.sched_getscheduler(int(entry))
-        except ProcessLookupError:  # ended meanwhile
+            name = Path(f"/proc/{pid}/task/{entry}/comm").read_text().strip()
+            policies[int(entry)] = (name, os.sched_getscheduler(int(entry)))
+        except (ProcessLookupError, FileNotFoundError):  # ended meanwhile
             continue
     return policies
 
@@ -182,10 +183,12 @@ def test_helper_threads_yield_to_the_event_loop(tmp_path: Path, policy: str) -> 
                 assert client.infer(model, {"x": x}).outputs["y"].shape == (2, 2)
             policies = _thread_policies(pid)
         helper = os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER
-        assert policies.pop(pid) == os.SCHED_OTHER  # the event loop keeps wake-up preemption
-        assert len(policies) >= 4  # gRPC's and the batchers' threads at least
+        assert policies.pop(pid)[1] == os.SCHED_OTHER  # the event loop keeps wake-up preemption
+        names = [name for name, _ in policies.values()]
+        # Two batched models: each batcher names its scheduler and worker threads.
+        assert names.count("batch-scheduler") == 2 and names.count("batch-worker") == 2, names
         assert set(policies) - before, "loading a model started no thread"
-        wrong = {tid: p for tid, p in policies.items() if p not in (helper, os.SCHED_IDLE)}
+        wrong = {t: np for t, np in policies.items() if np[1] not in (helper, os.SCHED_IDLE)}
         assert not wrong, f"threads not under the helper policy {policy}: {wrong}"
     finally:
         serving.terminate()
