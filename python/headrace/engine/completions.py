@@ -111,12 +111,18 @@ class CompletionRouter:
     def take_now(self, ticket: int) -> Outputs:
         """The outputs of a request whose completion is already queued (its batch ran in the
         calling thread): drains now and takes it without a waiter. Raises its error."""
-        self._drain()
-        with self._lock:
-            early = self._early.pop(ticket, None)
-        if early is None:
-            raise InternalError(f"no completion for request {ticket} after it ran")
-        code, message, outputs = early
+        finished = self.queue.drain()
+        if len(finished) == 1 and finished[0][0] == ticket:
+            # Only its own completion was queued (the usual case for a batch run here): taken
+            # without going through the waiters and early completions, or their lock.
+            _, code, message, outputs = finished[0]
+        else:
+            self._dispatch(finished)
+            with self._lock:
+                early = self._early.pop(ticket, None)
+            if early is None:
+                raise InternalError(f"no completion for request {ticket} after it ran")
+            code, message, outputs = early
         if code != 0 or outputs is None:
             raise error_for_code(code, message)
         return outputs
@@ -124,7 +130,10 @@ class CompletionRouter:
     # -- dispatch ----------------------------------------------------------------------------
 
     def _drain(self) -> None:
-        finished = self.queue.drain()
+        self._dispatch(self.queue.drain())
+
+    def _dispatch(self, finished: list[tuple[int, int, str, Outputs | None]]) -> None:
+        """Hand each finished request to its waiter; keep those nobody waits for yet."""
         resolved: list[tuple[_Waiter, int, str, Outputs | None]] = []
         with self._lock:
             for ticket, code, message, outputs in finished:

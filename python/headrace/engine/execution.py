@@ -93,7 +93,8 @@ class BatchedExecution:
         to run right here (its completion is then taken at once: no wake-up, no future) and
         ``inline`` allows that."""
         # Arrays, and wire BYTES: the core's own BytesTensor, which the batcher takes as it is.
-        arrays: list[Any] = [inputs[name] for name in self._input_names]
+        # map() rather than a comprehension: no function call of its own on Python 3.11.
+        arrays: list[Any] = list(map(inputs.__getitem__, self._input_names))
         if not inline:
             return self._batcher.submit(arrays, priority, deadline_ns), None
         ticket, ran_here = self._batcher.submit_or_run(arrays, priority, deadline_ns)
