@@ -61,11 +61,18 @@ def test_the_data_plane_knows_no_grpc(module: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["headrace.errors", "headrace.types", "headrace.datatypes", "headrace.config"]
+    "module",
+    [
+        "headrace.errors",
+        "headrace.types",
+        "headrace.datatypes",
+        "headrace.config",
+        "headrace.thread_policy",
+    ],
 )
 def test_the_base_imports_nothing_above_it(module: str) -> None:
     modules = loaded_after(f"import {module}")
-    base = {"headrace", "headrace.errors", "headrace.types", "headrace.datatypes"}
+    base = {"headrace", "headrace.errors", "headrace.types", "headrace.datatypes", module}
     above = {
         m
         for m in modules
