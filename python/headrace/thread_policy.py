@@ -98,5 +98,5 @@ def prefer_event_loop(policy: HelperThreadPolicy) -> int:
     except OSError as error:
         log.warning("helper thread policy %r not applied: %s", policy, error)
         return changed
-    log.debug("helper thread policy %r: %d threads set", policy, changed)
+    log.info("helper threads: %s (%d set now); the event loop keeps SCHED_OTHER", policy, changed)
     return changed
