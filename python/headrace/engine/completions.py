@@ -81,7 +81,8 @@ class CompletionRouter:
 
     def future_for(self, ticket: int) -> asyncio.Future[Outputs]:
         loop = asyncio.get_running_loop()
-        self.attach(loop)
+        if self._loop is not loop:
+            self.attach(loop)
         future: asyncio.Future[Outputs] = loop.create_future()
         self._register(ticket, future)
         return future
@@ -144,8 +145,19 @@ class CompletionRouter:
                     self._abandoned.discard(ticket)
                 else:
                     self._early[ticket] = (code, message, outputs)
+        if not resolved:
+            return
+        # Asked once per drain rather than once per request: the server's drains run on the
+        # loop whose futures they resolve.
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         for waiter, code, message, outputs in resolved:
-            self._resolve(waiter, code, message, outputs)
+            if isinstance(waiter, asyncio.Future) and waiter.get_loop() is running:
+                _set_async(waiter, code, message, outputs)
+            else:
+                self._resolve(waiter, code, message, outputs)
 
     @staticmethod
     def _resolve(waiter: _Waiter, code: int, message: str, outputs: Outputs | None) -> None:
