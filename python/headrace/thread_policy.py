@@ -48,6 +48,14 @@ def _set_thread(tid: int, number: int) -> None:
     os.sched_setscheduler(tid, number, os.sched_param(0))
 
 
+def calling_thread_policy() -> int | None:
+    """The calling thread's scheduling policy (None where it cannot be read)."""
+    try:
+        return os.sched_getscheduler(0)
+    except (AttributeError, OSError):
+        return None
+
+
 def set_helper_policy(policy: HelperThreadPolicy | None) -> None:
     """The policy helper threads started from now on take (``start_helper_thread``)."""
     global _helper_policy

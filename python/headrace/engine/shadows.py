@@ -39,7 +39,7 @@ from headrace.engine.routed import ShadowHooks
 from headrace.errors import NotFoundError
 from headrace.registry.manager import ModelManager, ServedVersion
 from headrace.routing import Route
-from headrace.thread_policy import start_helper_thread
+from headrace.thread_policy import calling_thread_policy, start_helper_thread
 from headrace.types import InputTensor
 
 log = logging.getLogger(__name__)
@@ -66,17 +66,9 @@ def lower_thread_priority() -> str:
         return ""
 
 
-def thread_policy() -> int | None:
-    """The calling thread's scheduling policy (None where it cannot be read)."""
-    try:
-        return os.sched_getscheduler(0)
-    except (AttributeError, OSError):
-        return None
-
-
 def restore_thread_priority(lowered: str, policy: int | None = None) -> None:
     """Undo :func:`lower_thread_priority` on the calling thread: back to ``policy`` (what
-    :func:`thread_policy` read before; SCHED_OTHER when unknown) after SCHED_IDLE."""
+    :func:`calling_thread_policy` read before; SCHED_OTHER when unknown) after SCHED_IDLE."""
     try:
         if lowered == "idle":
             restored = os.SCHED_OTHER if policy is None else policy
@@ -94,7 +86,7 @@ def idle_priority() -> Iterator[str]:
     by any busy thread while the event loop waits for that GIL (priority inversion), so the
     Python parts of a copy run at normal priority and only the GIL-free compute yields."""
     # A helper thread of the server is SCHED_BATCH (thread_policy.py): it returns to that.
-    policy = thread_policy()
+    policy = calling_thread_policy()
     lowered = lower_thread_priority()
     try:
         yield lowered
