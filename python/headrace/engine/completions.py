@@ -52,7 +52,7 @@ class CompletionRouter:
             if early is None:
                 self._waiters[ticket] = waiter
                 return
-        self._resolve(waiter, *early)
+        self._resolve(waiter, *early, _running_loop())
 
     def abandon(self, ticket: int) -> None:
         """The caller gave up (cancelled); its completion, if any comes, is dropped."""
@@ -149,18 +149,20 @@ class CompletionRouter:
             return
         # Asked once per drain rather than once per request: the server's drains run on the
         # loop whose futures they resolve.
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
+        running = _running_loop()
         for waiter, code, message, outputs in resolved:
-            if isinstance(waiter, asyncio.Future) and waiter.get_loop() is running:
-                _set_async(waiter, code, message, outputs)
-            else:
-                self._resolve(waiter, code, message, outputs)
+            self._resolve(waiter, code, message, outputs, running)
 
     @staticmethod
-    def _resolve(waiter: _Waiter, code: int, message: str, outputs: Outputs | None) -> None:
+    def _resolve(
+        waiter: _Waiter,
+        code: int,
+        message: str,
+        outputs: Outputs | None,
+        running: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        """Complete ``waiter``; ``running``: the calling thread's running loop (or None), whose
+        futures are completed at once, others' through their own loop."""
         if isinstance(waiter, concurrent.futures.Future):
             if code == 0 and outputs is not None:
                 waiter.set_result(outputs)
@@ -168,14 +170,17 @@ class CompletionRouter:
                 waiter.set_exception(error_for_code(code, message))
             return
         loop = waiter.get_loop()
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
         if running is loop:
             _set_async(waiter, code, message, outputs)
         else:
             loop.call_soon_threadsafe(_set_async, waiter, code, message, outputs)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _set_async(
