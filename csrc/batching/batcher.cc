@@ -1,7 +1,5 @@
 #include "batching/batcher.h"
 
-#include <pthread.h>
-
 #include <algorithm>
 #include <chrono>
 #include <exception>
@@ -9,6 +7,7 @@
 
 #include "batching/batch_assembly.h"
 #include "batching/load_monitor.h"
+#include "common/thread_name.h"
 
 #if defined(__GLIBCXX__)
 #include <cxxabi.h>
@@ -58,16 +57,6 @@ std::int64_t validated_rows(const Request& request) {
   }
   if (rows < 1) throw CoreError(StatusCode::kInvalidArgument, "request has 0 rows");
   return rows;
-}
-
-// Names the calling thread, so that `top -H`, `ps -L` and profilers tell the batcher's threads
-// from the rest (Linux allows 15 characters).
-void name_this_thread(const char* name) noexcept {
-#if defined(__linux__)
-  pthread_setname_np(pthread_self(), name);
-#else
-  (void)name;
-#endif
 }
 
 }  // namespace
