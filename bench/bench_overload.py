@@ -16,7 +16,18 @@ answers, the status mix, and the server's own account of the refusals (its Prome
 refused on arrival for the deadline, doomed in the queue, expired); then the server's RSS
 before and after, and the time to the first answer of a request sent the moment each overload
 phase ends (no deadline), plus the machine's load average (the numbers mean little on a busy
-machine). Targets (issue #10): goodput >= 0.8 at 2x and >= 0.7 at 4x; no status but OK /
+machine).
+
+3. the protocol floor (bench/floor_server.py: grpc.aio on uvloop answering at once, no model) on
+   the same CPU under the same open-loop offered loads: the share of the core that gRPC, protobuf
+   and the event loop alone take to receive and answer those requests. What is left of the core
+   bounds goodput whatever the admission and batching policy, even one whose every refusal costs
+   no more than the floor's answer and whose served requests cost what they cost at capacity
+   (full batches): bound = (1 - floor share at that load) / (the share of the core one request/s
+   costs headrace at capacity beyond the floor's own) / capacity. A target above the bound needs
+   a cheaper intake than grpc.aio's or a cheaper served request (--no-floor skips this).
+
+Targets (issue #10): goodput >= 0.8 at 2x and >= 0.7 at 4x; no status but OK /
 UNAVAILABLE / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED; RSS growth <= 100 MB; first answer after
 the load <= 50 ms.
 
@@ -43,7 +54,7 @@ import grpc
 import numpy as np
 import uvloop
 from bench_common import cpu_model, save_mlp
-from bench_serving import HOST, ServerProcess
+from bench_serving import HOST, ModelSpec, ServerProcess, floor_server
 
 from headrace import wire
 from headrace.wire import inference as pb
@@ -283,6 +294,49 @@ async def drive(args: argparse.Namespace, target: str, url: str, server_pid: int
     return out
 
 
+async def drive_floor(
+    args: argparse.Namespace, target: str, pid: int, capacity_per_s: float, deadline_s: float
+) -> dict[float, float]:
+    """The floor's CPU share of its core (0..1) under open-loop offered load at 1x and each of
+    LOADS x headrace's capacity, with the same requests and deadlines."""
+    payload = request_bytes(args.sizes[0])
+    shares: dict[float, float] = {}
+    async with grpc.aio.insecure_channel(target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        infer = channel.unary_unary(
+            INFER, request_serializer=_identity, response_deserializer=_identity
+        )
+        await closed_loop(infer, payload, 4 * args.max_batch, Phase("warm-up", 0, 1.0))
+        for load in (1.0, *LOADS):
+            phase = Phase(f"floor {load:g}x", load * capacity_per_s, args.duration_s)
+            before = cpu_seconds(pid)
+            started = time.perf_counter()
+            await open_loop(infer, payload, deadline_s, phase)
+            shares[load] = (cpu_seconds(pid) - before) / (time.perf_counter() - started)
+    return shares
+
+
+def floor_lines(result: dict[str, Any], floor: dict[float, float]) -> list[str]:
+    """What the protocol floor leaves of the core at each load, and the goodput bound that sets."""
+    capacity: Phase = result["capacity"]
+    capacity_share = capacity.server_cpu_s / capacity.duration_s
+    # The core's share one request/s costs headrace at capacity beyond what the floor's intake
+    # of it costs (the model's compute and headrace's own path).
+    beyond_floor = (capacity_share - floor[1.0]) / capacity.ok_per_s
+    lines = [
+        f"protocol floor on the same core (no model, same requests): CPU {floor[1.0]:.0%} at 1x; "
+        f"headrace at capacity {capacity_share:.0%}, i.e. {beyond_floor * 1e6:.0f} us of CPU per "
+        "request beyond the floor"
+    ]
+    for load in LOADS:
+        bound = min(1.0, (1.0 - floor[load]) / beyond_floor / capacity.ok_per_s)
+        lines.append(
+            f"  {load:g}x: the floor alone takes {floor[load]:.0%} of the core; goodput bound "
+            f"whatever the policy {bound:.2f} (target {TARGETS[load]})"
+        )
+    return lines
+
+
 def report(args: argparse.Namespace, result: dict[str, Any], load_before: str) -> list[str]:
     capacity: Phase = result["capacity"]
     header = (
@@ -322,6 +376,8 @@ def report(args: argparse.Namespace, result: dict[str, Any], load_before: str) -
         lines.append(f"first answer after {phase.name}: {phase.first_answer_ms:.1f} ms")
         if not phase.first_answer_ms <= FIRST_ANSWER_LIMIT_MS:
             failures.append(f"{phase.name}: first answer after the load took > 50 ms")
+    if "floor" in result:
+        lines.extend(floor_lines(result, result["floor"]))
     growth = result["rss_after_mb"] - result["rss_before_mb"]
     lines.append(
         f"server RSS {result['rss_before_mb']:.0f} MB before, {result['rss_after_mb']:.0f} MB "
@@ -349,6 +405,7 @@ def main() -> int:
         default=0,
         help="the server's cap on RPCs in flight (0: its default, sized from memory)",
     )
+    parser.add_argument("--no-floor", action="store_true", help="skip the protocol floor's run")
     args = parser.parse_args()
     args.sizes = [int(size) for size in args.sizes.split(",")]
     os.sched_setaffinity(0, {CLIENT_CPU})  # before gRPC starts its threads
@@ -360,6 +417,19 @@ def main() -> int:
             assert server.process is not None
             url = metrics_url(log)
             result = uvloop.run(drive(args, server.target, url, server.process.pid))
+        if not args.no_floor:
+            spec = ModelSpec(MODEL, tuple(args.sizes), seed=0)
+            with floor_server([spec], Path(folder) / "floor.log", SERVER_CPUS) as floor:
+                assert floor.process is not None
+                result["floor"] = uvloop.run(
+                    drive_floor(
+                        args,
+                        floor.target,
+                        floor.process.pid,
+                        result["capacity"].ok_per_s,
+                        result["deadline_ms"] / 1000,
+                    )
+                )
     print("\n".join(report(args, result, load_before)))
     return 0
 
