@@ -15,6 +15,7 @@
 #include "batching/runner.h"
 #include "bindings/array_tensors.h"
 #include "bindings/register.h"
+#include "bindings/without_gil.h"
 #include "common/status.h"
 #include "cuda/cuda_mlp.h"
 #include "quant/quantized_mlp.h"
@@ -39,7 +40,7 @@ py::list describe(const std::vector<ort::OrtTensorInfo>& infos) {
 }
 
 py::list run_model(const ort::OrtModel& model, const py::dict& feed,
-                   const std::vector<std::string>& output_names) {
+                   const std::vector<std::string>& output_names, bool idle_priority) {
   std::vector<Tensor> inputs;
   std::vector<std::size_t> input_indices;
   for (const auto& [key, value] : feed) {
@@ -49,11 +50,9 @@ py::list run_model(const ort::OrtModel& model, const py::dict& feed,
   }
   std::vector<std::size_t> output_indices;
   for (const std::string& name : output_names) output_indices.push_back(model.output_index(name));
-  std::vector<Tensor> outputs;
-  {
-    py::gil_scoped_release nogil;
-    outputs = model.run(inputs, input_indices, output_indices);
-  }
+  // idle_priority (shadow copies): the thread never holds the GIL at idle priority.
+  const std::vector<Tensor> outputs = run_without_gil(
+      idle_priority, [&] { return model.run(inputs, input_indices, output_indices); });
   py::list arrays;
   for (const Tensor& output : outputs) arrays.append(array_from_tensor(output));
   return arrays;
@@ -89,7 +88,10 @@ void register_runners(py::module_& m) {
       .def_property_readonly("version",
                              [](const ort::OrtModel& model) { return model.library().version(); })
       .def("run", &run_model, py::arg("feed"), py::arg("output_names"),
-           "Runs the model on {input name: array}; returns the named outputs in order.")
+           py::arg("idle_priority") = false,
+           "Runs the model on {input name: array}; returns the named outputs in order. With "
+           "idle_priority, the calling thread runs the model (and only the model, without the "
+           "GIL) under SCHED_IDLE, back to its own policy before the GIL is taken again.")
       .def(
           "runner",
           [](const std::shared_ptr<ort::OrtModel>& model, const std::vector<std::string>& inputs,

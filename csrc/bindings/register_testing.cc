@@ -12,12 +12,14 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "batching/batcher_config.h"
@@ -25,6 +27,7 @@
 #include "batching/cost_model.h"
 #include "bindings/quant_operands.h"
 #include "bindings/register.h"
+#include "bindings/without_gil.h"
 #include "common/status.h"
 #include "drift/drift_statistics.h"
 #include "quant/int8_gemm.h"
@@ -256,6 +259,17 @@ void register_testing(py::module_& m) {
   testing.def("quant_gemm_quads_emulated", &gemm_quads_emulated, py::arg("a"), py::arg("b"),
               "The quad-panel algorithm of the SIMD kernels (vpdpbusd / vpmaddubsw + vpmaddwd) "
               "in portable code; runs on any CPU.");
+  testing.def(
+      "probe_without_gil",
+      [](bool idle_priority) {
+        const auto inside = run_without_gil(idle_priority, [] {
+          return std::make_pair(sched_getscheduler(0), PyGILState_Check() != 0);
+        });
+        return py::make_tuple(inside.first, inside.second, sched_getscheduler(0));
+      },
+      py::arg("idle_priority"),
+      "Runs work through run_without_gil, the path of OrtModel.run: (the thread's scheduling "
+      "policy during the work, whether it held the GIL then, its policy after the call).");
   testing.def("kolmogorov_survival", &drift::kolmogorov_survival, py::arg("lam"));
   testing.def("gamma_q", &drift::gamma_q, py::arg("a"), py::arg("x"));
   testing.def("chi_square_survival", &drift::chi_square_survival, py::arg("statistic"),

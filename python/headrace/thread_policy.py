@@ -18,19 +18,24 @@ server has started puts every thread of the process but the loop's under it
 (``prefer_event_loop``). Threads started later inherit their creator's policy; those that the
 loop's thread itself starts (executor threads: model loads, models without a batch dimension,
 shadow copies) set it when they start (``start_helper_thread``, their executors' initializer).
-Shadow copies' compute runs in SCHED_IDLE on top of it (engine/shadows.py). An Engine used
+Shadow copies' compute runs in SCHED_IDLE on top of it (``run_at_idle_priority``; from the
+core, ``OrtModel.run(idle_priority=True)``, which lowers the thread only while it does not hold
+the GIL: common/idle_priority.h). An Engine used
 in-process, without the server, leaves every thread as it is. Linux only; elsewhere, or where
 the kernel refuses, it is a no-op (logged).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from typing import Literal
+from collections.abc import Callable, Iterator
+from typing import Literal, TypeVar
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 HelperThreadPolicy = Literal["batch", "normal"]
 
@@ -108,3 +113,59 @@ def prefer_event_loop(policy: HelperThreadPolicy) -> int:
         return changed
     log.info("helper threads: %s (%d set now); the event loop keeps SCHED_OTHER", policy, changed)
     return changed
+
+
+def lower_thread_priority() -> str:
+    """Make the calling thread run only when the CPU is otherwise idle; returns what was set:
+    "idle" (SCHED_IDLE), "nice" (nice 19 for this thread) or "" (neither was allowed)."""
+    try:
+        # pid 0 is the calling thread on Linux: the policy is per thread, not per process
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "idle"
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        return "nice"
+    except (AttributeError, OSError):
+        return ""
+
+
+def restore_thread_priority(lowered: str, policy: int | None = None) -> None:
+    """Undo :func:`lower_thread_priority` on the calling thread: back to ``policy`` (what
+    :func:`calling_thread_policy` read before; SCHED_OTHER when unknown) after SCHED_IDLE."""
+    try:
+        if lowered == "idle":
+            restored = os.SCHED_OTHER if policy is None else policy
+            os.sched_setscheduler(0, restored, os.sched_param(0))
+        elif lowered == "nice":
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 0)
+    except OSError:  # raising a nice value back needs privileges: stay low
+        pass
+
+
+@contextlib.contextmanager
+def idle_priority() -> Iterator[str]:
+    """Run the block at idle CPU priority, for a block that spends its time in a native call
+    that releases the GIL. The Python around that call still runs at idle priority holding the
+    GIL, which the event loop may then wait for behind every busy thread (priority inversion):
+    prefer a native call that lowers itself while the GIL is released (``run_at_idle_priority``)."""
+    # A helper thread of the server is SCHED_BATCH: it returns to that.
+    policy = calling_thread_policy()
+    lowered = lower_thread_priority()
+    try:
+        yield lowered
+    finally:
+        restore_thread_priority(lowered, policy)
+
+
+def run_at_idle_priority(
+    run: Callable[..., _T], native_idle: Callable[..., _T] | None, *args: object
+) -> _T:
+    """``native_idle(*args)`` when given: a native call that lowers the calling thread to idle
+    priority itself, only while it holds no GIL. Otherwise ``run(*args)`` inside
+    :func:`idle_priority`."""
+    if native_idle is not None:
+        return native_idle(*args)
+    with idle_priority():
+        return run(*args)

@@ -408,27 +408,54 @@ def test_label_quality_gauge(make_engine: Callable[..., Engine]) -> None:
     assert metric(engine, 'headrace_variant_quality_rows{endpoint="labelled",variant="x"}') == 2
 
 
-def test_shadow_copies_run_on_idle_priority_threads_outside_the_batcher(tmp_path: Path) -> None:
+class _NativeSpy:
+    """Stands in for an OnnxBackend's native session: records how ``run`` was called and the
+    calling thread's policy while Python code runs there (which holds the GIL)."""
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+        self.calls: list[tuple[bool, int]] = []
+
+    def run(self, feed: Any, names: Any, idle_priority: bool = False) -> Any:
+        self.calls.append((idle_priority, os.sched_getscheduler(0)))
+        return self._native.run(feed, names, idle_priority=idle_priority)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python-api"])
+def test_shadow_copies_run_on_idle_priority_threads_outside_the_batcher(
+    tmp_path: Path, native: bool
+) -> None:
     """A shadow copy's model runs while its thread is scheduled only when the CPU is otherwise
-    idle (SCHED_IDLE), not through the batcher whose worker threads run client batches; the
-    thread is back at normal priority for the Python around the run (it holds the GIL there,
-    and the event loop must not wait for a GIL held at idle priority)."""
+    idle (SCHED_IDLE), not through the batcher whose worker threads run client batches. The
+    thread holds no GIL at idle priority: with the core's ONNX Runtime session the core lowers
+    it only while the GIL is released (the Python around that call, the GIL held, sees it at
+    normal priority; what the core does is test_idle_priority_is_held_only_without_the_gil);
+    on onnxruntime's Python API, which cannot be lowered from inside, the run alone is lowered.
+    Either way the thread is back at normal priority after the run."""
     repo = build_repo(tmp_path, None)
     onnx_models.write_model(
         repo, "c", onnx_models.mlp([8, 16, 2], seed=2), toml="max_batch_size = 8\n"
     )
-    engine = Engine(ServerSettings(model_repository=repo, shadow_budget_share=1.0))
+    settings = ServerSettings(
+        model_repository=repo, shadow_budget_share=1.0, native_onnxruntime=native
+    )
+    engine = Engine(settings)
     try:
         engine.load_repository()
         served = engine.get_version("c")
+        backend: Any = served.backend
+        assert (backend.run_idle is not None) is native
+        spy = _NativeSpy(backend._native) if native else None
+        if spy is not None:
+            backend._native = spy
         real_copy, real_batched = served.run_copy, served.infer_async
-        real_run = served.backend.run
-        during_run: list[int] = []
+        real_run = backend.run
+        python_runs: list[int] = []
         around_run: list[int] = []
         batched: list[int] = []
 
         def spy_run(*args: Any, **kw: Any) -> Any:
-            during_run.append(os.sched_getscheduler(0))
+            python_runs.append(os.sched_getscheduler(0))
             return real_run(*args, **kw)
 
         def spy_copy(*args: Any, **kw: Any) -> Any:
@@ -441,7 +468,7 @@ def test_shadow_copies_run_on_idle_priority_threads_outside_the_batcher(tmp_path
             batched.append(1)
             return await real_batched(*args, **kw)
 
-        served.backend.run = spy_run  # type: ignore[method-assign]
+        backend.run = spy_run
         served.run_copy = spy_copy  # type: ignore[method-assign]
         served.infer_async = spy_batched  # type: ignore[method-assign]
         engine.endpoints.create(
@@ -453,9 +480,26 @@ def test_shadow_copies_run_on_idle_priority_threads_outside_the_batcher(tmp_path
         )
         engine.infer("shadowed", X)
         wait_for(lambda: engine.endpoints.report("shadowed").shadows[0].completed == 1, "a copy")
-        assert during_run == [os.SCHED_IDLE] and batched == []
+        assert batched == []
+        if spy is not None:
+            # the core was asked to lower the thread; Python never ran at idle priority
+            assert spy.calls == [(True, os.SCHED_OTHER)] and python_runs == []
+        else:
+            assert python_runs == [os.SCHED_IDLE]
         assert around_run == [os.SCHED_OTHER, os.SCHED_OTHER]
         # the copy is counted in the shadow model's request statistics, as a batched one was
         assert served.statistics().success_count == 1
     finally:
         engine.close()
+
+
+def test_idle_priority_is_held_only_without_the_gil() -> None:
+    """The core's path for a shadow copy's model (run_without_gil, as OrtModel.run takes it):
+    the thread is under SCHED_IDLE while the work runs, does not hold the GIL then, and is back
+    at its own policy before Python runs again; without idle_priority nothing changes."""
+    from headrace._core import testing
+
+    before = os.sched_getscheduler(0)
+    assert testing.probe_without_gil(True) == (os.SCHED_IDLE, False, before)
+    assert testing.probe_without_gil(False) == (before, False, before)
+    assert os.sched_getscheduler(0) == before

@@ -424,6 +424,9 @@ class OrtModel:
     @property
     def version(self) -> str: ...
     def run(
-        self, feed: dict[str, npt.NDArray[Any]], output_names: list[str]
+        self,
+        feed: dict[str, npt.NDArray[Any]],
+        output_names: list[str],
+        idle_priority: bool = False,
     ) -> list[npt.NDArray[Any]]: ...
     def runner(self, input_names: list[str], output_names: list[str]) -> OrtRunner: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,20 @@ class OnnxBackend:
         if self._native is None:
             return None
         return self._native.runner(list(input_names), list(output_names))
+
+    @property
+    def run_idle(self) -> Callable[..., list[npt.NDArray[Any]]] | None:
+        """``run`` with the model's compute at idle CPU priority, the thread lowered by the core
+        only while it holds no GIL (thread_policy.run_at_idle_priority); None for a model on
+        onnxruntime's Python API, whose own run cannot be lowered from inside."""
+        return self._run_idle if self._native is not None else None
+
+    def _run_idle(
+        self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]
+    ) -> list[npt.NDArray[Any]]:
+        assert self._native is not None
+        feed = {name: np.asarray(array) for name, array in inputs.items()}
+        return self._native.run(feed, list(output_names), idle_priority=True)
 
     def run(
         self, inputs: Mapping[str, npt.NDArray[Any]], output_names: Sequence[str]

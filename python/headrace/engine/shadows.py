@@ -23,12 +23,11 @@ Threads: ``call`` runs on the mirror's event loop; runs happen on the idle threa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -39,7 +38,7 @@ from headrace.engine.routed import ShadowHooks
 from headrace.errors import NotFoundError
 from headrace.registry.manager import ModelManager, ServedVersion
 from headrace.routing import Route
-from headrace.thread_policy import calling_thread_policy, start_helper_thread
+from headrace.thread_policy import start_helper_thread
 from headrace.types import InputTensor
 
 log = logging.getLogger(__name__)
@@ -50,52 +49,9 @@ _T = TypeVar("_T")
 MAX_IDLE_THREADS = 4
 
 
-def lower_thread_priority() -> str:
-    """Make the calling thread run only when the CPU is otherwise idle; returns what was set:
-    "idle" (SCHED_IDLE), "nice" (nice 19 for this thread) or "" (neither was allowed)."""
-    try:
-        # pid 0 is the calling thread on Linux: the policy is per thread, not per process
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return "idle"
-    except (AttributeError, OSError):
-        pass
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        return "nice"
-    except (AttributeError, OSError):
-        return ""
-
-
-def restore_thread_priority(lowered: str, policy: int | None = None) -> None:
-    """Undo :func:`lower_thread_priority` on the calling thread: back to ``policy`` (what
-    :func:`calling_thread_policy` read before; SCHED_OTHER when unknown) after SCHED_IDLE."""
-    try:
-        if lowered == "idle":
-            restored = os.SCHED_OTHER if policy is None else policy
-            os.sched_setscheduler(0, restored, os.sched_param(0))
-        elif lowered == "nice":
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 0)
-    except OSError:  # raising a nice value back needs privileges: stay low
-        pass
-
-
-@contextlib.contextmanager
-def idle_priority() -> Iterator[str]:
-    """Run the block at idle CPU priority. Entered around a native run that releases the GIL
-    (ONNX Runtime's): a thread that held the GIL at idle priority could be kept off the CPU
-    by any busy thread while the event loop waits for that GIL (priority inversion), so the
-    Python parts of a copy run at normal priority and only the GIL-free compute yields."""
-    # A helper thread of the server is SCHED_BATCH (thread_policy.py): it returns to that.
-    policy = calling_thread_policy()
-    lowered = lower_thread_priority()
-    try:
-        yield lowered
-    finally:
-        restore_thread_priority(lowered, policy)
-
-
 class IdleThreads:
-    """A thread pool for shadow runs, which enter :func:`idle_priority` around their compute."""
+    """A thread pool for shadow runs, which run their compute at idle priority
+    (``ModelVersion.run_copy``, ``thread_policy.run_at_idle_priority``)."""
 
     def __init__(self, threads: int | None = None, name: str = "headrace-shadow") -> None:
         count = threads if threads is not None else min(MAX_IDLE_THREADS, os.cpu_count() or 1)
@@ -194,7 +150,7 @@ def _run_leased(
 ) -> CopyAnswer:
     try:
         started_ns = time.thread_time_ns()
-        answer = CopyAnswer(leased.version.run_copy(inputs, names, idle_priority))
+        answer = CopyAnswer(leased.version.run_copy(inputs, names, idle=True))
         answer.cost_ns = time.thread_time_ns() - started_ns
         return answer
     finally:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from headrace.errors import ConfigError, HeadraceError, UnavailableError, runner
 from headrace.monitoring.drift.served import ServedDrift, load_served_drift, reference_stamp
 from headrace.monitoring.metrics import Metrics
 from headrace.native import core as _core
+from headrace.thread_policy import run_at_idle_priority
 from headrace.types import InputTensor, TensorSpec, VersionStatistics, as_array
 
 log = logging.getLogger(__name__)
@@ -347,10 +347,14 @@ class ModelVersion:
         self,
         inputs: Mapping[str, npt.NDArray[Any]],
         output_names: Sequence[str],
-        running: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        idle: bool = False,
     ) -> list[npt.NDArray[Any]]:
         prepared = self.prepare_inputs(inputs)
-        with running():  # around the backend's run alone (shadow copies: idle CPU priority)
+        arrays: list[npt.NDArray[Any]]
+        if idle:  # a shadow copy: the backend's run alone at idle CPU priority
+            native_idle = getattr(self.backend, "run_idle", None)
+            arrays = run_at_idle_priority(self.backend.run, native_idle, prepared, output_names)
+        else:
             arrays = self.backend.run(prepared, output_names)
         if self.drift is not None:
             self.drift.observe(prepared, arrays, output_names)
@@ -360,16 +364,16 @@ class ModelVersion:
         self,
         inputs: Mapping[str, InputTensor],
         output_names: Sequence[str],
-        running: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        idle: bool = False,
     ) -> dict[str, npt.NDArray[Any]]:
         """Run validated inputs on the calling thread, outside the batcher (a shadow copy:
-        engine/shadows.py), with ``running()`` entered around the backend's run alone. Counted
+        engine/shadows.py), the backend's run alone at idle CPU priority with ``idle``. Counted
         in Triton's request statistics and in drift like any run; a runner's failure reads as
         every runner failure does."""
         start_ns = time.perf_counter_ns()
         try:
             expanded = {n: as_array(t) for n, t in inputs.items()}
-            arrays = self._run_direct(expanded, output_names, running)
+            arrays = self._run_direct(expanded, output_names, idle)
         except HeadraceError as error:
             self._record_request(False, time.perf_counter_ns() - start_ns, error)
             raise
