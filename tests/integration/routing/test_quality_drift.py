@@ -109,15 +109,19 @@ def test_a_quality_drop_is_in_the_drift_report_and_fires_the_alert(tmp_path: Pat
         )
         assert alert["value"] == 0.0 and alert["threshold"] == 0.9 and alert["decision"] == "alert"
         url = f"http://127.0.0.1:{running.metrics_port}/metrics"
-        with urllib.request.urlopen(url) as response:
-            text = response.read().decode()
+
+        def metrics() -> str:
+            with urllib.request.urlopen(url) as response:
+                return str(response.read().decode())
+
+        # The command wrote its report before it exited; the firing is counted (outcome ok)
+        # once the watcher has seen it exit: wait for that state, not for the file alone.
+        firing = 'headrace_drift_trigger_firings_total{model="clf",outcome="ok",version="1"} 1.0'
+        wait_for(lambda: firing in metrics())
         detected = (
             'headrace_drift_detected{feature="quality:judged/main",model="clf",test="accuracy",'
             'version="1"} 1.0'
         )
-        assert detected in text
-        assert 'headrace_drift_trigger_firings_total{model="clf",outcome="ok",version="1"} 1.0' in (
-            text
-        )
+        assert detected in metrics()
     finally:
         stop_server(running, thread)
